@@ -1,0 +1,247 @@
+//! Address prefixes in one 128-bit space (IPv4 mapped into `::ffff:0:0/96`), and the
+//! union that turns overlapping CIDR rules into longest-prefix-match entries.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+
+use ipnet::IpNet;
+use netpol_common::{Addr, V4_MAPPED_PREFIX};
+
+use super::ports::PortSpec;
+
+/// A prefix of the mapped address space; host bits are always zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix {
+    bits: u128,
+    len: u8,
+}
+
+const V4_SPACE: Prefix = Prefix {
+    bits: 0xffff_0000_0000,
+    len: V4_MAPPED_PREFIX as u8,
+};
+
+fn mask(len: u8) -> u128 {
+    if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) }
+}
+
+impl Prefix {
+    pub fn new(bits: u128, len: u8) -> Self {
+        let len = len.min(128);
+        Prefix {
+            bits: bits & mask(len),
+            len,
+        }
+    }
+
+    pub fn host(ip: IpAddr) -> Self {
+        let (bits, len) = match ip {
+            IpAddr::V4(v4) => (u128::from(v4.to_ipv6_mapped()), 128),
+            IpAddr::V6(v6) => (u128::from(v6), 128),
+        };
+        Prefix::new(bits, len)
+    }
+
+    pub fn from_net(net: IpNet) -> Self {
+        match net {
+            IpNet::V4(n) => Prefix::new(
+                u128::from(n.network().to_ipv6_mapped()),
+                V4_MAPPED_PREFIX as u8 + n.prefix_len(),
+            ),
+            IpNet::V6(n) => Prefix::new(u128::from(n.network()), n.prefix_len()),
+        }
+    }
+
+    /// All IPv4 addresses.
+    pub fn all_v4() -> Self {
+        V4_SPACE
+    }
+
+    /// All IPv6 addresses (callers add the IPv4 space as an except, see `Grant::all_v6`).
+    pub fn all_v6() -> Self {
+        Prefix::new(0, 0)
+    }
+
+    pub fn len(&self) -> u8 {
+        self.len
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.len == 128
+    }
+
+    pub fn contains(&self, other: &Prefix) -> bool {
+        self.len <= other.len && (other.bits & mask(self.len)) == self.bits
+    }
+
+    pub fn contains_ip(&self, ip: IpAddr) -> bool {
+        self.contains(&Prefix::host(ip))
+    }
+
+    pub fn addr(&self) -> Addr {
+        Addr(self.bits.to_be_bytes())
+    }
+
+    fn is_v4(&self) -> bool {
+        V4_SPACE.contains(self)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v6 = Ipv6Addr::from(self.bits);
+        match (self.is_v4(), v6.to_ipv4_mapped()) {
+            (true, Some(v4)) => write!(f, "{v4}/{}", self.len - V4_MAPPED_PREFIX as u8),
+            _ => write!(f, "{v6}/{}", self.len),
+        }
+    }
+}
+
+/// One rule's contribution for one peer: `ports` to every address of `prefix` outside the
+/// `except` prefixes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub prefix: Prefix,
+    pub except: Vec<Prefix>,
+    pub ports: PortSpec,
+}
+
+impl Grant {
+    pub fn to_host(ip: IpAddr, ports: PortSpec) -> Self {
+        Grant {
+            prefix: Prefix::host(ip),
+            except: Vec::new(),
+            ports,
+        }
+    }
+
+    /// An IPv6 CIDR never covers IPv4 addresses, even `::/0`, which contains the mapped
+    /// space bit-wise.
+    pub fn from_net(net: IpNet, except: Vec<Prefix>, ports: PortSpec) -> Self {
+        let prefix = Prefix::from_net(net);
+        let mut except = except;
+        if net.addr().is_ipv6() && prefix.contains(&V4_SPACE) {
+            except.push(V4_SPACE);
+        }
+        Grant {
+            prefix,
+            except,
+            ports,
+        }
+    }
+}
+
+/// The longest-prefix-match table equivalent to the union of `grants`.
+///
+/// For an address, the grants that apply are those whose prefix contains it and none of
+/// whose excepts do. Every prefix and except of every grant becomes an entry whose ports
+/// are the union over the grants that contain it and do not except it; since prefixes
+/// that contain a common address are nested, the longest entry containing an address
+/// sees exactly the grants that apply to that address. Entries that allow nothing are
+/// kept: they are the holes that stop a shorter entry from matching.
+pub fn union(grants: &[Grant]) -> BTreeMap<Prefix, PortSpec> {
+    let mut prefixes: BTreeSet<Prefix> = BTreeSet::new();
+    for g in grants {
+        prefixes.insert(g.prefix);
+        prefixes.extend(g.except.iter().copied());
+    }
+    // Without an IPv4 entry, an IPv4 address could fall through to an IPv6 entry that
+    // covers the mapped space; make the IPv4 space explicit when IPv6 entries exist.
+    if prefixes.iter().any(|p| !p.is_v4() && p.contains(&V4_SPACE)) {
+        prefixes.insert(V4_SPACE);
+    }
+    prefixes
+        .into_iter()
+        .map(|p| {
+            let mut ports = PortSpec::none();
+            for g in grants {
+                if g.prefix.contains(&p) && !g.except.iter().any(|e| e.contains(&p)) {
+                    ports.add(&g.ports);
+                }
+            }
+            (p, ports)
+        })
+        .collect()
+}
+
+/// What a table built by `union` gives for one address: the longest entry containing it.
+pub fn lookup(table: &BTreeMap<Prefix, PortSpec>, ip: IpAddr) -> Option<&PortSpec> {
+    table
+        .iter()
+        .filter(|(p, _)| p.contains_ip(ip))
+        .max_by_key(|(p, _)| p.len())
+        .map(|(_, s)| s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ports::Ports;
+    use super::*;
+    use crate::state::Protocol;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+    fn tcp(p: u16) -> PortSpec {
+        PortSpec::from_ranges([Ports::one(Protocol::Tcp, p)])
+    }
+    fn allows(t: &BTreeMap<Prefix, PortSpec>, a: &str, port: u16) -> bool {
+        lookup(t, ip(a)).is_some_and(|s| s.allows(Protocol::Tcp, port))
+    }
+
+    #[test]
+    fn except_inside_cidr_is_a_hole() {
+        let t = union(&[Grant::from_net(
+            net("0.0.0.0/0"),
+            vec![Prefix::from_net(net("169.254.169.254/32"))],
+            tcp(443),
+        )]);
+        assert!(allows(&t, "203.0.113.10", 443));
+        assert!(!allows(&t, "203.0.113.10", 80));
+        assert!(!allows(&t, "169.254.169.254", 443));
+    }
+
+    #[test]
+    fn overlapping_rules_add_up_inside_each_others_excepts() {
+        // Rule A: 10.0.0.0/8 except 10.1.0.0/16, port 80.
+        // Rule B: 10.1.0.0/16, port 81 (so 10.1/16 gets only 81; the rest of 10/8 only 80).
+        // Rule C: 10.1.2.3/32 all ports.
+        let t = union(&[
+            Grant::from_net(net("10.0.0.0/8"), vec![Prefix::from_net(net("10.1.0.0/16"))], tcp(80)),
+            Grant::from_net(net("10.1.0.0/16"), vec![], tcp(81)),
+            Grant::to_host(ip("10.1.2.3"), PortSpec::All),
+        ]);
+        assert!(allows(&t, "10.2.0.1", 80));
+        assert!(!allows(&t, "10.2.0.1", 81));
+        assert!(!allows(&t, "10.1.0.1", 80));
+        assert!(allows(&t, "10.1.0.1", 81));
+        assert!(allows(&t, "10.1.2.3", 9999));
+        assert!(!allows(&t, "11.0.0.1", 80));
+    }
+
+    #[test]
+    fn ipv6_everything_does_not_cover_ipv4() {
+        let t = union(&[Grant::from_net(net("::/0"), vec![], tcp(80))]);
+        assert!(allows(&t, "2001:db8::1", 80));
+        assert!(!allows(&t, "10.0.0.1", 80));
+        let t = union(&[
+            Grant::from_net(net("::/0"), vec![], tcp(80)),
+            Grant::from_net(net("0.0.0.0/0"), vec![], tcp(81)),
+        ]);
+        assert!(allows(&t, "10.0.0.1", 81));
+        assert!(!allows(&t, "10.0.0.1", 80));
+        assert!(allows(&t, "2001:db8::1", 80));
+        assert!(!allows(&t, "2001:db8::1", 81));
+    }
+
+    #[test]
+    fn display_is_the_familiar_form() {
+        assert_eq!(Prefix::from_net(net("10.1.0.0/16")).to_string(), "10.1.0.0/16");
+        assert_eq!(Prefix::from_net(net("2001:db8::/32")).to_string(), "2001:db8::/32");
+        assert_eq!(Prefix::new(u128::from(Ipv6Addr::from([0u8; 16])), 0).to_string(), "::/0");
+    }
+}

@@ -1,0 +1,8 @@
+//! netpol agent: sources -> state -> compile -> program -> datapath.
+//!
+//! * [`sources`] read the cluster (a folder of YAML here) into a [`state::ClusterState`].
+//! * [`compile`] turns the state and this node's name into a [`compile::Plan`]: pure.
+//! * [`program`] writes a plan into the BPF maps as a diff.
+//! * [`datapath`] loads the BPF object and attaches it to pod veths and uplinks.
+pub mod compile;
+pub mod state;

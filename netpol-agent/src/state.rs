@@ -1,0 +1,251 @@
+//! `ClusterState`: the snapshot of the cluster that policy needs, trimmed from the API
+//! objects. Every source (file folder now, API watchers later) produces this.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// `namespace/name` of a namespaced object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// The API's spelling; absent means TCP.
+    pub fn parse(s: Option<&str>) -> Result<Self, String> {
+        match s {
+            None | Some("TCP") => Ok(Protocol::Tcp),
+            Some("UDP") => Ok(Protocol::Udp),
+            Some("SCTP") => Ok(Protocol::Sctp),
+            Some(other) => Err(format!(
+                "unknown protocol {other:?} (expected TCP, UDP or SCTP)"
+            )),
+        }
+    }
+
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => netpol_common::PROTO_TCP,
+            Protocol::Udp => netpol_common::PROTO_UDP,
+            Protocol::Sctp => netpol_common::PROTO_SCTP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// A pod, reduced to what policy needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    pub labels: Labels,
+    pub node: Option<String>,
+    pub host_network: bool,
+    /// Succeeded or Failed: its IPs may already belong to another pod.
+    pub terminated: bool,
+    pub ips: Vec<IpAddr>,
+    pub ports: Vec<ContainerPort>,
+}
+
+impl PodInfo {
+    /// Pods that policy can select as peers or apply to.
+    pub fn is_policy_subject(&self) -> bool {
+        !self.host_network && !self.terminated && !self.ips.is_empty()
+    }
+
+    /// The number a named port means on this pod, for one protocol.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+            .map(|p| p.port)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterState {
+    pub namespaces: BTreeMap<String, Labels>,
+    pub pods: BTreeMap<ObjectRef, PodInfo>,
+    /// ClusterIPs of each Service (headless Services have none).
+    pub services: BTreeMap<ObjectRef, Vec<IpAddr>>,
+    pub policies: BTreeMap<ObjectRef, NetworkPolicy>,
+}
+
+/// Why an object could not be taken into the state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{kind} without metadata.name")]
+    MissingName { kind: &'static str },
+    #[error("{kind} {name} without metadata.namespace")]
+    MissingNamespace { kind: &'static str, name: String },
+    #[error("pod {pod}: bad IP {ip:?}")]
+    BadPodIp { pod: ObjectRef, ip: String },
+    #[error("pod {pod}: container port {port} is out of range")]
+    BadContainerPort { pod: ObjectRef, port: i32 },
+    #[error("pod {pod}: {message}")]
+    BadPodProtocol { pod: ObjectRef, message: String },
+}
+
+fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, kind: &'static str) -> Result<String, StateError> {
+    meta.name.clone().ok_or(StateError::MissingName { kind })
+}
+
+fn namespaced(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    kind: &'static str,
+) -> Result<ObjectRef, StateError> {
+    let name = name_of(meta, kind)?;
+    let namespace = meta
+        .namespace
+        .clone()
+        .ok_or_else(|| StateError::MissingNamespace { kind, name: name.clone() })?;
+    Ok(ObjectRef { namespace, name })
+}
+
+impl ClusterState {
+    /// Labels of a namespace. A namespace the state has not seen still carries the label
+    /// the API server always sets.
+    pub fn namespace_labels(&self, namespace: &str) -> Labels {
+        self.namespaces.get(namespace).cloned().unwrap_or_else(|| {
+            Labels::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                namespace.to_string(),
+            )])
+        })
+    }
+
+    pub fn upsert_namespace(&mut self, ns: &Namespace) -> Result<(), StateError> {
+        let name = name_of(&ns.metadata, "Namespace")?;
+        let mut labels: Labels = ns.metadata.labels.clone().unwrap_or_default();
+        labels
+            .entry("kubernetes.io/metadata.name".to_string())
+            .or_insert_with(|| name.clone());
+        self.namespaces.insert(name, labels);
+        Ok(())
+    }
+
+    pub fn upsert_pod(&mut self, pod: &Pod) -> Result<(), StateError> {
+        let key = namespaced(&pod.metadata, "Pod")?;
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let mut ip_strings: Vec<String> = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|ips| ips.iter().map(|i| i.ip.clone()).collect())
+            .unwrap_or_default();
+        if let Some(ip) = status.and_then(|s| s.pod_ip.clone())
+            && !ip_strings.contains(&ip)
+        {
+            ip_strings.insert(0, ip);
+        }
+        let mut ips = Vec::new();
+        for s in ip_strings {
+            let ip: IpAddr = s.parse().map_err(|_| StateError::BadPodIp {
+                pod: key.clone(),
+                ip: s.clone(),
+            })?;
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+        let mut ports = Vec::new();
+        for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
+            for p in c.ports.as_deref().unwrap_or_default() {
+                let port = u16::try_from(p.container_port)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or(StateError::BadContainerPort {
+                        pod: key.clone(),
+                        port: p.container_port,
+                    })?;
+                let protocol = Protocol::parse(p.protocol.as_deref()).map_err(|message| {
+                    StateError::BadPodProtocol {
+                        pod: key.clone(),
+                        message,
+                    }
+                })?;
+                ports.push(ContainerPort {
+                    name: p.name.clone(),
+                    port,
+                    protocol,
+                });
+            }
+        }
+        let phase = status.and_then(|s| s.phase.as_deref());
+        let info = PodInfo {
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            node: spec.and_then(|s| s.node_name.clone()),
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            terminated: matches!(phase, Some("Succeeded") | Some("Failed")),
+            ips,
+            ports,
+        };
+        self.pods.insert(key, info);
+        Ok(())
+    }
+
+    pub fn upsert_service(&mut self, svc: &Service) -> Result<(), StateError> {
+        let key = namespaced(&svc.metadata, "Service")?;
+        let spec = svc.spec.as_ref();
+        let mut ips: Vec<String> = spec
+            .and_then(|s| s.cluster_ips.clone())
+            .unwrap_or_default();
+        if let Some(ip) = spec.and_then(|s| s.cluster_ip.clone())
+            && !ips.contains(&ip)
+        {
+            ips.insert(0, ip);
+        }
+        // "None" (headless) and anything else unparsable is not a Service address.
+        let ips = ips.iter().filter_map(|s| s.parse().ok()).collect();
+        self.services.insert(key, ips);
+        Ok(())
+    }
+
+    pub fn upsert_policy(&mut self, policy: &NetworkPolicy) -> Result<(), StateError> {
+        let key = namespaced(&policy.metadata, "NetworkPolicy")?;
+        self.policies.insert(key, policy.clone());
+        Ok(())
+    }
+}
