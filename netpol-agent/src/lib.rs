@@ -5,4 +5,6 @@
 //! * [`program`] writes a plan into the BPF maps as a diff.
 //! * [`datapath`] loads the BPF object and attaches it to pod veths and uplinks.
 pub mod compile;
+pub mod program;
+pub mod sources;
 pub mod state;

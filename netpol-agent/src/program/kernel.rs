@@ -1,0 +1,118 @@
+//! `MapOps` on the maps of the loaded BPF object.
+
+use aya::maps::lpm_trie::Key;
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
+use netpol_common::{
+    Addr, Counters, EndpointInfo, IfaceInfo, PeerKey, PortSet, names,
+};
+
+use super::{MapError, MapOps, lpm_len};
+
+pub struct KernelMaps {
+    pub ifaces: HashMap<MapData, u32, IfaceInfo>,
+    pub endpoints: HashMap<MapData, Addr, EndpointInfo>,
+    pub services: HashMap<MapData, Addr, u32>,
+    pub peers_exact: HashMap<MapData, PeerKey, u32>,
+    pub peers_cidr: LpmTrie<MapData, PeerKey, u32>,
+    pub portsets: HashMap<MapData, u32, PortSet>,
+    pub counters: PerCpuArray<MapData, Counters>,
+}
+
+fn op(map: &'static str, op: &'static str) -> impl Fn(aya::maps::MapError) -> MapError {
+    move |e| MapError::Op {
+        map,
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// Removing what is already gone is fine: the goal state is reached.
+fn gone_ok(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+impl MapOps for KernelMaps {
+    fn set_portset(&mut self, id: u32, set: &PortSet) -> Result<(), MapError> {
+        self.portsets.insert(id, set, 0).map_err(op(names::PORTSETS, "insert"))
+    }
+    fn del_portset(&mut self, id: u32) -> Result<(), MapError> {
+        gone_ok(self.portsets.remove(&id)).map_err(op(names::PORTSETS, "remove"))
+    }
+    fn set_peer(&mut self, key: PeerKey, prefix_len: u8, portset: u32) -> Result<(), MapError> {
+        if prefix_len == 128 {
+            self.peers_exact.insert(key, portset, 0).map_err(op(names::PEERS_EXACT, "insert"))
+        } else {
+            self.peers_cidr
+                .insert(&Key::new(lpm_len(prefix_len), key), portset, 0)
+                .map_err(op(names::PEERS_CIDR, "insert"))
+        }
+    }
+    fn del_peer(&mut self, key: PeerKey, prefix_len: u8) -> Result<(), MapError> {
+        if prefix_len == 128 {
+            gone_ok(self.peers_exact.remove(&key)).map_err(op(names::PEERS_EXACT, "remove"))
+        } else {
+            gone_ok(self.peers_cidr.remove(&Key::new(lpm_len(prefix_len), key)))
+                .map_err(op(names::PEERS_CIDR, "remove"))
+        }
+    }
+    fn set_endpoint(&mut self, addr: Addr, info: EndpointInfo) -> Result<(), MapError> {
+        self.endpoints.insert(addr, info, 0).map_err(op(names::ENDPOINTS, "insert"))
+    }
+    fn del_endpoint(&mut self, addr: Addr) -> Result<(), MapError> {
+        gone_ok(self.endpoints.remove(&addr)).map_err(op(names::ENDPOINTS, "remove"))
+    }
+    fn set_iface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<(), MapError> {
+        self.ifaces.insert(ifindex, info, 0).map_err(op(names::IFACES, "insert"))
+    }
+    fn del_iface(&mut self, ifindex: u32) -> Result<(), MapError> {
+        gone_ok(self.ifaces.remove(&ifindex)).map_err(op(names::IFACES, "remove"))
+    }
+    fn set_service(&mut self, addr: Addr) -> Result<(), MapError> {
+        self.services.insert(addr, 1, 0).map_err(op(names::SERVICES, "insert"))
+    }
+    fn del_service(&mut self, addr: Addr) -> Result<(), MapError> {
+        gone_ok(self.services.remove(&addr)).map_err(op(names::SERVICES, "remove"))
+    }
+    fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), MapError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapError::Op {
+            map: names::COUNTERS,
+            op: "count cpus",
+            message: e.to_string(),
+        })?;
+        let zero = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| {
+            MapError::Op {
+                map: names::COUNTERS,
+                op: "reset",
+                message: e.to_string(),
+            }
+        })?;
+        self.counters
+            .set(endpoint_id, zero, 0)
+            .map_err(op(names::COUNTERS, "reset"))
+    }
+}
+
+impl KernelMaps {
+    /// Packets per reason of one endpoint, summed over CPUs.
+    pub fn counters(&self, endpoint_id: u32) -> Result<Counters, MapError> {
+        let per_cpu = self
+            .counters
+            .get(&endpoint_id, 0)
+            .map_err(op(names::COUNTERS, "read"))?;
+        let mut total = Counters::default();
+        for c in per_cpu.iter() {
+            for (t, v) in total.packets.iter_mut().zip(c.packets.iter()) {
+                *t += v;
+            }
+        }
+        Ok(total)
+    }
+}

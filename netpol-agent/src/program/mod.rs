@@ -1,0 +1,359 @@
+//! Plan -> map writes, as a diff against what is loaded.
+//!
+//! Rule sets are immutable once written: a changed rule set is written in full under a new
+//! id, then endpoints are flipped to it (one map update each), then the old entries are
+//! deleted. No packet ever sees a half-written rule set, and an unchanged rule set is not
+//! touched.
+
+pub mod kernel;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use netpol_common::{
+    Addr, EndpointInfo, IFACE_HAS_V4, IFACE_HAS_V6, IfaceInfo, PORTSET_ALL, PORTSET_NONE, PeerKey,
+    PortSet, RULESET_ALLOW_ALL,
+};
+
+use crate::compile::ports::PortSpec;
+use crate::compile::{Plan, RuleSet};
+use crate::state::ObjectRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error("map {map}: {op} failed: {message}")]
+    Op {
+        map: &'static str,
+        op: &'static str,
+        message: String,
+    },
+    #[error("out of ids for {0}")]
+    IdsExhausted(&'static str),
+}
+
+/// The writes the programmer makes. The kernel implementation is `kernel::KernelMaps`; the
+/// tests use an in-memory one.
+pub trait MapOps {
+    fn set_portset(&mut self, id: u32, set: &PortSet) -> Result<(), MapError>;
+    fn del_portset(&mut self, id: u32) -> Result<(), MapError>;
+    /// `prefix_len` counts address bits only (0..=128); 128 goes to the exact-match map.
+    fn set_peer(&mut self, key: PeerKey, prefix_len: u8, portset: u32) -> Result<(), MapError>;
+    fn del_peer(&mut self, key: PeerKey, prefix_len: u8) -> Result<(), MapError>;
+    fn set_endpoint(&mut self, addr: Addr, info: EndpointInfo) -> Result<(), MapError>;
+    fn del_endpoint(&mut self, addr: Addr) -> Result<(), MapError>;
+    fn set_iface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<(), MapError>;
+    fn del_iface(&mut self, ifindex: u32) -> Result<(), MapError>;
+    fn set_service(&mut self, addr: Addr) -> Result<(), MapError>;
+    fn del_service(&mut self, addr: Addr) -> Result<(), MapError>;
+    fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), MapError>;
+}
+
+pub fn addr_of(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => Addr::from_v4(v4.octets()),
+        IpAddr::V6(v6) => Addr(v6.octets()),
+    }
+}
+
+/// A rule set as it sits in the maps.
+struct LoadedSet {
+    id: u32,
+    /// (key, address prefix length, portset id) of every entry written.
+    entries: Vec<(PeerKey, u8, u32)>,
+}
+
+/// What one `apply` changed, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub rule_sets_added: usize,
+    pub rule_sets_removed: usize,
+    pub peer_entries_written: usize,
+    pub endpoints_written: usize,
+    pub endpoints_removed: usize,
+}
+
+/// Bounded id allocator; ids are reused after release.
+struct Ids {
+    next: u32,
+    free: BTreeSet<u32>,
+    limit: u32,
+    what: &'static str,
+}
+
+impl Ids {
+    fn new(first: u32, limit: u32, what: &'static str) -> Self {
+        Ids {
+            next: first,
+            free: BTreeSet::new(),
+            limit,
+            what,
+        }
+    }
+    fn take(&mut self) -> Result<u32, MapError> {
+        if let Some(id) = self.free.pop_first() {
+            return Ok(id);
+        }
+        if self.next >= self.limit {
+            return Err(MapError::IdsExhausted(self.what));
+        }
+        self.next += 1;
+        Ok(self.next - 1)
+    }
+    fn release(&mut self, id: u32) {
+        self.free.insert(id);
+    }
+}
+
+pub struct Programmer<M: MapOps> {
+    maps: M,
+    sets: HashMap<RuleSet, LoadedSet>,
+    set_ids: Ids,
+    portsets: HashMap<PortSpec, (u32, usize)>,
+    portset_ids: Ids,
+    endpoint_ids: BTreeMap<ObjectRef, u32>,
+    ep_ids: Ids,
+    endpoints: BTreeMap<Addr, EndpointInfo>,
+    ifaces: BTreeMap<u32, IfaceInfo>,
+    services: BTreeSet<Addr>,
+}
+
+impl<M: MapOps> Programmer<M> {
+    /// `max_endpoints` bounds endpoint ids (they index the counters array).
+    pub fn new(maps: M, max_endpoints: u32) -> Self {
+        Programmer {
+            maps,
+            sets: HashMap::new(),
+            // 0 means "not isolated".
+            set_ids: Ids::new(1, u32::MAX, "rule sets"),
+            // 0 and u32::MAX are the "all" and "none" sentinels.
+            portset_ids: Ids::new(1, u32::MAX - 1, "port sets"),
+            portsets: HashMap::new(),
+            endpoint_ids: BTreeMap::new(),
+            // Id 0 is left for traffic that belongs to no endpoint.
+            ep_ids: Ids::new(1, max_endpoints, "endpoints"),
+            endpoints: BTreeMap::new(),
+            ifaces: BTreeMap::new(),
+            services: BTreeSet::new(),
+        }
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    pub fn endpoint_ids(&self) -> &BTreeMap<ObjectRef, u32> {
+        &self.endpoint_ids
+    }
+
+    /// Writes `plan`. `ifindexes` maps local pods to the host side of their veth; a pod
+    /// without one is programmed by address only (enforced once its veth shows up).
+    pub fn apply(
+        &mut self,
+        plan: &Plan,
+        ifindexes: &BTreeMap<ObjectRef, u32>,
+    ) -> Result<ApplyStats, MapError> {
+        let mut stats = ApplyStats::default();
+
+        // 1. New rule sets, in full, before anything points at them.
+        let mut set_ids = Vec::with_capacity(plan.rule_sets.len());
+        for set in &plan.rule_sets {
+            if let Some(loaded) = self.sets.get(set) {
+                set_ids.push(loaded.id);
+                continue;
+            }
+            let loaded = self.write_set(set)?;
+            stats.rule_sets_added += 1;
+            stats.peer_entries_written += loaded.entries.len();
+            set_ids.push(loaded.id);
+            self.sets.insert(set.clone(), loaded);
+        }
+
+        // 2. Endpoints flip to their sets; veths learn their pod.
+        let mut want_endpoints = BTreeMap::new();
+        let mut want_ifaces = BTreeMap::new();
+        let mut live_pods = BTreeSet::new();
+        for ep in &plan.endpoints {
+            live_pods.insert(ep.pod.clone());
+            let id = match self.endpoint_ids.get(&ep.pod) {
+                Some(id) => *id,
+                None => {
+                    let id = self.ep_ids.take()?;
+                    self.maps.reset_counters(id)?;
+                    self.endpoint_ids.insert(ep.pod.clone(), id);
+                    id
+                }
+            };
+            let info = EndpointInfo {
+                id,
+                ingress_set: ep.ingress.map_or(RULESET_ALLOW_ALL, |r| set_ids[r.0]),
+                egress_set: ep.egress.map_or(RULESET_ALLOW_ALL, |r| set_ids[r.0]),
+                _pad: 0,
+            };
+            let mut iface = IfaceInfo {
+                endpoint_id: id,
+                ..Default::default()
+            };
+            for ip in &ep.ips {
+                want_endpoints.insert(addr_of(*ip), info);
+                match ip {
+                    IpAddr::V4(_) => {
+                        iface.addr4 = addr_of(*ip);
+                        iface.flags |= IFACE_HAS_V4;
+                    }
+                    IpAddr::V6(_) => {
+                        iface.addr6 = addr_of(*ip);
+                        iface.flags |= IFACE_HAS_V6;
+                    }
+                }
+            }
+            if let Some(ifindex) = ifindexes.get(&ep.pod) {
+                want_ifaces.insert(*ifindex, iface);
+            }
+        }
+        for (addr, info) in &want_endpoints {
+            if self.endpoints.get(addr) != Some(info) {
+                self.maps.set_endpoint(*addr, *info)?;
+                self.endpoints.insert(*addr, *info);
+                stats.endpoints_written += 1;
+            }
+        }
+        // Addresses before interfaces: a veth never points at an unknown endpoint.
+        for (ifindex, info) in &want_ifaces {
+            if self.ifaces.get(ifindex) != Some(info) {
+                self.maps.set_iface(*ifindex, *info)?;
+                self.ifaces.insert(*ifindex, *info);
+            }
+        }
+        let want_services: BTreeSet<Addr> = plan.service_ips.iter().map(|ip| addr_of(*ip)).collect();
+        for addr in want_services.difference(&self.services.clone()) {
+            self.maps.set_service(*addr)?;
+            self.services.insert(*addr);
+        }
+
+        // 3. Whatever is no longer wanted.
+        for ifindex in self.ifaces.keys().copied().collect::<Vec<_>>() {
+            if !want_ifaces.contains_key(&ifindex) {
+                self.maps.del_iface(ifindex)?;
+                self.ifaces.remove(&ifindex);
+            }
+        }
+        for addr in self.endpoints.keys().copied().collect::<Vec<_>>() {
+            if !want_endpoints.contains_key(&addr) {
+                self.maps.del_endpoint(addr)?;
+                self.endpoints.remove(&addr);
+                stats.endpoints_removed += 1;
+            }
+        }
+        for pod in self.endpoint_ids.keys().cloned().collect::<Vec<_>>() {
+            if !live_pods.contains(&pod)
+                && let Some(id) = self.endpoint_ids.remove(&pod)
+            {
+                self.ep_ids.release(id);
+            }
+        }
+        for addr in self.services.difference(&want_services).copied().collect::<Vec<_>>() {
+            self.maps.del_service(addr)?;
+            self.services.remove(&addr);
+        }
+        let wanted_sets: BTreeSet<&RuleSet> = plan.rule_sets.iter().collect();
+        let stale: Vec<RuleSet> = self
+            .sets
+            .keys()
+            .filter(|s| !wanted_sets.contains(s))
+            .cloned()
+            .collect();
+        for set in stale {
+            if let Some(loaded) = self.sets.remove(&set) {
+                self.delete_set(loaded)?;
+                stats.rule_sets_removed += 1;
+            }
+        }
+        Ok(stats)
+    }
+
+    fn portset_for(&mut self, spec: &PortSpec) -> Result<u32, MapError> {
+        if *spec == PortSpec::All {
+            return Ok(PORTSET_ALL);
+        }
+        if spec.is_none() {
+            return Ok(PORTSET_NONE);
+        }
+        if let Some((id, refs)) = self.portsets.get_mut(spec) {
+            *refs += 1;
+            return Ok(*id);
+        }
+        // compile() already replaced sets that do not fit with "none".
+        let Ok(Some(encoded)) = spec.to_portset() else {
+            return Ok(PORTSET_NONE);
+        };
+        let id = self.portset_ids.take()?;
+        self.maps.set_portset(id, &encoded)?;
+        self.portsets.insert(spec.clone(), (id, 1));
+        Ok(id)
+    }
+
+    fn release_portset(&mut self, id: u32) -> Result<(), MapError> {
+        if id == PORTSET_ALL || id == PORTSET_NONE {
+            return Ok(());
+        }
+        let Some(spec) = self
+            .portsets
+            .iter()
+            .find(|(_, (pid, _))| *pid == id)
+            .map(|(s, _)| s.clone())
+        else {
+            return Ok(());
+        };
+        if let Some((_, refs)) = self.portsets.get_mut(&spec) {
+            *refs -= 1;
+            if *refs == 0 {
+                self.portsets.remove(&spec);
+                self.maps.del_portset(id)?;
+                self.portset_ids.release(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_set(&mut self, set: &RuleSet) -> Result<LoadedSet, MapError> {
+        let id = self.set_ids.take()?;
+        let mut loaded = LoadedSet {
+            id,
+            entries: Vec::with_capacity(set.entries.len()),
+        };
+        for (prefix, spec) in &set.entries {
+            let written = self.portset_for(spec).and_then(|portset| {
+                let key = PeerKey::new(id, prefix.addr());
+                self.maps
+                    .set_peer(key, prefix.len(), portset)
+                    .map(|()| (key, prefix.len(), portset))
+            });
+            match written {
+                Ok(entry) => loaded.entries.push(entry),
+                Err(e) => {
+                    // Nothing points at this id yet: take back what was written.
+                    let _ = self.delete_set(loaded);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
+    fn delete_set(&mut self, loaded: LoadedSet) -> Result<(), MapError> {
+        for (key, len, portset) in &loaded.entries {
+            self.maps.del_peer(*key, *len)?;
+            self.release_portset(*portset)?;
+        }
+        self.set_ids.release(loaded.id);
+        Ok(())
+    }
+}
+
+/// The LPM prefix length of an address prefix length, counting the rule-set id bits.
+pub fn lpm_len(addr_prefix_len: u8) -> u32 {
+    netpol_common::RULESET_ID_BITS + u32::from(addr_prefix_len)
+}
+

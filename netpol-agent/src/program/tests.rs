@@ -1,0 +1,249 @@
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use netpol_common::{Addr, EndpointInfo, IfaceInfo, PORTSET_ALL, PORTSET_NONE, PeerKey, PortSet};
+
+use super::*;
+use crate::compile;
+use crate::state::{ClusterState, ContainerPort, PodInfo, Protocol};
+
+/// The maps as plain collections, with the datapath's lookup on top.
+#[derive(Default)]
+struct MemoryMaps {
+    portsets: BTreeMap<u32, PortSet>,
+    exact: BTreeMap<([u8; 4], Addr), u32>,
+    cidr: BTreeMap<([u8; 4], Addr, u8), u32>,
+    endpoints: BTreeMap<Addr, EndpointInfo>,
+    ifaces: BTreeMap<u32, IfaceInfo>,
+    services: BTreeMap<Addr, ()>,
+    writes: usize,
+}
+
+impl MapOps for MemoryMaps {
+    fn set_portset(&mut self, id: u32, set: &PortSet) -> Result<(), MapError> {
+        self.writes += 1;
+        self.portsets.insert(id, *set);
+        Ok(())
+    }
+    fn del_portset(&mut self, id: u32) -> Result<(), MapError> {
+        self.portsets.remove(&id);
+        Ok(())
+    }
+    fn set_peer(&mut self, key: PeerKey, len: u8, portset: u32) -> Result<(), MapError> {
+        self.writes += 1;
+        if len == 128 {
+            self.exact.insert((key.ruleset_be, key.addr), portset);
+        } else {
+            self.cidr.insert((key.ruleset_be, key.addr, len), portset);
+        }
+        Ok(())
+    }
+    fn del_peer(&mut self, key: PeerKey, len: u8) -> Result<(), MapError> {
+        if len == 128 {
+            self.exact.remove(&(key.ruleset_be, key.addr));
+        } else {
+            self.cidr.remove(&(key.ruleset_be, key.addr, len));
+        }
+        Ok(())
+    }
+    fn set_endpoint(&mut self, addr: Addr, info: EndpointInfo) -> Result<(), MapError> {
+        self.writes += 1;
+        self.endpoints.insert(addr, info);
+        Ok(())
+    }
+    fn del_endpoint(&mut self, addr: Addr) -> Result<(), MapError> {
+        self.endpoints.remove(&addr);
+        Ok(())
+    }
+    fn set_iface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<(), MapError> {
+        self.writes += 1;
+        self.ifaces.insert(ifindex, info);
+        Ok(())
+    }
+    fn del_iface(&mut self, ifindex: u32) -> Result<(), MapError> {
+        self.ifaces.remove(&ifindex);
+        Ok(())
+    }
+    fn set_service(&mut self, addr: Addr) -> Result<(), MapError> {
+        self.writes += 1;
+        self.services.insert(addr, ());
+        Ok(())
+    }
+    fn del_service(&mut self, addr: Addr) -> Result<(), MapError> {
+        self.services.remove(&addr);
+        Ok(())
+    }
+    fn reset_counters(&mut self, _id: u32) -> Result<(), MapError> {
+        Ok(())
+    }
+}
+
+fn prefix_match(entry: &Addr, len: u8, addr: &Addr) -> bool {
+    let a = u128::from_be_bytes(entry.0);
+    let b = u128::from_be_bytes(addr.0);
+    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+    a & mask == b & mask
+}
+
+impl MemoryMaps {
+    /// Same order as `allowed()` in the BPF verdict code.
+    fn allows(&self, set: u32, peer: IpAddr, proto: Protocol, port: u16) -> bool {
+        if set == 0 {
+            return true;
+        }
+        let id = set.to_be_bytes();
+        let addr = addr_of(peer);
+        let portset = match self.exact.get(&(id, addr)) {
+            Some(p) => *p,
+            None => match self
+                .cidr
+                .iter()
+                .filter(|((i, a, len), _)| *i == id && prefix_match(a, *len, &addr))
+                .max_by_key(|((_, _, len), _)| *len)
+            {
+                Some((_, p)) => *p,
+                None => return false,
+            },
+        };
+        match portset {
+            PORTSET_ALL => true,
+            PORTSET_NONE => false,
+            id => self.portsets.get(&id).is_some_and(|s| s.allows(proto.number(), port)),
+        }
+    }
+}
+
+fn state(policy_port: u16) -> ClusterState {
+    let mut s = ClusterState::default();
+    for (name, ip, app) in [
+        ("a", "10.244.1.2", "client"),
+        ("b", "10.244.1.3", "server"),
+        ("c", "10.244.1.4", "server"),
+    ] {
+        s.pods.insert(
+            ObjectRef::new("default", name),
+            PodInfo {
+                labels: [("app".to_string(), app.to_string())].into(),
+                node: Some("n1".into()),
+                host_network: false,
+                terminated: false,
+                ips: vec![ip.parse().unwrap()],
+                ports: vec![ContainerPort {
+                    name: Some("http".into()),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                }],
+            },
+        );
+    }
+    let p: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(&format!(
+        r#"
+metadata: {{name: p, namespace: default}}
+spec:
+  podSelector: {{matchLabels: {{app: server}}}}
+  ingress:
+  - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]
+    ports: [{{port: {policy_port}}}]
+  - from: [{{ipBlock: {{cidr: 192.0.2.0/24, except: [192.0.2.128/25]}}}}]
+"#
+    ))
+    .unwrap();
+    s.policies.insert(ObjectRef::new("default", "p"), p);
+    s.services.insert(ObjectRef::new("default", "svc"), vec!["10.96.0.1".parse().unwrap()]);
+    s
+}
+
+fn ifindexes(plan: &compile::Plan) -> BTreeMap<ObjectRef, u32> {
+    plan.endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.pod.clone(), 10 + i as u32))
+        .collect()
+}
+
+#[test]
+fn maps_decide_like_the_plan() {
+    let plan = compile::compile(&state(80), "n1");
+    let mut p = Programmer::new(MemoryMaps::default(), 100);
+    p.apply(&plan, &ifindexes(&plan)).unwrap();
+    let m = p.maps();
+    let peers: Vec<IpAddr> = ["10.244.1.2", "10.244.1.3", "192.0.2.1", "192.0.2.200", "198.51.100.1"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    for ep in &plan.endpoints {
+        let info = m.endpoints[&addr_of(ep.ips[0])];
+        for peer in &peers {
+            for port in [79, 80, 81] {
+                let want = ep
+                    .ingress
+                    .is_none_or(|r| plan.rule_set(r).allows(*peer, Protocol::Tcp, port));
+                assert_eq!(
+                    m.allows(info.ingress_set, *peer, Protocol::Tcp, port),
+                    want,
+                    "{} from {peer}:{port}",
+                    ep.pod
+                );
+            }
+        }
+    }
+    // Both servers share one rule set; the client is open.
+    let sets: Vec<u32> = m.endpoints.values().map(|e| e.ingress_set).collect();
+    assert_eq!(sets.iter().filter(|s| **s != 0).collect::<std::collections::BTreeSet<_>>().len(), 1);
+    assert_eq!(m.ifaces.len(), 3);
+    assert_eq!(m.services.len(), 1);
+}
+
+#[test]
+fn reapplying_the_same_plan_writes_nothing() {
+    let plan = compile::compile(&state(80), "n1");
+    let mut p = Programmer::new(MemoryMaps::default(), 100);
+    p.apply(&plan, &ifindexes(&plan)).unwrap();
+    let before = p.maps().writes;
+    let stats = p.apply(&plan, &ifindexes(&plan)).unwrap();
+    assert_eq!(p.maps().writes, before);
+    assert_eq!(stats, ApplyStats::default());
+}
+
+#[test]
+fn a_changed_rule_set_is_written_under_a_new_id_and_the_old_one_removed() {
+    let plan1 = compile::compile(&state(80), "n1");
+    let mut p = Programmer::new(MemoryMaps::default(), 100);
+    p.apply(&plan1, &ifindexes(&plan1)).unwrap();
+    let old_set = p.maps().endpoints[&addr_of("10.244.1.3".parse().unwrap())].ingress_set;
+
+    let plan2 = compile::compile(&state(8080), "n1");
+    let stats = p.apply(&plan2, &ifindexes(&plan2)).unwrap();
+    assert_eq!(stats.rule_sets_added, 1);
+    assert_eq!(stats.rule_sets_removed, 1);
+    let m = p.maps();
+    let new_set = m.endpoints[&addr_of("10.244.1.3".parse().unwrap())].ingress_set;
+    assert_ne!(old_set, new_set);
+    assert!(m.exact.keys().all(|(id, _)| *id != old_set.to_be_bytes()));
+    assert!(m.cidr.keys().all(|(id, _, _)| *id != old_set.to_be_bytes()));
+    let client: IpAddr = "10.244.1.2".parse().unwrap();
+    assert!(m.allows(new_set, client, Protocol::Tcp, 8080));
+    assert!(!m.allows(new_set, client, Protocol::Tcp, 80));
+    // Only the port set still in use remains.
+    assert_eq!(m.portsets.len(), 1);
+}
+
+#[test]
+fn removing_everything_leaves_empty_maps() {
+    let plan = compile::compile(&state(80), "n1");
+    let mut p = Programmer::new(MemoryMaps::default(), 100);
+    p.apply(&plan, &ifindexes(&plan)).unwrap();
+    p.apply(&compile::Plan::default(), &BTreeMap::new()).unwrap();
+    let m = p.maps();
+    assert!(m.exact.is_empty() && m.cidr.is_empty() && m.portsets.is_empty());
+    assert!(m.endpoints.is_empty() && m.ifaces.is_empty() && m.services.is_empty());
+    assert!(p.endpoint_ids().is_empty());
+}
+
+#[test]
+fn endpoint_ids_are_bounded() {
+    let plan = compile::compile(&state(80), "n1");
+    let mut p = Programmer::new(MemoryMaps::default(), 2);
+    let err = p.apply(&plan, &ifindexes(&plan)).unwrap_err();
+    assert!(err.to_string().contains("endpoints"), "{err}");
+}
