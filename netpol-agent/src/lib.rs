@@ -4,7 +4,11 @@
 //! * [`compile`] turns the state and this node's name into a [`compile::Plan`]: pure.
 //! * [`program`] writes a plan into the BPF maps as a diff.
 //! * [`datapath`] loads the BPF object and attaches it to pod veths and uplinks.
+//! * [`agent`] is the loop that runs them; [`status`] reports what it enforces.
+pub mod agent;
 pub mod compile;
+pub mod datapath;
 pub mod program;
 pub mod sources;
 pub mod state;
+pub mod status;

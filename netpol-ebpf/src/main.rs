@@ -92,7 +92,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
         }
     };
     if !verdict::sent_from_own_address(&iface, &flow) {
-        if parse::is_neighbour_discovery(&flow) {
+        if parse::is_link_local_control(&flow) {
             return TC_ACT_UNSPEC;
         }
         count(iface.endpoint_id, reason::DROP_SPOOFED);

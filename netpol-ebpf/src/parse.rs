@@ -151,9 +151,15 @@ fn l4(ctx: &TcContext, src: Addr, dst: Addr, proto: u8, off: usize, later_fragme
     Parsed::Flow(flow)
 }
 
-/// Router/neighbour solicitation and advertisement, redirect: a pod needs them before it
-/// has any address the agent knows, and they never leave the link.
+/// Link-local IPv6 control traffic (multicast listener and neighbour discovery): a pod
+/// sends it from `::` or `fe80::/10` before it has any address the agent knows, and it
+/// never leaves the link.
 #[inline(always)]
-pub fn is_neighbour_discovery(flow: &Flow) -> bool {
-    flow.proto == PROTO_ICMPV6 && (133..=137).contains(&flow.icmp6_type)
+pub fn is_link_local_control(flow: &Flow) -> bool {
+    let s = &flow.src.0;
+    let link_local = s[0] == 0xfe && s[1] & 0xc0 == 0x80;
+    let unspecified = u128::from_be_bytes(*s) == 0;
+    flow.proto == PROTO_ICMPV6
+        && (link_local || unspecified)
+        && matches!(flow.icmp6_type, 130..=137 | 143)
 }

@@ -1,0 +1,348 @@
+//! The node agent's loop: on every change of the source (and every resync tick, which
+//! finds new pod veths) load -> compile -> attach -> program -> report.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use netpol_common::{reason, sizes};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::compile;
+use crate::datapath::{self, AttachMode, Datapath, MapSizes, routes};
+use crate::program::{Programmer, kernel::KernelMaps};
+use crate::sources::file;
+use crate::state::{ClusterState, ObjectRef};
+use crate::status::{self, EndpointStatus, Shared, Status};
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "netpol-agent",
+    version,
+    about = "Enforces Kubernetes NetworkPolicies on this node with eBPF (TC on pod veths and uplinks).",
+    long_about = "Enforces Kubernetes NetworkPolicies on this node with eBPF.\n\n\
+It reads the cluster from --policy-dir (a folder of Namespace, Pod, Service and NetworkPolicy YAML), \
+compiles the policies for the pods of --node-name, attaches TC programs to the host side of those \
+pods' veths (found from their host routes) and to the uplinks, and programs the BPF maps. \
+It reloads when the folder changes. A folder or policy it cannot read never opens traffic: \
+the last good state stays enforced, and errors are reported in the log, /metrics and /status.\n\n\
+Needs root (or CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_RESOURCE on older kernels)."
+)]
+pub struct Args {
+    /// Name of this node: pods whose spec.nodeName is this are enforced here.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+
+    /// Folder of Kubernetes YAML to read the cluster from.
+    #[arg(long)]
+    pub policy_dir: PathBuf,
+
+    /// Interface where pod traffic leaves the node (repeatable). Default: the interfaces
+    /// of the default routes.
+    #[arg(long = "uplink")]
+    pub uplinks: Vec<String>,
+
+    /// How to attach the TC programs.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach_mode: AttachMode,
+
+    /// Address of the HTTP endpoint serving /metrics, /healthz, /readyz and /status.
+    #[arg(long, default_value = "127.0.0.1:9964")]
+    pub metrics_addr: SocketAddr,
+
+    /// Also write the status (JSON) to this file after every change and every second.
+    #[arg(long)]
+    pub status_file: Option<PathBuf>,
+
+    /// Log the packet counters every this many seconds (0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub counters_interval: u64,
+
+    /// Look for new or removed pod veths this often, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub resync_ms: u64,
+
+    #[command(flatten)]
+    pub map_sizes: MapSizes,
+}
+
+struct Agent {
+    args: Args,
+    datapath: Datapath,
+    programmer: Programmer<KernelMaps>,
+    state: Option<ClusterState>,
+    digest: String,
+    status: Shared,
+    uplinks: Vec<String>,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let mut datapath = Datapath::load(args.attach_mode, &args.map_sizes)?;
+    let maps = datapath.take_maps()?;
+    let uplinks = if args.uplinks.is_empty() {
+        routes::default_route_interfaces().context("reading default routes")?
+    } else {
+        args.uplinks.clone()
+    };
+    for up in &uplinks {
+        datapath
+            .attach_uplink(up)
+            .with_context(|| format!("uplink {up}"))?;
+    }
+    info!(node = %args.node_name, mode = ?datapath.mode(), ?uplinks, "datapath loaded");
+
+    let status: Shared = Arc::new(Mutex::new(Status {
+        node: args.node_name.clone(),
+        attach_mode: format!("{:?}", datapath.mode()).to_lowercase(),
+        uplinks: uplinks.clone(),
+        ..Default::default()
+    }));
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    tokio::spawn(status::serve(listener, status.clone()));
+
+    let (tx, mut changes) = mpsc::channel::<()>(1);
+    let _watcher = watch_folder(&args.policy_dir, tx)?;
+
+    let mut agent = Agent {
+        programmer: Programmer::new(maps, sizes::COUNTERS),
+        datapath,
+        state: None,
+        digest: String::new(),
+        status,
+        uplinks,
+        args,
+    };
+    agent.reconcile(true);
+
+    let mut resync = tokio::time::interval(Duration::from_millis(agent.args.resync_ms.max(50)));
+    let mut report = tokio::time::interval(Duration::from_secs(1));
+    let counters_every = agent.args.counters_interval;
+    let mut ticks: u64 = 0;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            Some(()) = changes.recv() => agent.reconcile(true),
+            _ = resync.tick() => agent.reconcile(false),
+            _ = report.tick() => {
+                ticks += 1;
+                agent.refresh_counters();
+                if counters_every > 0 && ticks % counters_every == 0 {
+                    info!("packet counters\n{}", agent.snapshot().counters_table());
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    agent.refresh_counters();
+    info!("stopping; final packet counters\n{}", agent.snapshot().counters_table());
+    Ok(())
+}
+
+/// Sends on `tx` whenever something in `dir` changes; bursts collapse into one message.
+fn watch_folder(dir: &std::path::Path, tx: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        // Reads (ours included) are events too; only writes matter.
+        let relevant = match ev {
+            Ok(e) => !matches!(e.kind, notify::EventKind::Access(_)),
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = tx.try_send(());
+        }
+    })
+    .context("creating the folder watcher")?;
+    w.watch(dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    Ok(w)
+}
+
+impl Agent {
+    fn snapshot(&self) -> Status {
+        match self.status.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn update_status(&self, f: impl FnOnce(&mut Status)) {
+        let mut guard = match self.status.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut guard);
+        if let Some(path) = &self.args.status_file {
+            let tmp = path.with_extension("tmp");
+            let written = serde_json::to_vec_pretty(&*guard)
+                .map_err(std::io::Error::other)
+                .and_then(|b| std::fs::write(&tmp, b))
+                .and_then(|()| std::fs::rename(&tmp, path));
+            if let Err(e) = written {
+                warn!(path = %path.display(), error = %e, "writing the status file");
+            }
+        }
+    }
+
+    /// `reload`: read the source again (else only look for new or gone veths).
+    fn reconcile(&mut self, reload: bool) {
+        if reload || self.state.is_none() {
+            match file::load(&self.args.policy_dir) {
+                Ok(loaded) => {
+                    for i in &loaded.ignored {
+                        tracing::debug!(object = %i, "ignored kind");
+                    }
+                    self.state = Some(loaded.state);
+                    self.digest = loaded.digest;
+                    self.update_status(|s| s.source_error = None);
+                }
+                Err(e) => {
+                    error!(error = %e, "policy source failed to load; the last good state stays enforced");
+                    let msg = e.to_string();
+                    self.update_status(|s| s.source_error = Some(msg));
+                    if self.state.is_none() {
+                        return;
+                    }
+                }
+            }
+        }
+        let Some(state) = &self.state else { return };
+        let plan = compile::compile(state, &self.args.node_name);
+
+        let host_routes = match routes::host_routes() {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "reading routes");
+                return;
+            }
+        };
+        let mut ifaces: BTreeMap<ObjectRef, (String, u32)> = BTreeMap::new();
+        for ep in &plan.endpoints {
+            let Some(name) = ep.ips.iter().find_map(|ip| host_routes.get(ip)) else {
+                continue;
+            };
+            match datapath::ifindex(name) {
+                Ok(idx) => {
+                    ifaces.insert(ep.pod.clone(), (name.clone(), idx));
+                }
+                Err(e) => warn!(pod = %ep.pod, iface = %name, error = %e, "interface vanished"),
+            }
+        }
+        // Attach before programming the interface map, detach after: a veth never runs
+        // our program without knowing its pod... and never keeps it after the pod is gone.
+        let mut ready_ifaces = BTreeMap::new();
+        for (pod, (name, idx)) in &ifaces {
+            if !self.datapath.is_attached(name) {
+                match self.datapath.attach_pod(name) {
+                    Ok(()) => info!(%pod, iface = %name, "attached"),
+                    Err(e) => {
+                        error!(%pod, iface = %name, error = format!("{e:#}"), "attach failed");
+                        continue;
+                    }
+                }
+            }
+            ready_ifaces.insert(pod.clone(), *idx);
+        }
+        let result = self.programmer.apply(&plan, &ready_ifaces);
+        let wanted: std::collections::BTreeSet<&str> = ifaces
+            .values()
+            .map(|(n, _)| n.as_str())
+            .chain(self.uplinks.iter().map(String::as_str))
+            .collect();
+        let gone: Vec<String> = self
+            .datapath
+            .attached()
+            .filter(|n| !wanted.contains(n))
+            .map(str::to_string)
+            .collect();
+        for name in gone {
+            info!(iface = %name, "detached");
+            self.datapath.detach(&name);
+        }
+
+        match result {
+            Ok(stats) => {
+                if stats != Default::default() || reload {
+                    info!(
+                        digest = %self.digest,
+                        endpoints = plan.endpoints.len(),
+                        rule_sets = plan.rule_sets.len(),
+                        ?stats,
+                        "programmed"
+                    );
+                }
+                for e in &plan.errors {
+                    if reload {
+                        warn!("{e}");
+                    }
+                }
+                let changed = stats != Default::default() || reload;
+                let endpoints = self.endpoint_status(&plan, &ifaces);
+                let digest = self.digest.clone();
+                self.update_status(|s| {
+                    s.applied_digest = digest;
+                    s.generation += u64::from(changed);
+                    s.ready = true;
+                    s.program_error = None;
+                    s.policy_errors = plan.errors.iter().map(|e| e.to_string()).collect();
+                    s.rule_sets = plan.rule_sets.len();
+                    s.endpoints = endpoints;
+                });
+                self.refresh_counters();
+            }
+            Err(e) => {
+                error!(error = %e, "programming the maps failed; the previous state stays enforced where it was not replaced");
+                let msg = e.to_string();
+                self.update_status(|s| s.program_error = Some(msg));
+            }
+        }
+    }
+
+    fn endpoint_status(
+        &self,
+        plan: &compile::Plan,
+        ifaces: &BTreeMap<ObjectRef, (String, u32)>,
+    ) -> Vec<EndpointStatus> {
+        let ids = self.programmer.endpoint_ids();
+        plan.endpoints
+            .iter()
+            .map(|ep| EndpointStatus {
+                pod: ep.pod.to_string(),
+                id: ids.get(&ep.pod).copied().unwrap_or(0),
+                ips: ep.ips.iter().map(|i| i.to_string()).collect(),
+                interface: ifaces.get(&ep.pod).map(|(n, _)| n.clone()),
+                ingress_isolated: ep.ingress.is_some(),
+                egress_isolated: ep.egress.is_some(),
+                packets: BTreeMap::new(),
+            })
+            .collect()
+    }
+
+    fn refresh_counters(&mut self) {
+        let maps = self.programmer.maps();
+        let mut snapshot = self.snapshot();
+        for ep in &mut snapshot.endpoints {
+            if ep.id == 0 {
+                continue;
+            }
+            match maps.counters(ep.id) {
+                Ok(c) => {
+                    ep.packets = reason::NAMES
+                        .iter()
+                        .zip(c.packets.iter())
+                        .map(|(n, v)| (n.to_string(), *v))
+                        .collect();
+                }
+                Err(e) => warn!(pod = %ep.pod, error = %e, "reading counters"),
+            }
+        }
+        self.update_status(|s| s.endpoints = snapshot.endpoints);
+    }
+}
