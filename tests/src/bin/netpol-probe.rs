@@ -1,0 +1,163 @@
+//! The sandbox's traffic tool. `serve` answers every TCP connection and UDP datagram with
+//! its own `NS/NAME`; `connect` opens connections and prints one line per attempt:
+//! `ok NS/NAME` or `fail REASON`. Both run inside sandbox network namespaces only.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "netpol sandbox traffic tool: answers and opens TCP/UDP connections")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Answer on the given ports until killed.
+    Serve {
+        /// What to answer with (`NS/NAME`).
+        #[arg(long)]
+        name: String,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: IpAddr,
+        #[arg(long = "tcp")]
+        tcp: Vec<u16>,
+        #[arg(long = "udp")]
+        udp: Vec<u16>,
+    },
+    /// Connect `attempts` times, each from a new source port.
+    Connect {
+        #[arg(long)]
+        addr: IpAddr,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "TCP")]
+        protocol: String,
+        #[arg(long, default_value_t = 1)]
+        attempts: u32,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Serve {
+            name,
+            bind,
+            tcp,
+            udp,
+        } => serve(&name, bind, &tcp, &udp),
+        Cmd::Connect {
+            addr,
+            port,
+            protocol,
+            attempts,
+            timeout_ms,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms);
+            let target = SocketAddr::new(addr, port);
+            let once = match protocol.as_str() {
+                "TCP" => tcp_once,
+                "UDP" => udp_once,
+                other => bail!("protocol {other} is not supported by this probe"),
+            };
+            // Attempts run at once, each on its own socket (so its own source port).
+            let results: Vec<Result<String>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..attempts)
+                    .map(|_| s.spawn(move || once(target, timeout)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("attempt panicked"))))
+                    .collect()
+            });
+            for r in results {
+                match r {
+                    Ok(who) => println!("ok {who}"),
+                    Err(e) => println!("fail {e:#}"),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn serve(name: &str, bind: IpAddr, tcp: &[u16], udp: &[u16]) -> Result<()> {
+    let answer = format!("{name}\n");
+    let mut threads = Vec::new();
+    for port in tcp {
+        let l = TcpListener::bind((bind, *port)).with_context(|| format!("tcp {bind}:{port}"))?;
+        let answer = answer.clone();
+        threads.push(std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                let answer = answer.clone();
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut buf = [0u8; 64];
+                    let _ = s.read(&mut buf);
+                    let _ = s.write_all(answer.as_bytes());
+                });
+            }
+        }));
+    }
+    for port in udp {
+        let sock = UdpSocket::bind((bind, *port)).with_context(|| format!("udp {bind}:{port}"))?;
+        let answer = answer.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((_, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(answer.as_bytes(), from);
+            }
+        }));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn tcp_once(target: SocketAddr, timeout: Duration) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&target, timeout).context("connect")?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"hello\n").context("send")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 128];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.contains(&b'\n') {
+                    break;
+                }
+            }
+            Err(e) => return Err(e).context("receive"),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).trim().to_string();
+    if text.is_empty() {
+        bail!("empty answer");
+    }
+    Ok(text)
+}
+
+fn udp_once(target: SocketAddr, timeout: Duration) -> Result<String> {
+    let bind: SocketAddr = match target {
+        SocketAddr::V4(_) => "0.0.0.0:0".parse()?,
+        SocketAddr::V6(_) => "[::]:0".parse()?,
+    };
+    let s = UdpSocket::bind(bind)?;
+    s.connect(target)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.send(b"hello\n").context("send")?;
+    let mut buf = [0u8; 512];
+    let n = s.recv(&mut buf).context("receive")?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}

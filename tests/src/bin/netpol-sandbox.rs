@@ -1,0 +1,147 @@
+//! Runs the sandbox cluster (needs root): `conformance` runs case files on real packets,
+//! `demo` shows one tutorial scenario as a table. `cargo xtask conformance` and
+//! `cargo xtask demo` build everything and call this.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use netpol_tests::cases::load_cases;
+use netpol_tests::conformance::{self, describe};
+use netpol_tests::sandbox::{self, Config, Sandbox};
+
+#[derive(Parser)]
+#[command(about = "netpol's sandbox cluster of network namespaces (run as root)")]
+struct Cli {
+    /// The agent binary to run on each node.
+    #[arg(long)]
+    agent: PathBuf,
+    /// The probe binary (netpol-probe).
+    #[arg(long)]
+    probe: PathBuf,
+    /// Attach mode passed to the agents.
+    #[arg(long, default_value = "auto")]
+    attach_mode: String,
+    /// How long a probe waits for an answer before calling the connection blocked.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run conformance cases; exits non-zero when a step fails.
+    Conformance {
+        #[arg(long, num_args = 1.., required = true)]
+        cases: Vec<PathBuf>,
+    },
+    /// Start the sandbox with one case and print its checks as a table, with the agents'
+    /// packet counters.
+    Demo {
+        #[arg(long)]
+        cases: PathBuf,
+        /// Case id to show.
+        #[arg(long, default_value = "seed-000-deny-external-egress")]
+        case: String,
+    },
+    /// Remove namespaces left behind by sandbox runs that were killed.
+    Clean,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the sandbox creates network namespaces and loads BPF: run it as root");
+    }
+    let cfg = Config {
+        agent: cli.agent.canonicalize().context("--agent")?,
+        probe: cli.probe.canonicalize().context("--probe")?,
+        attach_mode: cli.attach_mode,
+        probe_timeout: Duration::from_millis(cli.timeout_ms),
+    };
+    match cli.cmd {
+        Cmd::Conformance { cases } => {
+            let (_, failed) = conformance::run_files(&cases, &cfg)?;
+            if failed > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Demo { cases, case } => demo(&cases, &case, &cfg),
+        Cmd::Clean => {
+            let n = sandbox::remove_stale()?;
+            println!("removed {n} stale sandbox namespaces");
+            Ok(())
+        }
+    }
+}
+
+fn demo(file: &PathBuf, id: &str, cfg: &Config) -> Result<()> {
+    sandbox::remove_stale()?;
+    let cases = load_cases(file)?;
+    let case = cases
+        .iter()
+        .find(|c| c.id == id)
+        .with_context(|| format!("no case {id} in {}", file.display()))?;
+    println!("netpol demo: {} ({})", case.name, case.id);
+    println!("starting a sandbox cluster: 2 nodes, {} pods, {} services, {} external hosts, one agent per node",
+        case.model().pods.len(), case.model().services.len(), case.model().external.len());
+    let mut sb = Sandbox::start(&case.model(), cfg)?;
+    let mut all_ok = true;
+    for (i, step) in case.steps().iter().enumerate() {
+        let took = sb.apply(&step.policies, &step.namespace_labels, &step.pod_labels)?;
+        let names: Vec<String> = step
+            .policies
+            .iter()
+            .filter_map(|p| p.pointer("/metadata/name").and_then(|n| n.as_str()).map(String::from))
+            .collect();
+        println!(
+            "\nstep {i}: policies in force: {} (enforced on both nodes {} ms after the write)\n",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") },
+            took.as_millis()
+        );
+        let checks = case.checks_of(step)?;
+        let results = conformance::run_checks(&sb, &checks);
+        println!(
+            "  {:<30} {:<30} {:<9} {:<9} {:<9} {}",
+            "from", "to", "port", "expected", "observed", ""
+        );
+        for r in &results {
+            let c = &r.check;
+            let observed_allowed = r.observed.starts_with("allowed");
+            println!(
+                "  {:<30} {:<30} {:<9} {:<9} {:<9} {}",
+                c.from,
+                c.to,
+                format!("{}/{}", c.port, c.protocol),
+                if c.expect { "pass" } else { "blocked" },
+                if observed_allowed { "pass" } else { "blocked" },
+                if r.passed { "ok" } else { "MISMATCH" }
+            );
+            if !r.passed {
+                all_ok = false;
+                println!("      {}", describe(r));
+            }
+        }
+    }
+    // Counters are refreshed by the agents every second.
+    std::thread::sleep(Duration::from_millis(1200));
+    println!("\npacket counters (per local pod and reason, from each node's agent):\n");
+    for st in sb.statuses() {
+        println!("{}:", st.node);
+        for line in st.counters_table().lines() {
+            println!("  {line}");
+        }
+        for e in &st.policy_errors {
+            println!("  policy error: {e}");
+        }
+    }
+    if !all_ok {
+        bail!("some checks did not match the policy");
+    }
+    println!("\nall checks match the policy; the sandbox is removed.");
+    Ok(())
+}

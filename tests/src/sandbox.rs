@@ -1,0 +1,740 @@
+//! A cluster made of network namespaces, with the real agent on each node. Needs root.
+//!
+//! ```text
+//!   pod netns (eth0, 10.244.N.x/32, default via 169.254.1.1)
+//!        | veth (host side vpK, the agent's pod hook)
+//!   node-1 netns --"nl0" veth (10.255.0.1 <-> .2)-- node-2 netns
+//!        | "ext0" veth (10.255.1.1 <-> .2)
+//!   ext netns (the model's external addresses)
+//! ```
+//!
+//! Nothing here has a link or route to the host's namespaces: every address exists only
+//! inside the sandbox, and nodes have no default route. Services are nftables DNAT rules
+//! in each node, chosen at random per connection as kube-proxy does. Everything (servers,
+//! agents, namespaces, the temp folder) is removed on drop, on Ctrl-C, and, for runs that
+//! died, by the next run.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use netpol_agent::status::Status;
+use serde_json::{Value, json};
+
+use crate::cases::{CheckDef, Labels, Model, selects};
+
+const NS_PREFIX: &str = "npsb-";
+const NODES: usize = 2;
+/// MAC of every node-side pod veth: pods reach their gateway without ARP.
+const GW_MAC: &str = "ee:ee:ee:ee:ee:ee";
+const GW_IP: &str = "169.254.1.1";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub agent: PathBuf,
+    pub probe: PathBuf,
+    /// `--attach-mode` for the agents.
+    pub attach_mode: String,
+    pub probe_timeout: Duration,
+}
+
+/// What to remove; shared with the Ctrl-C handler.
+#[derive(Default)]
+struct Cleanup {
+    pids: Vec<u32>,
+    netns: Vec<String>,
+    dir: Option<PathBuf>,
+}
+
+impl Cleanup {
+    fn run(&mut self) {
+        for pid in self.pids.drain(..) {
+            // SAFETY: plain syscall on a pid we started.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for ns in self.netns.drain(..).rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "pids", &ns])
+                .output()
+                .map(|o| {
+                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                        if let Ok(pid) = pid.parse::<i32>() {
+                            // SAFETY: plain syscall; these are processes inside our netns.
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                        }
+                    }
+                });
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+type Registry = Mutex<Vec<Arc<Mutex<Cleanup>>>>;
+
+fn registry() -> &'static Registry {
+    static REG: OnceLock<Registry> = OnceLock::new();
+    REG.get_or_init(|| {
+        let _ = ctrlc::set_handler(|| {
+            eprintln!("interrupted: removing the sandbox");
+            if let Ok(all) = registry().lock() {
+                for c in all.iter() {
+                    if let Ok(mut c) = c.lock() {
+                        c.run();
+                    }
+                }
+            }
+            std::process::exit(130);
+        });
+        Mutex::new(Vec::new())
+    })
+}
+
+/// Removes namespaces left by sandbox runs whose process is gone.
+pub fn remove_stale() -> Result<usize> {
+    let out = Command::new("ip").args(["netns", "list"]).output()?;
+    let mut removed = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
+            continue;
+        };
+        let pid: i32 = rest.split('-').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        // SAFETY: signal 0 only checks that the process exists.
+        let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
+        if !alive {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+pub struct PodPlace {
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub node: usize,
+}
+
+struct AgentProc {
+    node: String,
+    child: Child,
+    status_file: PathBuf,
+    log: PathBuf,
+}
+
+pub struct Sandbox {
+    cfg: Config,
+    tag: String,
+    dir: PathBuf,
+    cluster_dir: PathBuf,
+    cleanup: Arc<Mutex<Cleanup>>,
+    model: Model,
+    pub pods: BTreeMap<String, PodPlace>,
+    pub services: BTreeMap<String, Ipv4Addr>,
+    pub external: BTreeMap<String, Ipv4Addr>,
+    ns_labels: BTreeMap<String, Labels>,
+    pod_labels: BTreeMap<String, Labels>,
+    servers: Vec<Child>,
+    agents: Vec<AgentProc>,
+}
+
+fn run(args: &[&str]) -> Result<()> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", args[0]))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn node_name(i: usize) -> String {
+    format!("node-{}", i + 1)
+}
+
+impl Sandbox {
+    pub fn start(model: &Model, cfg: &Config) -> Result<Self> {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{NS_PREFIX}{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&tag);
+        let cluster_dir = dir.join("cluster");
+        std::fs::create_dir_all(&cluster_dir)
+            .with_context(|| format!("creating {}", cluster_dir.display()))?;
+        let cleanup = Arc::new(Mutex::new(Cleanup {
+            dir: Some(dir.clone()),
+            ..Default::default()
+        }));
+        registry()
+            .lock()
+            .map_err(|_| anyhow!("sandbox registry poisoned"))?
+            .push(cleanup.clone());
+        let mut sb = Sandbox {
+            cfg: cfg.clone(),
+            tag,
+            dir,
+            cluster_dir,
+            cleanup,
+            model: model.clone(),
+            pods: BTreeMap::new(),
+            services: BTreeMap::new(),
+            external: BTreeMap::new(),
+            ns_labels: model.namespaces.clone(),
+            pod_labels: model
+                .pods
+                .iter()
+                .map(|p| (format!("{}/{}", p.ns, p.name), p.labels.clone()))
+                .collect(),
+            servers: Vec::new(),
+            agents: Vec::new(),
+        };
+        sb.build_network()?;
+        sb.start_servers()?;
+        sb.write_cluster(&[])?;
+        sb.start_agents()?;
+        sb.wait_applied(Duration::from_secs(20))?;
+        Ok(sb)
+    }
+
+    fn netns(&self, what: &str) -> String {
+        format!("{}-{what}", self.tag)
+    }
+
+    fn add_netns(&self, name: &str) -> Result<()> {
+        run(&["ip", "netns", "add", name])?;
+        self.cleanup
+            .lock()
+            .map_err(|_| anyhow!("cleanup poisoned"))?
+            .netns
+            .push(name.to_string());
+        run(&["ip", "-n", name, "link", "set", "lo", "up"])
+    }
+
+    fn build_network(&mut self) -> Result<()> {
+        let nodes: Vec<String> = (0..NODES).map(|i| self.netns(&format!("n{}", i + 1))).collect();
+        for (i, ns) in nodes.iter().enumerate() {
+            self.add_netns(ns)?;
+            for sysctl in [
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ] {
+                run(&["ip", "netns", "exec", ns, "sysctl", "-qw", sysctl])?;
+            }
+            let _ = i;
+        }
+        // Node link.
+        run(&[
+            "ip", "link", "add", "nl0", "netns", &nodes[0], "type", "veth", "peer", "name", "nl0",
+            "netns", &nodes[1],
+        ])?;
+        for (i, ns) in nodes.iter().enumerate() {
+            run(&["ip", "-n", ns, "addr", "add", &format!("10.255.0.{}/30", i + 1), "dev", "nl0"])?;
+            run(&["ip", "-n", ns, "link", "set", "nl0", "up"])?;
+            let other = 1 - i;
+            run(&[
+                "ip", "-n", ns, "route", "add", &format!("10.244.{}.0/24", other + 1), "via",
+                &format!("10.255.0.{}", other + 1),
+            ])?;
+        }
+
+        // External hosts behind node 1.
+        let ext = self.netns("ext");
+        self.add_netns(&ext)?;
+        run(&[
+            "ip", "link", "add", "ext0", "netns", &nodes[0], "type", "veth", "peer", "name",
+            "eth0", "netns", &ext,
+        ])?;
+        run(&["ip", "-n", &nodes[0], "addr", "add", "10.255.1.1/30", "dev", "ext0"])?;
+        run(&["ip", "-n", &nodes[0], "link", "set", "ext0", "up"])?;
+        run(&["ip", "-n", &ext, "addr", "add", "10.255.1.2/30", "dev", "eth0"])?;
+        run(&["ip", "-n", &ext, "link", "set", "eth0", "up"])?;
+        run(&["ip", "-n", &ext, "route", "add", "10.244.0.0/16", "via", "10.255.1.1"])?;
+        for e in &self.model.external {
+            let ip: Ipv4Addr = e
+                .ip
+                .parse()
+                .with_context(|| format!("external {}: bad ip {:?}", e.name, e.ip))?;
+            run(&["ip", "-n", &ext, "addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+            run(&["ip", "-n", &nodes[0], "route", "add", &format!("{ip}/32"), "via", "10.255.1.2"])?;
+            run(&["ip", "-n", &nodes[1], "route", "add", &format!("{ip}/32"), "via", "10.255.0.1"])?;
+            self.external.insert(e.name.clone(), ip);
+        }
+
+        // Pods, alternating between nodes.
+        let mut next_host = [10u8; NODES];
+        for (k, pod) in self.model.pods.clone().iter().enumerate() {
+            let node = k % NODES;
+            let ip = Ipv4Addr::new(10, 244, node as u8 + 1, next_host[node]);
+            next_host[node] += 1;
+            let pns = self.netns(&format!("p{k}"));
+            self.add_netns(&pns)?;
+            let host_if = format!("vp{k}");
+            let pod_mac = format!("02:00:0a:f4:{:02x}:{:02x}", node + 1, ip.octets()[3]);
+            run(&[
+                "ip", "link", "add", &host_if, "netns", &nodes[node], "address", GW_MAC, "type",
+                "veth", "peer", "name", "eth0", "netns", &pns, "address", &pod_mac,
+            ])?;
+            run(&["ip", "-n", &nodes[node], "link", "set", &host_if, "up"])?;
+            run(&["ip", "-n", &nodes[node], "route", "add", &format!("{ip}/32"), "dev", &host_if])?;
+            run(&[
+                "ip", "-n", &nodes[node], "neigh", "replace", &ip.to_string(), "lladdr", &pod_mac,
+                "dev", &host_if, "nud", "permanent",
+            ])?;
+            run(&["ip", "-n", &pns, "addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+            run(&["ip", "-n", &pns, "link", "set", "eth0", "up"])?;
+            run(&["ip", "-n", &pns, "route", "add", GW_IP, "dev", "eth0", "scope", "link"])?;
+            run(&["ip", "-n", &pns, "route", "add", "default", "via", GW_IP, "dev", "eth0"])?;
+            run(&[
+                "ip", "-n", &pns, "neigh", "replace", GW_IP, "lladdr", GW_MAC, "dev", "eth0",
+                "nud", "permanent",
+            ])?;
+            self.pods.insert(
+                format!("{}/{}", pod.ns, pod.name),
+                PodPlace {
+                    netns: pns,
+                    ip,
+                    node,
+                },
+            );
+        }
+
+        // Services: ClusterIPs and kube-proxy-like DNAT in every node.
+        for (k, svc) in self.model.services.iter().enumerate() {
+            let ip = Ipv4Addr::new(10, 96, (k / 250) as u8, (k % 250) as u8 + 1);
+            self.services.insert(format!("{}/{}", svc.ns, svc.name), ip);
+        }
+        let rules = self.nft_rules()?;
+        for ns in &nodes {
+            let path = self.dir.join(format!("{ns}.nft"));
+            std::fs::write(&path, &rules)?;
+            run(&["ip", "netns", "exec", ns, "nft", "-f", &path.to_string_lossy()])?;
+        }
+        Ok(())
+    }
+
+    /// Backends follow the pods' current labels, like EndpointSlices, but the sandbox
+    /// keeps the model's labels for this (cases relabel pods to change policy, not
+    /// Service membership).
+    fn nft_rules(&self) -> Result<String> {
+        let mut out = String::from("table ip netpol_sandbox_kp {\n");
+        let mut pre = String::from(
+            "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n",
+        );
+        let mut chain_no = 0;
+        for svc in &self.model.services {
+            let vip = self.services[&format!("{}/{}", svc.ns, svc.name)];
+            for sp in &svc.ports {
+                let proto = sp.protocol.to_lowercase();
+                let mut backends = Vec::new();
+                for p in &self.model.pods {
+                    if p.ns != svc.ns || !selects(&svc.selector, &p.labels) {
+                        continue;
+                    }
+                    let target = match &sp.target_port {
+                        None => Some(sp.port),
+                        Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+                        Some(Value::String(name)) => p
+                            .ports
+                            .iter()
+                            .find(|c| c.name.as_deref() == Some(name.as_str()) && c.protocol == sp.protocol)
+                            .map(|c| c.port),
+                        Some(other) => bail!("service {}: bad targetPort {other}", svc.name),
+                    };
+                    if let Some(t) = target {
+                        backends.push((self.pods[&format!("{}/{}", p.ns, p.name)].ip, t));
+                    }
+                }
+                if backends.is_empty() || !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+                    continue;
+                }
+                let chain = format!("svc{chain_no}");
+                chain_no += 1;
+                let _ = writeln!(pre, "    ip daddr {vip} {proto} dport {} jump {chain}", sp.port);
+                let mut vmap = Vec::new();
+                for (i, (ip, port)) in backends.iter().enumerate() {
+                    let ep = format!("{chain}_ep{i}");
+                    let _ = writeln!(out, "  chain {ep} {{\n    meta l4proto {proto} dnat to {ip}:{port}\n  }}");
+                    vmap.push(format!("{i} : jump {ep}"));
+                }
+                let _ = writeln!(
+                    out,
+                    "  chain {chain} {{\n    numgen random mod {} vmap {{ {} }}\n  }}",
+                    backends.len(),
+                    vmap.join(", ")
+                );
+            }
+        }
+        pre.push_str("  }\n");
+        out.push_str(&pre);
+        out.push_str("}\n");
+        Ok(out)
+    }
+
+    fn spawn_in(&self, netns: &str, args: &[String], log: &Path) -> Result<Child> {
+        let logf = std::fs::File::create(log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            .spawn()
+            .with_context(|| format!("starting {:?} in {netns}", args.first()))?;
+        self.cleanup
+            .lock()
+            .map_err(|_| anyhow!("cleanup poisoned"))?
+            .pids
+            .push(child.id());
+        Ok(child)
+    }
+
+    fn start_servers(&mut self) -> Result<()> {
+        let probe = self.cfg.probe.to_string_lossy().to_string();
+        let mut to_start = Vec::new();
+        for p in &self.model.pods {
+            let mut args = vec![probe.clone(), "serve".into(), "--name".into(), format!("{}/{}", p.ns, p.name)];
+            let mut any = false;
+            for port in &p.ports {
+                let flag = match port.protocol.as_str() {
+                    "TCP" => "--tcp",
+                    "UDP" => "--udp",
+                    _ => continue, // no SCTP sockets on this kernel
+                };
+                args.push(flag.into());
+                args.push(port.port.to_string());
+                any = true;
+            }
+            if any {
+                to_start.push((self.pods[&format!("{}/{}", p.ns, p.name)].netns.clone(), args, format!("server-{}-{}", p.ns, p.name)));
+            }
+        }
+        for e in &self.model.external {
+            let mut args = vec![
+                probe.clone(),
+                "serve".into(),
+                "--name".into(),
+                format!("ext/{}", e.name),
+                "--bind".into(),
+                e.ip.clone(),
+            ];
+            for port in &e.ports {
+                let flag = if port.protocol == "UDP" { "--udp" } else { "--tcp" };
+                args.push(flag.into());
+                args.push(port.port.to_string());
+            }
+            to_start.push((self.netns("ext"), args, format!("server-ext-{}", e.name)));
+        }
+        for (ns, args, log) in to_start {
+            let child = self.spawn_in(&ns, &args, &self.dir.join(format!("{log}.log")))?;
+            self.servers.push(child);
+        }
+        Ok(())
+    }
+
+    fn start_agents(&mut self) -> Result<()> {
+        for i in 0..NODES {
+            let node = node_name(i);
+            let status_file = self.dir.join(format!("status-{node}.json"));
+            let log = self.dir.join(format!("agent-{node}.log"));
+            let mut args = vec![
+                self.cfg.agent.to_string_lossy().to_string(),
+                "--node-name".into(),
+                node.clone(),
+                "--policy-dir".into(),
+                self.cluster_dir.to_string_lossy().to_string(),
+                "--uplink".into(),
+                "nl0".into(),
+                "--status-file".into(),
+                status_file.to_string_lossy().to_string(),
+                "--attach-mode".into(),
+                self.cfg.attach_mode.clone(),
+                "--resync-ms".into(),
+                "200".into(),
+            ];
+            if i == 0 {
+                args.push("--uplink".into());
+                args.push("ext0".into());
+            }
+            let child = self.spawn_in(&self.netns(&format!("n{}", i + 1)), &args, &log)?;
+            self.agents.push(AgentProc {
+                node,
+                child,
+                status_file,
+                log,
+            });
+        }
+        Ok(())
+    }
+
+    /// The whole cluster as one YAML file, replaced atomically.
+    fn write_cluster(&self, policies: &[Value]) -> Result<String> {
+        let mut docs: Vec<Value> = Vec::new();
+        for (ns, labels) in &self.ns_labels {
+            docs.push(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": labels}}));
+        }
+        for p in &self.model.pods {
+            let key = format!("{}/{}", p.ns, p.name);
+            let place = &self.pods[&key];
+            let ports: Vec<Value> = p
+                .ports
+                .iter()
+                .map(|c| json!({"name": c.name, "containerPort": c.port, "protocol": c.protocol}))
+                .collect();
+            docs.push(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": p.name, "namespace": p.ns, "labels": self.pod_labels[&key]},
+                "spec": {"nodeName": node_name(place.node),
+                         "containers": [{"name": "main", "image": "sandbox", "ports": ports}]},
+                "status": {"phase": "Running", "podIP": place.ip.to_string(),
+                           "podIPs": [{"ip": place.ip.to_string()}]}}));
+        }
+        for s in &self.model.services {
+            let ip = self.services[&format!("{}/{}", s.ns, s.name)];
+            let ports: Vec<Value> = s
+                .ports
+                .iter()
+                .map(|p| json!({"port": p.port, "protocol": p.protocol, "targetPort": p.target_port}))
+                .collect();
+            docs.push(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": s.name, "namespace": s.ns},
+                "spec": {"clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()],
+                         "selector": s.selector, "ports": ports}}));
+        }
+        docs.extend(policies.iter().cloned());
+        let text = serde_json::to_string_pretty(&json!({"apiVersion": "v1", "kind": "List", "items": docs}))?;
+        let tmp = self.dir.join("cluster.json.tmp");
+        std::fs::write(&tmp, &text)?;
+        std::fs::rename(&tmp, self.cluster_dir.join("cluster.json"))?;
+        netpol_agent::sources::file::digest(&self.cluster_dir).map_err(Into::into)
+    }
+
+    /// Replaces `{{ip NS/POD}}` and `{{cidr4 NS/POD}}` with run-time addresses.
+    pub fn substitute(&self, text: &str) -> Result<String> {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..]
+                .find("}}")
+                .ok_or_else(|| anyhow!("unclosed placeholder in {text:?}"))?;
+            let inner = rest[start + 2..start + end].trim();
+            let (kind, pod) = inner
+                .split_once(' ')
+                .ok_or_else(|| anyhow!("bad placeholder {inner:?}"))?;
+            let place = self
+                .pods
+                .get(pod.trim())
+                .ok_or_else(|| anyhow!("placeholder names unknown pod {pod:?}"))?;
+            match kind {
+                "ip" => out.push_str(&place.ip.to_string()),
+                "cidr4" => {
+                    let net = ipnet::Ipv4Net::new(place.ip, 4)?.trunc();
+                    out.push_str(&net.to_string());
+                }
+                other => bail!("unknown placeholder {other:?}"),
+            }
+            rest = &rest[start + end + 2..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// Applies a step's state and waits until every agent enforces it. Returns how long
+    /// that took.
+    pub fn apply(
+        &mut self,
+        policies: &[Value],
+        ns_labels: &BTreeMap<String, Labels>,
+        pod_labels: &BTreeMap<String, Labels>,
+    ) -> Result<Duration> {
+        for (ns, l) in ns_labels {
+            self.ns_labels.insert(ns.clone(), l.clone());
+        }
+        for (pod, l) in pod_labels {
+            if !self.pod_labels.contains_key(pod) {
+                bail!("pod_labels names unknown pod {pod}");
+            }
+            self.pod_labels.insert(pod.clone(), l.clone());
+        }
+        let policies: Vec<Value> = policies
+            .iter()
+            .map(|p| {
+                let text = self.substitute(&p.to_string())?;
+                serde_json::from_str(&text).context("policy after substitution")
+            })
+            .collect::<Result<_>>()?;
+        let started = Instant::now();
+        self.write_cluster(&policies)?;
+        self.wait_applied(Duration::from_secs(15))?;
+        Ok(started.elapsed())
+    }
+
+    fn wait_applied(&mut self, limit: Duration) -> Result<()> {
+        let digest = netpol_agent::sources::file::digest(&self.cluster_dir)?;
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut pending = Vec::new();
+            for a in &mut self.agents {
+                if let Ok(Some(code)) = a.child.try_wait() {
+                    bail!(
+                        "agent on {} exited ({code}):\n{}",
+                        a.node,
+                        tail(&a.log, 30)
+                    );
+                }
+                let done = read_status(&a.status_file).is_some_and(|s| {
+                    s.applied_digest == digest
+                        && s.endpoints.iter().all(|e| e.interface.is_some())
+                });
+                if !done {
+                    pending.push(a.node.clone());
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let logs: String = self
+                    .agents
+                    .iter()
+                    .map(|a| format!("--- {}\n{}", a.node, tail(&a.log, 15)))
+                    .collect();
+                bail!("agents {pending:?} did not apply the change within {limit:?}\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Status of each node's agent, as last written.
+    pub fn statuses(&self) -> Vec<Status> {
+        self.agents.iter().filter_map(|a| read_status(&a.status_file)).collect()
+    }
+
+    /// Where a check's `to` points: address and what it is.
+    pub fn target(&self, to: &str) -> Result<Ipv4Addr> {
+        let (kind, name) = to
+            .split_once(':')
+            .ok_or_else(|| anyhow!("bad check target {to:?}"))?;
+        let found = match kind {
+            "svc" => self.services.get(name).copied(),
+            "pod" => self.pods.get(name).map(|p| p.ip),
+            "ext" => self.external.get(name).copied(),
+            _ => None,
+        };
+        found.ok_or_else(|| anyhow!("check target {to:?} is not in the model"))
+    }
+
+    /// Runs one check's connections; each entry is `Ok(answer)` or `Err(reason)`.
+    pub fn probe(&self, check: &CheckDef) -> Result<Vec<std::result::Result<String, String>>> {
+        if !matches!(check.protocol.as_str(), "TCP" | "UDP") {
+            bail!(
+                "{} probes are not supported: this kernel has no {} sockets and crafted probes are not implemented yet",
+                check.protocol,
+                check.protocol
+            );
+        }
+        let from = self
+            .pods
+            .get(&check.from)
+            .ok_or_else(|| anyhow!("check source {:?} is not a pod of the model", check.from))?;
+        let addr = self.target(&check.to)?;
+        let attempts = check.attempts.unwrap_or(1).max(1);
+        let out = Command::new("ip")
+            .args(["netns", "exec", &from.netns])
+            .arg(&self.cfg.probe)
+            .args([
+                "connect",
+                "--addr",
+                &addr.to_string(),
+                "--port",
+                &check.port.to_string(),
+                "--protocol",
+                &check.protocol,
+                "--attempts",
+                &attempts.to_string(),
+                "--timeout-ms",
+                &self.cfg.probe_timeout.as_millis().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .context("running the probe")?;
+        if !out.status.success() {
+            bail!("probe failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| match l.split_once(' ') {
+                Some(("ok", who)) => Ok(who.to_string()),
+                Some((_, why)) => Err(why.to_string()),
+                None => Err(l.to_string()),
+            })
+            .collect())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn read_status(path: &Path) -> Option<Status> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            // SAFETY: plain syscall on our child.
+            unsafe { libc::kill(a.child.id() as i32, libc::SIGTERM) };
+        }
+        for a in &mut self.agents {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = a.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = a.child.kill();
+            let _ = a.child.wait();
+        }
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        if std::env::var_os("NETPOL_SANDBOX_KEEP_LOGS").is_some()
+            && let Ok(mut c) = self.cleanup.lock()
+        {
+            eprintln!("sandbox logs kept in {}", self.dir.display());
+            c.dir = None;
+        }
+        if let Ok(mut c) = self.cleanup.lock() {
+            c.run();
+        }
+        if let Ok(mut all) = registry().lock() {
+            all.retain(|c| !Arc::ptr_eq(c, &self.cleanup));
+        }
+    }
+}
