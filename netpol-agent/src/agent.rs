@@ -133,7 +133,7 @@ pub async fn run(args: Args) -> Result<()> {
             _ = report.tick() => {
                 ticks += 1;
                 agent.refresh_counters();
-                if counters_every > 0 && ticks % counters_every == 0 {
+                if counters_every > 0 && ticks.is_multiple_of(counters_every) {
                     info!("packet counters\n{}", agent.snapshot().counters_table());
                 }
             }
@@ -142,7 +142,10 @@ pub async fn run(args: Args) -> Result<()> {
         }
     }
     agent.refresh_counters();
-    info!("stopping; final packet counters\n{}", agent.snapshot().counters_table());
+    info!(
+        "stopping; final packet counters\n{}",
+        agent.snapshot().counters_table()
+    );
     Ok(())
 }
 

@@ -129,7 +129,10 @@ pub enum StateError {
     BadPodProtocol { pod: ObjectRef, message: String },
 }
 
-fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, kind: &'static str) -> Result<String, StateError> {
+fn name_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    kind: &'static str,
+) -> Result<String, StateError> {
     meta.name.clone().ok_or(StateError::MissingName { kind })
 }
 
@@ -141,7 +144,10 @@ fn namespaced(
     let namespace = meta
         .namespace
         .clone()
-        .ok_or_else(|| StateError::MissingNamespace { kind, name: name.clone() })?;
+        .ok_or_else(|| StateError::MissingNamespace {
+            kind,
+            name: name.clone(),
+        })?;
     Ok(ObjectRef { namespace, name })
 }
 
@@ -229,9 +235,7 @@ impl ClusterState {
     pub fn upsert_service(&mut self, svc: &Service) -> Result<(), StateError> {
         let key = namespaced(&svc.metadata, "Service")?;
         let spec = svc.spec.as_ref();
-        let mut ips: Vec<String> = spec
-            .and_then(|s| s.cluster_ips.clone())
-            .unwrap_or_default();
+        let mut ips: Vec<String> = spec.and_then(|s| s.cluster_ips.clone()).unwrap_or_default();
         if let Some(ip) = spec.and_then(|s| s.cluster_ip.clone())
             && !ips.contains(&ip)
         {

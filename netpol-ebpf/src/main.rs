@@ -59,7 +59,7 @@ fn count(endpoint_id: u32, why: usize) {
 #[inline(always)]
 fn verdict_of(why: usize) -> i32 {
     if why >= reason::DROP_EGRESS {
-        TC_ACT_SHOT as i32
+        TC_ACT_SHOT
     } else {
         TC_ACT_UNSPEC
     }
@@ -80,7 +80,7 @@ fn endpoint(addr: &Addr) -> Option<EndpointInfo> {
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
     // SAFETY: plain-data value, copied out.
-    let Some(iface) = (unsafe { IFACES.get(&ifindex(&ctx)) }).copied() else {
+    let Some(iface) = (unsafe { IFACES.get(ifindex(&ctx)) }).copied() else {
         return TC_ACT_UNSPEC; // not a veth of a pod we enforce (yet)
     };
     let flow = match parse::parse(&ctx) {
@@ -88,7 +88,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
         Parsed::NotIp => return TC_ACT_UNSPEC,
         Parsed::Malformed => {
             count(iface.endpoint_id, reason::DROP_MALFORMED);
-            return TC_ACT_SHOT as i32;
+            return TC_ACT_SHOT;
         }
     };
     if !verdict::sent_from_own_address(&iface, &flow) {
@@ -96,13 +96,13 @@ pub fn from_pod(ctx: TcContext) -> i32 {
             return TC_ACT_UNSPEC;
         }
         count(iface.endpoint_id, reason::DROP_SPOOFED);
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     let Some(ep) = endpoint(&flow.src) else {
         return TC_ACT_UNSPEC;
     };
     // SAFETY: plain-data lookup.
-    if unsafe { SERVICES.get(&flow.dst) }.is_some() {
+    if unsafe { SERVICES.get(flow.dst) }.is_some() {
         verdict::track_service_open(&ep, &flow);
         count(ep.id, reason::PASS_SERVICE);
         return TC_ACT_UNSPEC;
@@ -115,7 +115,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
     // SAFETY: plain-data value, copied out.
-    let Some(iface) = (unsafe { IFACES.get(&ifindex(&ctx)) }).copied() else {
+    let Some(iface) = (unsafe { IFACES.get(ifindex(&ctx)) }).copied() else {
         return TC_ACT_UNSPEC;
     };
     let flow = match parse::parse(&ctx) {
@@ -123,7 +123,7 @@ pub fn to_pod(ctx: TcContext) -> i32 {
         Parsed::NotIp => return TC_ACT_UNSPEC,
         Parsed::Malformed => {
             count(iface.endpoint_id, reason::DROP_MALFORMED);
-            return TC_ACT_SHOT as i32;
+            return TC_ACT_SHOT;
         }
     };
     let Some(ep) = endpoint(&flow.dst) else {
@@ -136,7 +136,7 @@ pub fn to_pod(ctx: TcContext) -> i32 {
         let why = verdict::sender_side(&sender, &flow);
         if why >= reason::DROP_EGRESS {
             count(sender.id, why);
-            return TC_ACT_SHOT as i32;
+            return TC_ACT_SHOT;
         }
     }
     let why = verdict::receiver_side(&ep, &flow);

@@ -111,7 +111,14 @@ fn parse_v6(ctx: &TcContext) -> Parsed {
 /// Ports of the transport header. A later fragment has none: it gets port 0, which only
 /// an all-ports rule allows.
 #[inline(always)]
-fn l4(ctx: &TcContext, src: Addr, dst: Addr, proto: u8, off: usize, later_fragment: bool) -> Parsed {
+fn l4(
+    ctx: &TcContext,
+    src: Addr,
+    dst: Addr,
+    proto: u8,
+    off: usize,
+    later_fragment: bool,
+) -> Parsed {
     let mut flow = Flow {
         src,
         dst,

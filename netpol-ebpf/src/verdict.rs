@@ -27,7 +27,7 @@ fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> bool {
     }
     let key = PeerKey::new(set, *peer);
     // SAFETY (both lookups): plain-data values, copied out.
-    let portset = match unsafe { PEERS_EXACT.get(&key) } {
+    let portset = match unsafe { PEERS_EXACT.get(key) } {
         Some(p) => *p,
         None => match PEERS_CIDR.get(Key::new(RULESET_ID_BITS + 128, key)) {
             Some(p) => *p,
@@ -38,7 +38,7 @@ fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> bool {
         PORTSET_ALL => true,
         PORTSET_NONE => false,
         // SAFETY: plain-data value.
-        id => match unsafe { PORTSETS.get(&id) } {
+        id => match unsafe { PORTSETS.get(id) } {
             Some(ports) => ports.allows(proto, port),
             None => false,
         },
@@ -95,8 +95,8 @@ pub fn track_service_open(ep: &EndpointInfo, flow: &Flow) {
         _pad: [0; 2],
     };
     let _ = CONNTRACK.insert(
-        &key,
-        &CtValue {
+        key,
+        CtValue {
             ruleset: ep.egress_set,
             _pad: 0,
         },
@@ -129,7 +129,7 @@ fn decide(s: Side, flow: &Flow) -> usize {
     };
     let mut seen = false;
     // SAFETY (both lookups): plain-data values, copied out.
-    if let Some(v) = unsafe { CONNTRACK.get(&key) } {
+    if let Some(v) = unsafe { CONNTRACK.get(key) } {
         if v.ruleset == s.forward_set {
             return reason::ALLOW_TRACKED;
         }
@@ -139,7 +139,7 @@ fn decide(s: Side, flow: &Flow) -> usize {
     // entry of the reverse direction (that would let a peer turn a reply into an open).
     if !flow.tcp_open {
         key.dir = reverse_dir;
-        if let Some(v) = unsafe { CONNTRACK.get(&key) } {
+        if let Some(v) = unsafe { CONNTRACK.get(key) } {
             if v.ruleset == s.reverse_set {
                 return reason::ALLOW_TRACKED;
             }
@@ -152,8 +152,8 @@ fn decide(s: Side, flow: &Flow) -> usize {
     if allowed(s.forward_set, &s.peer, flow.proto, flow.dport) {
         key.dir = s.forward_dir;
         let _ = CONNTRACK.insert(
-            &key,
-            &CtValue {
+            key,
+            CtValue {
                 ruleset: s.forward_set,
                 _pad: 0,
             },
@@ -177,8 +177,8 @@ fn decide(s: Side, flow: &Flow) -> usize {
     if may_be_reply && allowed(s.reverse_set, &s.peer, flow.proto, flow.sport) {
         key.dir = reverse_dir;
         let _ = CONNTRACK.insert(
-            &key,
-            &CtValue {
+            key,
+            CtValue {
                 ruleset: s.reverse_set,
                 _pad: 0,
             },

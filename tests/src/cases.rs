@@ -208,10 +208,9 @@ impl Case {
                     // Probes go to the destination's Service when the model has one.
                     let svc = model.services.iter().find(|s| {
                         s.ns == ns
-                            && model
-                                .pods
-                                .iter()
-                                .any(|p| p.ns == ns && p.name == pod && selects(&s.selector, &p.labels))
+                            && model.pods.iter().any(|p| {
+                                p.ns == ns && p.name == pod && selects(&s.selector, &p.labels)
+                            })
                             && s.name == format!("s-{ns}-{pod}")
                     });
                     let to = match svc {

@@ -69,7 +69,11 @@ fn dedup(names: &[&String]) -> String {
     v.join(", ")
 }
 
-pub fn run_case(case: &Case, cfg: &Config, mut on_step: impl FnMut(&StepResult)) -> Vec<StepResult> {
+pub fn run_case(
+    case: &Case,
+    cfg: &Config,
+    mut on_step: impl FnMut(&StepResult),
+) -> Vec<StepResult> {
     let steps = case.steps();
     let fail_all = |msg: String| -> Vec<StepResult> {
         (0..steps.len())
@@ -211,7 +215,10 @@ pub fn run_files(files: &[PathBuf], cfg: &Config) -> Result<(usize, usize)> {
             }
         });
     }
-    println!("conformance run took {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "conformance run took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     println!("{passed} passed, {failed} failed");
     Ok((passed, failed))
 }

@@ -107,7 +107,11 @@ pub fn remove_stale() -> Result<usize> {
         let Some(rest) = name.strip_prefix(NS_PREFIX) else {
             continue;
         };
-        let pid: i32 = rest.split('-').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let pid: i32 = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         // SAFETY: signal 0 only checks that the process exists.
         let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
         if !alive {
@@ -226,7 +230,9 @@ impl Sandbox {
     }
 
     fn build_network(&mut self) -> Result<()> {
-        let nodes: Vec<String> = (0..NODES).map(|i| self.netns(&format!("n{}", i + 1))).collect();
+        let nodes: Vec<String> = (0..NODES)
+            .map(|i| self.netns(&format!("n{}", i + 1)))
+            .collect();
         for (i, ns) in nodes.iter().enumerate() {
             self.add_netns(ns)?;
             for sysctl in [
@@ -244,11 +250,26 @@ impl Sandbox {
             "netns", &nodes[1],
         ])?;
         for (i, ns) in nodes.iter().enumerate() {
-            run(&["ip", "-n", ns, "addr", "add", &format!("10.255.0.{}/30", i + 1), "dev", "nl0"])?;
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("10.255.0.{}/30", i + 1),
+                "dev",
+                "nl0",
+            ])?;
             run(&["ip", "-n", ns, "link", "set", "nl0", "up"])?;
             let other = 1 - i;
             run(&[
-                "ip", "-n", ns, "route", "add", &format!("10.244.{}.0/24", other + 1), "via",
+                "ip",
+                "-n",
+                ns,
+                "route",
+                "add",
+                &format!("10.244.{}.0/24", other + 1),
+                "via",
                 &format!("10.255.0.{}", other + 1),
             ])?;
         }
@@ -260,19 +281,72 @@ impl Sandbox {
             "ip", "link", "add", "ext0", "netns", &nodes[0], "type", "veth", "peer", "name",
             "eth0", "netns", &ext,
         ])?;
-        run(&["ip", "-n", &nodes[0], "addr", "add", "10.255.1.1/30", "dev", "ext0"])?;
+        run(&[
+            "ip",
+            "-n",
+            &nodes[0],
+            "addr",
+            "add",
+            "10.255.1.1/30",
+            "dev",
+            "ext0",
+        ])?;
         run(&["ip", "-n", &nodes[0], "link", "set", "ext0", "up"])?;
-        run(&["ip", "-n", &ext, "addr", "add", "10.255.1.2/30", "dev", "eth0"])?;
+        run(&[
+            "ip",
+            "-n",
+            &ext,
+            "addr",
+            "add",
+            "10.255.1.2/30",
+            "dev",
+            "eth0",
+        ])?;
         run(&["ip", "-n", &ext, "link", "set", "eth0", "up"])?;
-        run(&["ip", "-n", &ext, "route", "add", "10.244.0.0/16", "via", "10.255.1.1"])?;
+        run(&[
+            "ip",
+            "-n",
+            &ext,
+            "route",
+            "add",
+            "10.244.0.0/16",
+            "via",
+            "10.255.1.1",
+        ])?;
         for e in &self.model.external {
-            let ip: Ipv4Addr = e
-                .ip
-                .parse()
-                .with_context(|| format!("external {}: bad ip {:?}", e.name, e.ip))?;
-            run(&["ip", "-n", &ext, "addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-            run(&["ip", "-n", &nodes[0], "route", "add", &format!("{ip}/32"), "via", "10.255.1.2"])?;
-            run(&["ip", "-n", &nodes[1], "route", "add", &format!("{ip}/32"), "via", "10.255.0.1"])?;
+            let ip: Ipv4Addr =
+                e.ip.parse()
+                    .with_context(|| format!("external {}: bad ip {:?}", e.name, e.ip))?;
+            run(&[
+                "ip",
+                "-n",
+                &ext,
+                "addr",
+                "add",
+                &format!("{ip}/32"),
+                "dev",
+                "eth0",
+            ])?;
+            run(&[
+                "ip",
+                "-n",
+                &nodes[0],
+                "route",
+                "add",
+                &format!("{ip}/32"),
+                "via",
+                "10.255.1.2",
+            ])?;
+            run(&[
+                "ip",
+                "-n",
+                &nodes[1],
+                "route",
+                "add",
+                &format!("{ip}/32"),
+                "via",
+                "10.255.0.1",
+            ])?;
             self.external.insert(e.name.clone(), ip);
         }
 
@@ -287,22 +361,79 @@ impl Sandbox {
             let host_if = format!("vp{k}");
             let pod_mac = format!("02:00:0a:f4:{:02x}:{:02x}", node + 1, ip.octets()[3]);
             run(&[
-                "ip", "link", "add", &host_if, "netns", &nodes[node], "address", GW_MAC, "type",
-                "veth", "peer", "name", "eth0", "netns", &pns, "address", &pod_mac,
+                "ip",
+                "link",
+                "add",
+                &host_if,
+                "netns",
+                &nodes[node],
+                "address",
+                GW_MAC,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &pns,
+                "address",
+                &pod_mac,
             ])?;
             run(&["ip", "-n", &nodes[node], "link", "set", &host_if, "up"])?;
-            run(&["ip", "-n", &nodes[node], "route", "add", &format!("{ip}/32"), "dev", &host_if])?;
             run(&[
-                "ip", "-n", &nodes[node], "neigh", "replace", &ip.to_string(), "lladdr", &pod_mac,
-                "dev", &host_if, "nud", "permanent",
+                "ip",
+                "-n",
+                &nodes[node],
+                "route",
+                "add",
+                &format!("{ip}/32"),
+                "dev",
+                &host_if,
             ])?;
-            run(&["ip", "-n", &pns, "addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-            run(&["ip", "-n", &pns, "link", "set", "eth0", "up"])?;
-            run(&["ip", "-n", &pns, "route", "add", GW_IP, "dev", "eth0", "scope", "link"])?;
-            run(&["ip", "-n", &pns, "route", "add", "default", "via", GW_IP, "dev", "eth0"])?;
             run(&[
-                "ip", "-n", &pns, "neigh", "replace", GW_IP, "lladdr", GW_MAC, "dev", "eth0",
-                "nud", "permanent",
+                "ip",
+                "-n",
+                &nodes[node],
+                "neigh",
+                "replace",
+                &ip.to_string(),
+                "lladdr",
+                &pod_mac,
+                "dev",
+                &host_if,
+                "nud",
+                "permanent",
+            ])?;
+            run(&[
+                "ip",
+                "-n",
+                &pns,
+                "addr",
+                "add",
+                &format!("{ip}/32"),
+                "dev",
+                "eth0",
+            ])?;
+            run(&["ip", "-n", &pns, "link", "set", "eth0", "up"])?;
+            run(&[
+                "ip", "-n", &pns, "route", "add", GW_IP, "dev", "eth0", "scope", "link",
+            ])?;
+            run(&[
+                "ip", "-n", &pns, "route", "add", "default", "via", GW_IP, "dev", "eth0",
+            ])?;
+            run(&[
+                "ip",
+                "-n",
+                &pns,
+                "neigh",
+                "replace",
+                GW_IP,
+                "lladdr",
+                GW_MAC,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
             ])?;
             self.pods.insert(
                 format!("{}/{}", pod.ns, pod.name),
@@ -323,7 +454,15 @@ impl Sandbox {
         for ns in &nodes {
             let path = self.dir.join(format!("{ns}.nft"));
             std::fs::write(&path, &rules)?;
-            run(&["ip", "netns", "exec", ns, "nft", "-f", &path.to_string_lossy()])?;
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "nft",
+                "-f",
+                &path.to_string_lossy(),
+            ])?;
         }
         Ok(())
     }
@@ -352,7 +491,10 @@ impl Sandbox {
                         Some(Value::String(name)) => p
                             .ports
                             .iter()
-                            .find(|c| c.name.as_deref() == Some(name.as_str()) && c.protocol == sp.protocol)
+                            .find(|c| {
+                                c.name.as_deref() == Some(name.as_str())
+                                    && c.protocol == sp.protocol
+                            })
                             .map(|c| c.port),
                         Some(other) => bail!("service {}: bad targetPort {other}", svc.name),
                     };
@@ -365,11 +507,18 @@ impl Sandbox {
                 }
                 let chain = format!("svc{chain_no}");
                 chain_no += 1;
-                let _ = writeln!(pre, "    ip daddr {vip} {proto} dport {} jump {chain}", sp.port);
+                let _ = writeln!(
+                    pre,
+                    "    ip daddr {vip} {proto} dport {} jump {chain}",
+                    sp.port
+                );
                 let mut vmap = Vec::new();
                 for (i, (ip, port)) in backends.iter().enumerate() {
                     let ep = format!("{chain}_ep{i}");
-                    let _ = writeln!(out, "  chain {ep} {{\n    meta l4proto {proto} dnat to {ip}:{port}\n  }}");
+                    let _ = writeln!(
+                        out,
+                        "  chain {ep} {{\n    meta l4proto {proto} dnat to {ip}:{port}\n  }}"
+                    );
                     vmap.push(format!("{i} : jump {ep}"));
                 }
                 let _ = writeln!(
@@ -408,7 +557,12 @@ impl Sandbox {
         let probe = self.cfg.probe.to_string_lossy().to_string();
         let mut to_start = Vec::new();
         for p in &self.model.pods {
-            let mut args = vec![probe.clone(), "serve".into(), "--name".into(), format!("{}/{}", p.ns, p.name)];
+            let mut args = vec![
+                probe.clone(),
+                "serve".into(),
+                "--name".into(),
+                format!("{}/{}", p.ns, p.name),
+            ];
             let mut any = false;
             for port in &p.ports {
                 let flag = match port.protocol.as_str() {
@@ -421,7 +575,11 @@ impl Sandbox {
                 any = true;
             }
             if any {
-                to_start.push((self.pods[&format!("{}/{}", p.ns, p.name)].netns.clone(), args, format!("server-{}-{}", p.ns, p.name)));
+                to_start.push((
+                    self.pods[&format!("{}/{}", p.ns, p.name)].netns.clone(),
+                    args,
+                    format!("server-{}-{}", p.ns, p.name),
+                ));
             }
         }
         for e in &self.model.external {
@@ -434,7 +592,11 @@ impl Sandbox {
                 e.ip.clone(),
             ];
             for port in &e.ports {
-                let flag = if port.protocol == "UDP" { "--udp" } else { "--tcp" };
+                let flag = if port.protocol == "UDP" {
+                    "--udp"
+                } else {
+                    "--tcp"
+                };
                 args.push(flag.into());
                 args.push(port.port.to_string());
             }
@@ -517,7 +679,9 @@ impl Sandbox {
                          "selector": s.selector, "ports": ports}}));
         }
         docs.extend(policies.iter().cloned());
-        let text = serde_json::to_string_pretty(&json!({"apiVersion": "v1", "kind": "List", "items": docs}))?;
+        let text = serde_json::to_string_pretty(
+            &json!({"apiVersion": "v1", "kind": "List", "items": docs}),
+        )?;
         let tmp = self.dir.join("cluster.json.tmp");
         std::fs::write(&tmp, &text)?;
         std::fs::rename(&tmp, self.cluster_dir.join("cluster.json"))?;
@@ -592,15 +756,10 @@ impl Sandbox {
             let mut pending = Vec::new();
             for a in &mut self.agents {
                 if let Ok(Some(code)) = a.child.try_wait() {
-                    bail!(
-                        "agent on {} exited ({code}):\n{}",
-                        a.node,
-                        tail(&a.log, 30)
-                    );
+                    bail!("agent on {} exited ({code}):\n{}", a.node, tail(&a.log, 30));
                 }
                 let done = read_status(&a.status_file).is_some_and(|s| {
-                    s.applied_digest == digest
-                        && s.endpoints.iter().all(|e| e.interface.is_some())
+                    s.applied_digest == digest && s.endpoints.iter().all(|e| e.interface.is_some())
                 });
                 if !done {
                     pending.push(a.node.clone());
@@ -623,7 +782,10 @@ impl Sandbox {
 
     /// Status of each node's agent, as last written.
     pub fn statuses(&self) -> Vec<Status> {
-        self.agents.iter().filter_map(|a| read_status(&a.status_file)).collect()
+        self.agents
+            .iter()
+            .filter_map(|a| read_status(&a.status_file))
+            .collect()
     }
 
     /// Where a check's `to` points: address and what it is.
@@ -675,7 +837,10 @@ impl Sandbox {
             .output()
             .context("running the probe")?;
         if !out.status.success() {
-            bail!("probe failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "probe failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()

@@ -14,9 +14,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
-};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::state::{ClusterState, ObjectRef, PodInfo, Protocol};
@@ -138,8 +136,10 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
             .filter(|p| p.key.namespace == pod_ref.namespace && p.selects.matches(&pod.labels))
             .collect();
         let mut direction = |dir: Direction| -> Option<RuleSetRef> {
-            let applying: Vec<&&CompiledPolicy> =
-                selecting.iter().filter(|p| p.types.contains(&dir)).collect();
+            let applying: Vec<&&CompiledPolicy> = selecting
+                .iter()
+                .filter(|p| p.types.contains(&dir))
+                .collect();
             if applying.is_empty() {
                 return None;
             }
@@ -204,7 +204,10 @@ fn check_policy<'a>(
         })
     };
     let spec = policy.spec.as_ref();
-    let selects = match spec.and_then(|s| s.pod_selector.as_ref()).map(Selector::parse) {
+    let selects = match spec
+        .and_then(|s| s.pod_selector.as_ref())
+        .map(Selector::parse)
+    {
         Some(Ok(s)) => s,
         None => Selector::everything(),
         Some(Err(e)) => {
@@ -221,7 +224,10 @@ fn check_policy<'a>(
         }
     };
     let mut types = BTreeSet::new();
-    match spec.and_then(|s| s.policy_types.as_ref()).filter(|t| !t.is_empty()) {
+    match spec
+        .and_then(|s| s.policy_types.as_ref())
+        .filter(|t| !t.is_empty())
+    {
         Some(listed) => {
             for t in listed {
                 match t.as_str() {
@@ -241,7 +247,10 @@ fn check_policy<'a>(
         // The API's default: Ingress always, Egress when there are egress rules.
         None => {
             types.insert(Direction::Ingress);
-            if spec.and_then(|s| s.egress.as_ref()).is_some_and(|e| !e.is_empty()) {
+            if spec
+                .and_then(|s| s.egress.as_ref())
+                .is_some_and(|e| !e.is_empty())
+            {
                 types.insert(Direction::Egress);
             }
         }
@@ -253,6 +262,12 @@ fn check_policy<'a>(
         types,
     }
 }
+
+/// The peers and ports of one rule, either direction.
+type RuleParts<'a> = (
+    Option<&'a Vec<NetworkPolicyPeer>>,
+    Option<&'a Vec<NetworkPolicyPort>>,
+);
 
 /// Grants of every rule of one direction of one policy, for the local pod `subject`.
 fn policy_grants(
@@ -266,8 +281,7 @@ fn policy_grants(
         Some(s) => s,
         None => return Vec::new(),
     };
-    let rules: Vec<(Option<&Vec<NetworkPolicyPeer>>, Option<&Vec<NetworkPolicyPort>>)> = match dir
-    {
+    let rules: Vec<RuleParts> = match dir {
         Direction::Ingress => spec
             .ingress
             .iter()
@@ -290,7 +304,11 @@ fn policy_grants(
             dir,
             subject,
         };
-        match rule.grants(peers.map(Vec::as_slice), ports.map(Vec::as_slice), &location) {
+        match rule.grants(
+            peers.map(Vec::as_slice),
+            ports.map(Vec::as_slice),
+            &location,
+        ) {
             Ok(g) => grants.extend(g),
             Err((location, message)) => {
                 errors.insert(PolicyError {
@@ -408,7 +426,9 @@ fn check_peer(peer: &NetworkPolicyPeer) -> Result<PeerItem, String> {
             }
             Ok(PeerItem::Block { cidr, except })
         }
-        (None, None, None) => Err("a peer must name a podSelector, namespaceSelector or ipBlock".into()),
+        (None, None, None) => {
+            Err("a peer must name a podSelector, namespaceSelector or ipBlock".into())
+        }
         (None, ns, pods) => Ok(PeerItem::Pods {
             namespaces: ns.as_ref().map(Selector::parse).transpose()?,
             pods: pods.as_ref().map(Selector::parse).transpose()?,
@@ -461,7 +481,9 @@ impl RuleInput<'_> {
             Some(list) => list
                 .iter()
                 .enumerate()
-                .map(|(i, p)| check_peer(p).map_err(|m| (format!("{location}.{peer_field}[{i}]"), m)))
+                .map(|(i, p)| {
+                    check_peer(p).map_err(|m| (format!("{location}.{peer_field}[{i}]"), m))
+                })
                 .collect::<Result<Vec<_>, _>>()?,
         };
 
@@ -475,7 +497,9 @@ impl RuleInput<'_> {
                         }
                         let ns_ok = match namespaces {
                             None => pod_ref.namespace == self.namespace,
-                            Some(sel) => sel.matches(&self.state.namespace_labels(&pod_ref.namespace)),
+                            Some(sel) => {
+                                sel.matches(&self.state.namespace_labels(&pod_ref.namespace))
+                            }
                         };
                         let pod_ok = pods.as_ref().is_none_or(|sel| sel.matches(&pod.labels));
                         if ns_ok && pod_ok {
@@ -504,7 +528,9 @@ impl RuleInput<'_> {
                             for ip in &pod.ips {
                                 let block = Prefix::from_net(*cidr);
                                 let host = Prefix::host(*ip);
-                                if block.contains(&host) && !except.iter().any(|e| e.contains(&host)) {
+                                if block.contains(&host)
+                                    && !except.iter().any(|e| e.contains(&host))
+                                {
                                     grants.push(Grant::to_host(
                                         *ip,
                                         self.ports_on(port_items.as_deref(), Some(pod)),
@@ -529,11 +555,13 @@ impl RuleInput<'_> {
             Direction::Ingress => Some(self.subject),
             Direction::Egress => peer_pod,
         };
-        PortSpec::from_ranges(items.iter().filter_map(|item| match item {
-            PortItem::Numbered(p) => Some(*p),
-            PortItem::Named(proto, name) => resolver
-                .and_then(|pod| pod.named_port(name, *proto))
-                .map(|n| Ports::one(*proto, n)),
+        PortSpec::from_ranges(items.iter().filter_map(|item| {
+            match item {
+                PortItem::Numbered(p) => Some(*p),
+                PortItem::Named(proto, name) => resolver
+                    .and_then(|pod| pod.named_port(name, *proto))
+                    .map(|n| Ports::one(*proto, n)),
+            }
         }))
     }
 }

@@ -23,7 +23,11 @@ const V4_SPACE: Prefix = Prefix {
 };
 
 fn mask(len: u8) -> u128 {
-    if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) }
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    }
 }
 
 impl Prefix {
@@ -63,7 +67,8 @@ impl Prefix {
         Prefix::new(0, 0)
     }
 
-    pub fn len(&self) -> u8 {
+    /// Prefix length in bits of the mapped space (IPv4 `/n` is `96 + n`).
+    pub fn bits(&self) -> u8 {
         self.len
     }
 
@@ -170,7 +175,7 @@ pub fn lookup(table: &BTreeMap<Prefix, PortSpec>, ip: IpAddr) -> Option<&PortSpe
     table
         .iter()
         .filter(|(p, _)| p.contains_ip(ip))
-        .max_by_key(|(p, _)| p.len())
+        .max_by_key(|(p, _)| p.bits())
         .map(|(_, s)| s)
 }
 
@@ -211,7 +216,11 @@ mod tests {
         // Rule B: 10.1.0.0/16, port 81 (so 10.1/16 gets only 81; the rest of 10/8 only 80).
         // Rule C: 10.1.2.3/32 all ports.
         let t = union(&[
-            Grant::from_net(net("10.0.0.0/8"), vec![Prefix::from_net(net("10.1.0.0/16"))], tcp(80)),
+            Grant::from_net(
+                net("10.0.0.0/8"),
+                vec![Prefix::from_net(net("10.1.0.0/16"))],
+                tcp(80),
+            ),
             Grant::from_net(net("10.1.0.0/16"), vec![], tcp(81)),
             Grant::to_host(ip("10.1.2.3"), PortSpec::All),
         ]);
@@ -240,8 +249,17 @@ mod tests {
 
     #[test]
     fn display_is_the_familiar_form() {
-        assert_eq!(Prefix::from_net(net("10.1.0.0/16")).to_string(), "10.1.0.0/16");
-        assert_eq!(Prefix::from_net(net("2001:db8::/32")).to_string(), "2001:db8::/32");
-        assert_eq!(Prefix::new(u128::from(Ipv6Addr::from([0u8; 16])), 0).to_string(), "::/0");
+        assert_eq!(
+            Prefix::from_net(net("10.1.0.0/16")).to_string(),
+            "10.1.0.0/16"
+        );
+        assert_eq!(
+            Prefix::from_net(net("2001:db8::/32")).to_string(),
+            "2001:db8::/32"
+        );
+        assert_eq!(
+            Prefix::new(u128::from(Ipv6Addr::from([0u8; 16])), 0).to_string(),
+            "::/0"
+        );
     }
 }

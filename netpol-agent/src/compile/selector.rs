@@ -110,13 +110,41 @@ mod tests {
     #[test]
     fn operators() {
         let l = labels(&[("app", "web"), ("tier", "front")]);
-        assert!(Selector::parse(&expr("app", "In", &["web", "db"])).unwrap().matches(&l));
-        assert!(!Selector::parse(&expr("app", "In", &["db"])).unwrap().matches(&l));
-        assert!(Selector::parse(&expr("app", "NotIn", &["db"])).unwrap().matches(&l));
-        assert!(Selector::parse(&expr("missing", "NotIn", &["x"])).unwrap().matches(&l));
-        assert!(!Selector::parse(&expr("app", "NotIn", &["web"])).unwrap().matches(&l));
-        assert!(Selector::parse(&expr("tier", "Exists", &[])).unwrap().matches(&l));
-        assert!(!Selector::parse(&expr("tier", "DoesNotExist", &[])).unwrap().matches(&l));
+        assert!(
+            Selector::parse(&expr("app", "In", &["web", "db"]))
+                .unwrap()
+                .matches(&l)
+        );
+        assert!(
+            !Selector::parse(&expr("app", "In", &["db"]))
+                .unwrap()
+                .matches(&l)
+        );
+        assert!(
+            Selector::parse(&expr("app", "NotIn", &["db"]))
+                .unwrap()
+                .matches(&l)
+        );
+        assert!(
+            Selector::parse(&expr("missing", "NotIn", &["x"]))
+                .unwrap()
+                .matches(&l)
+        );
+        assert!(
+            !Selector::parse(&expr("app", "NotIn", &["web"]))
+                .unwrap()
+                .matches(&l)
+        );
+        assert!(
+            Selector::parse(&expr("tier", "Exists", &[]))
+                .unwrap()
+                .matches(&l)
+        );
+        assert!(
+            !Selector::parse(&expr("tier", "DoesNotExist", &[]))
+                .unwrap()
+                .matches(&l)
+        );
     }
 
     #[test]

@@ -20,10 +20,8 @@ impl Cluster {
     fn new() -> Self {
         let mut s = ClusterState::default();
         for ns in ["default", "kube-system", "other"] {
-            s.namespaces.insert(
-                ns.into(),
-                labels(&[("kubernetes.io/metadata.name", ns)]),
-            );
+            s.namespaces
+                .insert(ns.into(), labels(&[("kubernetes.io/metadata.name", ns)]));
         }
         Cluster(s)
     }
@@ -71,18 +69,29 @@ impl Cluster {
 
 /// Decides like the datapath does: egress at the source (if local), ingress at the
 /// destination (if local); a direction without a rule set is open.
-fn allowed(plan: &Plan, from: &str, to: IpAddr, proto: Protocol, port: u16, state: &ClusterState) -> bool {
+fn allowed(
+    plan: &Plan,
+    from: &str,
+    to: IpAddr,
+    proto: Protocol,
+    port: u16,
+    state: &ClusterState,
+) -> bool {
     let from_ref = {
         let (ns, name) = from.split_once('/').unwrap();
         ObjectRef::new(ns, name)
     };
     let src_ip = state.pods[&from_ref].ips[0];
     let egress_ok = match plan.endpoints.iter().find(|e| e.pod == from_ref) {
-        Some(ep) => ep.egress.is_none_or(|r| plan.rule_set(r).allows(to, proto, port)),
+        Some(ep) => ep
+            .egress
+            .is_none_or(|r| plan.rule_set(r).allows(to, proto, port)),
         None => true,
     };
     let ingress_ok = match plan.endpoints.iter().find(|e| e.ips.contains(&to)) {
-        Some(ep) => ep.ingress.is_none_or(|r| plan.rule_set(r).allows(src_ip, proto, port)),
+        Some(ep) => ep
+            .ingress
+            .is_none_or(|r| plan.rule_set(r).allows(src_ip, proto, port)),
         None => true,
     };
     egress_ok && ingress_ok
@@ -93,7 +102,13 @@ fn base() -> Cluster {
         .pod("default", "foo", &[("app", "foo")], "10.244.1.10", NODE)
         .pod("default", "web", &[("app", "web")], "10.244.1.11", NODE)
         .pod("default", "db", &[("app", "db")], "10.244.2.12", "node-b")
-        .pod("kube-system", "coredns", &[("k8s-app", "kube-dns")], "10.244.2.53", "node-b")
+        .pod(
+            "kube-system",
+            "coredns",
+            &[("k8s-app", "kube-dns")],
+            "10.244.2.53",
+            "node-b",
+        )
 }
 
 #[test]
@@ -130,11 +145,39 @@ spec:
     assert!(allowed(&plan, "default/foo", web, Protocol::Tcp, 80, s));
     assert!(allowed(&plan, "default/foo", web, Protocol::Tcp, 443, s));
     assert!(!allowed(&plan, "default/foo", web, Protocol::Tcp, 22, s));
-    assert!(allowed(&plan, "default/foo", ip("10.244.2.53"), Protocol::Udp, 53, s));
-    assert!(!allowed(&plan, "default/foo", ip("10.244.2.53"), Protocol::Tcp, 53, s));
-    assert!(!allowed(&plan, "default/foo", ip("10.244.2.12"), Protocol::Tcp, 80, s));
+    assert!(allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.2.53"),
+        Protocol::Udp,
+        53,
+        s
+    ));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.2.53"),
+        Protocol::Tcp,
+        53,
+        s
+    ));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.2.12"),
+        Protocol::Tcp,
+        80,
+        s
+    ));
     // web is not selected: open both ways.
-    assert!(allowed(&plan, "default/web", ip("203.0.113.1"), Protocol::Tcp, 1, s));
+    assert!(allowed(
+        &plan,
+        "default/web",
+        ip("203.0.113.1"),
+        Protocol::Tcp,
+        1,
+        s
+    ));
 }
 
 #[test]
@@ -153,11 +196,39 @@ spec:
     let plan = c.plan();
     assert!(plan.errors.is_empty(), "{:?}", plan.errors);
     let s = &c.0;
-    assert!(allowed(&plan, "default/foo", ip("198.51.100.7"), Protocol::Tcp, 443, s));
-    assert!(!allowed(&plan, "default/foo", ip("169.254.169.254"), Protocol::Tcp, 443, s));
-    assert!(!allowed(&plan, "default/foo", ip("198.51.100.7"), Protocol::Tcp, 80, s));
+    assert!(allowed(
+        &plan,
+        "default/foo",
+        ip("198.51.100.7"),
+        Protocol::Tcp,
+        443,
+        s
+    ));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("169.254.169.254"),
+        Protocol::Tcp,
+        443,
+        s
+    ));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("198.51.100.7"),
+        Protocol::Tcp,
+        80,
+        s
+    ));
     // The ipBlock covers pods too.
-    assert!(allowed(&plan, "default/foo", ip("10.244.2.12"), Protocol::Tcp, 443, s));
+    assert!(allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.2.12"),
+        Protocol::Tcp,
+        443,
+        s
+    ));
 }
 
 #[test]
@@ -174,11 +245,46 @@ spec:
     );
     let plan = c.plan();
     let s = &c.0;
-    assert!(allowed(&plan, "default/foo", ip("198.51.100.53"), Protocol::Udp, 53, s));
-    assert!(allowed(&plan, "default/foo", ip("10.244.2.53"), Protocol::Udp, 53, s));
-    assert!(allowed(&plan, "default/foo", ip("2001:db8::53"), Protocol::Udp, 53, s));
-    assert!(!allowed(&plan, "default/foo", ip("10.244.2.53"), Protocol::Tcp, 53, s));
-    assert!(!allowed(&plan, "default/foo", ip("10.244.1.11"), Protocol::Tcp, 80, s));
+    assert!(allowed(
+        &plan,
+        "default/foo",
+        ip("198.51.100.53"),
+        Protocol::Udp,
+        53,
+        s
+    ));
+    assert!(allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.2.53"),
+        Protocol::Udp,
+        53,
+        s
+    ));
+    assert!(allowed(
+        &plan,
+        "default/foo",
+        ip("2001:db8::53"),
+        Protocol::Udp,
+        53,
+        s
+    ));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.2.53"),
+        Protocol::Tcp,
+        53,
+        s
+    ));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.1.11"),
+        Protocol::Tcp,
+        80,
+        s
+    ));
 }
 
 #[test]
@@ -194,7 +300,11 @@ spec:
     let plan = c.plan();
     assert!(plan.errors.is_empty());
     assert_eq!(plan.endpoints.len(), 2, "foo and web are local");
-    assert!(plan.endpoints.iter().all(|e| e.ingress.is_none() && e.egress.is_none()));
+    assert!(
+        plan.endpoints
+            .iter()
+            .all(|e| e.ingress.is_none() && e.egress.is_none())
+    );
     assert!(plan.rule_sets.is_empty());
 }
 
@@ -221,9 +331,30 @@ spec:
     assert!(e.to_string().contains("allows nothing"), "{e}");
     let s = &c.0;
     // The good rule still works; the bad one opened nothing; foo is still isolated.
-    assert!(allowed(&plan, "default/foo", ip("10.244.1.11"), Protocol::Tcp, 80, s));
-    assert!(!allowed(&plan, "default/foo", ip("10.0.0.1"), Protocol::Tcp, 80, s));
-    assert!(!allowed(&plan, "default/foo", ip("10.244.2.12"), Protocol::Tcp, 5432, s));
+    assert!(allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.1.11"),
+        Protocol::Tcp,
+        80,
+        s
+    ));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("10.0.0.1"),
+        Protocol::Tcp,
+        80,
+        s
+    ));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.2.12"),
+        Protocol::Tcp,
+        5432,
+        s
+    ));
 }
 
 #[test]
@@ -233,7 +364,10 @@ fn invalid_rules_of_every_kind_are_reported_and_allow_nothing() {
         ("{ports: [{port: http, endPort: 90}]}", "named port"),
         ("{ports: [{port: 80, protocol: ICMP}]}", "unknown protocol"),
         ("{ports: [{port: 70000}]}", "outside 1-65535"),
-        ("{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}", "strictly inside"),
+        (
+            "{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}",
+            "strictly inside",
+        ),
         ("{to: [{ipBlock: {cidr: nonsense}}]}", "nonsense"),
         ("{to: [{}]}", "must name"),
         (
@@ -256,13 +390,12 @@ fn invalid_rules_of_every_kind_are_reported_and_allow_nothing() {
             "{rule}: {}",
             plan.errors[0]
         );
-        let foo = plan
-            .endpoints
-            .iter()
-            .find(|e| e.pod.name == "foo")
-            .unwrap();
+        let foo = plan.endpoints.iter().find(|e| e.pod.name == "foo").unwrap();
         let set = plan.rule_set(foo.egress.expect("still isolated"));
-        assert!(set.entries.values().all(PortSpec::is_none), "{rule}: {set:?}");
+        assert!(
+            set.entries.values().all(PortSpec::is_none),
+            "{rule}: {set:?}"
+        );
     }
 }
 
@@ -278,7 +411,11 @@ spec:
     );
     let plan = c.plan();
     assert_eq!(plan.errors.len(), 1);
-    assert!(plan.endpoints.iter().all(|e| e.ingress.is_some() && e.egress.is_some()));
+    assert!(
+        plan.endpoints
+            .iter()
+            .all(|e| e.ingress.is_some() && e.egress.is_some())
+    );
 }
 
 #[test]
@@ -321,12 +458,47 @@ spec:
     db.ports[0].port = 9090;
     let plan = c.plan();
     let s = &c.0;
-    assert!(allowed(&plan, "default/foo", ip("10.244.1.11"), Protocol::Tcp, 8080, s));
-    assert!(!allowed(&plan, "default/foo", ip("10.244.1.11"), Protocol::Tcp, 9090, s));
-    assert!(allowed(&plan, "default/foo", ip("10.244.2.12"), Protocol::Tcp, 9090, s));
-    assert!(!allowed(&plan, "default/foo", ip("10.244.2.12"), Protocol::Tcp, 8080, s));
+    assert!(allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.1.11"),
+        Protocol::Tcp,
+        8080,
+        s
+    ));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.1.11"),
+        Protocol::Tcp,
+        9090,
+        s
+    ));
+    assert!(allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.2.12"),
+        Protocol::Tcp,
+        9090,
+        s
+    ));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.2.12"),
+        Protocol::Tcp,
+        8080,
+        s
+    ));
     // Not a pod: a name means nothing there.
-    assert!(!allowed(&plan, "default/foo", ip("203.0.113.5"), Protocol::Tcp, 8080, s));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("203.0.113.5"),
+        Protocol::Tcp,
+        8080,
+        s
+    ));
 }
 
 #[test]

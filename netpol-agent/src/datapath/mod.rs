@@ -75,7 +75,9 @@ pub struct Datapath {
 impl Datapath {
     pub fn load(mode: AttachMode, sizes: &MapSizes) -> Result<Self> {
         if OBJECT.is_empty() {
-            bail!("this agent was built without its BPF object (AYA_BUILD_SKIP was set); rebuild it normally");
+            bail!(
+                "this agent was built without its BPF object (AYA_BUILD_SKIP was set); rebuild it normally"
+            );
         }
         let mode = match mode {
             AttachMode::Auto if tcx_supported() => AttachMode::Tcx,

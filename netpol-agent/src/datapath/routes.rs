@@ -41,7 +41,10 @@ fn parse_v4(text: &str) -> BTreeMap<IpAddr, String> {
             }
             // The kernel prints the address in host (little-endian) byte order.
             let raw = u32::from_str_radix(f[1], 16).ok()?;
-            Some((IpAddr::V4(Ipv4Addr::from(raw.swap_bytes())), f[0].to_string()))
+            Some((
+                IpAddr::V4(Ipv4Addr::from(raw.swap_bytes())),
+                f[0].to_string(),
+            ))
         })
         .collect()
 }

@@ -2,9 +2,7 @@
 
 use aya::maps::lpm_trie::Key;
 use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
-use netpol_common::{
-    Addr, Counters, EndpointInfo, IfaceInfo, PeerKey, PortSet, names,
-};
+use netpol_common::{Addr, Counters, EndpointInfo, IfaceInfo, PeerKey, PortSet, names};
 
 use super::{MapError, MapOps, lpm_len};
 
@@ -41,14 +39,18 @@ fn gone_ok(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError
 
 impl MapOps for KernelMaps {
     fn set_portset(&mut self, id: u32, set: &PortSet) -> Result<(), MapError> {
-        self.portsets.insert(id, set, 0).map_err(op(names::PORTSETS, "insert"))
+        self.portsets
+            .insert(id, set, 0)
+            .map_err(op(names::PORTSETS, "insert"))
     }
     fn del_portset(&mut self, id: u32) -> Result<(), MapError> {
         gone_ok(self.portsets.remove(&id)).map_err(op(names::PORTSETS, "remove"))
     }
     fn set_peer(&mut self, key: PeerKey, prefix_len: u8, portset: u32) -> Result<(), MapError> {
         if prefix_len == 128 {
-            self.peers_exact.insert(key, portset, 0).map_err(op(names::PEERS_EXACT, "insert"))
+            self.peers_exact
+                .insert(key, portset, 0)
+                .map_err(op(names::PEERS_EXACT, "insert"))
         } else {
             self.peers_cidr
                 .insert(&Key::new(lpm_len(prefix_len), key), portset, 0)
@@ -64,19 +66,25 @@ impl MapOps for KernelMaps {
         }
     }
     fn set_endpoint(&mut self, addr: Addr, info: EndpointInfo) -> Result<(), MapError> {
-        self.endpoints.insert(addr, info, 0).map_err(op(names::ENDPOINTS, "insert"))
+        self.endpoints
+            .insert(addr, info, 0)
+            .map_err(op(names::ENDPOINTS, "insert"))
     }
     fn del_endpoint(&mut self, addr: Addr) -> Result<(), MapError> {
         gone_ok(self.endpoints.remove(&addr)).map_err(op(names::ENDPOINTS, "remove"))
     }
     fn set_iface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<(), MapError> {
-        self.ifaces.insert(ifindex, info, 0).map_err(op(names::IFACES, "insert"))
+        self.ifaces
+            .insert(ifindex, info, 0)
+            .map_err(op(names::IFACES, "insert"))
     }
     fn del_iface(&mut self, ifindex: u32) -> Result<(), MapError> {
         gone_ok(self.ifaces.remove(&ifindex)).map_err(op(names::IFACES, "remove"))
     }
     fn set_service(&mut self, addr: Addr) -> Result<(), MapError> {
-        self.services.insert(addr, 1, 0).map_err(op(names::SERVICES, "insert"))
+        self.services
+            .insert(addr, 1, 0)
+            .map_err(op(names::SERVICES, "insert"))
     }
     fn del_service(&mut self, addr: Addr) -> Result<(), MapError> {
         gone_ok(self.services.remove(&addr)).map_err(op(names::SERVICES, "remove"))
@@ -87,13 +95,12 @@ impl MapOps for KernelMaps {
             op: "count cpus",
             message: e.to_string(),
         })?;
-        let zero = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| {
-            MapError::Op {
+        let zero =
+            PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| MapError::Op {
                 map: names::COUNTERS,
                 op: "reset",
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         self.counters
             .set(endpoint_id, zero, 0)
             .map_err(op(names::COUNTERS, "reset"))

@@ -226,7 +226,8 @@ impl<M: MapOps> Programmer<M> {
                 self.ifaces.insert(*ifindex, *info);
             }
         }
-        let want_services: BTreeSet<Addr> = plan.service_ips.iter().map(|ip| addr_of(*ip)).collect();
+        let want_services: BTreeSet<Addr> =
+            plan.service_ips.iter().map(|ip| addr_of(*ip)).collect();
         for addr in want_services.difference(&self.services.clone()) {
             self.maps.set_service(*addr)?;
             self.services.insert(*addr);
@@ -253,7 +254,12 @@ impl<M: MapOps> Programmer<M> {
                 self.ep_ids.release(id);
             }
         }
-        for addr in self.services.difference(&want_services).copied().collect::<Vec<_>>() {
+        for addr in self
+            .services
+            .difference(&want_services)
+            .copied()
+            .collect::<Vec<_>>()
+        {
             self.maps.del_service(addr)?;
             self.services.remove(&addr);
         }
@@ -327,8 +333,8 @@ impl<M: MapOps> Programmer<M> {
             let written = self.portset_for(spec).and_then(|portset| {
                 let key = PeerKey::new(id, prefix.addr());
                 self.maps
-                    .set_peer(key, prefix.len(), portset)
-                    .map(|()| (key, prefix.len(), portset))
+                    .set_peer(key, prefix.bits(), portset)
+                    .map(|()| (key, prefix.bits(), portset))
             });
             match written {
                 Ok(entry) => loaded.entries.push(entry),
@@ -356,4 +362,3 @@ impl<M: MapOps> Programmer<M> {
 pub fn lpm_len(addr_prefix_len: u8) -> u32 {
     netpol_common::RULESET_ID_BITS + u32::from(addr_prefix_len)
 }
-

@@ -81,7 +81,11 @@ impl MapOps for MemoryMaps {
 fn prefix_match(entry: &Addr, len: u8, addr: &Addr) -> bool {
     let a = u128::from_be_bytes(entry.0);
     let b = u128::from_be_bytes(addr.0);
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    };
     a & mask == b & mask
 }
 
@@ -108,7 +112,10 @@ impl MemoryMaps {
         match portset {
             PORTSET_ALL => true,
             PORTSET_NONE => false,
-            id => self.portsets.get(&id).is_some_and(|s| s.allows(proto.number(), port)),
+            id => self
+                .portsets
+                .get(&id)
+                .is_some_and(|s| s.allows(proto.number(), port)),
         }
     }
 }
@@ -149,7 +156,10 @@ spec:
     ))
     .unwrap();
     s.policies.insert(ObjectRef::new("default", "p"), p);
-    s.services.insert(ObjectRef::new("default", "svc"), vec!["10.96.0.1".parse().unwrap()]);
+    s.services.insert(
+        ObjectRef::new("default", "svc"),
+        vec!["10.96.0.1".parse().unwrap()],
+    );
     s
 }
 
@@ -167,10 +177,16 @@ fn maps_decide_like_the_plan() {
     let mut p = Programmer::new(MemoryMaps::default(), 100);
     p.apply(&plan, &ifindexes(&plan)).unwrap();
     let m = p.maps();
-    let peers: Vec<IpAddr> = ["10.244.1.2", "10.244.1.3", "192.0.2.1", "192.0.2.200", "198.51.100.1"]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let peers: Vec<IpAddr> = [
+        "10.244.1.2",
+        "10.244.1.3",
+        "192.0.2.1",
+        "192.0.2.200",
+        "198.51.100.1",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
     for ep in &plan.endpoints {
         let info = m.endpoints[&addr_of(ep.ips[0])];
         for peer in &peers {
@@ -189,7 +205,13 @@ fn maps_decide_like_the_plan() {
     }
     // Both servers share one rule set; the client is open.
     let sets: Vec<u32> = m.endpoints.values().map(|e| e.ingress_set).collect();
-    assert_eq!(sets.iter().filter(|s| **s != 0).collect::<std::collections::BTreeSet<_>>().len(), 1);
+    assert_eq!(
+        sets.iter()
+            .filter(|s| **s != 0)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        1
+    );
     assert_eq!(m.ifaces.len(), 3);
     assert_eq!(m.services.len(), 1);
 }
@@ -233,7 +255,8 @@ fn removing_everything_leaves_empty_maps() {
     let plan = compile::compile(&state(80), "n1");
     let mut p = Programmer::new(MemoryMaps::default(), 100);
     p.apply(&plan, &ifindexes(&plan)).unwrap();
-    p.apply(&compile::Plan::default(), &BTreeMap::new()).unwrap();
+    p.apply(&compile::Plan::default(), &BTreeMap::new())
+        .unwrap();
     let m = p.maps();
     assert!(m.exact.is_empty() && m.cidr.is_empty() && m.portsets.is_empty());
     assert!(m.endpoints.is_empty() && m.ifaces.is_empty() && m.services.is_empty());

@@ -28,10 +28,7 @@ pub enum FileSourceError {
         message: String,
     },
     #[error("{path}: {source}")]
-    State {
-        path: PathBuf,
-        source: StateError,
-    },
+    State { path: PathBuf, source: StateError },
 }
 
 /// What was loaded, with a digest of the bytes it came from (the agent reports the digest
@@ -69,8 +66,16 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, FileSourceError> {
 pub fn digest_of(files: &[(PathBuf, Vec<u8>)]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (path, bytes) in files {
-        let name = path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default();
-        for b in name.iter().chain([0u8].iter()).chain(bytes.iter()).chain([0u8].iter()) {
+        let name = path
+            .file_name()
+            .map(|n| n.as_encoded_bytes())
+            .unwrap_or_default();
+        for b in name
+            .iter()
+            .chain([0u8].iter())
+            .chain(bytes.iter())
+            .chain([0u8].iter())
+        {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
@@ -242,11 +247,19 @@ spec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}
         let s = &loaded.state;
         assert_eq!(s.pods.len(), 1);
         let pod = s.pods.values().next().unwrap();
-        assert_eq!(pod.ips, vec!["10.244.1.5".parse::<std::net::IpAddr>().unwrap()]);
-        assert_eq!(pod.named_port("http", crate::state::Protocol::Tcp), Some(80));
+        assert_eq!(
+            pod.ips,
+            vec!["10.244.1.5".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            pod.named_port("http", crate::state::Protocol::Tcp),
+            Some(80)
+        );
         assert_eq!(s.services.values().next().unwrap().len(), 1);
         assert_eq!(
-            s.namespaces["default"].get("kubernetes.io/metadata.name").map(String::as_str),
+            s.namespaces["default"]
+                .get("kubernetes.io/metadata.name")
+                .map(String::as_str),
             Some("default")
         );
         assert_eq!(loaded.ignored.len(), 1);

@@ -75,7 +75,10 @@ fn main() -> Result<()> {
                     .collect();
                 handles
                     .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("attempt panicked"))))
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("attempt panicked")))
+                    })
                     .collect()
             });
             for r in results {

@@ -79,7 +79,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn demo(file: &PathBuf, id: &str, cfg: &Config) -> Result<()> {
+fn demo(file: &std::path::Path, id: &str, cfg: &Config) -> Result<()> {
     sandbox::remove_stale()?;
     let cases = load_cases(file)?;
     let case = cases
@@ -87,8 +87,12 @@ fn demo(file: &PathBuf, id: &str, cfg: &Config) -> Result<()> {
         .find(|c| c.id == id)
         .with_context(|| format!("no case {id} in {}", file.display()))?;
     println!("netpol demo: {} ({})", case.name, case.id);
-    println!("starting a sandbox cluster: 2 nodes, {} pods, {} services, {} external hosts, one agent per node",
-        case.model().pods.len(), case.model().services.len(), case.model().external.len());
+    println!(
+        "starting a sandbox cluster: 2 nodes, {} pods, {} services, {} external hosts, one agent per node",
+        case.model().pods.len(),
+        case.model().services.len(),
+        case.model().external.len()
+    );
     let mut sb = Sandbox::start(&case.model(), cfg)?;
     let mut all_ok = true;
     for (i, step) in case.steps().iter().enumerate() {
@@ -96,18 +100,26 @@ fn demo(file: &PathBuf, id: &str, cfg: &Config) -> Result<()> {
         let names: Vec<String> = step
             .policies
             .iter()
-            .filter_map(|p| p.pointer("/metadata/name").and_then(|n| n.as_str()).map(String::from))
+            .filter_map(|p| {
+                p.pointer("/metadata/name")
+                    .and_then(|n| n.as_str())
+                    .map(String::from)
+            })
             .collect();
         println!(
             "\nstep {i}: policies in force: {} (enforced on both nodes {} ms after the write)\n",
-            if names.is_empty() { "none".to_string() } else { names.join(", ") },
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            },
             took.as_millis()
         );
         let checks = case.checks_of(step)?;
         let results = conformance::run_checks(&sb, &checks);
         println!(
-            "  {:<30} {:<30} {:<9} {:<9} {:<9} {}",
-            "from", "to", "port", "expected", "observed", ""
+            "  {:<30} {:<30} {:<9} {:<9} {:<9}",
+            "from", "to", "port", "expected", "observed"
         );
         for r in &results {
             let c = &r.check;
