@@ -190,6 +190,7 @@ fn test() -> Result<()> {
     sh(cargo().args(["test"]))?;
     let seeds = cases.join("seeds.json");
     let services = cases.join("services.json");
+    let own = root().join("tests/cases/bad-input.json");
     // The netlink path must keep working on kernels where TCX is preferred.
     for mode in ["auto", "netlink"] {
         step(&format!(
@@ -202,7 +203,8 @@ fn test() -> Result<()> {
             .arg(&probe)
             .args(["--attach-mode", mode, "conformance", "--cases"])
             .arg(&seeds)
-            .arg(&services))?;
+            .arg(&services)
+            .arg(&own))?;
     }
     Ok(())
 }

@@ -105,6 +105,8 @@ struct CompiledPolicy<'a> {
     policy: &'a NetworkPolicy,
     selects: Selector,
     types: BTreeSet<Direction>,
+    /// False when the policy's own selector is invalid: it isolates but grants nothing.
+    rules_valid: bool,
 }
 
 pub fn compile(state: &ClusterState, node: &str) -> Plan {
@@ -189,8 +191,8 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
 }
 
 /// Validates what decides which pods a policy isolates. A policy whose own selector or
-/// types are invalid still isolates (its whole namespace, if the selector is the problem)
-/// and allows nothing through the invalid part.
+/// types are invalid still isolates (its whole namespace, if the selector is the problem,
+/// for the types it lists) and allows nothing through the invalid part.
 fn check_policy<'a>(
     key: &'a ObjectRef,
     policy: &'a NetworkPolicy,
@@ -204,25 +206,6 @@ fn check_policy<'a>(
         })
     };
     let spec = policy.spec.as_ref();
-    let selects = match spec
-        .and_then(|s| s.pod_selector.as_ref())
-        .map(Selector::parse)
-    {
-        Some(Ok(s)) => s,
-        None => Selector::everything(),
-        Some(Err(e)) => {
-            err(
-                "podSelector",
-                format!("{e}; the policy isolates every pod of its namespace and allows nothing"),
-            );
-            return CompiledPolicy {
-                key,
-                policy,
-                selects: Selector::everything(),
-                types: BTreeSet::from([Direction::Ingress, Direction::Egress]),
-            };
-        }
-    };
     let mut types = BTreeSet::new();
     match spec
         .and_then(|s| s.policy_types.as_ref())
@@ -237,10 +220,17 @@ fn check_policy<'a>(
                     "Egress" => {
                         types.insert(Direction::Egress);
                     }
-                    other => err(
-                        "policyTypes",
-                        format!("unknown policy type {other:?} (expected Ingress or Egress)"),
-                    ),
+                    // Which direction was meant is unknown: isolate both.
+                    other => {
+                        err(
+                            "policyTypes",
+                            format!(
+                                "unknown policy type {other:?} (expected Ingress or Egress); the selected pods are isolated both ways"
+                            ),
+                        );
+                        types.insert(Direction::Ingress);
+                        types.insert(Direction::Egress);
+                    }
                 }
             }
         }
@@ -255,11 +245,34 @@ fn check_policy<'a>(
             }
         }
     }
+    let selects = match spec
+        .and_then(|s| s.pod_selector.as_ref())
+        .map(Selector::parse)
+    {
+        Some(Ok(s)) => s,
+        None => Selector::everything(),
+        Some(Err(e)) => {
+            err(
+                "podSelector",
+                format!(
+                    "{e}; the policy isolates every pod of its namespace for its policy types and allows nothing"
+                ),
+            );
+            return CompiledPolicy {
+                key,
+                policy,
+                selects: Selector::everything(),
+                types,
+                rules_valid: false,
+            };
+        }
+    };
     CompiledPolicy {
         key,
         policy,
         selects,
         types,
+        rules_valid: true,
     }
 }
 
@@ -278,8 +291,8 @@ fn policy_grants(
     errors: &mut BTreeSet<PolicyError>,
 ) -> Vec<Grant> {
     let spec = match p.policy.spec.as_ref() {
-        Some(s) => s,
-        None => return Vec::new(),
+        Some(s) if p.rules_valid => s,
+        _ => return Vec::new(),
     };
     let rules: Vec<RuleParts> = match dir {
         Direction::Ingress => spec

@@ -411,11 +411,13 @@ spec:
     );
     let plan = c.plan();
     assert_eq!(plan.errors.len(), 1);
-    assert!(
-        plan.endpoints
-            .iter()
-            .all(|e| e.ingress.is_some() && e.egress.is_some())
-    );
+    // Every pod of the namespace is isolated for the listed (defaulted) type, Ingress,
+    // with nothing allowed; egress stays open.
+    for e in &plan.endpoints {
+        let set = plan.rule_set(e.ingress.expect("isolated"));
+        assert!(set.entries.values().all(PortSpec::is_none));
+        assert!(e.egress.is_none());
+    }
 }
 
 #[test]
@@ -515,4 +517,21 @@ spec:
     let foo = plan.endpoints.iter().find(|e| e.pod.name == "foo").unwrap();
     assert!(foo.ingress.is_some(), "Ingress is always implied");
     assert!(foo.egress.is_some(), "Egress implied by egress rules");
+}
+
+#[test]
+fn unknown_policy_type_isolates_both_ways() {
+    let c = base().policy(
+        r#"
+metadata: {name: typo, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: foo}}
+  policyTypes: [Egres]
+"#,
+    );
+    let plan = c.plan();
+    assert_eq!(plan.errors.len(), 1);
+    assert!(plan.errors[0].message.contains("Egres"));
+    let foo = plan.endpoints.iter().find(|e| e.pod.name == "foo").unwrap();
+    assert!(foo.ingress.is_some() && foo.egress.is_some());
 }
