@@ -2,4 +2,6 @@
 //! network namespaces (needs root), and the runner that checks cases on real packets.
 pub mod cases;
 pub mod conformance;
+pub mod generate;
+pub mod reference;
 pub mod sandbox;

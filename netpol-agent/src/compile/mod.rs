@@ -539,11 +539,10 @@ impl RuleInput<'_> {
                     if self.dir == Direction::Egress && has_named {
                         for pod in self.state.pods.values().filter(|p| p.is_policy_subject()) {
                             for ip in &pod.ips {
-                                let block = Prefix::from_net(*cidr);
+                                // ipnet's containment is per family: an IPv6 block
+                                // never holds an IPv4 pod.
                                 let host = Prefix::host(*ip);
-                                if block.contains(&host)
-                                    && !except.iter().any(|e| e.contains(&host))
-                                {
+                                if cidr.contains(ip) && !except.iter().any(|e| e.contains(&host)) {
                                     grants.push(Grant::to_host(
                                         *ip,
                                         self.ports_on(port_items.as_deref(), Some(pod)),

@@ -535,3 +535,21 @@ spec:
     let foo = plan.endpoints.iter().find(|e| e.pod.name == "foo").unwrap();
     assert!(foo.ingress.is_some() && foo.egress.is_some());
 }
+
+#[test]
+fn an_ipv6_block_with_a_named_port_does_not_reach_ipv4_pods() {
+    // Found by the property test (seed 69): the per-pod expansion of named ports used
+    // bit containment, in which ::/0 holds the IPv4-mapped space.
+    let c = base().policy(
+        r#"
+metadata: {name: v6-named, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: foo}}
+  policyTypes: [Egress]
+  egress: [{to: [{ipBlock: {cidr: "::/0"}}], ports: [{port: http}]}]
+"#,
+    );
+    let plan = c.plan();
+    let s = &c.0;
+    assert!(!allowed(&plan, "default/foo", ip("10.244.1.11"), Protocol::Tcp, 8080, s));
+}

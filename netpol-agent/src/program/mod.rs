@@ -6,6 +6,7 @@
 //! touched.
 
 pub mod kernel;
+pub mod memory;
 #[cfg(test)]
 mod tests;
 

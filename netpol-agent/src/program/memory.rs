@@ -1,0 +1,124 @@
+//! The maps as plain collections, for tests and tools: `MapOps` on `BTreeMap`s, and the
+//! datapath's lookup (`allows`) on top, so what the programmer wrote can be decoded and
+//! compared with the plan or a reference evaluator without a kernel.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use netpol_common::{Addr, EndpointInfo, IfaceInfo, PORTSET_ALL, PORTSET_NONE, PeerKey, PortSet};
+
+use super::{MapError, MapOps, addr_of};
+use crate::state::Protocol;
+
+/// The maps as plain collections, with the datapath's lookup on top.
+#[derive(Default)]
+pub struct MemoryMaps {
+    pub portsets: BTreeMap<u32, PortSet>,
+    pub exact: BTreeMap<([u8; 4], Addr), u32>,
+    pub cidr: BTreeMap<([u8; 4], Addr, u8), u32>,
+    pub endpoints: BTreeMap<Addr, EndpointInfo>,
+    pub ifaces: BTreeMap<u32, IfaceInfo>,
+    pub services: BTreeMap<Addr, ()>,
+    pub writes: usize,
+}
+
+impl MapOps for MemoryMaps {
+    fn set_portset(&mut self, id: u32, set: &PortSet) -> Result<(), MapError> {
+        self.writes += 1;
+        self.portsets.insert(id, *set);
+        Ok(())
+    }
+    fn del_portset(&mut self, id: u32) -> Result<(), MapError> {
+        self.portsets.remove(&id);
+        Ok(())
+    }
+    fn set_peer(&mut self, key: PeerKey, len: u8, portset: u32) -> Result<(), MapError> {
+        self.writes += 1;
+        if len == 128 {
+            self.exact.insert((key.ruleset_be, key.addr), portset);
+        } else {
+            self.cidr.insert((key.ruleset_be, key.addr, len), portset);
+        }
+        Ok(())
+    }
+    fn del_peer(&mut self, key: PeerKey, len: u8) -> Result<(), MapError> {
+        if len == 128 {
+            self.exact.remove(&(key.ruleset_be, key.addr));
+        } else {
+            self.cidr.remove(&(key.ruleset_be, key.addr, len));
+        }
+        Ok(())
+    }
+    fn set_endpoint(&mut self, addr: Addr, info: EndpointInfo) -> Result<(), MapError> {
+        self.writes += 1;
+        self.endpoints.insert(addr, info);
+        Ok(())
+    }
+    fn del_endpoint(&mut self, addr: Addr) -> Result<(), MapError> {
+        self.endpoints.remove(&addr);
+        Ok(())
+    }
+    fn set_iface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<(), MapError> {
+        self.writes += 1;
+        self.ifaces.insert(ifindex, info);
+        Ok(())
+    }
+    fn del_iface(&mut self, ifindex: u32) -> Result<(), MapError> {
+        self.ifaces.remove(&ifindex);
+        Ok(())
+    }
+    fn set_service(&mut self, addr: Addr) -> Result<(), MapError> {
+        self.writes += 1;
+        self.services.insert(addr, ());
+        Ok(())
+    }
+    fn del_service(&mut self, addr: Addr) -> Result<(), MapError> {
+        self.services.remove(&addr);
+        Ok(())
+    }
+    fn reset_counters(&mut self, _id: u32) -> Result<(), MapError> {
+        Ok(())
+    }
+}
+
+fn prefix_match(entry: &Addr, len: u8, addr: &Addr) -> bool {
+    let a = u128::from_be_bytes(entry.0);
+    let b = u128::from_be_bytes(addr.0);
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    };
+    a & mask == b & mask
+}
+
+impl MemoryMaps {
+    /// Same order as `allowed()` in the BPF verdict code.
+    pub fn allows(&self, set: u32, peer: IpAddr, proto: Protocol, port: u16) -> bool {
+        if set == 0 {
+            return true;
+        }
+        let id = set.to_be_bytes();
+        let addr = addr_of(peer);
+        let portset = match self.exact.get(&(id, addr)) {
+            Some(p) => *p,
+            None => match self
+                .cidr
+                .iter()
+                .filter(|((i, a, len), _)| *i == id && prefix_match(a, *len, &addr))
+                .max_by_key(|((_, _, len), _)| *len)
+            {
+                Some((_, p)) => *p,
+                None => return false,
+            },
+        };
+        match portset {
+            PORTSET_ALL => true,
+            PORTSET_NONE => false,
+            id => self
+                .portsets
+                .get(&id)
+                .is_some_and(|s| s.allows(proto.number(), port)),
+        }
+    }
+}
