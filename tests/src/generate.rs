@@ -38,7 +38,7 @@ pub const NODES: [&str; 2] = ["node-a", "node-b"];
 const KEYS: [&str; 3] = ["app", "tier", "env"];
 const VALUES: [&str; 3] = ["one", "two", "three"];
 const PORT_NAMES: [&str; 3] = ["http", "dns", "metrics"];
-const NUMBERS: [u16; 5] = [53, 80, 81, 8080, 9000];
+const NUMBERS: [u16; 7] = [53, 80, 81, 82, 84, 8080, 9000];
 pub const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
 
 /// Addresses outside the pods, for ipBlocks and flows.
@@ -219,7 +219,7 @@ fn rules(rng: &mut Rng, s: &ClusterState, peer_field: &str) -> Value {
             rule[peer_field] = json!(peers);
         }
         if rng.chance(60) {
-            let ports: Vec<Value> = (0..1 + rng.below(2)).map(|_| port(rng)).collect();
+            let ports: Vec<Value> = (0..1 + rng.below(3)).map(|_| port(rng)).collect();
             rule["ports"] = json!(ports);
         }
         out.push(rule);

@@ -77,7 +77,7 @@ fn random_end(rng: &mut Rng, state: &ClusterState, v4: bool, outside_ok: bool) -
 #[test]
 fn compiled_maps_agree_with_the_reference_evaluator() {
     let base = env_or("NETPOL_PROP_SEED", 1);
-    let clusters = env_or("NETPOL_PROP_CLUSTERS", 200);
+    let clusters = env_or("NETPOL_PROP_CLUSTERS", 1000);
     let flows = env_or("NETPOL_PROP_FLOWS", 200);
     let mut compared = 0u64;
     let mut allowed = 0u64;
@@ -98,7 +98,7 @@ fn compiled_maps_agree_with_the_reference_evaluator() {
             // At least one end is a pod.
             let dst = random_end(&mut rng, &state, v4, matches!(src, End::Pod(..)));
             let protocol = *rng.pick(&PROTOCOLS);
-            let port = *rng.pick(&[53u16, 79, 80, 81, 443, 8080, 9000]);
+            let port = *rng.pick(&[53u16, 79, 80, 81, 82, 83, 84, 443, 8080, 9000]);
             let want = reference::allowed(&state, &src, &dst, protocol, port);
             let got = maps_decide(&state, &maps, &src, &dst, protocol, port);
             compared += 1;

@@ -37,9 +37,13 @@ enum Task {
         #[arg(long, default_value = "auto")]
         attach_mode: String,
     },
-    /// Everything CI runs: formatting, clippy, unit tests, and the tutorial and Service
-    /// conformance cases in the sandbox with both attach modes.
+    /// Everything CI runs: formatting, clippy, unit and property tests, the mutation
+    /// check, and the conformance cases in the sandbox with both attach modes.
     Test,
+    /// Mutation check: break one semantic rule of the compiler at a time (in a scratch
+    /// copy of the tree) and require the property test against the reference evaluator
+    /// to catch each.
+    Mutants,
     /// Remove sandbox namespaces left behind by killed runs.
     Clean,
 }
@@ -153,6 +157,7 @@ fn main() -> Result<()> {
             sandbox(&args, &attach_mode)
         }
         Task::Test => test(),
+        Task::Mutants => mutants(),
         Task::Clean => {
             let (agent, probe, sandbox) = build()?;
             sh(Command::new(sandbox)
@@ -186,8 +191,9 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    step("unit tests");
+    step("unit and property tests");
     sh(cargo().args(["test"]))?;
+    mutants()?;
     let seeds = cases.join("seeds.json");
     let services = cases.join("services.json");
     let own = root().join("tests/cases/bad-input.json");
@@ -205,6 +211,106 @@ fn test() -> Result<()> {
             .arg(&seeds)
             .arg(&services)
             .arg(&own))?;
+    }
+    Ok(())
+}
+
+/// (file, original text, mutated text, what the mutation breaks)
+const MUTANTS: &[(&str, &str, &str, &str)] = &[
+    (
+        "netpol-agent/src/compile/prefix.rs",
+        "if g.prefix.contains(&p) && !g.except.iter().any(|e| e.contains(&p)) {",
+        "if g.prefix.contains(&p) {",
+        "ipBlock except is ignored",
+    ),
+    (
+        "netpol-agent/src/compile/selector.rs",
+        "labels.get(k).is_none_or(|v| !vs.contains(v))",
+        "labels.get(k).is_some_and(|v| !vs.contains(v))",
+        "NotIn no longer matches a missing label",
+    ),
+    (
+        "netpol-agent/src/compile/mod.rs",
+        "Direction::Egress => peer_pod,",
+        "Direction::Egress => Some(self.subject),",
+        "egress named ports resolve on the source pod",
+    ),
+    (
+        "netpol-agent/src/compile/mod.rs",
+        "None => pod_ref.namespace == self.namespace,",
+        "None => true,",
+        "a podSelector-only peer matches pods of every namespace",
+    ),
+    (
+        "netpol-agent/src/compile/mod.rs",
+        "            types.insert(Direction::Ingress);\n            if spec",
+        "            if spec",
+        "policyTypes no longer defaults to Ingress",
+    ),
+    (
+        "netpol-agent/src/compile/ports.rs",
+        "u32::from(r.first) <= u32::from(last.last) + 1",
+        "u32::from(r.first) <= u32::from(last.last) + 2",
+        "port ranges merge across a gap of one port",
+    ),
+];
+
+fn mutants() -> Result<()> {
+    let scratch = root().join("target/mutants/tree");
+    let target = root().join("target/mutants/target");
+    let files = Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(root())
+        .output()
+        .context("git ls-files")?;
+    let mut survived = Vec::new();
+    for (file, from, to, what) in MUTANTS {
+        step(&format!("mutant: {what}"));
+        let _ = std::fs::remove_dir_all(&scratch);
+        for f in files.stdout.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+            let rel = String::from_utf8_lossy(f).to_string();
+            let dst = scratch.join(&rel);
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::copy(root().join(&rel), &dst).with_context(|| format!("copying {rel}"))?;
+        }
+        let path = scratch.join(file);
+        let text = std::fs::read_to_string(&path)?;
+        if !text.contains(from) {
+            bail!("mutant {what:?}: {file} no longer contains the text to mutate; update MUTANTS");
+        }
+        std::fs::write(&path, text.replacen(from, to, 1))?;
+        let status = cargo()
+            .args([
+                "test",
+                "-p",
+                "netpol-tests",
+                "--test",
+                "compile_vs_reference",
+            ])
+            .env("AYA_BUILD_SKIP", "1")
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(&scratch)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .context("running the property test on the mutant")?;
+        if status.success() {
+            println!("SURVIVED: the property test passed with \"{what}\"");
+            survived.push(*what);
+        } else {
+            println!("caught");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!(
+        "\n{} mutants caught, {} survived",
+        MUTANTS.len() - survived.len(),
+        survived.len()
+    );
+    if !survived.is_empty() {
+        bail!("mutants survived: {survived:?}");
     }
     Ok(())
 }

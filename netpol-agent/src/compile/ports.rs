@@ -153,6 +153,14 @@ mod tests {
     }
 
     #[test]
+    fn ranges_with_a_gap_stay_apart() {
+        let mut a = PortSpec::from_ranges([Ports::one(Protocol::Tcp, 80)]);
+        a.add(&PortSpec::from_ranges([Ports::one(Protocol::Tcp, 82)]));
+        assert!(!a.allows(Protocol::Tcp, 81));
+        assert!(a.allows(Protocol::Tcp, 82));
+    }
+
+    #[test]
     fn all_absorbs() {
         let mut a = PortSpec::none();
         a.add(&PortSpec::All);

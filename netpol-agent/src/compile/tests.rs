@@ -551,5 +551,12 @@ spec:
     );
     let plan = c.plan();
     let s = &c.0;
-    assert!(!allowed(&plan, "default/foo", ip("10.244.1.11"), Protocol::Tcp, 8080, s));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.1.11"),
+        Protocol::Tcp,
+        8080,
+        s
+    ));
 }
