@@ -184,10 +184,13 @@ pub fn run_files(files: &[PathBuf], cfg: &Config) -> Result<(usize, usize)> {
         cases.extend(load_cases(f)?);
     }
     println!(
-        "running {} cases from {} files on real packets (TCP and UDP probes; attach mode {})",
+        "running {} cases from {} files on real packets (attach mode {})",
         cases.len(),
         files.len(),
         cfg.attach_mode
+    );
+    println!(
+        "TCP: handshake and one request/response; UDP: one datagram answered; SCTP: this kernel has no SCTP sockets, so a crafted INIT is sent over a raw socket and a crafted INIT-ACK naming the server must come back"
     );
     let started = Instant::now();
     let (mut passed, mut failed) = (0, 0);

@@ -5,3 +5,4 @@ pub mod conformance;
 pub mod generate;
 pub mod reference;
 pub mod sandbox;
+pub mod sctp;

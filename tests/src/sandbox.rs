@@ -568,7 +568,8 @@ impl Sandbox {
                 let flag = match port.protocol.as_str() {
                     "TCP" => "--tcp",
                     "UDP" => "--udp",
-                    _ => continue, // no SCTP sockets on this kernel
+                    "SCTP" => "--sctp",
+                    _ => continue,
                 };
                 args.push(flag.into());
                 args.push(port.port.to_string());
@@ -804,12 +805,8 @@ impl Sandbox {
 
     /// Runs one check's connections; each entry is `Ok(answer)` or `Err(reason)`.
     pub fn probe(&self, check: &CheckDef) -> Result<Vec<std::result::Result<String, String>>> {
-        if !matches!(check.protocol.as_str(), "TCP" | "UDP") {
-            bail!(
-                "{} probes are not supported: this kernel has no {} sockets and crafted probes are not implemented yet",
-                check.protocol,
-                check.protocol
-            );
+        if !matches!(check.protocol.as_str(), "TCP" | "UDP" | "SCTP") {
+            bail!("{} probes are not supported", check.protocol);
         }
         let from = self
             .pods

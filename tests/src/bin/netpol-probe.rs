@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use netpol_tests::sctp;
 
 #[derive(Parser)]
 #[command(about = "netpol sandbox traffic tool: answers and opens TCP/UDP connections")]
@@ -30,6 +31,9 @@ enum Cmd {
         tcp: Vec<u16>,
         #[arg(long = "udp")]
         udp: Vec<u16>,
+        /// SCTP ports, answered with crafted INIT-ACKs over a raw socket.
+        #[arg(long = "sctp")]
+        sctp: Vec<u16>,
     },
     /// Connect `attempts` times, each from a new source port.
     Connect {
@@ -53,7 +57,8 @@ fn main() -> Result<()> {
             bind,
             tcp,
             udp,
-        } => serve(&name, bind, &tcp, &udp),
+            sctp,
+        } => serve(&name, bind, &tcp, &udp, &sctp),
         Cmd::Connect {
             addr,
             port,
@@ -66,6 +71,7 @@ fn main() -> Result<()> {
             let once = match protocol.as_str() {
                 "TCP" => tcp_once,
                 "UDP" => udp_once,
+                "SCTP" => sctp_once,
                 other => bail!("protocol {other} is not supported by this probe"),
             };
             // Attempts run at once, each on its own socket (so its own source port).
@@ -92,9 +98,19 @@ fn main() -> Result<()> {
     }
 }
 
-fn serve(name: &str, bind: IpAddr, tcp: &[u16], udp: &[u16]) -> Result<()> {
+fn serve(name: &str, bind: IpAddr, tcp: &[u16], udp: &[u16], sctp: &[u16]) -> Result<()> {
     let answer = format!("{name}\n");
     let mut threads = Vec::new();
+    if !sctp.is_empty() {
+        for v6 in [false, true] {
+            let (name, ports) = (name.to_string(), sctp.to_vec());
+            threads.push(std::thread::spawn(move || {
+                if let Err(e) = sctp::serve(&name, &ports, v6) {
+                    eprintln!("sctp server (ipv6: {v6}): {e}");
+                }
+            }));
+        }
+    }
     for port in tcp {
         let l = TcpListener::bind((bind, *port)).with_context(|| format!("tcp {bind}:{port}"))?;
         let answer = answer.clone();
@@ -149,6 +165,19 @@ fn tcp_once(target: SocketAddr, timeout: Duration) -> Result<String> {
         bail!("empty answer");
     }
     Ok(text)
+}
+
+/// Crafted INIT from a port of our own choosing (raw sockets have none).
+fn sctp_once(target: SocketAddr, timeout: Duration) -> Result<String> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let seed = std::process::id()
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(n.wrapping_mul(40_503));
+    let sport = 32768 + (seed % 28000) as u16;
+    let tag = seed | 1;
+    sctp::probe(target, timeout, sport, tag).context("sctp")
 }
 
 fn udp_once(target: SocketAddr, timeout: Duration) -> Result<String> {
