@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -33,6 +33,52 @@ const NODES: usize = 2;
 /// MAC of every node-side pod veth: pods reach their gateway without ARP.
 const GW_MAC: &str = "ee:ee:ee:ee:ee:ee";
 const GW_IP: &str = "169.254.1.1";
+/// The node side's link-local address in IPv6 mode: derived from GW_MAC (EUI-64).
+const GW_IP6: &str = "fe80::ecee:eeff:feee:eeee";
+/// In IPv6 mode every sandbox address is its IPv4 plan embedded here, so cases (and their
+/// IPv4 ipBlocks, translated the same way) mean exactly the same in both families.
+const V6_EMBED: u128 = 0xfd00_0004_0000_0000_0000_0000_0000_0000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "ipv4" => Ok(Family::V4),
+            "ipv6" => Ok(Family::V6),
+            other => bail!("unknown family {other:?} (expected ipv4 or ipv6)"),
+        }
+    }
+
+    /// The address standing for `v4` in this family.
+    pub fn addr(self, v4: Ipv4Addr) -> IpAddr {
+        match self {
+            Family::V4 => IpAddr::V4(v4),
+            Family::V6 => IpAddr::V6(Ipv6Addr::from(V6_EMBED | u128::from(u32::from(v4)))),
+        }
+    }
+
+    /// `addr/len` for an IPv4 prefix length, in this family.
+    pub fn net(self, v4: Ipv4Addr, len: u8) -> String {
+        match self {
+            Family::V4 => format!("{v4}/{len}"),
+            Family::V6 if len == 0 => "::/0".to_string(),
+            Family::V6 => format!("{}/{}", self.addr(v4), 96 + u32::from(len)),
+        }
+    }
+
+    /// A CIDR string of a policy, in this family (IPv4 CIDRs are embedded in IPv6 mode).
+    pub fn translate_cidr(self, cidr: &str) -> String {
+        match (self, cidr.parse::<ipnet::Ipv4Net>()) {
+            (Family::V6, Ok(net)) => self.net(net.addr(), net.prefix_len()),
+            _ => cidr.to_string(),
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -41,6 +87,7 @@ pub struct Config {
     /// `--attach-mode` for the agents.
     pub attach_mode: String,
     pub probe_timeout: Duration,
+    pub family: Family,
 }
 
 /// What to remove; shared with the Ctrl-C handler.
@@ -124,7 +171,9 @@ pub fn remove_stale() -> Result<usize> {
 
 pub struct PodPlace {
     pub netns: String,
-    pub ip: Ipv4Addr,
+    /// The address plan is IPv4; `ip` is the address in the sandbox's family.
+    pub v4: Ipv4Addr,
+    pub ip: IpAddr,
     pub node: usize,
 }
 
@@ -143,8 +192,8 @@ pub struct Sandbox {
     cleanup: Arc<Mutex<Cleanup>>,
     model: Model,
     pub pods: BTreeMap<String, PodPlace>,
-    pub services: BTreeMap<String, Ipv4Addr>,
-    pub external: BTreeMap<String, Ipv4Addr>,
+    pub services: BTreeMap<String, IpAddr>,
+    pub external: BTreeMap<String, IpAddr>,
     ns_labels: BTreeMap<String, Labels>,
     pod_labels: BTreeMap<String, Labels>,
     servers: Vec<Child>,
@@ -165,6 +214,26 @@ fn run(args: &[&str]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `ip -n NS ARGS...`
+fn ip(ns: &str, args: &[&str]) -> Result<()> {
+    let mut all = vec!["ip", "-n", ns];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+/// A veth pair between two namespaces: (name, netns, MAC) of each end.
+fn veth(a: (&str, &str, Option<&str>), b: (&str, &str, Option<&str>)) -> Result<()> {
+    let mut args = vec!["ip", "link", "add", a.0, "netns", a.1];
+    if let Some(mac) = a.2 {
+        args.extend(["address", mac]);
+    }
+    args.extend(["type", "veth", "peer", "name", b.0, "netns", b.1]);
+    if let Some(mac) = b.2 {
+        args.extend(["address", mac]);
+    }
+    run(&args)
 }
 
 fn node_name(i: usize) -> String {
@@ -226,220 +295,157 @@ impl Sandbox {
             .map_err(|_| anyhow!("cleanup poisoned"))?
             .netns
             .push(name.to_string());
-        run(&["ip", "-n", name, "link", "set", "lo", "up"])
+        // Addresses must be usable at once: no duplicate address detection.
+        for sysctl in [
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ] {
+            run(&["ip", "netns", "exec", name, "sysctl", "-qw", sysctl])?;
+        }
+        ip(name, &["link", "set", "lo", "up"])
+    }
+
+    fn fam(&self) -> Family {
+        self.cfg.family
+    }
+
+    fn add_addr(&self, ns: &str, v4: Ipv4Addr, len: u8, dev: &str) -> Result<()> {
+        let net = self.fam().net(v4, len);
+        ip(ns, &["addr", "add", &net, "dev", dev, "nodad"])
+    }
+
+    fn add_neigh(&self, ns: &str, v4: Ipv4Addr, mac: &str, dev: &str) -> Result<()> {
+        let addr = self.fam().addr(v4).to_string();
+        ip(
+            ns,
+            &[
+                "neigh",
+                "replace",
+                &addr,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ],
+        )
+    }
+
+    fn add_route(&self, ns: &str, v4: Ipv4Addr, len: u8, via: Ipv4Addr) -> Result<()> {
+        let net = self.fam().net(v4, len);
+        let via = self.fam().addr(via).to_string();
+        ip(ns, &["route", "add", &net, "via", &via])
     }
 
     fn build_network(&mut self) -> Result<()> {
         let nodes: Vec<String> = (0..NODES)
             .map(|i| self.netns(&format!("n{}", i + 1)))
             .collect();
-        for (i, ns) in nodes.iter().enumerate() {
+        for ns in &nodes {
             self.add_netns(ns)?;
             for sysctl in [
                 "net.ipv4.ip_forward=1",
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
+                "net.ipv6.conf.all.forwarding=1",
             ] {
                 run(&["ip", "netns", "exec", ns, "sysctl", "-qw", sysctl])?;
             }
-            let _ = i;
         }
-        // Node link.
-        run(&[
-            "ip", "link", "add", "nl0", "netns", &nodes[0], "type", "veth", "peer", "name", "nl0",
-            "netns", &nodes[1],
-        ])?;
+        let v4 = Ipv4Addr::new;
+
+        // Node link. Every link has static neighbours: no ARP or NDP anywhere, so the
+        // first packet of a path is never queued behind (or lost to) address resolution.
+        let node_mac = |i: u8| format!("02:00:0a:ff:00:{:02x}", i + 1);
+        veth(
+            ("nl0", &nodes[0], Some(&node_mac(0))),
+            ("nl0", &nodes[1], Some(&node_mac(1))),
+        )?;
         for (i, ns) in nodes.iter().enumerate() {
-            run(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("10.255.0.{}/30", i + 1),
-                "dev",
-                "nl0",
-            ])?;
-            run(&["ip", "-n", ns, "link", "set", "nl0", "up"])?;
-            let other = 1 - i;
-            run(&[
-                "ip",
-                "-n",
-                ns,
-                "route",
-                "add",
-                &format!("10.244.{}.0/24", other + 1),
-                "via",
-                &format!("10.255.0.{}", other + 1),
-            ])?;
+            let other = 1 - i as u8;
+            self.add_addr(ns, v4(10, 255, 0, i as u8 + 1), 30, "nl0")?;
+            ip(ns, &["link", "set", "nl0", "up"])?;
+            self.add_neigh(ns, v4(10, 255, 0, other + 1), &node_mac(other), "nl0")?;
+            self.add_route(ns, v4(10, 244, other + 1, 0), 24, v4(10, 255, 0, other + 1))?;
         }
 
         // External hosts behind node 1.
         let ext = self.netns("ext");
         self.add_netns(&ext)?;
-        run(&[
-            "ip", "link", "add", "ext0", "netns", &nodes[0], "type", "veth", "peer", "name",
-            "eth0", "netns", &ext,
-        ])?;
-        run(&[
-            "ip",
-            "-n",
-            &nodes[0],
-            "addr",
-            "add",
-            "10.255.1.1/30",
-            "dev",
-            "ext0",
-        ])?;
-        run(&["ip", "-n", &nodes[0], "link", "set", "ext0", "up"])?;
-        run(&[
-            "ip",
-            "-n",
-            &ext,
-            "addr",
-            "add",
-            "10.255.1.2/30",
-            "dev",
-            "eth0",
-        ])?;
-        run(&["ip", "-n", &ext, "link", "set", "eth0", "up"])?;
-        run(&[
-            "ip",
-            "-n",
-            &ext,
-            "route",
-            "add",
-            "10.244.0.0/16",
-            "via",
-            "10.255.1.1",
-        ])?;
+        let (ext0_mac, ext_mac) = ("02:00:0a:ff:01:01", "02:00:0a:ff:01:02");
+        veth(
+            ("ext0", &nodes[0], Some(ext0_mac)),
+            ("eth0", &ext, Some(ext_mac)),
+        )?;
+        self.add_addr(&nodes[0], v4(10, 255, 1, 1), 30, "ext0")?;
+        ip(&nodes[0], &["link", "set", "ext0", "up"])?;
+        self.add_neigh(&nodes[0], v4(10, 255, 1, 2), ext_mac, "ext0")?;
+        self.add_addr(&ext, v4(10, 255, 1, 2), 30, "eth0")?;
+        ip(&ext, &["link", "set", "eth0", "up"])?;
+        self.add_neigh(&ext, v4(10, 255, 1, 1), ext0_mac, "eth0")?;
+        self.add_route(&ext, v4(10, 244, 0, 0), 16, v4(10, 255, 1, 1))?;
         for e in &self.model.external {
-            let ip: Ipv4Addr =
+            let addr: Ipv4Addr =
                 e.ip.parse()
                     .with_context(|| format!("external {}: bad ip {:?}", e.name, e.ip))?;
-            run(&[
-                "ip",
-                "-n",
-                &ext,
-                "addr",
-                "add",
-                &format!("{ip}/32"),
-                "dev",
-                "eth0",
-            ])?;
-            run(&[
-                "ip",
-                "-n",
-                &nodes[0],
-                "route",
-                "add",
-                &format!("{ip}/32"),
-                "via",
-                "10.255.1.2",
-            ])?;
-            run(&[
-                "ip",
-                "-n",
-                &nodes[1],
-                "route",
-                "add",
-                &format!("{ip}/32"),
-                "via",
-                "10.255.0.1",
-            ])?;
-            self.external.insert(e.name.clone(), ip);
+            self.add_addr(&ext, addr, 32, "eth0")?;
+            self.add_route(&nodes[0], addr, 32, v4(10, 255, 1, 2))?;
+            self.add_route(&nodes[1], addr, 32, v4(10, 255, 0, 1))?;
+            self.external.insert(e.name.clone(), self.fam().addr(addr));
         }
 
-        // Pods, alternating between nodes.
+        // Pods, alternating between nodes; static neighbours, so no ARP or NDP is needed.
         let mut next_host = [10u8; NODES];
         for (k, pod) in self.model.pods.clone().iter().enumerate() {
             let node = k % NODES;
-            let ip = Ipv4Addr::new(10, 244, node as u8 + 1, next_host[node]);
+            let addr = v4(10, 244, node as u8 + 1, next_host[node]);
             next_host[node] += 1;
             let pns = self.netns(&format!("p{k}"));
             self.add_netns(&pns)?;
             let host_if = format!("vp{k}");
-            let pod_mac = format!("02:00:0a:f4:{:02x}:{:02x}", node + 1, ip.octets()[3]);
-            run(&[
-                "ip",
-                "link",
-                "add",
-                &host_if,
-                "netns",
-                &nodes[node],
-                "address",
-                GW_MAC,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
+            let pod_mac = format!("02:00:0a:f4:{:02x}:{:02x}", node + 1, addr.octets()[3]);
+            veth(
+                (&host_if, &nodes[node], Some(GW_MAC)),
+                ("eth0", &pns, Some(&pod_mac)),
+            )?;
+            let host_net = self.fam().net(addr, 32);
+            ip(&nodes[node], &["link", "set", &host_if, "up"])?;
+            ip(&nodes[node], &["route", "add", &host_net, "dev", &host_if])?;
+            self.add_neigh(&nodes[node], addr, &pod_mac, &host_if)?;
+            self.add_addr(&pns, addr, 32, "eth0")?;
+            ip(&pns, &["link", "set", "eth0", "up"])?;
+            let gw = match self.fam() {
+                Family::V4 => {
+                    ip(
+                        &pns,
+                        &["route", "add", GW_IP, "dev", "eth0", "scope", "link"],
+                    )?;
+                    GW_IP
+                }
+                Family::V6 => GW_IP6,
+            };
+            ip(&pns, &["route", "add", "default", "via", gw, "dev", "eth0"])?;
+            ip(
                 &pns,
-                "address",
-                &pod_mac,
-            ])?;
-            run(&["ip", "-n", &nodes[node], "link", "set", &host_if, "up"])?;
-            run(&[
-                "ip",
-                "-n",
-                &nodes[node],
-                "route",
-                "add",
-                &format!("{ip}/32"),
-                "dev",
-                &host_if,
-            ])?;
-            run(&[
-                "ip",
-                "-n",
-                &nodes[node],
-                "neigh",
-                "replace",
-                &ip.to_string(),
-                "lladdr",
-                &pod_mac,
-                "dev",
-                &host_if,
-                "nud",
-                "permanent",
-            ])?;
-            run(&[
-                "ip",
-                "-n",
-                &pns,
-                "addr",
-                "add",
-                &format!("{ip}/32"),
-                "dev",
-                "eth0",
-            ])?;
-            run(&["ip", "-n", &pns, "link", "set", "eth0", "up"])?;
-            run(&[
-                "ip", "-n", &pns, "route", "add", GW_IP, "dev", "eth0", "scope", "link",
-            ])?;
-            run(&[
-                "ip", "-n", &pns, "route", "add", "default", "via", GW_IP, "dev", "eth0",
-            ])?;
-            run(&[
-                "ip",
-                "-n",
-                &pns,
-                "neigh",
-                "replace",
-                GW_IP,
-                "lladdr",
-                GW_MAC,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ])?;
+                &[
+                    "neigh",
+                    "replace",
+                    gw,
+                    "lladdr",
+                    GW_MAC,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ],
+            )?;
             self.pods.insert(
                 format!("{}/{}", pod.ns, pod.name),
                 PodPlace {
                     netns: pns,
-                    ip,
+                    v4: addr,
+                    ip: self.fam().addr(addr),
                     node,
                 },
             );
@@ -447,8 +453,9 @@ impl Sandbox {
 
         // Services: ClusterIPs and kube-proxy-like DNAT in every node.
         for (k, svc) in self.model.services.iter().enumerate() {
-            let ip = Ipv4Addr::new(10, 96, (k / 250) as u8, (k % 250) as u8 + 1);
-            self.services.insert(format!("{}/{}", svc.ns, svc.name), ip);
+            let addr = v4(10, 96, (k / 250) as u8, (k % 250) as u8 + 1);
+            self.services
+                .insert(format!("{}/{}", svc.ns, svc.name), self.fam().addr(addr));
         }
         let rules = self.nft_rules()?;
         for ns in &nodes {
@@ -471,7 +478,11 @@ impl Sandbox {
     /// keeps the model's labels for this (cases relabel pods to change policy, not
     /// Service membership).
     fn nft_rules(&self) -> Result<String> {
-        let mut out = String::from("table ip netpol_sandbox_kp {\n");
+        let (table, daddr) = match self.fam() {
+            Family::V4 => ("ip", "ip daddr"),
+            Family::V6 => ("ip6", "ip6 daddr"),
+        };
+        let mut out = format!("table {table} netpol_sandbox_kp {{\n");
         let mut pre = String::from(
             "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n",
         );
@@ -509,12 +520,16 @@ impl Sandbox {
                 chain_no += 1;
                 let _ = writeln!(
                     pre,
-                    "    ip daddr {vip} {proto} dport {} jump {chain}",
+                    "    {daddr} {vip} {proto} dport {} jump {chain}",
                     sp.port
                 );
                 let mut vmap = Vec::new();
-                for (i, (ip, port)) in backends.iter().enumerate() {
+                for (i, (addr, port)) in backends.iter().enumerate() {
                     let ep = format!("{chain}_ep{i}");
+                    let ip = match addr {
+                        IpAddr::V4(v4) => v4.to_string(),
+                        IpAddr::V6(v6) => format!("[{v6}]"),
+                    };
                     let _ = writeln!(
                         out,
                         "  chain {ep} {{\n    meta l4proto {proto} dnat to {ip}:{port}\n  }}"
@@ -590,7 +605,7 @@ impl Sandbox {
                 "--name".into(),
                 format!("ext/{}", e.name),
                 "--bind".into(),
-                e.ip.clone(),
+                self.external[&e.name].to_string(),
             ];
             for port in &e.ports {
                 let flag = if port.protocol == "UDP" {
@@ -707,9 +722,10 @@ impl Sandbox {
                 .get(pod.trim())
                 .ok_or_else(|| anyhow!("placeholder names unknown pod {pod:?}"))?;
             match kind {
-                "ip" => out.push_str(&place.ip.to_string()),
+                // IPv4 here; `translate_ip_blocks` carries them into IPv6 mode.
+                "ip" => out.push_str(&place.v4.to_string()),
                 "cidr4" => {
-                    let net = ipnet::Ipv4Net::new(place.ip, 4)?.trunc();
+                    let net = ipnet::Ipv4Net::new(place.v4, 4)?.trunc();
                     out.push_str(&net.to_string());
                 }
                 other => bail!("unknown placeholder {other:?}"),
@@ -741,7 +757,10 @@ impl Sandbox {
             .iter()
             .map(|p| {
                 let text = self.substitute(&p.to_string())?;
-                serde_json::from_str(&text).context("policy after substitution")
+                let mut v: Value =
+                    serde_json::from_str(&text).context("policy after substitution")?;
+                translate_ip_blocks(&mut v, self.fam());
+                Ok(v)
             })
             .collect::<Result<_>>()?;
         let started = Instant::now();
@@ -790,7 +809,7 @@ impl Sandbox {
     }
 
     /// Where a check's `to` points: address and what it is.
-    pub fn target(&self, to: &str) -> Result<Ipv4Addr> {
+    pub fn target(&self, to: &str) -> Result<IpAddr> {
         let (kind, name) = to
             .split_once(':')
             .ok_or_else(|| anyhow!("bad check target {to:?}"))?;
@@ -851,6 +870,31 @@ impl Sandbox {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// Rewrites every ipBlock CIDR of a policy into the sandbox's family.
+fn translate_ip_blocks(v: &mut Value, fam: Family) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Object(block)) = map.get_mut("ipBlock") {
+                if let Some(Value::String(c)) = block.get_mut("cidr") {
+                    *c = fam.translate_cidr(c);
+                }
+                if let Some(Value::Array(ex)) = block.get_mut("except") {
+                    for e in ex.iter_mut() {
+                        if let Value::String(c) = e {
+                            *c = fam.translate_cidr(c);
+                        }
+                    }
+                }
+            }
+            for (_, child) in map.iter_mut() {
+                translate_ip_blocks(child, fam);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| translate_ip_blocks(i, fam)),
+        _ => {}
     }
 }
 

@@ -24,8 +24,8 @@ enum Cmd {
         /// What to answer with (`NS/NAME`).
         #[arg(long)]
         name: String,
-        /// Address to listen on.
-        #[arg(long, default_value = "0.0.0.0")]
+        /// Address to listen on; `::` also takes IPv4.
+        #[arg(long, default_value = "::")]
         bind: IpAddr,
         #[arg(long = "tcp")]
         tcp: Vec<u16>,

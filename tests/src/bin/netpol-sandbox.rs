@@ -23,6 +23,10 @@ struct Cli {
     /// Attach mode passed to the agents.
     #[arg(long, default_value = "auto")]
     attach_mode: String,
+    /// Address family of the sandbox: ipv4, or ipv6 (every address and IPv4 ipBlock of
+    /// a case embedded in fd00:4::/96).
+    #[arg(long, default_value = "ipv4")]
+    family: String,
     /// How long a probe waits for an answer before calling the connection blocked.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
@@ -61,6 +65,7 @@ fn main() -> Result<()> {
         probe: cli.probe.canonicalize().context("--probe")?,
         attach_mode: cli.attach_mode,
         probe_timeout: Duration::from_millis(cli.timeout_ms),
+        family: sandbox::Family::parse(&cli.family)?,
     };
     match cli.cmd {
         Cmd::Conformance { cases } => {
