@@ -9,7 +9,7 @@ use std::io;
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{HashMap, LpmTrie, PerCpuArray};
 use aya::programs::tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use netpol_common::{names, sizes};
 
@@ -42,10 +42,14 @@ pub struct MapSizes {
     pub cidr_entries: u32,
 }
 
+/// Where a classifier runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Hook {
+pub enum Hook {
+    /// Pod veth, TC ingress: what the pod sends.
     FromPod,
+    /// Pod veth, TC egress: what the pod receives.
     ToPod,
+    /// Node uplink, TC egress.
     Uplink,
 }
 
@@ -198,6 +202,27 @@ impl Datapath {
                 Err(e) => tracing::warn!(error = %e, "detach"),
             }
         }
+    }
+}
+
+impl Datapath {
+    /// Runs one hook's program on `packet` (an Ethernet frame) with BPF_PROG_TEST_RUN,
+    /// `repeat` times, and returns the verdict (`TC_ACT_*` as i32) and the mean time per
+    /// run. The kernel runs it on the loopback device (ifindex 1); nothing is sent.
+    pub fn test_run(
+        &mut self,
+        hook: Hook,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, std::time::Duration)> {
+        let prog = classifier(&mut self.ebpf, hook.program())?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.repeat = repeat.max(1);
+        let r = prog
+            .test_run(opts)
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {}", hook.program()))?;
+        Ok((r.return_value as i32, r.duration))
     }
 }
 
