@@ -272,7 +272,13 @@ impl Agent {
 
         match result {
             Ok(stats) => {
-                if stats != Default::default() || reload {
+                // Retries of pods that still do not fit are not news.
+                let wrote = crate::program::ApplyStats {
+                    overflowed: Vec::new(),
+                    overflow_error: None,
+                    ..stats.clone()
+                } != Default::default();
+                if wrote || reload {
                     info!(
                         digest = %self.digest,
                         endpoints = plan.endpoints.len(),
@@ -286,7 +292,18 @@ impl Agent {
                         warn!("{e}");
                     }
                 }
-                let changed = stats != Default::default() || reload;
+                let overflowed: Vec<String> =
+                    stats.overflowed.iter().map(ToString::to_string).collect();
+                let overflow_changed = self.snapshot().overflowed_pods != overflowed;
+                if !stats.overflowed.is_empty() && overflow_changed {
+                    warn!(
+                        pods = ?stats.overflowed,
+                        error = stats.overflow_error.as_deref().unwrap_or(""),
+                        "maps are full: these pods keep their last complete rules until room returns (raise --peer-entries / --cidr-entries)"
+                    );
+                }
+                let overflow_error = stats.overflow_error.clone();
+                let changed = wrote || reload;
                 let endpoints = self.endpoint_status(&plan, &ifaces);
                 let digest = self.digest.clone();
                 self.update_status(|s| {
@@ -297,6 +314,9 @@ impl Agent {
                     s.policy_errors = plan.errors.iter().map(|e| e.to_string()).collect();
                     s.rule_sets = plan.rule_sets.len();
                     s.endpoints = endpoints;
+                    s.overflow_events += u64::from(!overflowed.is_empty() && overflow_changed);
+                    s.overflowed_pods = overflowed;
+                    s.overflow_error = overflow_error;
                 });
                 self.refresh_counters();
             }

@@ -36,6 +36,12 @@ pub struct Status {
     /// Why the last programming failed (the previous state stays enforced).
     pub program_error: Option<String>,
     pub policy_errors: Vec<String>,
+    /// Pods whose new rules did not fit in the maps: they keep their last complete state
+    /// (a new pod allows nothing in its isolated directions) until room returns.
+    pub overflowed_pods: Vec<String>,
+    pub overflow_error: Option<String>,
+    /// Programmings that hit a full map since start.
+    pub overflow_events: u64,
     pub rule_sets: usize,
     pub uplinks: Vec<String>,
     pub endpoints: Vec<EndpointStatus>,
@@ -73,6 +79,12 @@ impl Status {
             out,
             "# HELP netpol_program_error 1 while programming the maps fails (the last good state is enforced).\n# TYPE netpol_program_error gauge\nnetpol_program_error {}",
             u8::from(self.program_error.is_some())
+        );
+        let _ = writeln!(
+            out,
+            "# HELP netpol_map_overflow_pods Pods kept on their last state because their new rules do not fit in the maps.\n# TYPE netpol_map_overflow_pods gauge\nnetpol_map_overflow_pods {}\n# HELP netpol_map_overflow_total Programmings that hit a full map.\n# TYPE netpol_map_overflow_total counter\nnetpol_map_overflow_total {}",
+            self.overflowed_pods.len(),
+            self.overflow_events
         );
         let _ = writeln!(
             out,

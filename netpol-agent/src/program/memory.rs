@@ -20,6 +20,8 @@ pub struct MemoryMaps {
     pub ifaces: BTreeMap<u32, IfaceInfo>,
     pub services: BTreeMap<Addr, ()>,
     pub writes: usize,
+    /// Capacity of the two peer maps together, like a full BPF map (None = unbounded).
+    pub peer_capacity: Option<usize>,
 }
 
 impl MapOps for MemoryMaps {
@@ -33,6 +35,16 @@ impl MapOps for MemoryMaps {
         Ok(())
     }
     fn set_peer(&mut self, key: PeerKey, len: u8, portset: u32) -> Result<(), MapError> {
+        if self
+            .peer_capacity
+            .is_some_and(|cap| self.exact.len() + self.cidr.len() >= cap)
+        {
+            return Err(MapError::Op {
+                map: "PEERS",
+                op: "insert",
+                message: "map full (E2BIG)".into(),
+            });
+        }
         self.writes += 1;
         if len == 128 {
             self.exact.insert((key.ruleset_be, key.addr), portset);

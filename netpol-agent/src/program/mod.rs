@@ -73,6 +73,11 @@ pub struct ApplyStats {
     pub peer_entries_written: usize,
     pub endpoints_written: usize,
     pub endpoints_removed: usize,
+    /// Pods whose new rule set did not fit in the maps: they keep their last complete
+    /// state (or, when new, allow nothing in the isolated direction) until it does.
+    pub overflowed: Vec<ObjectRef>,
+    /// Why the first rule set that did not fit was refused.
+    pub overflow_error: Option<String>,
 }
 
 /// Bounded id allocator; ids are reused after release.
@@ -144,6 +149,10 @@ impl<M: MapOps> Programmer<M> {
         &self.maps
     }
 
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
     pub fn endpoint_ids(&self) -> &BTreeMap<ObjectRef, u32> {
         &self.endpoint_ids
     }
@@ -157,19 +166,34 @@ impl<M: MapOps> Programmer<M> {
     ) -> Result<ApplyStats, MapError> {
         let mut stats = ApplyStats::default();
 
-        // 1. New rule sets, in full, before anything points at them.
-        let mut set_ids = Vec::with_capacity(plan.rule_sets.len());
+        // 1. New rule sets, in full, before anything points at them. A set that does not
+        // fit is left out (None); the pods that need it are handled below.
+        let mut set_ids: Vec<Option<u32>> = Vec::with_capacity(plan.rule_sets.len());
         for set in &plan.rule_sets {
             if let Some(loaded) = self.sets.get(set) {
-                set_ids.push(loaded.id);
+                set_ids.push(Some(loaded.id));
                 continue;
             }
-            let loaded = self.write_set(set)?;
-            stats.rule_sets_added += 1;
-            stats.peer_entries_written += loaded.entries.len();
-            set_ids.push(loaded.id);
-            self.sets.insert(set.clone(), loaded);
+            match self.write_set(set) {
+                Ok(loaded) => {
+                    stats.rule_sets_added += 1;
+                    stats.peer_entries_written += loaded.entries.len();
+                    set_ids.push(Some(loaded.id));
+                    self.sets.insert(set.clone(), loaded);
+                }
+                Err(e) => {
+                    stats.overflow_error.get_or_insert_with(|| e.to_string());
+                    set_ids.push(None);
+                }
+            }
         }
+        // Isolated with nothing allowed: the fallback of a new pod whose set did not fit.
+        // It has no entries, so it always fits.
+        let deny_all = if set_ids.iter().any(Option::is_none) {
+            Some(self.deny_all_set()?)
+        } else {
+            None
+        };
 
         // 2. Endpoints flip to their sets; veths learn their pod.
         let mut want_endpoints = BTreeMap::new();
@@ -186,11 +210,37 @@ impl<M: MapOps> Programmer<M> {
                     id
                 }
             };
-            let info = EndpointInfo {
-                id,
-                ingress_set: ep.ingress.map_or(RULESET_ALLOW_ALL, |r| set_ids[r.0]),
-                egress_set: ep.egress.map_or(RULESET_ALLOW_ALL, |r| set_ids[r.0]),
-                _pad: 0,
+            let wanted = |r: Option<crate::compile::RuleSetRef>| match r {
+                None => Some(RULESET_ALLOW_ALL),
+                Some(r) => set_ids[r.0],
+            };
+            let info = match (wanted(ep.ingress), wanted(ep.egress)) {
+                (Some(ingress_set), Some(egress_set)) => EndpointInfo {
+                    id,
+                    ingress_set,
+                    egress_set,
+                    _pad: 0,
+                },
+                (ingress, egress) => {
+                    stats.overflowed.push(ep.pod.clone());
+                    let current = ep
+                        .ips
+                        .iter()
+                        .find_map(|ip| self.endpoints.get(&addr_of(*ip)));
+                    match current {
+                        // Last complete state: the pod is not flipped at all.
+                        Some(old) => *old,
+                        None => {
+                            let fallback = deny_all.unwrap_or(RULESET_ALLOW_ALL);
+                            EndpointInfo {
+                                id,
+                                ingress_set: ingress.unwrap_or(fallback),
+                                egress_set: egress.unwrap_or(fallback),
+                                _pad: 0,
+                            }
+                        }
+                    }
+                }
             };
             let mut iface = IfaceInfo {
                 endpoint_id: id,
@@ -264,12 +314,19 @@ impl<M: MapOps> Programmer<M> {
             self.maps.del_service(addr)?;
             self.services.remove(&addr);
         }
+        // A set is stale when the plan does not have it and no endpoint still points at it
+        // (pods kept on their last state after an overflow do).
         let wanted_sets: BTreeSet<&RuleSet> = plan.rule_sets.iter().collect();
+        let in_use: BTreeSet<u32> = self
+            .endpoints
+            .values()
+            .flat_map(|e| [e.ingress_set, e.egress_set])
+            .collect();
         let stale: Vec<RuleSet> = self
             .sets
-            .keys()
-            .filter(|s| !wanted_sets.contains(s))
-            .cloned()
+            .iter()
+            .filter(|(s, l)| !wanted_sets.contains(s) && !in_use.contains(&l.id))
+            .map(|(s, _)| s.clone())
             .collect();
         for set in stale {
             if let Some(loaded) = self.sets.remove(&set) {
@@ -278,6 +335,17 @@ impl<M: MapOps> Programmer<M> {
             }
         }
         Ok(stats)
+    }
+
+    fn deny_all_set(&mut self) -> Result<u32, MapError> {
+        let empty = RuleSet::default();
+        if let Some(l) = self.sets.get(&empty) {
+            return Ok(l.id);
+        }
+        let loaded = self.write_set(&empty)?;
+        let id = loaded.id;
+        self.sets.insert(empty, loaded);
+        Ok(id)
     }
 
     fn portset_for(&mut self, spec: &PortSpec) -> Result<u32, MapError> {

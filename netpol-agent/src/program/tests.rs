@@ -156,3 +156,69 @@ fn endpoint_ids_are_bounded() {
     let err = p.apply(&plan, &ifindexes(&plan)).unwrap_err();
     assert!(err.to_string().contains("endpoints"), "{err}");
 }
+
+#[test]
+fn a_rule_set_that_does_not_fit_keeps_the_last_state_and_recovers() {
+    let plan1 = compile::compile(&state(80), "n1");
+    let maps = MemoryMaps {
+        peer_capacity: Some(3),
+        ..Default::default()
+    };
+    let mut p = Programmer::new(maps, 100);
+    let stats = p.apply(&plan1, &ifindexes(&plan1)).unwrap();
+    assert!(stats.overflowed.is_empty(), "{stats:?}");
+    let server: IpAddr = "10.244.1.3".parse().unwrap();
+    let client: IpAddr = "10.244.1.2".parse().unwrap();
+    let before = p.maps().endpoints[&addr_of(server)];
+
+    // The new rule set needs 3 more entries while the old ones are still in place.
+    let plan2 = compile::compile(&state(8080), "n1");
+    let stats = p.apply(&plan2, &ifindexes(&plan2)).unwrap();
+    assert_eq!(stats.overflowed.len(), 2, "both servers: {stats:?}");
+    assert!(
+        stats
+            .overflow_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("full")
+    );
+    let m = p.maps();
+    assert_eq!(
+        m.endpoints[&addr_of(server)],
+        before,
+        "last complete state kept"
+    );
+    assert!(m.allows(before.ingress_set, client, Protocol::Tcp, 80));
+    assert!(!m.allows(before.ingress_set, client, Protocol::Tcp, 8080));
+
+    // Room returns: the next apply goes through.
+    p.maps_mut().peer_capacity = Some(100);
+    let stats = p.apply(&plan2, &ifindexes(&plan2)).unwrap();
+    assert!(stats.overflowed.is_empty(), "{stats:?}");
+    let now = p.maps().endpoints[&addr_of(server)];
+    assert!(
+        p.maps()
+            .allows(now.ingress_set, client, Protocol::Tcp, 8080)
+    );
+    assert!(!p.maps().allows(now.ingress_set, client, Protocol::Tcp, 80));
+}
+
+#[test]
+fn a_new_pod_whose_rule_set_does_not_fit_allows_nothing() {
+    let plan = compile::compile(&state(80), "n1");
+    let maps = MemoryMaps {
+        peer_capacity: Some(0),
+        ..Default::default()
+    };
+    let mut p = Programmer::new(maps, 100);
+    let stats = p.apply(&plan, &ifindexes(&plan)).unwrap();
+    assert_eq!(stats.overflowed.len(), 2);
+    let m = p.maps();
+    let server = m.endpoints[&addr_of("10.244.1.3".parse().unwrap())];
+    assert_ne!(server.ingress_set, 0, "isolated, not open");
+    let client: IpAddr = "10.244.1.2".parse().unwrap();
+    assert!(!m.allows(server.ingress_set, client, Protocol::Tcp, 80));
+    // The client is not isolated and is unaffected.
+    let c = m.endpoints[&addr_of(client)];
+    assert_eq!((c.ingress_set, c.egress_set), (0, 0));
+}
