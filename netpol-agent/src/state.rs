@@ -253,3 +253,20 @@ impl ClusterState {
         Ok(())
     }
 }
+
+/// Annotation carrying why a policy could not be read; `compile` reports it.
+pub const UNREADABLE_ANNOTATION: &str = "netpol.dev/unreadable";
+
+/// The stand-in for a NetworkPolicy whose body does not parse: same name, isolates every
+/// pod of its namespace both ways, allows nothing. `None` without a name and namespace.
+pub fn unreadable_policy(raw: &serde_yaml::Value, error: &str) -> Option<NetworkPolicy> {
+    let meta = raw.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
+    let namespace = meta.get("namespace")?.as_str()?;
+    let value = serde_json::json!({
+        "metadata": {"name": name, "namespace": namespace,
+                     "annotations": {UNREADABLE_ANNOTATION: error}},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    });
+    serde_json::from_value(value).ok()
+}

@@ -36,9 +36,13 @@ enum Task {
         /// Attach mode of the agents: auto, tcx or netlink.
         #[arg(long, default_value = "auto")]
         attach_mode: String,
+        /// Address family of the sandbox: ipv4 or ipv6.
+        #[arg(long, default_value = "ipv4")]
+        family: String,
     },
-    /// Everything CI runs: formatting, clippy, unit and property tests, the mutation
-    /// check, and the conformance cases in the sandbox with both attach modes.
+    /// Everything CI runs: formatting, clippy, unit, property and crafted-packet tests,
+    /// the mutation check, and every conformance case in the sandbox (IPv4 with TCX and
+    /// netlink attachment, IPv6).
     Test,
     /// Mutation check: break one semantic rule of the compiler at a time (in a scratch
     /// copy of the tree) and require the property test against the reference evaluator
@@ -119,17 +123,23 @@ fn require_root() -> Result<()> {
     Ok(())
 }
 
-fn sandbox(args: &[&str], attach_mode: &str) -> Result<()> {
-    require_root()?;
-    let (agent, probe, sandbox) = build()?;
+/// Runs `netpol-sandbox` (built by `build`) with the agent and probe it needs.
+fn sandbox_cmd(bins: &(PathBuf, PathBuf, PathBuf), attach_mode: &str, family: &str) -> Command {
+    let (agent, probe, sandbox) = bins;
     let mut c = Command::new(sandbox);
-    c.arg("--agent")
-        .arg(agent)
-        .arg("--probe")
-        .arg(probe)
-        .args(["--attach-mode", attach_mode])
-        .args(args);
-    sh(&mut c)
+    c.arg("--agent").arg(agent).arg("--probe").arg(probe).args([
+        "--attach-mode",
+        attach_mode,
+        "--family",
+        family,
+    ]);
+    c
+}
+
+fn sandbox(args: &[&str], attach_mode: &str, family: &str) -> Result<()> {
+    require_root()?;
+    let bins = build()?;
+    sh(sandbox_cmd(&bins, attach_mode, family).args(args))
 }
 
 fn main() -> Result<()> {
@@ -141,9 +151,14 @@ fn main() -> Result<()> {
             sandbox(
                 &["demo", "--cases", &seeds.to_string_lossy(), "--case", &case],
                 "auto",
+                "ipv4",
             )
         }
-        Task::Conformance { cases, attach_mode } => {
+        Task::Conformance {
+            cases,
+            attach_mode,
+            family,
+        } => {
             let cases: Vec<String> = cases
                 .iter()
                 .map(|c| {
@@ -154,26 +169,18 @@ fn main() -> Result<()> {
                 .collect::<Result<_>>()?;
             let mut args = vec!["conformance", "--cases"];
             args.extend(cases.iter().map(String::as_str));
-            sandbox(&args, &attach_mode)
+            sandbox(&args, &attach_mode, &family)
         }
         Task::Test => test(),
         Task::Mutants => mutants(),
-        Task::Clean => {
-            let (agent, probe, sandbox) = build()?;
-            sh(Command::new(sandbox)
-                .arg("--agent")
-                .arg(agent)
-                .arg("--probe")
-                .arg(probe)
-                .arg("clean"))
-        }
+        Task::Clean => sandbox(&["clean"], "auto", "ipv4"),
     }
 }
 
 fn test() -> Result<()> {
     require_root()?;
-    let cases = shared_cases()?;
-    let (agent, probe, sandbox) = build()?;
+    let shared = shared_cases()?;
+    let bins = build()?;
     step("cargo fmt --check");
     sh(cargo().args(["fmt", "--all", "--check"]))?;
     step("cargo clippy -D warnings");
@@ -191,28 +198,32 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    step("unit and property tests");
+    step("unit, property and crafted-packet tests (the root_* ones load BPF)");
     sh(cargo().args(["test"]))?;
     mutants()?;
-    let seeds = cases.join("seeds.json");
-    let services = cases.join("services.json");
-    let own = root().join("tests/cases/bad-input.json");
-    // The netlink path must keep working on kernels where TCX is preferred.
-    for mode in ["auto", "netlink"] {
+    // Every public case and the project's own, in both families; the netlink attach path
+    // must keep working on kernels where TCX is preferred.
+    let mut cases = case_files(&shared)?;
+    cases.extend(case_files(&root().join("tests/cases"))?);
+    for (mode, family) in [("auto", "ipv4"), ("auto", "ipv6"), ("netlink", "ipv4")] {
         step(&format!(
-            "conformance in the sandbox (root), attach mode {mode}"
+            "conformance in the sandbox (root): {family}, attach mode {mode}"
         ));
-        sh(Command::new(&sandbox)
-            .arg("--agent")
-            .arg(&agent)
-            .arg("--probe")
-            .arg(&probe)
-            .args(["--attach-mode", mode, "conformance", "--cases"])
-            .arg(&seeds)
-            .arg(&services)
-            .arg(&own))?;
+        sh(sandbox_cmd(&bins, mode, family)
+            .args(["conformance", "--cases"])
+            .args(&cases))?;
     }
     Ok(())
+}
+
+fn case_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// (file, original text, mutated text, what the mutation breaks)

@@ -205,6 +205,19 @@ fn check_policy<'a>(
             message,
         })
     };
+    if let Some(why) = policy
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::state::UNREADABLE_ANNOTATION))
+    {
+        err(
+            "spec",
+            format!(
+                "cannot be read ({why}); it isolates every pod of its namespace both ways and allows nothing"
+            ),
+        );
+    }
     let spec = policy.spec.as_ref();
     let mut types = BTreeSet::new();
     match spec

@@ -560,3 +560,146 @@ spec:
         s
     ));
 }
+
+#[test]
+fn every_invalid_policy_gets_its_own_error_and_the_rest_keeps_working() {
+    // (name, egress rule of a policy selecting app=foo, what its error must say)
+    let bad = [
+        (
+            "end-below",
+            "{ports: [{port: 90, endPort: 80}]}",
+            "below port",
+        ),
+        (
+            "end-named",
+            "{ports: [{port: http, endPort: 90}]}",
+            "named port",
+        ),
+        (
+            "end-alone",
+            "{ports: [{endPort: 90}]}",
+            "endPort without port",
+        ),
+        (
+            "end-huge",
+            "{ports: [{port: 80, endPort: 70000}]}",
+            "endPort",
+        ),
+        ("port-zero", "{ports: [{port: 0}]}", "outside 1-65535"),
+        (
+            "bad-proto",
+            "{ports: [{port: 80, protocol: ICMP}]}",
+            "unknown protocol",
+        ),
+        (
+            "lower-proto",
+            "{ports: [{port: 80, protocol: tcp}]}",
+            "unknown protocol",
+        ),
+        (
+            "bad-name",
+            "{ports: [{port: HTTP}]}",
+            "not a valid port name",
+        ),
+        ("slash-33", "{to: [{ipBlock: {cidr: 10.0.0.0/33}}]}", "/33"),
+        ("not-a-cidr", "{to: [{ipBlock: {cidr: banana}}]}", "banana"),
+        (
+            "except-outside",
+            "{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}",
+            "strictly inside",
+        ),
+        (
+            "except-equal",
+            "{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.0/16]}}]}",
+            "strictly inside",
+        ),
+        (
+            "except-family",
+            "{to: [{ipBlock: {cidr: 10.0.0.0/8, except: ['fd00::/64']}}]}",
+            "strictly inside",
+        ),
+        ("empty-peer", "{to: [{}]}", "must name"),
+        (
+            "block-and-ns",
+            "{to: [{ipBlock: {cidr: 10.0.0.0/8}, namespaceSelector: {}}]}",
+            "cannot be combined",
+        ),
+        (
+            "in-no-values",
+            "{to: [{namespaceSelector: {matchExpressions: [{key: a, operator: In}]}}]}",
+            "at least one value",
+        ),
+        (
+            "exists-values",
+            "{to: [{podSelector: {matchExpressions: [{key: a, operator: Exists, values: [x]}]}}]}",
+            "takes no values",
+        ),
+        (
+            "odd-operator",
+            "{to: [{podSelector: {matchExpressions: [{key: a, operator: Gt, values: ['1']}]}}]}",
+            "unknown operator",
+        ),
+    ];
+    let mut c = base().policy(
+        r#"
+metadata: {name: good, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: foo}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 8080}]}]
+"#,
+    );
+    for (name, rule, _) in bad {
+        c = c.policy(&format!(
+            "metadata: {{name: {name}, namespace: default}}\nspec:\n  podSelector: {{matchLabels: {{app: foo}}}}\n  policyTypes: [Egress]\n  egress: [{rule}]\n"
+        ));
+    }
+    let plan = c.plan();
+    for (name, _, expected) in bad {
+        let errs: Vec<&PolicyError> = plan
+            .errors
+            .iter()
+            .filter(|e| e.policy.name == name)
+            .collect();
+        assert_eq!(errs.len(), 1, "{name}: {errs:?}");
+        assert!(
+            errs[0].to_string().contains(expected),
+            "{name}: {}",
+            errs[0]
+        );
+    }
+    assert_eq!(plan.errors.len(), bad.len(), "no error for the good policy");
+    let s = &c.0;
+    assert!(allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.1.11"),
+        Protocol::Tcp,
+        8080,
+        s
+    ));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("10.244.1.11"),
+        Protocol::Tcp,
+        8081,
+        s
+    ));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("10.0.0.1"),
+        Protocol::Tcp,
+        80,
+        s
+    ));
+    assert!(!allowed(
+        &plan,
+        "default/foo",
+        ip("203.0.113.1"),
+        Protocol::Tcp,
+        80,
+        s
+    ));
+}

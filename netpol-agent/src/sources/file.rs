@@ -172,9 +172,18 @@ fn add_value(
         "Service" => state
             .upsert_service(&typed::<Service>(value, &kind).map_err(parse_err)?)
             .map_err(state_err)?,
-        "NetworkPolicy" => state
-            .upsert_policy(&typed::<NetworkPolicy>(value, &kind).map_err(parse_err)?)
-            .map_err(state_err)?,
+        "NetworkPolicy" => {
+            let policy = match typed::<NetworkPolicy>(value.clone(), &kind) {
+                Ok(p) => p,
+                // A policy we cannot read must not be dropped (that could open traffic):
+                // it stands in as one that isolates its whole namespace and allows nothing.
+                Err(message) => match crate::state::unreadable_policy(&value, &message) {
+                    Some(p) => p,
+                    None => return Err(parse_err(message)),
+                },
+            };
+            state.upsert_policy(&policy).map_err(state_err)?
+        }
         other => ignored.push(format!("{}: {other}", path.display())),
     }
     Ok(())
@@ -270,12 +279,34 @@ spec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}
         let d = folder(&[("good.yaml", POD), ("bad.yaml", "kind: Pod\nmetadata: [\n")]);
         let err = load(d.path()).err().expect("must fail");
         assert!(err.to_string().contains("bad.yaml"), "{err}");
-        let d = folder(&[(
-            "badport.yaml",
-            "kind: NetworkPolicy\nmetadata: {name: p, namespace: default}\nspec: {podSelector: {}, ingress: [{ports: [{port: 80, endPort: x}]}]}\n",
-        )]);
-        let err = load(d.path()).err().expect("must fail");
-        assert!(err.to_string().contains("NetworkPolicy"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_policy_stands_in_as_isolate_everything() {
+        let d = folder(&[
+            ("good.yaml", POD),
+            (
+                "badport.yaml",
+                "kind: NetworkPolicy\nmetadata: {name: p, namespace: default}\nspec: {podSelector: {}, ingress: [{ports: [{port: 80, endPort: x}]}]}\n",
+            ),
+        ]);
+        let loaded = load(d.path()).expect("the rest still loads");
+        assert_eq!(loaded.state.pods.len(), 1);
+        let plan = crate::compile::compile(&loaded.state, "node-a");
+        assert_eq!(plan.errors.len(), 1, "{:?}", plan.errors);
+        assert!(
+            plan.errors[0].to_string().contains("cannot be read"),
+            "{}",
+            plan.errors[0]
+        );
+        let web = &plan.endpoints[0];
+        for dir in [web.ingress, web.egress] {
+            let set = plan.rule_set(dir.expect("isolated"));
+            assert!(set.entries.is_empty(), "allows nothing");
+        }
+        // Without a name there is nothing to stand in for: the load fails.
+        let d = folder(&[("anon.yaml", "kind: NetworkPolicy\nspec: {podSelector: 7}\n")]);
+        assert!(load(d.path()).is_err());
     }
 
     #[test]
