@@ -16,6 +16,7 @@ use crate::compile;
 use crate::datapath::{self, AttachMode, Datapath, MapSizes, routes};
 use crate::program::{Programmer, kernel::KernelMaps};
 use crate::sources::file;
+use crate::sources::kube as kube_source;
 use crate::state::{ClusterState, ObjectRef};
 use crate::status::{self, EndpointStatus, Shared, Status};
 
@@ -25,10 +26,10 @@ use crate::status::{self, EndpointStatus, Shared, Status};
     version,
     about = "Enforces Kubernetes NetworkPolicies on this node with eBPF (TC on pod veths and uplinks).",
     long_about = "Enforces Kubernetes NetworkPolicies on this node with eBPF.\n\n\
-It reads the cluster from --policy-dir (a folder of Namespace, Pod, Service and NetworkPolicy YAML), \
-compiles the policies for the pods of --node-name, attaches TC programs to the host side of those \
+It watches Namespaces, Pods, Services and NetworkPolicies on the API server (or reads them from \
+--policy-dir, a folder of YAML), compiles the policies for the pods of --node-name, attaches TC programs to the host side of those \
 pods' veths (found from their host routes) and to the uplinks, and programs the BPF maps. \
-It reloads when the folder changes. A folder or policy it cannot read never opens traffic: \
+It follows every change as it happens. A source or policy it cannot read never opens traffic: \
 the last good state stays enforced, and errors are reported in the log, /metrics and /status.\n\n\
 Needs root (or CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_RESOURCE on older kernels)."
 )]
@@ -37,9 +38,15 @@ pub struct Args {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
 
-    /// Folder of Kubernetes YAML to read the cluster from.
+    /// Read the cluster from this folder of Kubernetes YAML instead of the API server
+    /// (demos, offline use).
     #[arg(long)]
-    pub policy_dir: PathBuf,
+    pub policy_dir: Option<PathBuf>,
+
+    /// Kubeconfig to reach the API server. Default: in-cluster service account,
+    /// KUBECONFIG, or ~/.kube/config.
+    #[arg(long, conflicts_with = "policy_dir")]
+    pub kubeconfig: Option<PathBuf>,
 
     /// Interface where pod traffic leaves the node (repeatable). Default: the interfaces
     /// of the default routes.
@@ -70,12 +77,22 @@ pub struct Args {
     pub map_sizes: MapSizes,
 }
 
+/// Where the cluster comes from.
+enum Source {
+    Files(PathBuf),
+    Kube(kube_source::SharedState),
+}
+
 struct Agent {
     args: Args,
+    source: Source,
     datapath: Datapath,
     programmer: Programmer<KernelMaps>,
     state: Option<ClusterState>,
+    /// What the enforced state was built from: the folder's digest, or the newest
+    /// resourceVersion of each kind.
     digest: String,
+    versions: BTreeMap<String, u64>,
     status: Shared,
     uplinks: Vec<String>,
 }
@@ -106,14 +123,28 @@ pub async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("binding {}", args.metrics_addr))?;
     tokio::spawn(status::serve(listener, status.clone()));
 
+    // Capacity 1: a burst of changes while a recompute runs costs one more recompute.
     let (tx, mut changes) = mpsc::channel::<()>(1);
-    let _watcher = watch_folder(&args.policy_dir, tx)?;
+    let mut _folder_watcher = None;
+    let source = match &args.policy_dir {
+        Some(dir) => {
+            _folder_watcher = Some(watch_folder(dir, tx)?);
+            Source::Files(dir.clone())
+        }
+        None => {
+            let client = kube_source::client(args.kubeconfig.as_deref()).await?;
+            info!("watching the API server");
+            Source::Kube(kube_source::start(client, tx))
+        }
+    };
 
     let mut agent = Agent {
         programmer: Programmer::new(maps, sizes::COUNTERS),
+        source,
         datapath,
         state: None,
         digest: String::new(),
+        versions: BTreeMap::new(),
         status,
         uplinks,
         args,
@@ -197,24 +228,7 @@ impl Agent {
     /// `reload`: read the source again (else only look for new or gone veths).
     fn reconcile(&mut self, reload: bool) {
         if reload || self.state.is_none() {
-            match file::load(&self.args.policy_dir) {
-                Ok(loaded) => {
-                    for i in &loaded.ignored {
-                        tracing::debug!(object = %i, "ignored kind");
-                    }
-                    self.state = Some(loaded.state);
-                    self.digest = loaded.digest;
-                    self.update_status(|s| s.source_error = None);
-                }
-                Err(e) => {
-                    error!(error = %e, "policy source failed to load; the last good state stays enforced");
-                    let msg = e.to_string();
-                    self.update_status(|s| s.source_error = Some(msg));
-                    if self.state.is_none() {
-                        return;
-                    }
-                }
-            }
+            self.load();
         }
         let Some(state) = &self.state else { return };
         let plan = compile::compile(state, &self.args.node_name);
@@ -306,8 +320,10 @@ impl Agent {
                 let changed = wrote || reload;
                 let endpoints = self.endpoint_status(&plan, &ifaces);
                 let digest = self.digest.clone();
+                let versions = self.versions.clone();
                 self.update_status(|s| {
                     s.applied_digest = digest;
+                    s.applied_versions = versions;
                     s.generation += u64::from(changed);
                     s.ready = true;
                     s.program_error = None;
@@ -324,6 +340,68 @@ impl Agent {
                 error!(error = %e, "programming the maps failed; the previous state stays enforced where it was not replaced");
                 let msg = e.to_string();
                 self.update_status(|s| s.program_error = Some(msg));
+            }
+        }
+    }
+
+    /// Takes the source's current state, if it has a complete one.
+    fn load(&mut self) {
+        match &self.source {
+            Source::Files(dir) => match file::load(dir) {
+                Ok(loaded) => {
+                    for i in &loaded.ignored {
+                        tracing::debug!(object = %i, "ignored kind");
+                    }
+                    self.state = Some(loaded.state);
+                    self.digest = loaded.digest;
+                    self.update_status(|s| s.source_error = None);
+                }
+                Err(e) => {
+                    error!(error = %e, "policy source failed to load; the last good state stays enforced");
+                    let msg = e.to_string();
+                    self.update_status(|s| s.source_error = Some(msg));
+                }
+            },
+            Source::Kube(shared) => {
+                let shared = match shared.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                // Half a cluster (policies without their pods, say) would enforce less
+                // than the whole: wait until every kind has been listed once.
+                let pending: Vec<&str> = kube_source::KINDS
+                    .iter()
+                    .filter(|k| !shared.synced.contains(*k))
+                    .copied()
+                    .collect();
+                let source_error = (!pending.is_empty())
+                    .then(|| format!("waiting for the first list of {}", pending.join(", ")));
+                let rejected: Vec<String> = shared
+                    .rejected
+                    .iter()
+                    .map(|(o, e)| format!("{o}: {e}"))
+                    .collect();
+                let watch_errors = shared.watch_errors;
+                if pending.is_empty() {
+                    self.state = Some(shared.state.clone());
+                    self.versions = shared
+                        .versions
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect();
+                    self.digest = self
+                        .versions
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                }
+                drop(shared);
+                self.update_status(|s| {
+                    s.source_error = source_error;
+                    s.rejected_objects = rejected;
+                    s.watch_errors = watch_errors;
+                });
             }
         }
     }

@@ -270,3 +270,13 @@ pub fn unreadable_policy(raw: &serde_yaml::Value, error: &str) -> Option<Network
     });
     serde_json::from_value(value).ok()
 }
+
+/// `namespace/name` of any namespaced object, or `/name` for cluster-scoped ones.
+pub fn object_ref(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<ObjectRef> {
+    Some(ObjectRef::new(
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone()?,
+    ))
+}

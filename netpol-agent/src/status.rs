@@ -28,6 +28,13 @@ pub struct Status {
     pub attach_mode: String,
     /// Digest of the source input that is enforced now (empty before the first sync).
     pub applied_digest: String,
+    /// With the API server as source: the newest resourceVersion of each kind that the
+    /// enforced state includes.
+    pub applied_versions: BTreeMap<String, u64>,
+    /// Objects the source could not take in (they are not part of the state).
+    pub rejected_objects: Vec<String>,
+    /// Watch failures since start (each was retried).
+    pub watch_errors: u64,
     /// Incremented on every successful programming.
     pub generation: u64,
     pub ready: bool,
@@ -85,6 +92,11 @@ impl Status {
             "# HELP netpol_map_overflow_pods Pods kept on their last state because their new rules do not fit in the maps.\n# TYPE netpol_map_overflow_pods gauge\nnetpol_map_overflow_pods {}\n# HELP netpol_map_overflow_total Programmings that hit a full map.\n# TYPE netpol_map_overflow_total counter\nnetpol_map_overflow_total {}",
             self.overflowed_pods.len(),
             self.overflow_events
+        );
+        let _ = writeln!(
+            out,
+            "# HELP netpol_watch_errors_total Failed API watches (each is retried).\n# TYPE netpol_watch_errors_total counter\nnetpol_watch_errors_total {}",
+            self.watch_errors
         );
         let _ = writeln!(
             out,

@@ -1,5 +1,6 @@
 //! Test support for netpol: the conformance case format, a sandbox cluster built from
 //! network namespaces (needs root), and the runner that checks cases on real packets.
+pub mod apiserver;
 pub mod cases;
 pub mod conformance;
 pub mod generate;

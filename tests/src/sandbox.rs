@@ -8,6 +8,9 @@
 //!   ext netns (the model's external addresses)
 //! ```
 //!
+//! The agents watch an in-memory API server (`apiserver`), served on 127.0.0.1:6443 inside
+//! each node namespace; steps are applied through it.
+//!
 //! Nothing here has a link or route to the host's namespaces: every address exists only
 //! inside the sandbox, and nodes have no default route. Services are nftables DNAT rules
 //! in each node, chosen at random per connection as kube-proxy does. Everything (servers,
@@ -26,9 +29,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use netpol_agent::status::Status;
 use serde_json::{Value, json};
 
+use crate::apiserver::{ApiServer, Kind};
 use crate::cases::{CheckDef, Labels, Model, selects};
 
 const NS_PREFIX: &str = "npsb-";
+/// Where the in-memory API server listens, inside each node namespace.
+const API_PORT: u16 = 6443;
 const NODES: usize = 2;
 /// MAC of every node-side pod veth: pods reach their gateway without ARP.
 const GW_MAC: &str = "ee:ee:ee:ee:ee:ee";
@@ -188,7 +194,9 @@ pub struct Sandbox {
     cfg: Config,
     tag: String,
     dir: PathBuf,
-    cluster_dir: PathBuf,
+    kubeconfig: PathBuf,
+    api: ApiServer,
+    rt: tokio::runtime::Runtime,
     cleanup: Arc<Mutex<Cleanup>>,
     model: Model,
     pub pods: BTreeMap<String, PodPlace>,
@@ -246,9 +254,8 @@ impl Sandbox {
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tag = format!("{NS_PREFIX}{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
-        let cluster_dir = dir.join("cluster");
-        std::fs::create_dir_all(&cluster_dir)
-            .with_context(|| format!("creating {}", cluster_dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let kubeconfig = dir.join("kubeconfig");
         let cleanup = Arc::new(Mutex::new(Cleanup {
             dir: Some(dir.clone()),
             ..Default::default()
@@ -261,7 +268,13 @@ impl Sandbox {
             cfg: cfg.clone(),
             tag,
             dir,
-            cluster_dir,
+            kubeconfig,
+            api: ApiServer::new(),
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the API server's runtime")?,
             cleanup,
             model: model.clone(),
             pods: BTreeMap::new(),
@@ -278,7 +291,7 @@ impl Sandbox {
         };
         sb.build_network()?;
         sb.start_servers()?;
-        sb.write_cluster(&[])?;
+        sb.start_api()?;
         sb.start_agents()?;
         sb.wait_applied(Duration::from_secs(20))?;
         Ok(sb)
@@ -634,8 +647,8 @@ impl Sandbox {
                 self.cfg.agent.to_string_lossy().to_string(),
                 "--node-name".into(),
                 node.clone(),
-                "--policy-dir".into(),
-                self.cluster_dir.to_string_lossy().to_string(),
+                "--kubeconfig".into(),
+                self.kubeconfig.to_string_lossy().to_string(),
                 "--uplink".into(),
                 "nl0".into(),
                 "--status-file".into(),
@@ -660,27 +673,32 @@ impl Sandbox {
         Ok(())
     }
 
-    /// The whole cluster as one YAML file, replaced atomically.
-    fn write_cluster(&self, policies: &[Value]) -> Result<String> {
-        let mut docs: Vec<Value> = Vec::new();
-        for (ns, labels) in &self.ns_labels {
-            docs.push(json!({"apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": ns, "labels": labels}}));
+    fn namespace_object(&self, ns: &str) -> Value {
+        json!({"metadata": {"name": ns, "labels": self.ns_labels.get(ns).cloned().unwrap_or_default()}})
+    }
+
+    fn pod_object(&self, p: &crate::cases::PodDef) -> Value {
+        let key = format!("{}/{}", p.ns, p.name);
+        let place = &self.pods[&key];
+        let ports: Vec<Value> = p
+            .ports
+            .iter()
+            .map(|c| json!({"name": c.name, "containerPort": c.port, "protocol": c.protocol}))
+            .collect();
+        json!({"metadata": {"name": p.name, "namespace": p.ns, "labels": self.pod_labels[&key]},
+            "spec": {"nodeName": node_name(place.node),
+                     "containers": [{"name": "main", "image": "sandbox", "ports": ports}]},
+            "status": {"phase": "Running", "podIP": place.ip.to_string(),
+                       "podIPs": [{"ip": place.ip.to_string()}]}})
+    }
+
+    /// The model's namespaces, pods and Services, created on the API server.
+    fn seed_api(&self) -> Result<()> {
+        for ns in self.ns_labels.keys() {
+            self.api.apply(Kind::Namespace, self.namespace_object(ns))?;
         }
         for p in &self.model.pods {
-            let key = format!("{}/{}", p.ns, p.name);
-            let place = &self.pods[&key];
-            let ports: Vec<Value> = p
-                .ports
-                .iter()
-                .map(|c| json!({"name": c.name, "containerPort": c.port, "protocol": c.protocol}))
-                .collect();
-            docs.push(json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": p.name, "namespace": p.ns, "labels": self.pod_labels[&key]},
-                "spec": {"nodeName": node_name(place.node),
-                         "containers": [{"name": "main", "image": "sandbox", "ports": ports}]},
-                "status": {"phase": "Running", "podIP": place.ip.to_string(),
-                           "podIPs": [{"ip": place.ip.to_string()}]}}));
+            self.api.apply(Kind::Pod, self.pod_object(p))?;
         }
         for s in &self.model.services {
             let ip = self.services[&format!("{}/{}", s.ns, s.name)];
@@ -689,19 +707,35 @@ impl Sandbox {
                 .iter()
                 .map(|p| json!({"port": p.port, "protocol": p.protocol, "targetPort": p.target_port}))
                 .collect();
-            docs.push(json!({"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": s.name, "namespace": s.ns},
-                "spec": {"clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()],
-                         "selector": s.selector, "ports": ports}}));
+            self.api.apply(
+                Kind::Service,
+                json!({"metadata": {"name": s.name, "namespace": s.ns},
+                       "spec": {"clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()],
+                                "selector": s.selector, "ports": ports}}),
+            )?;
         }
-        docs.extend(policies.iter().cloned());
-        let text = serde_json::to_string_pretty(
-            &json!({"apiVersion": "v1", "kind": "List", "items": docs}),
-        )?;
-        let tmp = self.dir.join("cluster.json.tmp");
-        std::fs::write(&tmp, &text)?;
-        std::fs::rename(&tmp, self.cluster_dir.join("cluster.json"))?;
-        netpol_agent::sources::file::digest(&self.cluster_dir).map_err(Into::into)
+        Ok(())
+    }
+
+    /// The API server, served on 127.0.0.1:6443 inside every node namespace.
+    fn start_api(&mut self) -> Result<()> {
+        for i in 0..NODES {
+            let ns = self.netns(&format!("n{}", i + 1));
+            let listener = crate::apiserver::listen_in_netns(&ns, API_PORT)?;
+            let _enter = self.rt.enter();
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            self.rt.spawn(self.api.clone().serve(listener));
+        }
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster: {{server: \"http://127.0.0.1:{API_PORT}\"}}\nusers:\n- name: agent\n  user: {{}}\ncontexts:\n- name: sandbox\n  context: {{cluster: sandbox, user: agent}}\ncurrent-context: sandbox\n"
+        );
+        std::fs::write(&self.kubeconfig, kubeconfig)?;
+        self.seed_api()
+    }
+
+    /// The API server the agents watch (tests use it to inject faults).
+    pub fn api(&self) -> &ApiServer {
+        &self.api
     }
 
     /// Replaces `{{ip NS/POD}}` and `{{cidr4 NS/POD}}` with run-time addresses.
@@ -764,13 +798,60 @@ impl Sandbox {
             })
             .collect::<Result<_>>()?;
         let started = Instant::now();
-        self.write_cluster(&policies)?;
+        for ns in ns_labels.keys() {
+            self.api.apply(Kind::Namespace, self.namespace_object(ns))?;
+        }
+        for pod in pod_labels.keys() {
+            if let Some(def) = self
+                .model
+                .pods
+                .iter()
+                .find(|p| format!("{}/{}", p.ns, p.name) == *pod)
+            {
+                self.api.apply(Kind::Pod, self.pod_object(def))?;
+            }
+        }
+        // The step's policies are the full set: delete the others, write what changed.
+        let key = |p: &Value| {
+            (
+                p.pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default")
+                    .to_string(),
+                p.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        };
+        let wanted: BTreeMap<(String, String), &Value> =
+            policies.iter().map(|p| (key(p), p)).collect();
+        for existing in self.api.list(Kind::NetworkPolicy) {
+            let k = key(&existing);
+            if !wanted.contains_key(&k) {
+                self.api.delete(Kind::NetworkPolicy, &k.0, &k.1);
+            }
+        }
+        for ((ns, name), p) in &wanted {
+            let current = self.api.get(Kind::NetworkPolicy, ns, name);
+            let same = current.as_ref().is_some_and(|c| {
+                c.get("spec") == p.get("spec")
+                    && c.pointer("/metadata/labels") == p.pointer("/metadata/labels")
+            });
+            if !same {
+                let mut obj = (*p).clone();
+                obj["metadata"]["namespace"] = json!(ns);
+                self.api.apply(Kind::NetworkPolicy, obj)?;
+            }
+        }
         self.wait_applied(Duration::from_secs(15))?;
         Ok(started.elapsed())
     }
 
-    fn wait_applied(&mut self, limit: Duration) -> Result<()> {
-        let digest = netpol_agent::sources::file::digest(&self.cluster_dir)?;
+    /// Waits until every agent enforces a state that includes the API server's latest
+    /// change of every kind, on every local pod's veth.
+    pub fn wait_applied(&mut self, limit: Duration) -> Result<()> {
+        let target = self.api.last_changes();
         let deadline = Instant::now() + limit;
         loop {
             let mut pending = Vec::new();
@@ -779,7 +860,9 @@ impl Sandbox {
                     bail!("agent on {} exited ({code}):\n{}", a.node, tail(&a.log, 30));
                 }
                 let done = read_status(&a.status_file).is_some_and(|s| {
-                    s.applied_digest == digest && s.endpoints.iter().all(|e| e.interface.is_some())
+                    target.iter().all(|(kind, rv)| {
+                        s.applied_versions.get(kind.kind()).is_some_and(|v| v >= rv)
+                    }) && s.endpoints.iter().all(|e| e.interface.is_some())
                 });
                 if !done {
                     pending.push(a.node.clone());
