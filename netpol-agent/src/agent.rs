@@ -53,6 +53,16 @@ pub struct Args {
     #[arg(long = "uplink")]
     pub uplinks: Vec<String>,
 
+    /// bpffs directory for the pinned maps and links (under a `v<layout>` subdirectory).
+    /// A restarted or upgraded agent adopts what is pinned there: enforcement continues
+    /// while it is down and it reconciles instead of starting over.
+    #[arg(long, default_value = "/sys/fs/bpf/netpol")]
+    pub pin_dir: PathBuf,
+
+    /// Pin nothing: enforcement stops with the agent (tests, trying it out).
+    #[arg(long)]
+    pub no_pin: bool,
+
     /// How to attach the TC programs.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
@@ -69,8 +79,9 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub counters_interval: u64,
 
-    /// Look for new or removed pod veths this often, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
+    /// Full resync this often, in milliseconds. New and removed pod veths are found at
+    /// once from link and route events; this only backs those up.
+    #[arg(long, default_value_t = 30_000)]
     pub resync_ms: u64,
 
     #[command(flatten)]
@@ -93,13 +104,24 @@ struct Agent {
     /// resourceVersion of each kind.
     digest: String,
     versions: BTreeMap<String, u64>,
+    first_programmed: bool,
     status: Shared,
     uplinks: Vec<String>,
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let mut datapath = Datapath::load(args.attach_mode, &args.map_sizes)?;
-    let maps = datapath.take_maps()?;
+    let pin_dir = (!args.no_pin).then_some(args.pin_dir.as_path());
+    let mut datapath = Datapath::load(args.attach_mode, &args.map_sizes, pin_dir)?;
+    let mut programmer = Programmer::new(datapath.take_maps()?, sizes::COUNTERS);
+    if pin_dir.is_some() {
+        let adopted = programmer.adopt().context("reading the pinned maps")?;
+        if adopted > 0 {
+            info!(
+                endpoints = adopted,
+                "adopted the pinned state of an earlier run; it stays enforced until replaced"
+            );
+        }
+    }
     let uplinks = if args.uplinks.is_empty() {
         routes::default_route_interfaces().context("reading default routes")?
     } else {
@@ -139,7 +161,8 @@ pub async fn run(args: Args) -> Result<()> {
     };
 
     let mut agent = Agent {
-        programmer: Programmer::new(maps, sizes::COUNTERS),
+        programmer,
+        first_programmed: false,
         source,
         datapath,
         state: None,
@@ -149,6 +172,10 @@ pub async fn run(args: Args) -> Result<()> {
         uplinks,
         args,
     };
+    let (link_tx, mut link_changes) = mpsc::channel::<()>(1);
+    if let Err(e) = datapath::link_events::subscribe(link_tx) {
+        warn!(error = %e, "no link events; new pods are found by the periodic resync only");
+    }
     agent.reconcile(true);
 
     let mut resync = tokio::time::interval(Duration::from_millis(agent.args.resync_ms.max(50)));
@@ -160,6 +187,7 @@ pub async fn run(args: Args) -> Result<()> {
     loop {
         tokio::select! {
             Some(()) = changes.recv() => agent.reconcile(true),
+            Some(()) = link_changes.recv() => agent.reconcile(false),
             _ = resync.tick() => agent.reconcile(false),
             _ = report.tick() => {
                 ticks += 1;
@@ -335,6 +363,10 @@ impl Agent {
                     s.overflow_error = overflow_error;
                 });
                 self.refresh_counters();
+                if !self.first_programmed {
+                    self.first_programmed = true;
+                    self.datapath.remove_other_versions();
+                }
             }
             Err(e) => {
                 error!(error = %e, "programming the maps failed; the previous state stays enforced where it was not replaced");

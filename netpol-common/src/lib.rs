@@ -25,6 +25,10 @@ pub mod names {
     pub const PROG_UPLINK: &str = "uplink_egress";
 }
 
+/// Version of the map layout (the types in this crate). Pins live under a directory named
+/// after it, so an agent whose maps differ never adopts maps it cannot read.
+pub const LAYOUT_VERSION: u32 = 1;
+
 /// Default map sizes; the agent can override them at load time.
 pub mod sizes {
     pub const IFACES: u32 = 4096;

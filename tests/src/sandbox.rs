@@ -101,6 +101,8 @@ pub struct Config {
 struct Cleanup {
     pids: Vec<u32>,
     netns: Vec<String>,
+    /// bpffs mounted for the agents' pins.
+    mounts: Vec<PathBuf>,
     dir: Option<PathBuf>,
 }
 
@@ -124,6 +126,9 @@ impl Cleanup {
                     }
                 });
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        for m in self.mounts.drain(..) {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
         }
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(dir);
@@ -206,6 +211,7 @@ pub struct Sandbox {
     pod_labels: BTreeMap<String, Labels>,
     servers: Vec<Child>,
     agents: Vec<AgentProc>,
+    restarts: u32,
 }
 
 fn run(args: &[&str]) -> Result<()> {
@@ -288,6 +294,7 @@ impl Sandbox {
                 .collect(),
             servers: Vec::new(),
             agents: Vec::new(),
+            restarts: 0,
         };
         sb.build_network()?;
         sb.start_servers()?;
@@ -638,30 +645,86 @@ impl Sandbox {
         Ok(())
     }
 
+    /// A private bpffs for the agents' pins: gone with the sandbox.
+    fn mount_bpffs(&self) -> Result<PathBuf> {
+        let bpf = self.dir.join("bpf");
+        std::fs::create_dir_all(&bpf)?;
+        run(&["mount", "-t", "bpf", "bpf", &bpf.to_string_lossy()])?;
+        self.cleanup
+            .lock()
+            .map_err(|_| anyhow!("cleanup poisoned"))?
+            .mounts
+            .push(bpf.clone());
+        Ok(bpf)
+    }
+
+    fn agent_args(&self, i: usize) -> Vec<String> {
+        let node = node_name(i);
+        let mut args = vec![
+            self.cfg.agent.to_string_lossy().to_string(),
+            "--node-name".into(),
+            node.clone(),
+            "--kubeconfig".into(),
+            self.kubeconfig.to_string_lossy().to_string(),
+            "--uplink".into(),
+            "nl0".into(),
+            "--status-file".into(),
+            self.dir
+                .join(format!("status-{node}.json"))
+                .to_string_lossy()
+                .to_string(),
+            "--attach-mode".into(),
+            self.cfg.attach_mode.clone(),
+            "--pin-dir".into(),
+            self.dir
+                .join("bpf")
+                .join(&node)
+                .to_string_lossy()
+                .to_string(),
+        ];
+        if i == 0 {
+            args.push("--uplink".into());
+            args.push("ext0".into());
+        }
+        args
+    }
+
+    /// Kills the agent of node `i` (SIGKILL: no chance to clean up) and waits for it.
+    pub fn kill_agent(&mut self, i: usize) -> Result<()> {
+        let a = self
+            .agents
+            .get_mut(i)
+            .ok_or_else(|| anyhow!("no agent {i}"))?;
+        a.child.kill()?;
+        a.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts node `i`'s agent again (after `kill_agent`), logging to a new file.
+    pub fn restart_agent(&mut self, i: usize) -> Result<()> {
+        let n = self.restarts;
+        self.restarts += 1;
+        let log = self
+            .dir
+            .join(format!("agent-{}-restart{n}.log", node_name(i)));
+        let args = self.agent_args(i);
+        let child = self.spawn_in(&self.netns(&format!("n{}", i + 1)), &args, &log)?;
+        let a = self
+            .agents
+            .get_mut(i)
+            .ok_or_else(|| anyhow!("no agent {i}"))?;
+        a.child = child;
+        a.log = log;
+        Ok(())
+    }
+
     fn start_agents(&mut self) -> Result<()> {
+        self.mount_bpffs()?;
         for i in 0..NODES {
             let node = node_name(i);
             let status_file = self.dir.join(format!("status-{node}.json"));
             let log = self.dir.join(format!("agent-{node}.log"));
-            let mut args = vec![
-                self.cfg.agent.to_string_lossy().to_string(),
-                "--node-name".into(),
-                node.clone(),
-                "--kubeconfig".into(),
-                self.kubeconfig.to_string_lossy().to_string(),
-                "--uplink".into(),
-                "nl0".into(),
-                "--status-file".into(),
-                status_file.to_string_lossy().to_string(),
-                "--attach-mode".into(),
-                self.cfg.attach_mode.clone(),
-                "--resync-ms".into(),
-                "200".into(),
-            ];
-            if i == 0 {
-                args.push("--uplink".into());
-                args.push("ext0".into());
-            }
+            let args = self.agent_args(i);
             let child = self.spawn_in(&self.netns(&format!("n{}", i + 1)), &args, &log)?;
             self.agents.push(AgentProc {
                 node,

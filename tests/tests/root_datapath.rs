@@ -190,6 +190,7 @@ fn setup() -> Bench {
             peer_entries: 1024,
             cidr_entries: 1024,
         },
+        None,
     )
     .expect("load BPF");
     let maps = dp.take_maps().expect("maps");

@@ -1,14 +1,16 @@
 //! The BPF object: loading it, handing its maps to the programmer, and attaching its
 //! classifiers to pod veths and uplinks.
 
+pub mod link_events;
 pub mod routes;
 
 use std::collections::BTreeMap;
 use std::io;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{HashMap, LpmTrie, PerCpuArray};
-use aya::programs::tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions};
+use aya::programs::tc::{NlOptions, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use netpol_common::{names, sizes};
@@ -43,7 +45,9 @@ pub struct MapSizes {
 }
 
 /// Where a classifier runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Hook {
     /// Pod veth, TC ingress: what the pod sends.
     FromPod,
@@ -54,6 +58,8 @@ pub enum Hook {
 }
 
 impl Hook {
+    const ALL: [Hook; 3] = [Hook::FromPod, Hook::ToPod, Hook::Uplink];
+
     fn program(self) -> &'static str {
         match self {
             Hook::FromPod => names::PROG_FROM_POD,
@@ -69,15 +75,71 @@ impl Hook {
     }
 }
 
+/// A netlink filter of ours, recorded so a later run can replace or remove it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct NlFilter {
+    hook: Hook,
+    priority: u16,
+    handle: u32,
+}
+
+/// One interface's attachments.
+#[derive(Default)]
+struct Attached {
+    hooks: Vec<Hook>,
+    /// Attached by an earlier run: our programs must still replace its.
+    adopted: bool,
+}
+
+/// Where pins live: `<pin dir>/v<LAYOUT_VERSION>/{maps,links,netlink.json}`.
+#[derive(Clone, Debug)]
+struct Pins {
+    root: PathBuf,
+    dir: PathBuf,
+}
+
+impl Pins {
+    fn maps(&self) -> PathBuf {
+        self.dir.join("maps")
+    }
+    /// bpffs refuses names with a `.` (interface names may have one, VLANs say), and
+    /// interface names never contain `:`.
+    fn link(&self, iface: &str, hook: Hook) -> PathBuf {
+        self.dir
+            .join("links")
+            .join(format!("{}@{}", iface.replace('.', ":"), hook.program()))
+    }
+    fn netlink_records(&self) -> PathBuf {
+        self.dir.join("netlink.json")
+    }
+}
+
 pub struct Datapath {
     ebpf: Ebpf,
     mode: AttachMode,
-    /// Interface name -> (hook, link) of everything we attached.
-    links: BTreeMap<String, Vec<(Hook, SchedClassifierLinkId)>>,
+    pins: Option<Pins>,
+    links: BTreeMap<String, Attached>,
+    /// Our netlink filters by interface (persisted next to the pins).
+    filters: BTreeMap<String, Vec<NlFilter>>,
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: zeroed statfs is valid; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers for the call.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
 impl Datapath {
-    pub fn load(mode: AttachMode, sizes: &MapSizes) -> Result<Self> {
+    /// Loads the programs. With `pin_dir` (on a bpffs), maps are pinned there and reused
+    /// when already pinned, links are pinned too, and what an earlier run attached is
+    /// adopted: enforcement never stops across restarts and upgrades.
+    pub fn load(mode: AttachMode, sizes: &MapSizes, pin_dir: Option<&Path>) -> Result<Self> {
         if OBJECT.is_empty() {
             bail!(
                 "this agent was built without its BPF object (AYA_BUILD_SKIP was set); rebuild it normally"
@@ -88,10 +150,49 @@ impl Datapath {
             AttachMode::Auto => AttachMode::Netlink,
             m => m,
         };
-        let mut ebpf = EbpfLoader::new()
+        let pins = match pin_dir {
+            None => None,
+            Some(root) => {
+                std::fs::create_dir_all(root)
+                    .with_context(|| format!("creating pin directory {}", root.display()))?;
+                if !is_bpffs(root) {
+                    bail!(
+                        "{} is not on a bpffs (mount one: mount -t bpf bpf /sys/fs/bpf)",
+                        root.display()
+                    );
+                }
+                let pins = Pins {
+                    root: root.to_path_buf(),
+                    dir: root.join(format!("v{}", netpol_common::LAYOUT_VERSION)),
+                };
+                for d in [pins.maps(), pins.dir.join("links")] {
+                    std::fs::create_dir_all(&d)
+                        .with_context(|| format!("creating {}", d.display()))?;
+                }
+                Some(pins)
+            }
+        };
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(names::CONNTRACK, sizes.conntrack_entries)
             .map_max_entries(names::PEERS_EXACT, sizes.peer_entries)
-            .map_max_entries(names::PEERS_CIDR, sizes.cidr_entries)
+            .map_max_entries(names::PEERS_CIDR, sizes.cidr_entries);
+        let map_names = [
+            names::IFACES,
+            names::ENDPOINTS,
+            names::SERVICES,
+            names::PEERS_EXACT,
+            names::PEERS_CIDR,
+            names::PORTSETS,
+            names::CONNTRACK,
+            names::COUNTERS,
+        ];
+        if let Some(p) = &pins {
+            for name in map_names {
+                loader.map_pin_path(name, p.maps().join(name));
+            }
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .context("loading the BPF object (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
         for name in [names::PROG_FROM_POD, names::PROG_TO_POD, names::PROG_UPLINK] {
@@ -103,11 +204,82 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("verifier rejected {name}"))?;
         }
-        Ok(Datapath {
+        let mut dp = Datapath {
             ebpf,
             mode,
+            pins,
             links: BTreeMap::new(),
-        })
+            filters: BTreeMap::new(),
+        };
+        dp.adopt_attachments();
+        Ok(dp)
+    }
+
+    /// Records what an earlier run attached (pinned links, netlink filters), so the next
+    /// reconcile replaces their programs or removes the ones no longer wanted.
+    fn adopt_attachments(&mut self) {
+        let Some(pins) = self.pins.clone() else {
+            return;
+        };
+        if let Ok(entries) = std::fs::read_dir(pins.dir.join("links")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                let Some((iface, prog)) = name.rsplit_once('@') else {
+                    continue;
+                };
+                let iface = iface.replace(':', ".");
+                let iface = iface.as_str();
+                if let Some(hook) = Hook::ALL.into_iter().find(|h| h.program() == prog) {
+                    let a = self.links.entry(iface.to_string()).or_default();
+                    a.hooks.push(hook);
+                    a.adopted = true;
+                }
+            }
+        }
+        if let Ok(bytes) = std::fs::read(pins.netlink_records())
+            && let Ok(filters) = serde_json::from_slice::<BTreeMap<String, Vec<NlFilter>>>(&bytes)
+        {
+            for (iface, fs) in &filters {
+                let a = self.links.entry(iface.clone()).or_default();
+                a.hooks.extend(fs.iter().map(|f| f.hook));
+                a.adopted = true;
+            }
+            self.filters = filters;
+        }
+    }
+
+    /// Removes pins of other layout versions (an earlier agent version's). Call once ours
+    /// are attached: the old programs then stop, with ours already running.
+    pub fn remove_other_versions(&self) {
+        let Some(pins) = &self.pins else { return };
+        let Ok(entries) = std::fs::read_dir(&pins.root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if path != pins.dir && name.starts_with('v') && path.is_dir() {
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {
+                        tracing::info!(dir = %path.display(), "removed pins of another layout version")
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %path.display(), error = %e, "removing old pins")
+                    }
+                }
+            }
+        }
+    }
+
+    fn save_filters(&self) {
+        let Some(pins) = &self.pins else { return };
+        let path = pins.netlink_records();
+        let written = serde_json::to_vec(&self.filters)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&path, b));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "recording netlink filters");
+        }
     }
 
     pub fn mode(&self) -> AttachMode {
@@ -140,8 +312,9 @@ impl Datapath {
         self.attach(iface, &[Hook::Uplink])
     }
 
+    /// Attached by this run (adopted attachments still need our programs).
     pub fn is_attached(&self, iface: &str) -> bool {
-        self.links.contains_key(iface)
+        self.links.get(iface).is_some_and(|a| !a.adopted)
     }
 
     pub fn attached(&self) -> impl Iterator<Item = &str> {
@@ -149,7 +322,7 @@ impl Datapath {
     }
 
     fn attach(&mut self, iface: &str, hooks: &[Hook]) -> Result<()> {
-        if self.links.contains_key(iface) {
+        if self.is_attached(iface) {
             return Ok(());
         }
         if self.mode == AttachMode::Netlink
@@ -162,46 +335,148 @@ impl Datapath {
                 return Err(anyhow!(e)).with_context(|| format!("adding clsact to {iface}"));
             }
         }
-        let mut done = Vec::new();
         for hook in hooks {
-            let options = match self.mode {
-                AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
-                _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
+            let r = match self.mode {
+                AttachMode::Netlink => self.attach_netlink(iface, *hook),
+                _ => self.attach_tcx(iface, *hook),
             };
-            let prog = classifier(&mut self.ebpf, hook.program())?;
-            match prog.attach_with_options(iface, hook.attach_type(), options) {
-                Ok(id) => done.push((*hook, id)),
-                Err(e) => {
-                    self.undo(done);
-                    return Err(anyhow!(e)).with_context(|| {
-                        format!("attaching {} to {iface} ({:?})", hook.program(), self.mode)
-                    });
-                }
-            }
+            r.with_context(|| {
+                format!("attaching {} to {iface} ({:?})", hook.program(), self.mode)
+            })?;
         }
-        self.links.insert(iface.to_string(), done);
+        // Hooks an earlier run had here that we did not attach now (an uplink that is a
+        // pod veth now, say) go away.
+        let before = self.links.remove(iface).unwrap_or_default();
+        for old in before.hooks.iter().filter(|h| !hooks.contains(h)) {
+            self.detach_hook(iface, *old);
+        }
+        self.links.insert(
+            iface.to_string(),
+            Attached {
+                hooks: hooks.to_vec(),
+                adopted: false,
+            },
+        );
+        self.save_filters();
         Ok(())
     }
 
-    /// Detaches from an interface. Gone interfaces took their filters with them, so
-    /// errors are only logged.
-    pub fn detach(&mut self, iface: &str) {
-        if let Some(links) = self.links.remove(iface) {
-            self.undo(links);
+    /// TCX: an earlier run's pinned link gets our program atomically; otherwise a new link,
+    /// pinned when we have a pin directory.
+    fn attach_tcx(&mut self, iface: &str, hook: Hook) -> Result<()> {
+        use aya::programs::links::{FdLink, PinnedLink};
+        use aya::programs::tc::SchedClassifierLink;
+        let pin = self.pins.as_ref().map(|p| p.link(iface, hook));
+        let prog = classifier(&mut self.ebpf, hook.program())?;
+        if let Some(path) = &pin
+            && path.exists()
+        {
+            match PinnedLink::from_pin(path) {
+                Ok(pinned) => {
+                    let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                        .context("pinned link is not a TC link")?;
+                    let id = prog
+                        .attach_to_link(link)
+                        .context("replacing the program of a pinned link")?;
+                    // The pin keeps the link; our fd may close.
+                    let _fd: FdLink = prog.take_link(id)?.try_into()?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(pin = %path.display(), error = %e, "unusable pin; attaching anew");
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+        let id = prog.attach_with_options(iface, hook.attach_type(), options)?;
+        let link = prog.take_link(id)?;
+        match pin {
+            Some(path) => {
+                let fd: FdLink = link.try_into()?;
+                fd.pin(&path)
+                    .with_context(|| format!("pinning {}", path.display()))?;
+            }
+            // Without pins the link lives as long as this process.
+            None => std::mem::forget(link),
+        }
+        Ok(())
+    }
+
+    /// Netlink: add our filter, then remove the one an earlier run recorded for this hook,
+    /// so there is always one in place. Filters outlive the process by design.
+    fn attach_netlink(&mut self, iface: &str, hook: Hook) -> Result<()> {
+        let prog = classifier(&mut self.ebpf, hook.program())?;
+        let id = prog.attach_with_options(
+            iface,
+            hook.attach_type(),
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )?;
+        let link = prog.take_link(id)?;
+        let new = NlFilter {
+            hook,
+            priority: link.priority()?,
+            handle: u32::from(link.handle()?),
+        };
+        // Dropping the link would remove the filter: it must outlive us.
+        std::mem::forget(link);
+        let recorded = self.filters.entry(iface.to_string()).or_default();
+        let old: Vec<NlFilter> = recorded
+            .iter()
+            .filter(|f| f.hook == hook)
+            .copied()
+            .collect();
+        recorded.retain(|f| f.hook != hook);
+        recorded.push(new);
+        for f in old {
+            remove_filter(iface, f);
+        }
+        Ok(())
+    }
+
+    fn detach_hook(&mut self, iface: &str, hook: Hook) {
+        if let Some(path) = self.pins.as_ref().map(|p| p.link(iface, hook)) {
+            match aya::programs::links::PinnedLink::from_pin(&path) {
+                // Dropping the unpinned fd destroys the link.
+                Ok(p) => drop(p.unpin()),
+                Err(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        if let Some(fs) = self.filters.get_mut(iface) {
+            for f in fs.iter().filter(|f| f.hook == hook) {
+                remove_filter(iface, *f);
+            }
+            fs.retain(|f| f.hook != hook);
         }
     }
 
-    fn undo(&mut self, links: Vec<(Hook, SchedClassifierLinkId)>) {
-        for (hook, id) in links {
-            match classifier(&mut self.ebpf, hook.program()) {
-                Ok(prog) => {
-                    if let Err(e) = prog.detach(id) {
-                        tracing::debug!(program = hook.program(), error = %e, "detach");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "detach"),
+    /// Detaches from an interface, pins and filters included. A gone interface took its
+    /// attachments with it; only the pins remain to remove.
+    pub fn detach(&mut self, iface: &str) {
+        if let Some(a) = self.links.remove(iface) {
+            for hook in a.hooks {
+                self.detach_hook(iface, hook);
             }
         }
+        self.filters.remove(iface);
+        self.save_filters();
+    }
+}
+
+fn remove_filter(iface: &str, f: NlFilter) {
+    use aya::programs::tc::{SchedClassifierLink, TcHandle};
+    // Dropping a link made from the recorded details detaches that filter.
+    match SchedClassifierLink::attached(
+        iface,
+        f.hook.attach_type(),
+        f.priority,
+        TcHandle::from(f.handle),
+        None,
+    ) {
+        Ok(link) => drop(link),
+        Err(e) => tracing::debug!(iface, error = %e, "old filter already gone"),
     }
 }
 

@@ -89,6 +89,34 @@ impl MapOps for KernelMaps {
     fn del_service(&mut self, addr: Addr) -> Result<(), MapError> {
         gone_ok(self.services.remove(&addr)).map_err(op(names::SERVICES, "remove"))
     }
+    fn existing(&self) -> Result<super::Existing, MapError> {
+        let mut e = super::Existing::default();
+        for kv in self.endpoints.iter() {
+            e.endpoints.push(kv.map_err(op(names::ENDPOINTS, "read"))?);
+        }
+        for kv in self.ifaces.iter() {
+            e.ifaces.push(kv.map_err(op(names::IFACES, "read"))?);
+        }
+        for k in self.services.keys() {
+            e.services.push(k.map_err(op(names::SERVICES, "read"))?);
+        }
+        for k in self.peers_exact.keys() {
+            e.peers
+                .push((k.map_err(op(names::PEERS_EXACT, "read"))?, 128));
+        }
+        for k in self.peers_cidr.keys() {
+            let k = k.map_err(op(names::PEERS_CIDR, "read"))?;
+            let len = k
+                .prefix_len()
+                .saturating_sub(netpol_common::RULESET_ID_BITS);
+            e.peers.push((k.data(), len as u8));
+        }
+        for k in self.portsets.keys() {
+            e.portsets.push(k.map_err(op(names::PORTSETS, "read"))?);
+        }
+        Ok(e)
+    }
+
     fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), MapError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapError::Op {
             map: names::COUNTERS,

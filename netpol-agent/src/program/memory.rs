@@ -91,6 +91,36 @@ impl MapOps for MemoryMaps {
     fn reset_counters(&mut self, _id: u32) -> Result<(), MapError> {
         Ok(())
     }
+    fn existing(&self) -> Result<super::Existing, MapError> {
+        Ok(super::Existing {
+            endpoints: self.endpoints.iter().map(|(a, i)| (*a, *i)).collect(),
+            ifaces: self.ifaces.iter().map(|(k, v)| (*k, *v)).collect(),
+            services: self.services.keys().copied().collect(),
+            peers: self
+                .exact
+                .keys()
+                .map(|(id, a)| {
+                    (
+                        PeerKey {
+                            ruleset_be: *id,
+                            addr: *a,
+                        },
+                        128,
+                    )
+                })
+                .chain(self.cidr.keys().map(|(id, a, len)| {
+                    (
+                        PeerKey {
+                            ruleset_be: *id,
+                            addr: *a,
+                        },
+                        *len,
+                    )
+                }))
+                .collect(),
+            portsets: self.portsets.keys().copied().collect(),
+        })
+    }
 }
 
 fn prefix_match(entry: &Addr, len: u8, addr: &Addr) -> bool {

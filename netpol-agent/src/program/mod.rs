@@ -49,6 +49,19 @@ pub trait MapOps {
     fn set_service(&mut self, addr: Addr) -> Result<(), MapError>;
     fn del_service(&mut self, addr: Addr) -> Result<(), MapError>;
     fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), MapError>;
+    /// Everything the maps hold now, for adopting the state of an earlier run.
+    fn existing(&self) -> Result<Existing, MapError>;
+}
+
+/// What maps pinned by an earlier run hold.
+#[derive(Debug, Default, Clone)]
+pub struct Existing {
+    pub endpoints: Vec<(Addr, EndpointInfo)>,
+    pub ifaces: Vec<(u32, IfaceInfo)>,
+    pub services: Vec<Addr>,
+    /// (key, address prefix length)
+    pub peers: Vec<(PeerKey, u8)>,
+    pub portsets: Vec<u32>,
 }
 
 pub fn addr_of(ip: IpAddr) -> Addr {
@@ -123,9 +136,48 @@ pub struct Programmer<M: MapOps> {
     endpoints: BTreeMap<Addr, EndpointInfo>,
     ifaces: BTreeMap<u32, IfaceInfo>,
     services: BTreeSet<Addr>,
+    /// Entries of an adopted earlier run's rule sets, deleted once nothing points at them.
+    leftover_peers: Vec<(PeerKey, u8)>,
+    leftover_portsets: Vec<u32>,
 }
 
 impl<M: MapOps> Programmer<M> {
+    /// Takes over what an earlier run left in (pinned) maps: its endpoints, interfaces and
+    /// Services stay as they are until the next `apply` diffs against them, endpoint ids
+    /// (and so counters) carry over, and its rule sets keep enforcing until every endpoint
+    /// has flipped to a new one; then they are deleted. Returns the endpoints adopted.
+    pub fn adopt(&mut self) -> Result<usize, MapError> {
+        let e = self.maps.existing()?;
+        let max_set = e
+            .peers
+            .iter()
+            .map(|(k, _)| u32::from_be_bytes(k.ruleset_be))
+            .chain(
+                e.endpoints
+                    .iter()
+                    .flat_map(|(_, i)| [i.ingress_set, i.egress_set]),
+            )
+            .max()
+            .unwrap_or(0);
+        self.set_ids.next = self.set_ids.next.max(max_set.saturating_add(1));
+        let max_portset = e.portsets.iter().copied().max().unwrap_or(0);
+        self.portset_ids.next = self.portset_ids.next.max(max_portset.saturating_add(1));
+        let used: BTreeSet<u32> = e.endpoints.iter().map(|(_, i)| i.id).collect();
+        let max_ep = used.iter().copied().max().unwrap_or(0);
+        if max_ep >= self.ep_ids.next {
+            self.ep_ids
+                .free
+                .extend((self.ep_ids.next..max_ep).filter(|i| !used.contains(i)));
+            self.ep_ids.next = max_ep + 1;
+        }
+        self.endpoints = e.endpoints.iter().copied().collect();
+        self.ifaces = e.ifaces.into_iter().collect();
+        self.services = e.services.into_iter().collect();
+        self.leftover_peers = e.peers;
+        self.leftover_portsets = e.portsets;
+        Ok(self.endpoints.len())
+    }
+
     /// `max_endpoints` bounds endpoint ids (they index the counters array).
     pub fn new(maps: M, max_endpoints: u32) -> Self {
         Programmer {
@@ -142,6 +194,8 @@ impl<M: MapOps> Programmer<M> {
             endpoints: BTreeMap::new(),
             ifaces: BTreeMap::new(),
             services: BTreeSet::new(),
+            leftover_peers: Vec::new(),
+            leftover_portsets: Vec::new(),
         }
     }
 
@@ -201,8 +255,17 @@ impl<M: MapOps> Programmer<M> {
         let mut live_pods = BTreeSet::new();
         for ep in &plan.endpoints {
             live_pods.insert(ep.pod.clone());
-            let id = match self.endpoint_ids.get(&ep.pod) {
-                Some(id) => *id,
+            let adopted = ep
+                .ips
+                .iter()
+                .find_map(|ip| self.endpoints.get(&addr_of(*ip)))
+                .map(|e| e.id)
+                .filter(|id| !self.endpoint_ids.values().any(|v| v == id));
+            let id = match self.endpoint_ids.get(&ep.pod).copied().or(adopted) {
+                Some(id) => {
+                    self.endpoint_ids.insert(ep.pod.clone(), id);
+                    id
+                }
                 None => {
                     let id = self.ep_ids.take()?;
                     self.maps.reset_counters(id)?;
@@ -334,7 +397,38 @@ impl<M: MapOps> Programmer<M> {
                 stats.rule_sets_removed += 1;
             }
         }
+        self.delete_leftovers(&in_use)?;
         Ok(stats)
+    }
+
+    /// An adopted run's entries whose rule set no endpoint uses any more.
+    fn delete_leftovers(&mut self, in_use: &BTreeSet<u32>) -> Result<(), MapError> {
+        if self.leftover_peers.is_empty() && self.leftover_portsets.is_empty() {
+            return Ok(());
+        }
+        let mine: BTreeSet<u32> = self.sets.values().map(|l| l.id).collect();
+        let mut kept = Vec::new();
+        for (key, len) in std::mem::take(&mut self.leftover_peers) {
+            let set = u32::from_be_bytes(key.ruleset_be);
+            if mine.contains(&set) {
+                continue; // reused id: the entry is ours now
+            }
+            if in_use.contains(&set) {
+                kept.push((key, len));
+            } else {
+                self.maps.del_peer(key, len)?;
+            }
+        }
+        self.leftover_peers = kept;
+        if self.leftover_peers.is_empty() {
+            let mine: BTreeSet<u32> = self.portsets.values().map(|(id, _)| *id).collect();
+            for id in std::mem::take(&mut self.leftover_portsets) {
+                if !mine.contains(&id) {
+                    self.maps.del_portset(id)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn deny_all_set(&mut self) -> Result<u32, MapError> {

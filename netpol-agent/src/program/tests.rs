@@ -222,3 +222,66 @@ fn a_new_pod_whose_rule_set_does_not_fit_allows_nothing() {
     let c = m.endpoints[&addr_of(client)];
     assert_eq!((c.ingress_set, c.egress_set), (0, 0));
 }
+
+#[test]
+fn a_restarted_programmer_adopts_and_replaces_without_a_gap() {
+    let plan1 = compile::compile(&state(80), "n1");
+    let mut first = Programmer::new(MemoryMaps::default(), 100);
+    first.apply(&plan1, &ifindexes(&plan1)).unwrap();
+    let server: IpAddr = "10.244.1.3".parse().unwrap();
+    let client: IpAddr = "10.244.1.2".parse().unwrap();
+    let old = first.maps().endpoints[&addr_of(server)];
+
+    // A new process: same maps (pinned), no memory of what it wrote.
+    let maps = std::mem::take(first.maps_mut());
+    let mut second = Programmer::new(maps, 100);
+    assert_eq!(second.adopt().unwrap(), 3);
+    // Until it applies, the adopted state is what enforces.
+    assert!(
+        second
+            .maps()
+            .allows(old.ingress_set, client, Protocol::Tcp, 80)
+    );
+
+    let plan2 = compile::compile(&state(8080), "n1");
+    second.apply(&plan2, &ifindexes(&plan2)).unwrap();
+    let m = second.maps();
+    let now = m.endpoints[&addr_of(server)];
+    assert_eq!(now.id, old.id, "endpoint ids (and counters) carry over");
+    assert_ne!(now.ingress_set, old.ingress_set);
+    assert!(m.allows(now.ingress_set, client, Protocol::Tcp, 8080));
+    assert!(!m.allows(now.ingress_set, client, Protocol::Tcp, 80));
+    // Nothing of the old rule set is left.
+    assert!(
+        m.exact
+            .keys()
+            .all(|(id, _)| *id != old.ingress_set.to_be_bytes())
+    );
+    assert!(
+        m.cidr
+            .keys()
+            .all(|(id, _, _)| *id != old.ingress_set.to_be_bytes())
+    );
+    assert_eq!(m.portsets.len(), 1);
+
+    // And a restart with an unchanged cluster changes nothing in the rules.
+    let maps = std::mem::take(second.maps_mut());
+    let mut third = Programmer::new(maps, 100);
+    third.adopt().unwrap();
+    third.apply(&plan2, &ifindexes(&plan2)).unwrap();
+    let again = third.maps().endpoints[&addr_of(server)];
+    assert_eq!(again.id, now.id);
+    assert!(
+        third
+            .maps()
+            .allows(again.ingress_set, client, Protocol::Tcp, 8080)
+    );
+    assert_eq!(
+        third.maps().exact.len() + third.maps().cidr.len(),
+        m_len(&plan2)
+    );
+}
+
+fn m_len(plan: &compile::Plan) -> usize {
+    plan.rule_sets.iter().map(|s| s.entries.len()).sum()
+}
