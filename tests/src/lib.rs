@@ -6,4 +6,5 @@ pub mod conformance;
 pub mod generate;
 pub mod reference;
 pub mod sandbox;
+pub mod scenarios;
 pub mod sctp;

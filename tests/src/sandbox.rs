@@ -686,6 +686,10 @@ impl Sandbox {
             args.push("--uplink".into());
             args.push("ext0".into());
         }
+        // For experiments: extra agent flags, space-separated.
+        if let Ok(extra) = std::env::var("NETPOL_SANDBOX_AGENT_ARGS") {
+            args.extend(extra.split_whitespace().map(String::from));
+        }
         args
     }
 
@@ -1016,6 +1020,64 @@ impl Sandbox {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Runs the probe tool inside a pod (`args` after the binary), waiting for it.
+    pub fn probe_in(&self, pod: &str, args: &[&str]) -> Result<std::process::Output> {
+        let place = self.pods.get(pod).ok_or_else(|| anyhow!("no pod {pod}"))?;
+        Command::new("ip")
+            .args(["netns", "exec", &place.netns])
+            .arg(&self.cfg.probe)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running the probe in {pod}"))
+    }
+
+    /// Starts the probe tool inside a pod without waiting (output captured).
+    pub fn spawn_probe_in(&self, pod: &str, args: &[&str]) -> Result<Child> {
+        let place = self.pods.get(pod).ok_or_else(|| anyhow!("no pod {pod}"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &place.netns])
+            .arg(&self.cfg.probe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting the probe in {pod}"))?;
+        self.cleanup
+            .lock()
+            .map_err(|_| anyhow!("cleanup poisoned"))?
+            .pids
+            .push(child.id());
+        Ok(child)
+    }
+
+    /// A process serving `args` (probe `serve ...`) inside a pod, for the sandbox's life.
+    pub fn serve_in(&mut self, pod: &str, args: &[&str]) -> Result<()> {
+        let place = self.pods.get(pod).ok_or_else(|| anyhow!("no pod {pod}"))?;
+        let mut all = vec![self.cfg.probe.to_string_lossy().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let log = self
+            .dir
+            .join(format!("extra-{}.log", pod.replace('/', "-")));
+        let child = self.spawn_in(&place.netns.clone(), &all, &log)?;
+        self.servers.push(child);
+        Ok(())
+    }
+
+    pub fn node_count(&self) -> usize {
+        NODES
+    }
+
+    pub fn agent_log(&self, i: usize) -> Option<PathBuf> {
+        self.agents.get(i).map(|a| a.log.clone())
+    }
+
+    /// Status files of the agents, by node index.
+    pub fn status_of(&self, i: usize) -> Option<Status> {
+        self.agents.get(i).and_then(|a| read_status(&a.status_file))
     }
 }
 

@@ -34,6 +34,37 @@ enum Cmd {
         /// SCTP ports, answered with crafted INIT-ACKs over a raw socket.
         #[arg(long = "sctp")]
         sctp: Vec<u16>,
+        /// TCP ports that echo every line back (for `stream`).
+        #[arg(long = "echo")]
+        echo: Vec<u16>,
+    },
+    /// One long TCP connection: a line every `interval_ms` for `duration_ms`, each echoed.
+    /// Prints a JSON summary, with this namespace's TCP retransmissions meanwhile.
+    Stream {
+        #[arg(long)]
+        addr: IpAddr,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+        #[arg(long)]
+        duration_ms: u64,
+    },
+    /// New TCP connections, one after another, until one has the expected outcome; prints
+    /// when (ns since the epoch) the attempt that showed it started.
+    Flip {
+        #[arg(long)]
+        addr: IpAddr,
+        #[arg(long)]
+        port: u16,
+        /// `allowed` or `blocked`
+        #[arg(long)]
+        expect: String,
+        /// An attempt without a connection after this long counts as blocked.
+        #[arg(long, default_value_t = 5)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 5000)]
+        give_up_ms: u64,
     },
     /// Connect `attempts` times, each from a new source port.
     Connect {
@@ -58,7 +89,21 @@ fn main() -> Result<()> {
             tcp,
             udp,
             sctp,
-        } => serve(&name, bind, &tcp, &udp, &sctp),
+            echo,
+        } => serve(&name, bind, &tcp, &udp, &sctp, &echo),
+        Cmd::Stream {
+            addr,
+            port,
+            interval_ms,
+            duration_ms,
+        } => stream(SocketAddr::new(addr, port), interval_ms, duration_ms),
+        Cmd::Flip {
+            addr,
+            port,
+            expect,
+            timeout_ms,
+            give_up_ms,
+        } => flip(SocketAddr::new(addr, port), &expect, timeout_ms, give_up_ms),
         Cmd::Connect {
             addr,
             port,
@@ -98,9 +143,35 @@ fn main() -> Result<()> {
     }
 }
 
-fn serve(name: &str, bind: IpAddr, tcp: &[u16], udp: &[u16], sctp: &[u16]) -> Result<()> {
+fn serve(
+    name: &str,
+    bind: IpAddr,
+    tcp: &[u16],
+    udp: &[u16],
+    sctp: &[u16],
+    echo: &[u16],
+) -> Result<()> {
     let answer = format!("{name}\n");
     let mut threads = Vec::new();
+    for port in echo {
+        let l = TcpListener::bind((bind, *port)).with_context(|| format!("echo {bind}:{port}"))?;
+        threads.push(std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let Ok(mut w) = s.try_clone() else { return };
+                    let mut r = std::io::BufReader::new(s);
+                    let mut line = String::new();
+                    use std::io::BufRead;
+                    while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                        if w.write_all(line.as_bytes()).is_err() {
+                            break;
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        }));
+    }
     if !sctp.is_empty() {
         for v6 in [false, true] {
             let (name, ports) = (name.to_string(), sctp.to_vec());
@@ -192,4 +263,82 @@ fn udp_once(target: SocketAddr, timeout: Duration) -> Result<String> {
     let mut buf = [0u8; 512];
     let n = s.recv(&mut buf).context("receive")?;
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+/// TCP RetransSegs of this network namespace.
+fn retransmits() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(head), Some(vals)) = (tcp.next(), tcp.next()) else {
+        return 0;
+    };
+    head.split_whitespace()
+        .zip(vals.split_whitespace())
+        .find(|(h, _)| *h == "RetransSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn stream(target: SocketAddr, interval_ms: u64, duration_ms: u64) -> Result<()> {
+    use std::io::BufRead;
+    let before = retransmits();
+    let s = TcpStream::connect_timeout(&target, Duration::from_secs(2)).context("connect")?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.set_nodelay(true)?;
+    let mut w = s.try_clone()?;
+    let mut r = std::io::BufReader::new(s);
+    let start = std::time::Instant::now();
+    let (mut sent, mut echoed, mut max_rtt_ms) = (0u64, 0u64, 0f64);
+    let mut error = None;
+    while start.elapsed() < Duration::from_millis(duration_ms) {
+        let t = std::time::Instant::now();
+        let msg = format!("{sent}\n");
+        if let Err(e) = w.write_all(msg.as_bytes()) {
+            error = Some(format!("send: {e}"));
+            break;
+        }
+        sent += 1;
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(n) if n > 0 && line == msg => echoed += 1,
+            Ok(_) => {
+                error = Some(format!("bad or no echo after {sent} lines"));
+                break;
+            }
+            Err(e) => {
+                error = Some(format!("receive: {e}"));
+                break;
+            }
+        }
+        max_rtt_ms = f64::max(max_rtt_ms, t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(interval_ms));
+    }
+    let out = serde_json::json!({
+        "sent": sent, "echoed": echoed, "max_rtt_ms": max_rtt_ms,
+        "retransmits": retransmits().saturating_sub(before), "error": error,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+fn flip(target: SocketAddr, expect: &str, timeout_ms: u64, give_up_ms: u64) -> Result<()> {
+    let want_allowed = match expect {
+        "allowed" => true,
+        "blocked" => false,
+        other => bail!("--expect allowed|blocked, not {other:?}"),
+    };
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(give_up_ms) {
+        let at = std::time::SystemTime::now();
+        let ok = TcpStream::connect_timeout(&target, Duration::from_millis(timeout_ms)).is_ok();
+        if ok == want_allowed {
+            let ns = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            println!("{ns}");
+            return Ok(());
+        }
+    }
+    bail!("still not {expect} after {give_up_ms} ms")
 }

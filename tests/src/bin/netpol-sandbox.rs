@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use netpol_tests::cases::load_cases;
 use netpol_tests::conformance::{self, describe};
 use netpol_tests::sandbox::{self, Config, Sandbox};
+use netpol_tests::scenarios;
 
 #[derive(Parser)]
 #[command(about = "netpol's sandbox cluster of network namespaces (run as root)")]
@@ -50,6 +51,16 @@ enum Cmd {
         #[arg(long, default_value = "seed-000-deny-external-egress")]
         case: String,
     },
+    /// Kill and restart the agents under traffic: nothing allowed is lost, nothing denied
+    /// gets through.
+    Restart,
+    /// Drop, stall and fail the API watches during policy changes: the agents converge.
+    ApiFaults,
+    /// Policy propagation latency (API write -> maps, -> first packet), p50 and p99.
+    Latency {
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+    },
     /// Remove namespaces left behind by sandbox runs that were killed.
     Clean,
 }
@@ -76,6 +87,19 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Demo { cases, case } => demo(&cases, &case, &cfg),
+        Cmd::Restart => {
+            println!("restart: agents killed and restarted under traffic");
+            scenarios::restart(&cfg)?;
+            println!("restart: passed");
+            Ok(())
+        }
+        Cmd::ApiFaults => {
+            println!("api-faults: watch drops, 410 Gone, 500s and stalls during policy changes");
+            scenarios::api_faults(&cfg)?;
+            println!("api-faults: passed");
+            Ok(())
+        }
+        Cmd::Latency { changes } => scenarios::latency(&cfg, changes),
         Cmd::Clean => {
             let n = sandbox::remove_stale()?;
             println!("removed {n} stale sandbox namespaces");

@@ -1,0 +1,371 @@
+//! Failure and performance scenarios on the sandbox (root): agent restarts under traffic,
+//! API watch faults during policy changes, and policy propagation latency.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::apiserver::Kind;
+use crate::cases::{Labels, Model, PodDef, PortDef};
+use crate::sandbox::{Config, Sandbox};
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn pod(name: &str, app: &str, ports: &[(&str, u16)]) -> PodDef {
+    PodDef {
+        ns: "default".into(),
+        name: name.into(),
+        labels: labels(&[("app", app)]),
+        ports: ports
+            .iter()
+            .map(|(n, p)| PortDef {
+                name: Some(n.to_string()),
+                port: *p,
+                protocol: "TCP".into(),
+            })
+            .collect(),
+    }
+}
+
+/// Pods alternate between the two nodes in this order.
+fn model(pods: Vec<PodDef>) -> Model {
+    Model {
+        namespaces: BTreeMap::from([(
+            "default".to_string(),
+            labels(&[("kubernetes.io/metadata.name", "default")]),
+        )]),
+        pods,
+        services: Vec::new(),
+        external: Vec::new(),
+    }
+}
+
+fn policy(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+}
+
+fn ingress_from(app_selected: &str, from_app: Option<&str>) -> Value {
+    match from_app {
+        Some(app) => json!({"podSelector": {"matchLabels": {"app": app_selected}},
+                            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": app}}}]}]}),
+        None => json!({"podSelector": {"matchLabels": {"app": app_selected}}, "ingress": []}),
+    }
+}
+
+/// One TCP connection attempt from a pod; true if it got an answer.
+fn connects(sb: &Sandbox, from: &str, to: &str, port: u16, timeout_ms: u64) -> Result<bool> {
+    let addr = sb.target(&format!("pod:{to}"))?.to_string();
+    let out = sb.probe_in(
+        from,
+        &[
+            "connect",
+            "--addr",
+            &addr,
+            "--port",
+            &port.to_string(),
+            "--timeout-ms",
+            &timeout_ms.to_string(),
+        ],
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout).starts_with("ok "))
+}
+
+/// Kills both agents (SIGKILL) and starts them again while a long TCP connection and new
+/// connections run through an allowed path and attempts run through denied paths. Passes
+/// when the long connection loses nothing (no TCP retransmission in its namespace), every
+/// allowed attempt connects, and no denied attempt does, before, during and after.
+pub fn restart(cfg: &Config) -> Result<()> {
+    let m = model(vec![
+        pod("client", "client", &[]),
+        pod("server", "server", &[("http", 80)]),
+        pod("intruder", "intruder", &[("http", 80)]),
+    ]);
+    let mut sb = Sandbox::start(&m, cfg)?;
+    sb.serve_in(
+        "default/server",
+        &["serve", "--name", "default/server", "--echo", "7000"],
+    )?;
+    let policies = vec![
+        policy("server-in", ingress_from("server", Some("client"))),
+        policy("intruder-in", ingress_from("intruder", None)),
+        policy(
+            "client-out",
+            json!({"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+                   "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "server"}}}]}]}),
+        ),
+    ];
+    sb.apply(&policies, &BTreeMap::new(), &BTreeMap::new())?;
+    std::thread::sleep(Duration::from_millis(300)); // the echo server starts
+
+    let server = sb.target("pod:default/server")?.to_string();
+    let duration = Duration::from_millis(9000);
+    let stream = sb.spawn_probe_in(
+        "default/client",
+        &[
+            "stream",
+            "--addr",
+            &server,
+            "--port",
+            "7000",
+            "--interval-ms",
+            "20",
+            "--duration-ms",
+            &duration.as_millis().to_string(),
+        ],
+    )?;
+    let started = Instant::now();
+    let mut allowed_fail = 0;
+    let mut denied_pass = 0;
+    let mut attempts = 0;
+    let mut phase = 0;
+    let mut timeline = Vec::new();
+    while started.elapsed() < duration {
+        attempts += 1;
+        if !connects(&sb, "default/client", "default/server", 80, 1000)? {
+            allowed_fail += 1;
+        }
+        if connects(&sb, "default/client", "default/intruder", 80, 200)? {
+            denied_pass += 1;
+        }
+        if connects(&sb, "default/intruder", "default/server", 80, 200)? {
+            denied_pass += 1;
+        }
+        let t = started.elapsed();
+        if phase == 0 && t > Duration::from_millis(1500) {
+            for i in 0..sb.node_count() {
+                sb.kill_agent(i)?;
+            }
+            timeline.push(format!(
+                "{:>6} ms  both agents killed (SIGKILL)",
+                t.as_millis()
+            ));
+            phase = 1;
+        } else if phase == 1 && t > Duration::from_millis(4000) {
+            for i in 0..sb.node_count() {
+                sb.restart_agent(i)?;
+            }
+            timeline.push(format!(
+                "{:>6} ms  both agents started again",
+                t.as_millis()
+            ));
+            phase = 2;
+        } else if phase == 2 {
+            sb.wait_applied(Duration::from_secs(10))?;
+            timeline.push(format!(
+                "{:>6} ms  both agents reconciled",
+                started.elapsed().as_millis()
+            ));
+            phase = 3;
+        }
+    }
+    let out = stream
+        .wait_with_output()
+        .context("waiting for the stream")?;
+    let summary: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "stream output: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let adopted = (0..sb.node_count()).all(|i| {
+        sb.agent_log(i)
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .is_some_and(|l| l.contains("adopted the pinned state"))
+    });
+    for l in &timeline {
+        println!("  {l}");
+    }
+    println!("  long connection: {summary}");
+    println!(
+        "  {attempts} rounds: {allowed_fail} allowed attempts failed, {denied_pass} denied attempts connected; restarted agents adopted the pins: {adopted}"
+    );
+    let lost = summary["error"] != Value::Null
+        || summary["sent"] != summary["echoed"]
+        || summary["retransmits"].as_u64() != Some(0);
+    if lost || allowed_fail > 0 || denied_pass > 0 || !adopted || phase != 3 {
+        bail!("restart under traffic failed");
+    }
+    Ok(())
+}
+
+/// Drops and stalls the API watches, compacts history (410 Gone) and fails requests while
+/// policies change; the agents must converge to the new policy once the API answers.
+pub fn api_faults(cfg: &Config) -> Result<()> {
+    let m = model(vec![
+        pod("client", "client", &[]),
+        pod("server", "server", &[("http", 80)]),
+        pod("other", "other", &[]),
+    ]);
+    let mut sb = Sandbox::start(&m, cfg)?;
+    let check = |sb: &Sandbox, client_ok: bool, other_ok: bool, what: &str| -> Result<()> {
+        let c = connects(sb, "default/client", "default/server", 80, 500)?;
+        let o = connects(sb, "default/other", "default/server", 80, 500)?;
+        println!(
+            "  {what}: client->server {}, other->server {}",
+            verdict(c),
+            verdict(o)
+        );
+        if c != client_ok || o != other_ok {
+            bail!(
+                "{what}: expected client {}, other {}",
+                verdict(client_ok),
+                verdict(other_ok)
+            );
+        }
+        Ok(())
+    };
+    sb.apply(
+        &[policy("server-in", ingress_from("server", Some("client")))],
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+    )?;
+    check(&sb, true, false, "before faults")?;
+
+    // Watches dropped, history compacted (a resumed watch gets 410 Gone), the API failing
+    // and then slow, while the policy flips to the other client.
+    sb.api().drop_watches();
+    sb.api().compact();
+    sb.api().fail_next(10);
+    sb.api().stall(Duration::from_millis(1500));
+    let t = Instant::now();
+    sb.api().apply(
+        Kind::NetworkPolicy,
+        policy("server-in", ingress_from("server", Some("other"))),
+    )?;
+    sb.wait_applied(Duration::from_secs(60))?;
+    println!(
+        "  converged {} ms after the change (watches dropped, 410, 10 x 500, 1.5 s stall)",
+        t.elapsed().as_millis()
+    );
+    check(&sb, false, true, "after the first faults")?;
+
+    // Again, with the policy deleted while the watch is stalled and then dropped.
+    sb.api().stall(Duration::from_millis(2000));
+    let t = Instant::now();
+    sb.api().delete(Kind::NetworkPolicy, "default", "server-in");
+    std::thread::sleep(Duration::from_millis(500));
+    sb.api().drop_watches();
+    sb.wait_applied(Duration::from_secs(60))?;
+    println!(
+        "  converged {} ms after the delete (stalled, then dropped)",
+        t.elapsed().as_millis()
+    );
+    check(&sb, true, true, "after the second faults")?;
+
+    let errors: u64 = (0..sb.node_count())
+        .filter_map(|i| sb.status_of(i))
+        .map(|s| s.watch_errors)
+        .sum();
+    println!("  watch errors the agents saw and retried: {errors}");
+    if errors == 0 {
+        bail!("the injected faults never reached the agents");
+    }
+    Ok(())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "allowed" } else { "blocked" }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Policy propagation latency over `changes` changes: from the API write to the maps
+/// being updated (the agent reports the write's resourceVersion as applied) and to the
+/// first packet that gets the new verdict. Prints p50 and p99.
+pub fn latency(cfg: &Config, changes: usize) -> Result<()> {
+    let m = model(vec![
+        pod("client", "client", &[]),
+        pod("server", "server", &[("http", 80)]),
+    ]);
+    let mut sb = Sandbox::start(&m, cfg)?;
+    sb.apply(
+        &[policy("server-in", ingress_from("server", None))],
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+    )?;
+    let server = sb.target("pod:default/server")?.to_string();
+    let (mut to_maps, mut to_packet) = (Vec::new(), Vec::new());
+    for i in 0..changes {
+        let allow = i % 2 == 0;
+        let expect = if allow { "allowed" } else { "blocked" };
+        let flip = sb.spawn_probe_in(
+            "default/client",
+            &[
+                "flip",
+                "--addr",
+                &server,
+                "--port",
+                "80",
+                "--expect",
+                expect,
+                "--timeout-ms",
+                "5",
+            ],
+        )?;
+        std::thread::sleep(Duration::from_millis(40)); // the probe is looping by now
+        let from = if allow { Some("client") } else { None };
+        let written = SystemTime::now();
+        let t0 = Instant::now();
+        let rv = sb.api().apply(
+            Kind::NetworkPolicy,
+            policy("server-in", ingress_from("server", from)),
+        )?;
+        // The server's node (index 1) holds the ingress rules.
+        loop {
+            let applied = sb
+                .status_of(1)
+                .and_then(|s| s.applied_versions.get("NetworkPolicy").copied())
+                .unwrap_or(0);
+            if applied >= rv {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("change {i} not applied within 10 s");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        to_maps.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let out = flip.wait_with_output()?;
+        let ns: u128 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .with_context(|| format!("change {i}: {}", String::from_utf8_lossy(&out.stderr)))?;
+        let written_ns = written.duration_since(UNIX_EPOCH)?.as_nanos();
+        to_packet.push(ns.saturating_sub(written_ns) as f64 / 1e6);
+    }
+    for v in [&mut to_maps, &mut to_packet] {
+        v.sort_by(f64::total_cmp);
+    }
+    println!("policy propagation over {changes} changes (allow/deny flips of one ingress rule):");
+    println!(
+        "  API write -> maps updated:        p50 {:6.2} ms   p99 {:6.2} ms   max {:6.2} ms",
+        percentile(&to_maps, 0.5),
+        percentile(&to_maps, 0.99),
+        percentile(&to_maps, 1.0)
+    );
+    println!(
+        "  API write -> first packet enforced: p50 {:6.2} ms   p99 {:6.2} ms   max {:6.2} ms",
+        percentile(&to_packet, 0.5),
+        percentile(&to_packet, 0.99),
+        percentile(&to_packet, 1.0)
+    );
+    println!(
+        "  (maps updated: the agent's status file shows the write's resourceVersion applied; polled every 0.2 ms. First packet: new TCP connections, 5 ms to count as blocked.)"
+    );
+    Ok(())
+}
