@@ -212,6 +212,8 @@ pub struct Sandbox {
     servers: Vec<Child>,
     agents: Vec<AgentProc>,
     restarts: u32,
+    /// Next free pod index (names its namespace and veth).
+    next_index: usize,
 }
 
 fn run(args: &[&str]) -> Result<()> {
@@ -295,6 +297,7 @@ impl Sandbox {
             servers: Vec::new(),
             agents: Vec::new(),
             restarts: 0,
+            next_index: 0,
         };
         sb.build_network()?;
         sb.start_servers()?;
@@ -416,59 +419,10 @@ impl Sandbox {
         }
 
         // Pods, alternating between nodes; static neighbours, so no ARP or NDP is needed.
-        let mut next_host = [10u8; NODES];
         for (k, pod) in self.model.pods.clone().iter().enumerate() {
             let node = k % NODES;
-            let addr = v4(10, 244, node as u8 + 1, next_host[node]);
-            next_host[node] += 1;
-            let pns = self.netns(&format!("p{k}"));
-            self.add_netns(&pns)?;
-            let host_if = format!("vp{k}");
-            let pod_mac = format!("02:00:0a:f4:{:02x}:{:02x}", node + 1, addr.octets()[3]);
-            veth(
-                (&host_if, &nodes[node], Some(GW_MAC)),
-                ("eth0", &pns, Some(&pod_mac)),
-            )?;
-            let host_net = self.fam().net(addr, 32);
-            ip(&nodes[node], &["link", "set", &host_if, "up"])?;
-            ip(&nodes[node], &["route", "add", &host_net, "dev", &host_if])?;
-            self.add_neigh(&nodes[node], addr, &pod_mac, &host_if)?;
-            self.add_addr(&pns, addr, 32, "eth0")?;
-            ip(&pns, &["link", "set", "eth0", "up"])?;
-            let gw = match self.fam() {
-                Family::V4 => {
-                    ip(
-                        &pns,
-                        &["route", "add", GW_IP, "dev", "eth0", "scope", "link"],
-                    )?;
-                    GW_IP
-                }
-                Family::V6 => GW_IP6,
-            };
-            ip(&pns, &["route", "add", "default", "via", gw, "dev", "eth0"])?;
-            ip(
-                &pns,
-                &[
-                    "neigh",
-                    "replace",
-                    gw,
-                    "lladdr",
-                    GW_MAC,
-                    "dev",
-                    "eth0",
-                    "nud",
-                    "permanent",
-                ],
-            )?;
-            self.pods.insert(
-                format!("{}/{}", pod.ns, pod.name),
-                PodPlace {
-                    netns: pns,
-                    v4: addr,
-                    ip: self.fam().addr(addr),
-                    node,
-                },
-            );
+            let addr = v4(10, 244, node as u8 + 1, 10 + (k / NODES) as u8);
+            self.plumb_pod(&format!("{}/{}", pod.ns, pod.name), k, node, addr)?;
         }
 
         // Services: ClusterIPs and kube-proxy-like DNAT in every node.
@@ -492,6 +446,140 @@ impl Sandbox {
             ])?;
         }
         Ok(())
+    }
+
+    /// A pod's network namespace, its veth into node `node`, address, routes and static
+    /// neighbours.
+    fn plumb_pod(&mut self, key: &str, k: usize, node: usize, addr: Ipv4Addr) -> Result<()> {
+        let node_ns = self.netns(&format!("n{}", node + 1));
+        let pns = self.netns(&format!("p{k}"));
+        self.add_netns(&pns)?;
+        let host_if = format!("vp{k}");
+        let pod_mac = format!("02:00:0a:f4:{:02x}:{:02x}", node + 1, addr.octets()[3]);
+        veth(
+            (&host_if, &node_ns, Some(GW_MAC)),
+            ("eth0", &pns, Some(&pod_mac)),
+        )?;
+        let host_net = self.fam().net(addr, 32);
+        ip(&node_ns, &["link", "set", &host_if, "up"])?;
+        ip(&node_ns, &["route", "add", &host_net, "dev", &host_if])?;
+        self.add_neigh(&node_ns, addr, &pod_mac, &host_if)?;
+        self.add_addr(&pns, addr, 32, "eth0")?;
+        ip(&pns, &["link", "set", "eth0", "up"])?;
+        let gw = match self.fam() {
+            Family::V4 => {
+                ip(
+                    &pns,
+                    &["route", "add", GW_IP, "dev", "eth0", "scope", "link"],
+                )?;
+                GW_IP
+            }
+            Family::V6 => GW_IP6,
+        };
+        ip(&pns, &["route", "add", "default", "via", gw, "dev", "eth0"])?;
+        ip(
+            &pns,
+            &[
+                "neigh",
+                "replace",
+                gw,
+                "lladdr",
+                GW_MAC,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )?;
+        self.pods.insert(
+            key.to_string(),
+            PodPlace {
+                netns: pns,
+                v4: addr,
+                ip: self.fam().addr(addr),
+                node,
+            },
+        );
+        self.next_index = self.next_index.max(k + 1);
+        Ok(())
+    }
+
+    /// Creates a pod at run time (namespace, veth, API object) on node `node`, with
+    /// address `10.244.<node+1>.<host>`. Returns the resourceVersion of its creation.
+    pub fn add_pod(&mut self, def: &crate::cases::PodDef, node: usize, host: u8) -> Result<u64> {
+        let key = format!("{}/{}", def.ns, def.name);
+        let k = self.next_index;
+        self.plumb_pod(&key, k, node, Ipv4Addr::new(10, 244, node as u8 + 1, host))?;
+        self.pod_labels.insert(key.clone(), def.labels.clone());
+        self.model.pods.push(def.clone());
+        self.api.apply(Kind::Pod, self.pod_object(def))
+    }
+
+    /// Deletes a pod: its API object first (as the kubelet would report it), then its
+    /// namespace, which takes the veth and its route with it. Returns the deletion's
+    /// resourceVersion.
+    pub fn remove_pod(&mut self, key: &str) -> Result<u64> {
+        let (ns, name) = key
+            .split_once('/')
+            .ok_or_else(|| anyhow!("bad pod {key}"))?;
+        let rv = self
+            .api
+            .delete(Kind::Pod, ns, name)
+            .ok_or_else(|| anyhow!("pod {key} is not on the API server"))?;
+        if let Some(place) = self.pods.remove(key) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &place.netns])
+                .status();
+            if let Ok(mut c) = self.cleanup.lock() {
+                c.netns.retain(|n| *n != place.netns);
+            }
+        }
+        self.model
+            .pods
+            .retain(|p| format!("{}/{}", p.ns, p.name) != key);
+        self.pod_labels.remove(key);
+        Ok(rv)
+    }
+
+    /// Entries in each of an agent's pinned maps, and its pinned links: for leak checks.
+    pub fn pinned_counts(&self, i: usize) -> Result<BTreeMap<String, usize>> {
+        use aya::maps::{HashMap, LpmTrie, Map, MapData};
+        use netpol_common::{Addr, EndpointInfo, IfaceInfo, PeerKey, PortSet};
+        let dir = self
+            .dir
+            .join("bpf")
+            .join(node_name(i))
+            .join(format!("v{}", netpol_common::LAYOUT_VERSION));
+        let open = |name: &str| {
+            MapData::from_pin(dir.join("maps").join(name))
+                .with_context(|| format!("opening pinned map {name}"))
+        };
+        let mut out = BTreeMap::new();
+        let n = HashMap::<_, u32, IfaceInfo>::try_from(Map::HashMap(open("IFACES")?))?
+            .keys()
+            .count();
+        out.insert("IFACES".to_string(), n);
+        let n = HashMap::<_, Addr, EndpointInfo>::try_from(Map::HashMap(open("ENDPOINTS")?))?
+            .keys()
+            .count();
+        out.insert("ENDPOINTS".to_string(), n);
+        let n = HashMap::<_, PeerKey, u32>::try_from(Map::HashMap(open("PEERS_EXACT")?))?
+            .keys()
+            .count();
+        out.insert("PEERS_EXACT".to_string(), n);
+        let n = LpmTrie::<_, PeerKey, u32>::try_from(Map::LpmTrie(open("PEERS_CIDR")?))?
+            .keys()
+            .count();
+        out.insert("PEERS_CIDR".to_string(), n);
+        let n = HashMap::<_, u32, PortSet>::try_from(Map::HashMap(open("PORTSETS")?))?
+            .keys()
+            .count();
+        out.insert("PORTSETS".to_string(), n);
+        let links = std::fs::read_dir(dir.join("links"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        out.insert("pinned links".to_string(), links);
+        Ok(out)
     }
 
     /// Backends follow the pods' current labels, like EndpointSlices, but the sandbox

@@ -61,6 +61,12 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         changes: usize,
     },
+    /// Pods created and deleted for a while under probes: no verdict contradicts the
+    /// policy after propagation, and no map entries leak.
+    Churn {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Remove namespaces left behind by sandbox runs that were killed.
     Clean,
 }
@@ -100,6 +106,12 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Latency { changes } => scenarios::latency(&cfg, changes),
+        Cmd::Churn { seconds } => {
+            println!("churn: pods created and deleted under probes");
+            scenarios::churn(&cfg, seconds)?;
+            println!("churn: passed");
+            Ok(())
+        }
         Cmd::Clean => {
             let n = sandbox::remove_stale()?;
             println!("removed {n} stale sandbox namespaces");
