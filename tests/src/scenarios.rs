@@ -301,7 +301,7 @@ pub fn latency(cfg: &Config, changes: usize) -> Result<()> {
     let server = sb.target("pod:default/server")?.to_string();
     let (mut to_maps, mut to_packet) = (Vec::new(), Vec::new());
     for i in 0..changes {
-        let allow = i % 2 == 0;
+        let allow = i.is_multiple_of(2);
         let expect = if allow { "allowed" } else { "blocked" };
         let flip = sb.spawn_probe_in(
             "default/client",
@@ -408,7 +408,7 @@ pub fn churn(cfg: &Config, seconds: u64) -> Result<()> {
     while started.elapsed() < Duration::from_secs(seconds) {
         if Instant::now() >= next_create {
             next_create += Duration::from_secs(1);
-            let allowed = n % 2 == 0;
+            let allowed = n.is_multiple_of(2);
             let node = n % 2;
             let host = 100 + ((n / 2) % 4) as u8;
             let mut def = pod(

@@ -41,9 +41,15 @@ enum Task {
         family: String,
     },
     /// Everything CI runs: formatting, clippy, unit, property and crafted-packet tests,
-    /// the mutation check, and every conformance case in the sandbox (IPv4 with TCX and
-    /// netlink attachment, IPv6).
+    /// the mutation check, every conformance case in the sandbox (IPv4 with TCX and
+    /// netlink attachment, IPv6), and the restart, API-fault and churn scenarios.
     Test,
+    /// Policy propagation latency in the sandbox (root): API write -> maps updated, and
+    /// -> first packet with the new verdict, over N changes; prints p50 and p99.
+    Latency {
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+    },
     /// Mutation check: break one semantic rule of the compiler at a time (in a scratch
     /// copy of the tree) and require the property test against the reference evaluator
     /// to catch each.
@@ -173,6 +179,11 @@ fn main() -> Result<()> {
         }
         Task::Test => test(),
         Task::Mutants => mutants(),
+        Task::Latency { changes } => sandbox(
+            &["latency", "--changes", &changes.to_string()],
+            "auto",
+            "ipv4",
+        ),
         Task::Clean => sandbox(&["clean"], "auto", "ipv4"),
     }
 }
@@ -212,6 +223,18 @@ fn test() -> Result<()> {
         sh(sandbox_cmd(&bins, mode, family)
             .args(["conformance", "--cases"])
             .args(&cases))?;
+    }
+    for (mode, scenario) in [
+        ("auto", &["restart"][..]),
+        ("netlink", &["restart"][..]),
+        ("auto", &["api-faults"][..]),
+        ("auto", &["churn", "--seconds", "60"][..]),
+    ] {
+        step(&format!(
+            "scenario in the sandbox (root): {} ({mode})",
+            scenario.join(" ")
+        ));
+        sh(sandbox_cmd(&bins, mode, "ipv4").args(scenario))?;
     }
     Ok(())
 }
