@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing netpol needs on a Debian bookworm machine of this kind.
+# Usage: install-prereqs.sh [--test-tools]
 # Every step checks first and is skipped when already done, so it is cheap to run each time.
 set -euo pipefail
 
@@ -28,9 +29,10 @@ else
   log "nightly rust-src present"
 fi
 
-if ! rustup target list --toolchain stable --installed 2>/dev/null | grep -q '^x86_64-unknown-linux-musl'; then
-  log "rustup: adding x86_64-unknown-linux-musl to stable"
-  rustup target add x86_64-unknown-linux-musl --toolchain stable
+# The active toolchain (stable here, 1.95.0 in the rust image) builds the agent.
+if ! rustup target list --installed 2>/dev/null | grep -q '^x86_64-unknown-linux-musl'; then
+  log "rustup: adding the x86_64-unknown-linux-musl target"
+  rustup target add x86_64-unknown-linux-musl
 else
   log "musl target present"
 fi
@@ -41,5 +43,20 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
     cargo install --locked bpf-linker --no-default-features --features llvm-22
 else
   log "bpf-linker present"
+fi
+# --test-tools: what the test command needs beyond building (manifest validation).
+if [[ "${1:-}" == "--test-tools" ]]; then
+  VENV=/opt/netpol-tools/venv
+  if [[ ! -x "$VENV/bin/kubernetes-validate" ]]; then
+    log "pip: installing kubernetes-validate into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet kubernetes-validate
+  else
+    log "kubernetes-validate present"
+  fi
+  command -v kubectl >/dev/null 2>&1 || {
+    log "kubectl is missing: it renders the kustomization (kubectl kustomize). Install kubectl."
+    exit 1
+  }
 fi
 log "done"

@@ -9,6 +9,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod kind;
+
 #[derive(Parser)]
 #[command(about = "netpol build, demo and test tasks")]
 struct Cli {
@@ -54,6 +56,19 @@ enum Task {
     /// copy of the tree) and require the property test against the reference evaluator
     /// to catch each.
     Mutants,
+    /// Render the manifests (`kubectl kustomize deploy/`) and validate them, and the
+    /// example policies, against the Kubernetes JSON schemas, offline.
+    ValidateManifests,
+    /// Build the statically linked (musl) agent the image ships and run its `--help`.
+    Static,
+    /// On a machine with Docker and kind: a 2-node kind cluster with kind's own policy
+    /// enforcement off, the image built and loaded, netpol deployed, and the tutorial
+    /// scenarios run with real pods.
+    KindE2e {
+        /// Keep the cluster afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Remove sandbox namespaces left behind by killed runs.
     Clean,
 }
@@ -104,6 +119,132 @@ fn cargo() -> Command {
 fn prereqs() -> Result<()> {
     step("prerequisites");
     sh(Command::new("bash").arg(root().join("scripts/install-prereqs.sh")))
+}
+
+fn test_tools() -> Result<()> {
+    step("test tools");
+    sh(Command::new("bash")
+        .arg(root().join("scripts/install-prereqs.sh"))
+        .arg("--test-tools"))
+}
+
+const VALIDATOR: &str = "/opt/netpol-tools/venv/bin/kubernetes-validate";
+
+fn validates(file: &Path) -> Result<bool> {
+    let out = Command::new(VALIDATOR)
+        .args(["--strict", "--quiet"])
+        .arg(file)
+        .output()
+        .with_context(|| {
+            format!("running {VALIDATOR} (cargo xtask prereqs installs it with the test tools)")
+        })?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    print!("{}", String::from_utf8_lossy(&out.stderr));
+    Ok(out.status.success())
+}
+
+fn validate_manifests() -> Result<()> {
+    step("manifests: kubectl kustomize deploy/ | kubernetes-validate --strict");
+    let out = Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(root().join("deploy"))
+        .output()
+        .context("running kubectl kustomize")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl kustomize deploy/ failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = root().join("target/manifests");
+    std::fs::create_dir_all(&dir)?;
+    let rendered = dir.join("rendered.yaml");
+    std::fs::write(&rendered, &out.stdout)?;
+    if !validates(&rendered)? {
+        bail!("the rendered manifests do not validate");
+    }
+    println!("rendered manifests: valid");
+    // The check must be able to fail: the same manifests with one wrong field.
+    let text =
+        String::from_utf8_lossy(&out.stdout).replace("hostNetwork: true", "hostNetwork: \"yes\"");
+    let broken = dir.join("broken.yaml");
+    std::fs::write(&broken, text)?;
+    if validates(&broken)? {
+        bail!(
+            "a DaemonSet with hostNetwork: \"yes\" passed validation: the validation checks nothing"
+        );
+    }
+    println!("the same manifests with hostNetwork: \"yes\": rejected, as they must be");
+    for ex in case_files_with(&root().join("deploy/examples"), "yaml")? {
+        if !validates(&ex)? {
+            bail!("{} does not validate", ex.display());
+        }
+    }
+    println!("example policies: valid");
+    Ok(())
+}
+
+/// The agent as the image ships it: musl, static, and it starts.
+fn static_check() -> Result<()> {
+    prereqs()?;
+    step("static (musl) agent");
+    let target = "x86_64-unknown-linux-musl";
+    sh(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "netpol-agent",
+        "--target",
+        target,
+    ]))?;
+    let bin = root().join(format!("target/{target}/release/netpol-agent"));
+    let elf = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
+    if has_interpreter(&elf) {
+        bail!("{} is dynamically linked", bin.display());
+    }
+    let out = Command::new(&bin).arg("--help").output()?;
+    if !out.status.success()
+        || !String::from_utf8_lossy(&out.stdout).contains("Usage: netpol-agent")
+    {
+        bail!("{} --help failed", bin.display());
+    }
+    println!(
+        "{}: statically linked ({} bytes); --help works",
+        bin.display(),
+        elf.len()
+    );
+    Ok(())
+}
+
+/// Does this ELF64 file ask for a dynamic loader (a PT_INTERP program header)?
+fn has_interpreter(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(|b: [u8; 8]| u64::from_le_bytes(b) as usize)
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return true;
+    };
+    (0..phnum).any(|i| {
+        elf.get(phoff + i * phentsize..phoff + i * phentsize + 4)
+            .is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) == 3)
+    })
+}
+
+fn case_files_with(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 fn build() -> Result<(PathBuf, PathBuf, PathBuf)> {
@@ -185,6 +326,12 @@ fn main() -> Result<()> {
             "ipv4",
         ),
         Task::Clean => sandbox(&["clean"], "auto", "ipv4"),
+        Task::ValidateManifests => {
+            test_tools()?;
+            validate_manifests()
+        }
+        Task::Static => static_check(),
+        Task::KindE2e { keep } => kind::e2e(&root(), keep),
     }
 }
 
@@ -192,6 +339,9 @@ fn test() -> Result<()> {
     require_root()?;
     let shared = shared_cases()?;
     let bins = build()?;
+    test_tools()?;
+    validate_manifests()?;
+    static_check()?;
     step("cargo fmt --check");
     sh(cargo().args(["fmt", "--all", "--check"]))?;
     step("cargo clippy -D warnings");
@@ -240,13 +390,7 @@ fn test() -> Result<()> {
 }
 
 fn case_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    Ok(files)
+    case_files_with(dir, "json")
 }
 
 /// (file, original text, mutated text, what the mutation breaks)
