@@ -95,35 +95,7 @@ fn egress_allowed(
     protocol: Protocol,
     port: u16,
 ) -> bool {
-    let Some(who) = pod(state, src) else {
-        return true;
-    };
-    if !who.1.is_policy_subject() {
-        return true;
-    }
-    let policies = applying(state, who, Dir::Egress);
-    if policies.is_empty() {
-        return true;
-    }
-    policies.iter().any(|(key, pol, valid)| {
-        *valid
-            && pol
-                .spec
-                .iter()
-                .flat_map(|s| s.egress.iter().flatten())
-                .any(|rule| {
-                    rule_ok(
-                        state,
-                        &key.namespace,
-                        rule.to.as_deref(),
-                        rule.ports.as_deref(),
-                        dst,
-                        dst,
-                        protocol,
-                        port,
-                    )
-                })
-    })
+    side_allowed(state, Dir::Egress, src, dst, dst, protocol, port)
 }
 
 fn ingress_allowed(
@@ -133,34 +105,65 @@ fn ingress_allowed(
     protocol: Protocol,
     port: u16,
 ) -> bool {
-    let Some(who) = pod(state, dst) else {
+    side_allowed(state, Dir::Ingress, dst, src, dst, protocol, port)
+}
+
+/// The peers and ports of one rule.
+type Rule<'a> = (
+    Option<&'a [NetworkPolicyPeer]>,
+    Option<&'a [NetworkPolicyPort]>,
+);
+
+/// One side's policy: `subject`'s `dir` rules towards `peer`, for a flow to `destination`.
+fn side_allowed(
+    state: &ClusterState,
+    dir: Dir,
+    subject: &End,
+    peer: &End,
+    destination: &End,
+    protocol: Protocol,
+    port: u16,
+) -> bool {
+    let Some(who) = pod(state, subject) else {
         return true;
     };
     if !who.1.is_policy_subject() {
         return true;
     }
-    let policies = applying(state, who, Dir::Ingress);
+    let policies = applying(state, who, dir);
     if policies.is_empty() {
         return true;
     }
     policies.iter().any(|(key, pol, valid)| {
-        *valid
-            && pol
-                .spec
+        let Some(spec) = pol.spec.as_ref().filter(|_| *valid) else {
+            return false;
+        };
+        let rules: Vec<Rule> = match dir {
+            Dir::Egress => spec
+                .egress
                 .iter()
-                .flat_map(|s| s.ingress.iter().flatten())
-                .any(|rule| {
-                    rule_ok(
-                        state,
-                        &key.namespace,
-                        rule.from.as_deref(),
-                        rule.ports.as_deref(),
-                        src,
-                        dst,
-                        protocol,
-                        port,
-                    )
-                })
+                .flatten()
+                .map(|r| (r.to.as_deref(), r.ports.as_deref()))
+                .collect(),
+            Dir::Ingress => spec
+                .ingress
+                .iter()
+                .flatten()
+                .map(|r| (r.from.as_deref(), r.ports.as_deref()))
+                .collect(),
+        };
+        rules.into_iter().any(|(peers, ports)| {
+            rule_ok(
+                state,
+                &key.namespace,
+                peers,
+                ports,
+                peer,
+                destination,
+                protocol,
+                port,
+            )
+        })
     })
 }
 

@@ -1110,26 +1110,27 @@ impl Sandbox {
         &self.dir
     }
 
-    /// Runs the probe tool inside a pod (`args` after the binary), waiting for it.
-    pub fn probe_in(&self, pod: &str, args: &[&str]) -> Result<std::process::Output> {
+    fn probe_command(&self, pod: &str, args: &[&str]) -> Result<Command> {
         let place = self.pods.get(pod).ok_or_else(|| anyhow!("no pod {pod}"))?;
-        Command::new("ip")
-            .args(["netns", "exec", &place.netns])
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &place.netns])
             .arg(&self.cfg.probe)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        Ok(c)
+    }
+
+    /// Runs the probe tool inside a pod (`args` after the binary), waiting for it.
+    pub fn probe_in(&self, pod: &str, args: &[&str]) -> Result<std::process::Output> {
+        self.probe_command(pod, args)?
             .output()
             .with_context(|| format!("running the probe in {pod}"))
     }
 
     /// Starts the probe tool inside a pod without waiting (output captured).
     pub fn spawn_probe_in(&self, pod: &str, args: &[&str]) -> Result<Child> {
-        let place = self.pods.get(pod).ok_or_else(|| anyhow!("no pod {pod}"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &place.netns])
-            .arg(&self.cfg.probe)
-            .args(args)
-            .stdin(Stdio::null())
+        let child = self
+            .probe_command(pod, args)?
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
