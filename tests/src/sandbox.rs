@@ -541,7 +541,7 @@ impl Sandbox {
         Ok(rv)
     }
 
-    /// Entries in each of an agent's pinned maps, and its pinned links: for leak checks.
+    /// Entries in each of an agent's pinned maps, and its attachments: for leak checks.
     pub fn pinned_counts(&self, i: usize) -> Result<BTreeMap<String, usize>> {
         use aya::maps::{HashMap, LpmTrie, Map, MapData};
         use netpol_common::{Addr, EndpointInfo, IfaceInfo, PeerKey, PortSet};
@@ -575,10 +575,13 @@ impl Sandbox {
             .keys()
             .count();
         out.insert("PORTSETS".to_string(), n);
-        let links = std::fs::read_dir(dir.join("links"))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        out.insert("pinned links".to_string(), links);
+        // TCX links are pinned; netlink filters are recorded next to the pins.
+        let count = |sub: &str| {
+            std::fs::read_dir(dir.join(sub))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
+        out.insert("attachments".to_string(), count("links") + count("netlink"));
         Ok(out)
     }
 

@@ -87,6 +87,8 @@ pub fn restart(cfg: &Config) -> Result<()> {
         pod("client", "client", &[]),
         pod("server", "server", &[("http", 80)]),
         pod("intruder", "intruder", &[("http", 80)]),
+        // Deleted while the agents are down: its pins are orphans the restart must remove.
+        pod("ephemeral", "ephemeral", &[]),
     ]);
     let mut sb = Sandbox::start(&m, cfg)?;
     sb.serve_in(
@@ -105,6 +107,9 @@ pub fn restart(cfg: &Config) -> Result<()> {
     sb.apply(&policies, &BTreeMap::new(), &BTreeMap::new())?;
     std::thread::sleep(Duration::from_millis(300)); // the echo server starts
 
+    let before: Vec<_> = (0..sb.node_count())
+        .map(|i| sb.pinned_counts(i))
+        .collect::<Result<_>>()?;
     let server = sb.target("pod:default/server")?.to_string();
     let duration = Duration::from_millis(9000);
     let stream = sb.spawn_probe_in(
@@ -147,6 +152,11 @@ pub fn restart(cfg: &Config) -> Result<()> {
                 "{:>6} ms  both agents killed (SIGKILL)",
                 t.as_millis()
             ));
+            sb.remove_pod("default/ephemeral")?;
+            timeline.push(format!(
+                "{:>6} ms  pod default/ephemeral deleted while no agent runs",
+                started.elapsed().as_millis()
+            ));
             phase = 1;
         } else if phase == 1 && t > Duration::from_millis(4000) {
             for i in 0..sb.node_count() {
@@ -176,6 +186,23 @@ pub fn restart(cfg: &Config) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
+    // The ephemeral pod (index 3: node-2) leaves one endpoint, one interface and two
+    // attachments fewer there; node-1 is unchanged.
+    let after: Vec<_> = (0..sb.node_count())
+        .map(|i| sb.pinned_counts(i))
+        .collect::<Result<_>>()?;
+    let mut expected = before.clone();
+    for key in ["ENDPOINTS", "IFACES"] {
+        if let Some(v) = expected[1].get_mut(key) {
+            *v -= 1;
+        }
+    }
+    if let Some(v) = expected[1].get_mut("attachments") {
+        *v -= 2;
+    }
+    println!("  pinned entries before {before:?}");
+    println!("  pinned entries after  {after:?}");
+    let orphans_removed = after == expected;
     let adopted = (0..sb.node_count()).all(|i| {
         sb.agent_log(i)
             .and_then(|p| std::fs::read_to_string(p).ok())
@@ -191,7 +218,9 @@ pub fn restart(cfg: &Config) -> Result<()> {
     let lost = summary["error"] != Value::Null
         || summary["sent"] != summary["echoed"]
         || summary["retransmits"].as_u64() != Some(0);
-    if lost || allowed_fail > 0 || denied_pass > 0 || !adopted || phase != 3 {
+    println!("  orphans of the deleted pod removed: {orphans_removed}");
+    let failed_checks = lost || allowed_fail > 0 || denied_pass > 0;
+    if failed_checks || !adopted || !orphans_removed || phase != 3 {
         bail!("restart under traffic failed");
     }
     Ok(())
@@ -374,7 +403,7 @@ pub fn latency(cfg: &Config, changes: usize) -> Result<()> {
 /// server whose policy admits `app=client` only. A probe may contradict the policy only
 /// until the server's agent has applied that pod's creation (the propagation time,
 /// measured per pod); the steady pod must never be affected; and once the churn stops
-/// every pinned map and link count is back at its baseline.
+/// every pinned map and attachment count is back at its baseline.
 pub fn churn(cfg: &Config, seconds: u64) -> Result<()> {
     let m = model(vec![
         pod("steady", "client", &[]),

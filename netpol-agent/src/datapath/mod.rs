@@ -76,7 +76,7 @@ impl Hook {
 }
 
 /// A netlink filter of ours, recorded so a later run can replace or remove it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct NlFilter {
     hook: Hook,
     priority: u16,
@@ -91,7 +91,7 @@ struct Attached {
     adopted: bool,
 }
 
-/// Where pins live: `<pin dir>/v<LAYOUT_VERSION>/{maps,links,netlink.json}`.
+/// Where pins live: `<pin dir>/v<LAYOUT_VERSION>/{maps,links,netlink}`.
 #[derive(Clone, Debug)]
 struct Pins {
     root: PathBuf,
@@ -109,8 +109,11 @@ impl Pins {
             .join("links")
             .join(format!("{}@{}", iface.replace('.', ":"), hook.program()))
     }
+    /// Netlink filters are recorded as empty directories (bpffs holds no regular files),
+    /// `<iface>@<program>@<priority>@<handle>`, so the records live exactly as long as the
+    /// pins.
     fn netlink_records(&self) -> PathBuf {
-        self.dir.join("netlink.json")
+        self.dir.join("netlink")
     }
 }
 
@@ -236,15 +239,30 @@ impl Datapath {
                 }
             }
         }
-        if let Ok(bytes) = std::fs::read(pins.netlink_records())
-            && let Ok(filters) = serde_json::from_slice::<BTreeMap<String, Vec<NlFilter>>>(&bytes)
-        {
-            for (iface, fs) in &filters {
+        if let Ok(entries) = std::fs::read_dir(pins.netlink_records()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                let parts: Vec<&str> = name.split('@').collect();
+                let [iface, prog, prio, handle] = parts.as_slice() else {
+                    continue;
+                };
+                let (Some(hook), Ok(priority), Ok(handle)) = (
+                    Hook::ALL.into_iter().find(|h| h.program() == *prog),
+                    prio.parse::<u16>(),
+                    handle.parse::<u32>(),
+                ) else {
+                    continue;
+                };
+                let iface = iface.replace(':', ".");
                 let a = self.links.entry(iface.clone()).or_default();
-                a.hooks.extend(fs.iter().map(|f| f.hook));
+                a.hooks.push(hook);
                 a.adopted = true;
+                self.filters.entry(iface).or_default().push(NlFilter {
+                    hook,
+                    priority,
+                    handle,
+                });
             }
-            self.filters = filters;
         }
     }
 
@@ -273,12 +291,38 @@ impl Datapath {
 
     fn save_filters(&self) {
         let Some(pins) = &self.pins else { return };
-        let path = pins.netlink_records();
-        let written = serde_json::to_vec(&self.filters)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&path, b));
-        if let Err(e) = written {
-            tracing::warn!(path = %path.display(), error = %e, "recording netlink filters");
+        let dir = pins.netlink_records();
+        let want: std::collections::BTreeSet<String> = self
+            .filters
+            .iter()
+            .flat_map(|(iface, fs)| {
+                fs.iter().map(move |f| {
+                    format!(
+                        "{}@{}@{}@{}",
+                        iface.replace('.', ":"),
+                        f.hook.program(),
+                        f.priority,
+                        f.handle
+                    )
+                })
+            })
+            .collect();
+        let have: std::collections::BTreeSet<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut result = std::fs::create_dir_all(&dir);
+        for name in want.difference(&have) {
+            result = result.and(std::fs::create_dir(dir.join(name)));
+        }
+        for name in have.difference(&want) {
+            result = result.and(std::fs::remove_dir(dir.join(name)));
+        }
+        if let Err(e) = result {
+            tracing::warn!(dir = %dir.display(), error = %e, "recording netlink filters");
         }
     }
 

@@ -132,6 +132,7 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     tokio::spawn(async move {
+        let lister = api.clone();
         let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
         futures::pin_mut!(stream);
         let mut relist: Option<Vec<K>> = None;
@@ -171,11 +172,28 @@ where
                     continue;
                 }
                 Ok(Event::InitDone) => {
+                    drop(s);
+                    // A (re)list shows no deletions, so the newest object version can be
+                    // older than what the list covers: ask the collection's version.
+                    let listed = lister
+                        .list(&kube::api::ListParams::default().limit(1))
+                        .await
+                        .ok()
+                        .and_then(|l| l.metadata.resource_version)
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let mut s = lock(&shared);
                     (ops.clear)(&mut s.state);
                     for o in relist.take().unwrap_or_default() {
                         take(&mut s, &o);
                     }
+                    if let Some(v) = listed {
+                        let e = s.versions.entry(ops.kind).or_insert(0);
+                        *e = (*e).max(v);
+                    }
                     s.synced.insert(ops.kind);
+                    drop(s);
+                    let _ = changed.try_send(());
+                    continue;
                 }
                 Ok(Event::Apply(o)) => take(&mut s, &o),
                 Ok(Event::Delete(o)) => {
