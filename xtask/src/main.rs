@@ -459,6 +459,27 @@ fn mutants() -> Result<()> {
             bail!("mutant {what:?}: {file} no longer contains the text to mutate; update MUTANTS");
         }
         std::fs::write(&path, text.replacen(from, to, 1))?;
+        // Only a test that runs and fails catches a mutant: one that does not build
+        // (or a build that was interrupted) says nothing.
+        let built = cargo()
+            .args([
+                "test",
+                "-p",
+                "netpol-tests",
+                "--test",
+                "compile_vs_reference",
+                "--no-run",
+            ])
+            .env("AYA_BUILD_SKIP", "1")
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(&scratch)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .context("building the property test on the mutant")?;
+        if !built.success() {
+            bail!("mutant {what:?} does not build ({built}); fix MUTANTS");
+        }
         let status = cargo()
             .args([
                 "test",
