@@ -189,6 +189,8 @@ fn setup() -> Bench {
             conntrack_entries: 1024,
             peer_entries: 1024,
             cidr_entries: 1024,
+            service_entries: 1024,
+            portset_entries: 1024,
         },
         None,
     )

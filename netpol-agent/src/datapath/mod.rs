@@ -42,6 +42,12 @@ pub struct MapSizes {
     /// Entries of the CIDR peer map (LPM trie, summed over rule sets).
     #[arg(long, default_value_t = sizes::PEERS_CIDR)]
     pub cidr_entries: u32,
+    /// Entries of the Service address map (ClusterIPs of the cluster).
+    #[arg(long, default_value_t = sizes::SERVICES)]
+    pub service_entries: u32,
+    /// Entries of the port-set map (distinct port sets, shared by rule sets).
+    #[arg(long, default_value_t = sizes::PORTSETS)]
+    pub portset_entries: u32,
 }
 
 /// Where a classifier runs.
@@ -179,7 +185,9 @@ impl Datapath {
         loader
             .map_max_entries(names::CONNTRACK, sizes.conntrack_entries)
             .map_max_entries(names::PEERS_EXACT, sizes.peer_entries)
-            .map_max_entries(names::PEERS_CIDR, sizes.cidr_entries);
+            .map_max_entries(names::PEERS_CIDR, sizes.cidr_entries)
+            .map_max_entries(names::SERVICES, sizes.service_entries)
+            .map_max_entries(names::PORTSETS, sizes.portset_entries);
         let map_names = [
             names::IFACES,
             names::ENDPOINTS,
