@@ -504,15 +504,23 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Creates a pod at run time (namespace, veth, API object) on node `node`, with
-    /// address `10.244.<node+1>.<host>`. Returns the resourceVersion of its creation.
-    pub fn add_pod(&mut self, def: &crate::cases::PodDef, node: usize, host: u8) -> Result<u64> {
+    /// Creates a pod at run time (namespace, veth, then the API object) on node `node`,
+    /// with address `10.244.<node+1>.<host>`. Returns the resourceVersion of its creation
+    /// and when that API write happened.
+    pub fn add_pod(
+        &mut self,
+        def: &crate::cases::PodDef,
+        node: usize,
+        host: u8,
+    ) -> Result<(u64, Instant)> {
         let key = format!("{}/{}", def.ns, def.name);
         let k = self.next_index;
         self.plumb_pod(&key, k, node, Ipv4Addr::new(10, 244, node as u8 + 1, host))?;
         self.pod_labels.insert(key.clone(), def.labels.clone());
         self.model.pods.push(def.clone());
-        self.api.apply(Kind::Pod, self.pod_object(def))
+        let written = Instant::now();
+        let rv = self.api.apply(Kind::Pod, self.pod_object(def))?;
+        Ok((rv, written))
     }
 
     /// Deletes a pod: its API object first (as the kubelet would report it), then its

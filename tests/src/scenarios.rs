@@ -452,8 +452,7 @@ pub fn churn(cfg: &Config, seconds: u64) -> Result<()> {
                 sb.remove_pod(&old.key)?;
                 done.push(old);
             }
-            let created = Instant::now();
-            let rv = sb.add_pod(&def, node, host)?;
+            let (rv, created) = sb.add_pod(&def, node, host)?;
             // Propagation, measured closely: the server's node (index 1) enforces the
             // ingress rules that must learn this pod.
             let mut applied = None;
