@@ -461,40 +461,29 @@ fn mutants() -> Result<()> {
         std::fs::write(&path, text.replacen(from, to, 1))?;
         // Only a test that runs and fails catches a mutant: one that does not build
         // (or a build that was interrupted) says nothing.
-        let built = cargo()
-            .args([
-                "test",
-                "-p",
-                "netpol-tests",
-                "--test",
-                "compile_vs_reference",
-                "--no-run",
-            ])
-            .env("AYA_BUILD_SKIP", "1")
-            .env("CARGO_TARGET_DIR", &target)
-            .current_dir(&scratch)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .context("building the property test on the mutant")?;
+        let property_test = |extra: &[&str]| {
+            cargo()
+                .args([
+                    "test",
+                    "-p",
+                    "netpol-tests",
+                    "--test",
+                    "compile_vs_reference",
+                ])
+                .args(extra)
+                .env("AYA_BUILD_SKIP", "1")
+                .env("CARGO_TARGET_DIR", &target)
+                .current_dir(&scratch)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+        };
+        let built =
+            property_test(&["--no-run"]).context("building the property test on the mutant")?;
         if !built.success() {
             bail!("mutant {what:?} does not build ({built}); fix MUTANTS");
         }
-        let status = cargo()
-            .args([
-                "test",
-                "-p",
-                "netpol-tests",
-                "--test",
-                "compile_vs_reference",
-            ])
-            .env("AYA_BUILD_SKIP", "1")
-            .env("CARGO_TARGET_DIR", &target)
-            .current_dir(&scratch)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .context("running the property test on the mutant")?;
+        let status = property_test(&[]).context("running the property test on the mutant")?;
         if status.success() {
             println!("SURVIVED: the property test passed with \"{what}\"");
             survived.push(*what);
