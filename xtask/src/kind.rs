@@ -168,6 +168,25 @@ pub fn e2e(root: &Path, keep: bool) -> Result<()> {
     Ok(())
 }
 
+fn apply_namespace(ns: &str, labels: &Value) -> Result<()> {
+    kubectl_apply(&json!({"apiVersion": "v1", "kind": "Namespace",
+                          "metadata": {"name": ns, "labels": labels}}))
+}
+
+fn wait_ready(ns: &str) -> Result<()> {
+    run(&[
+        "kubectl",
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "--all",
+        "--timeout=180s",
+    ])
+    .map(|_| ())
+}
+
 fn pod_object(ns: &str, name: &str, labels: &Value, ports: &[Value]) -> Value {
     // agnhost porter answers on every SERVE_PORT_n / SERVE_UDP_PORT_n with that variable's value.
     let mut env = vec![];
@@ -190,7 +209,7 @@ fn pod_object(ns: &str, name: &str, labels: &Value, ports: &[Value]) -> Value {
 
 fn prove_no_enforcer() -> Result<()> {
     let ns = "netpol-e2e-check";
-    kubectl_apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))?;
+    apply_namespace(ns, &json!({}))?;
     kubectl_apply(&pod_object(
         ns,
         "server",
@@ -198,16 +217,7 @@ fn prove_no_enforcer() -> Result<()> {
         &[json!({"name": "http", "port": 80, "protocol": "TCP"})],
     ))?;
     kubectl_apply(&pod_object(ns, "client", &json!({"app": "client"}), &[]))?;
-    run(&[
-        "kubectl",
-        "-n",
-        ns,
-        "wait",
-        "--for=condition=Ready",
-        "pod",
-        "--all",
-        "--timeout=180s",
-    ])?;
+    wait_ready(ns)?;
     kubectl_apply(
         &json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "deny-all", "namespace": ns}, "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
@@ -263,9 +273,7 @@ fn run_case(case: &Value) -> Result<(usize, usize, usize)> {
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
     for (ns, labels) in model["namespaces"].as_object().into_iter().flatten() {
-        kubectl_apply(
-            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}),
-        )?;
+        apply_namespace(ns, labels)?;
     }
     for p in model["pods"].as_array().into_iter().flatten() {
         let (ns, name) = (
@@ -283,16 +291,7 @@ fn run_case(case: &Value) -> Result<(usize, usize, usize)> {
                 "port": p["port"], "targetPort": p["targetPort"], "protocol": p["protocol"]})).collect::<Vec<_>>())}}))?;
     }
     for ns in &namespaces {
-        run(&[
-            "kubectl",
-            "-n",
-            ns,
-            "wait",
-            "--for=condition=Ready",
-            "pod",
-            "--all",
-            "--timeout=180s",
-        ])?;
+        wait_ready(ns)?;
     }
     let steps: Vec<Value> = case["steps"]
         .as_array()
@@ -304,9 +303,7 @@ fn run_case(case: &Value) -> Result<(usize, usize, usize)> {
             run(&["kubectl", "-n", ns, "delete", "networkpolicy", "--all"])?;
         }
         for (ns, labels) in step["namespace_labels"].as_object().into_iter().flatten() {
-            kubectl_apply(
-                &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}),
-            )?;
+            apply_namespace(ns, labels)?;
         }
         for p in step["policies"].as_array().into_iter().flatten() {
             kubectl_apply(p)?;
