@@ -180,6 +180,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     let mut resync = tokio::time::interval(Duration::from_millis(agent.args.resync_ms.max(50)));
     let mut report = tokio::time::interval(Duration::from_secs(1));
+    let mut sweep = tokio::time::interval(Duration::from_secs(30));
     let counters_every = agent.args.counters_interval;
     let mut ticks: u64 = 0;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -189,6 +190,7 @@ pub async fn run(args: Args) -> Result<()> {
             Some(()) = changes.recv() => agent.reconcile(true),
             Some(()) = link_changes.recv() => agent.reconcile(false),
             _ = resync.tick() => agent.reconcile(false),
+            _ = sweep.tick() => agent.sweep_conntrack(),
             _ = report.tick() => {
                 ticks += 1;
                 agent.refresh_counters();
@@ -253,6 +255,44 @@ impl Agent {
         }
     }
 
+    /// The node's own addresses, which always reach its pods (and are reached by them).
+    fn program_node_addresses(&mut self) {
+        let addrs = match datapath::node_addrs::node_addresses() {
+            Ok(a) => a,
+            Err(e) => {
+                error!(error = %e, "reading this node's addresses; keeping the last ones");
+                return;
+            }
+        };
+        match self.programmer.set_node_addrs(&addrs) {
+            Ok(0) => {}
+            Ok(n) => info!(
+                changed = n,
+                addresses = addrs.len(),
+                "node addresses programmed"
+            ),
+            Err(e) => error!(error = %e, "programming this node's addresses"),
+        }
+    }
+
+    /// Deletes idle connections past their lifetime (the datapath also ignores them).
+    fn sweep_conntrack(&mut self) {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+            return;
+        }
+        let now = (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64;
+        match self.programmer.maps_mut().sweep_conntrack(now) {
+            Ok((seen, 0)) => tracing::debug!(seen, "conntrack sweep"),
+            Ok((seen, deleted)) => info!(seen, deleted, "conntrack sweep removed idle connections"),
+            Err(e) => warn!(error = %e, "conntrack sweep"),
+        }
+    }
+
     /// `reload`: read the source again (else only look for new or gone veths).
     fn reconcile(&mut self, reload: bool) {
         if reload || self.state.is_none() {
@@ -295,6 +335,7 @@ impl Agent {
             }
             ready_ifaces.insert(pod.clone(), *idx);
         }
+        self.program_node_addresses();
         let result = self.programmer.apply(&plan, &ready_ifaces);
         let wanted: std::collections::BTreeSet<&str> = ifaces
             .values()

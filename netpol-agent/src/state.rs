@@ -109,9 +109,16 @@ impl PodInfo {
 pub struct ClusterState {
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: BTreeMap<ObjectRef, PodInfo>,
-    /// ClusterIPs of each Service (headless Services have none).
-    pub services: BTreeMap<ObjectRef, Vec<IpAddr>>,
+    /// ClusterIPs and ports of each Service (headless Services have no address).
+    pub services: BTreeMap<ObjectRef, ServiceInfo>,
     pub policies: BTreeMap<ObjectRef, NetworkPolicy>,
+}
+
+/// What kube-proxy translates for a Service: each ClusterIP on each port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub ips: Vec<IpAddr>,
+    pub ports: Vec<(Protocol, u16)>,
 }
 
 /// Why an object could not be taken into the state.
@@ -243,7 +250,17 @@ impl ClusterState {
         }
         // "None" (headless) and anything else unparsable is not a Service address.
         let ips = ips.iter().filter_map(|s| s.parse().ok()).collect();
-        self.services.insert(key, ips);
+        // A port whose protocol we do not know is not translated for us to pass.
+        let ports = spec
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let proto = Protocol::parse(p.protocol.as_deref()).ok()?;
+                Some((proto, u16::try_from(p.port).ok()?))
+            })
+            .collect();
+        self.services.insert(key, ServiceInfo { ips, ports });
         Ok(())
     }
 

@@ -15,6 +15,9 @@ pub mod names {
     pub const PEERS_CIDR: &str = "PEERS_CIDR";
     pub const PORTSETS: &str = "PORTSETS";
     pub const CONNTRACK: &str = "CONNTRACK";
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const NODE_ADDRS: &str = "NODE_ADDRS";
+    pub const META: &str = "META";
     pub const COUNTERS: &str = "COUNTERS";
 
     /// Attached to the host side of a pod veth, TC ingress: traffic the pod sends.
@@ -23,11 +26,13 @@ pub mod names {
     pub const PROG_TO_POD: &str = "to_pod";
     /// Attached to the node's uplinks, TC egress: pod traffic leaving the node after NAT.
     pub const PROG_UPLINK: &str = "uplink_egress";
+    /// Does nothing: the baseline of the datapath benchmarks.
+    pub const PROG_EMPTY: &str = "empty";
 }
 
 /// Version of the map layout (the types in this crate). Pins live under a directory named
 /// after it, so an agent whose maps differ never adopts maps it cannot read.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Default map sizes; the agent can override them at load time.
 pub mod sizes {
@@ -38,6 +43,8 @@ pub mod sizes {
     pub const PEERS_CIDR: u32 = 65_536;
     pub const PORTSETS: u32 = 16_384;
     pub const CONNTRACK: u32 = 262_144;
+    pub const FRAGMENTS: u32 = 8192;
+    pub const NODE_ADDRS: u32 = 1024;
     /// Endpoint ids index the counters array, so this bounds the id space too.
     pub const COUNTERS: u32 = 8192;
 }
@@ -78,6 +85,14 @@ pub const V4_MAPPED_PREFIX: u32 = 96;
 /// Rule-set id meaning "this direction is not isolated": everything is allowed.
 pub const RULESET_ALLOW_ALL: u32 = 0;
 
+/// Slots of the `META` array map.
+pub mod meta {
+    /// The next rule-set id to hand out: ids are never reused, also across restarts, so a
+    /// conntrack entry can never validate against a rule set it was not decided under.
+    pub const NEXT_RULESET_ID: u32 = 0;
+    pub const COUNT: u32 = 4;
+}
+
 /// What the agent knows about a pod veth: the addresses the pod may send from.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -87,6 +102,9 @@ pub struct IfaceInfo {
     /// `IFACE_HAS_V4` | `IFACE_HAS_V6`.
     pub flags: u32,
     pub endpoint_id: u32,
+    /// Copies of the pod's `EndpointInfo` sets, so the pod's own hooks need one lookup.
+    pub ingress_set: u32,
+    pub egress_set: u32,
 }
 
 pub const IFACE_HAS_V4: u32 = 1;
@@ -168,31 +186,178 @@ impl PortSet {
     }
 }
 
-/// Which side of a connection a local endpoint is on: it opened it (egress) or accepted
-/// it (ingress).
-pub const CT_DIR_EGRESS: u8 = 1;
-pub const CT_DIR_INGRESS: u8 = 2;
-
-/// A connection as one local endpoint sees it. Both the opener and the acceptor of a
-/// connection get their own entry, so each side's policy is tracked independently.
+/// A connection, normalised: `(a, a_port)` sorts before `(b, b_port)`, so both directions
+/// of a connection find the same entry with one lookup. ICMP echo uses the identifier as
+/// both ports.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub struct CtKey {
-    pub endpoint: Addr,
-    pub peer: Addr,
-    pub endpoint_port: u16,
-    pub peer_port: u16,
+    pub a: Addr,
+    pub b: Addr,
+    pub a_port: u16,
+    pub b_port: u16,
     pub proto: u8,
-    pub dir: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
 }
 
-/// The rule set the connection was allowed under. When the endpoint's rule set changes,
-/// the entry is stale and the connection is decided again.
+impl CtKey {
+    /// The key of the connection `src:sport -> dst:dport`, and whether `src` is side `a`.
+    #[inline(always)]
+    pub fn of(src: &Addr, dst: &Addr, sport: u16, dport: u16, proto: u8) -> (CtKey, bool) {
+        let src_first = match cmp_addr(src, dst) {
+            core::cmp::Ordering::Less => true,
+            core::cmp::Ordering::Greater => false,
+            core::cmp::Ordering::Equal => sport <= dport,
+        };
+        let key = if src_first {
+            CtKey {
+                a: *src,
+                b: *dst,
+                a_port: sport,
+                b_port: dport,
+                proto,
+                _pad: [0; 3],
+            }
+        } else {
+            CtKey {
+                a: *dst,
+                b: *src,
+                a_port: dport,
+                b_port: sport,
+                proto,
+                _pad: [0; 3],
+            }
+        };
+        (key, src_first)
+    }
+}
+
+/// Byte order comparison of two addresses, as two big-endian halves (a 16-step loop costs
+/// the verifier more).
+#[inline(always)]
+pub fn cmp_addr(x: &Addr, y: &Addr) -> core::cmp::Ordering {
+    let hi = |a: &Addr| {
+        u64::from_be_bytes([
+            a.0[0], a.0[1], a.0[2], a.0[3], a.0[4], a.0[5], a.0[6], a.0[7],
+        ])
+    };
+    let lo = |a: &Addr| {
+        u64::from_be_bytes([
+            a.0[8], a.0[9], a.0[10], a.0[11], a.0[12], a.0[13], a.0[14], a.0[15],
+        ])
+    };
+    match hi(x).cmp(&hi(y)) {
+        core::cmp::Ordering::Equal => lo(x).cmp(&lo(y)),
+        o => o,
+    }
+}
+
+/// Rule-set id stored for a side that this node has not decided (not a local pod, or not
+/// decided yet). Never a real rule-set id, so it never validates.
+pub const CT_UNDECIDED: u32 = u32::MAX;
+
+/// `CtEntry::flags`.
+pub mod ct_flag {
+    /// The opener is side `b` of the key (else `a`).
+    pub const OPENER_B: u8 = 1;
+    /// A packet of the reply direction has passed.
+    pub const REPLIED: u8 = 2;
+    /// The opener sent a FIN.
+    pub const FIN_OPENER: u8 = 4;
+    /// The acceptor sent a FIN.
+    pub const FIN_ACCEPTOR: u8 = 8;
+    /// A RST was seen: the connection is over.
+    pub const RST: u8 = 16;
+    /// The opener is a local pod whose egress was decided after translation (at the
+    /// receiver's veth or an uplink), not at its own veth: later hooks must check it.
+    pub const DEFERRED_EGRESS: u8 = 32;
+    /// A local pod's connection towards a Service address, before translation: its
+    /// replies come from the Service address. Its egress is decided on the backend.
+    pub const SERVICE: u8 = 64;
+}
+
+/// One tracked connection. `opener_set` / `acceptor_set` are the rule-set ids under which
+/// this node allowed the opener's egress / the acceptor's ingress (`CT_UNDECIDED` when
+/// that side is not a local pod). Rule-set ids are never reused, so an entry whose id is
+/// not the pod's current one is decided again at its next packet.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub struct CtValue {
-    pub ruleset: u32,
+pub struct CtEntry {
+    /// `bpf_ktime_get_ns` of the last packet (refreshed at most once a second).
+    pub last_seen_ns: u64,
+    pub opener_set: u32,
+    pub acceptor_set: u32,
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+/// How long an idle connection is kept, by protocol and state (seconds). The kernel's
+/// nf_conntrack and Cilium use similar values.
+pub mod ct_timeout {
+    pub const TCP_OPENING: u64 = 60;
+    pub const TCP_ESTABLISHED: u64 = 6 * 3600;
+    pub const TCP_CLOSING: u64 = 120;
+    pub const TCP_CLOSED: u64 = 10;
+    pub const UDP_UNREPLIED: u64 = 60;
+    pub const UDP_REPLIED: u64 = 180;
+    pub const SCTP_REPLIED: u64 = 3600;
+    pub const OTHER: u64 = 60;
+}
+
+/// Idle lifetime of an entry, in nanoseconds.
+#[inline(always)]
+pub fn ct_lifetime_ns(proto: u8, flags: u8) -> u64 {
+    let replied = flags & ct_flag::REPLIED != 0;
+    let secs = match proto {
+        PROTO_TCP => {
+            if flags & ct_flag::RST != 0
+                || flags & (ct_flag::FIN_OPENER | ct_flag::FIN_ACCEPTOR)
+                    == ct_flag::FIN_OPENER | ct_flag::FIN_ACCEPTOR
+            {
+                ct_timeout::TCP_CLOSED
+            } else if flags & (ct_flag::FIN_OPENER | ct_flag::FIN_ACCEPTOR) != 0 {
+                ct_timeout::TCP_CLOSING
+            } else if replied {
+                ct_timeout::TCP_ESTABLISHED
+            } else {
+                ct_timeout::TCP_OPENING
+            }
+        }
+        PROTO_UDP if replied => ct_timeout::UDP_REPLIED,
+        PROTO_UDP => ct_timeout::UDP_UNREPLIED,
+        PROTO_SCTP if replied => ct_timeout::SCTP_REPLIED,
+        _ => ct_timeout::OTHER,
+    };
+    secs * 1_000_000_000
+}
+
+/// A Service port: kube-proxy translates exactly these (address, protocol, port).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// A fragmented datagram: later fragments carry no ports, so the first one records them.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct FragKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// IPv4 identification (16 bits) or IPv6 fragment identification.
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
     pub _pad: u32,
 }
 
@@ -200,35 +365,57 @@ pub struct CtValue {
 pub mod reason {
     /// Allowed: the direction is not isolated.
     pub const ALLOW_UNISOLATED: usize = 0;
-    /// Allowed by a rule.
+    /// Allowed by a rule, as the opening of a connection.
     pub const ALLOW_POLICY: usize = 1;
-    /// Allowed as part of a tracked connection.
+    /// Allowed as part of a tracked connection that a rule allowed.
     pub const ALLOW_TRACKED: usize = 2;
-    /// Allowed as the reply of a connection that predates tracking.
-    pub const ALLOW_LATE_REPLY: usize = 3;
-    /// Passed towards a Service address; decided after translation.
-    pub const PASS_SERVICE: usize = 4;
+    /// Allowed: an ICMP error about a tracked connection.
+    pub const ALLOW_RELATED: usize = 3;
+    /// Allowed: between the pod and its own node.
+    pub const ALLOW_NODE: usize = 4;
+    /// Allowed: ARP or IPv6 neighbour discovery / multicast listener messages.
+    pub const ALLOW_NEIGHBOUR: usize = 5;
+    /// Passed towards a Service port; the egress is decided after translation.
+    pub const PASS_SERVICE: usize = 6;
     /// Dropped: the sender's egress policy does not allow it.
-    pub const DROP_EGRESS: usize = 5;
+    pub const DROP_EGRESS: usize = 7;
     /// Dropped: the receiver's ingress policy does not allow it.
-    pub const DROP_INGRESS: usize = 6;
+    pub const DROP_INGRESS: usize = 8;
     /// Dropped: the source address is not the pod's own.
-    pub const DROP_SPOOFED: usize = 7;
+    pub const DROP_SPOOFED: usize = 9;
     /// Dropped: a header could not be parsed on an isolated endpoint.
-    pub const DROP_MALFORMED: usize = 8;
-    pub const COUNT: usize = 9;
+    pub const DROP_MALFORMED: usize = 10;
+    /// Dropped: an isolated pod sent or got a frame that is neither IP nor ARP (or a
+    /// VLAN-tagged one).
+    pub const DROP_FRAME: usize = 11;
+    /// Dropped: a router advertisement or redirect sent by a pod.
+    pub const DROP_ROUTER: usize = 12;
+    /// Dropped: a later fragment whose first fragment was not seen.
+    pub const DROP_FRAGMENT: usize = 13;
+    /// Dropped: an IPv4-mapped or IPv4-compatible address in an IPv6 header.
+    pub const DROP_ADDRESS: usize = 14;
+    pub const COUNT: usize = 15;
 
     pub const NAMES: [&str; COUNT] = [
         "allow_unisolated",
         "allow_policy",
         "allow_tracked",
-        "allow_late_reply",
+        "allow_related",
+        "allow_node",
+        "allow_neighbour",
         "pass_service",
         "drop_egress",
         "drop_ingress",
         "drop_spoofed",
         "drop_malformed",
+        "drop_frame",
+        "drop_router",
+        "drop_fragment",
+        "drop_address",
     ];
+
+    /// Reasons at or above this one drop the packet.
+    pub const FIRST_DROP: usize = DROP_EGRESS;
 }
 
 #[repr(C)]
@@ -255,7 +442,10 @@ mod user {
     unsafe impl aya::Pod for PortRange {}
     unsafe impl aya::Pod for PortSet {}
     unsafe impl aya::Pod for CtKey {}
-    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragPorts {}
     unsafe impl aya::Pod for Counters {}
 }
 

@@ -1,51 +1,129 @@
-//! Packet headers to a `Flow`. Uses `bpf_skb_load_bytes` (via `TcContext::load`), so it
+//! Packet headers to a `Packet`. Uses `bpf_skb_load_bytes` (via `TcContext::load`), so it
 //! works on non-linear skbs and every read is bounds-checked by the kernel.
 
 use aya_ebpf::programs::TcContext;
-use netpol_common::{Addr, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use netpol_common::{Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_ARP: u16 = 0x0806;
 
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// IPv6 extension headers walked before giving up (and dropping on isolated pods).
 const MAX_EXT_HEADERS: usize = 6;
 
-pub struct Flow {
+/// Where a datagram's fragment sits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    Whole,
+    /// Offset 0, more to come: carries the ports, records them for the rest.
+    First(u32),
+    /// Offset > 0: no ports of its own.
+    Later(u32),
+}
+
+/// What kind of control message an ICMP / ICMPv6 packet is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Icmp {
+    None,
+    /// Echo request (may open a tracked exchange, keyed by the identifier).
+    EchoRequest,
+    EchoReply,
+    /// An error quoting a packet: the tuple is the quoted packet's, reversed.
+    Error,
+    /// Neighbour solicitation / advertisement, router solicitation (hop limit 255).
+    Neighbour,
+    /// Multicast listener query / report / done (hop limit 1).
+    Listener,
+    /// Router advertisement or redirect: only routers send these.
+    Router,
+    Other,
+}
+
+pub struct Packet {
+    /// Outer addresses, as on the wire.
     pub src: Addr,
     pub dst: Addr,
-    pub proto: u8,
+    /// The connection this packet belongs to: its own ports, or for an ICMP error the
+    /// quoted packet's tuple reversed (so it reads as travelling like the error does).
+    pub t_src: Addr,
+    pub t_dst: Addr,
     pub sport: u16,
     pub dport: u16,
-    /// TCP SYN without ACK: the only packet that may open a TCP connection.
-    pub tcp_open: bool,
-    /// ICMPv6 type, for neighbour discovery; 0 otherwise.
-    pub icmp6_type: u8,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub icmp: Icmp,
+    pub frag: Frag,
+    pub hop_limit: u8,
+    /// IPv6 packet with an IPv4-mapped or -compatible address (never valid on the wire).
+    pub v4_in_v6: bool,
+    /// For neighbour advertisements: the target is the sender's (checked by the caller).
+    pub nd_target: Addr,
 }
 
-pub enum Parsed {
-    Flow(Flow),
-    NotIp,
-    Malformed,
-}
-
-#[inline(always)]
-pub fn parse(ctx: &TcContext) -> Parsed {
-    let Ok(ethertype) = ctx.load::<[u8; 2]>(12) else {
-        return Parsed::NotIp;
-    };
-    match u16::from_be_bytes(ethertype) {
-        ETH_P_IP => parse_v4(ctx),
-        ETH_P_IPV6 => parse_v6(ctx),
-        _ => Parsed::NotIp,
+impl Packet {
+    #[inline(always)]
+    pub fn tcp_open(&self) -> bool {
+        self.proto == PROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 }
 
+pub enum Parsed {
+    /// An IP packet, written into the `Packet` passed in.
+    Ip,
+    /// ARP; the sender protocol address (IPv4) for anti-spoofing.
+    Arp([u8; 4]),
+    /// Any other ethertype, VLAN tags included.
+    OtherFrame,
+    Malformed,
+}
+
+/// Parses the frame into `p` (which lives in a per-CPU scratch map: a `Packet` is too big
+/// for the BPF stack next to everything else).
 #[inline(always)]
-fn parse_v4(ctx: &TcContext) -> Parsed {
+pub fn parse(ctx: &TcContext, p: &mut Packet) -> Parsed {
+    // A VLAN tag may sit in the skb's metadata rather than the frame.
+    // SAFETY: the context pointer is valid for the whole program run.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return Parsed::OtherFrame;
+    }
+    let Ok(ethertype) = ctx.load::<[u8; 2]>(12) else {
+        return Parsed::Malformed;
+    };
+    match u16::from_be_bytes(ethertype) {
+        ETH_P_IP => parse_v4(ctx, p),
+        ETH_P_IPV6 => parse_v6(ctx, p),
+        ETH_P_ARP => match ctx.load::<[u8; 4]>(ETH_HLEN + 14) {
+            Ok(spa) => Parsed::Arp(spa),
+            Err(_) => Parsed::Malformed,
+        },
+        _ => Parsed::OtherFrame,
+    }
+}
+
+/// Everything but the addresses, which the caller has written.
+#[inline(always)]
+fn reset(p: &mut Packet, proto: u8, hop_limit: u8, frag: Frag) {
+    p.t_src = p.src;
+    p.t_dst = p.dst;
+    p.sport = 0;
+    p.dport = 0;
+    p.proto = proto;
+    p.tcp_flags = 0;
+    p.icmp = Icmp::None;
+    p.frag = frag;
+    p.hop_limit = hop_limit;
+    p.v4_in_v6 = false;
+    p.nd_target = Addr([0; 16]);
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &TcContext, p: &mut Packet) -> Parsed {
     let Ok(hdr) = ctx.load::<[u8; 20]>(ETH_HLEN) else {
         return Parsed::Malformed;
     };
@@ -53,28 +131,63 @@ fn parse_v4(ctx: &TcContext) -> Parsed {
     if hdr[0] >> 4 != 4 || ihl < 20 {
         return Parsed::Malformed;
     }
-    let frag_offset = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
-    let proto = hdr[9];
-    let src = Addr::from_v4([hdr[12], hdr[13], hdr[14], hdr[15]]);
-    let dst = Addr::from_v4([hdr[16], hdr[17], hdr[18], hdr[19]]);
-    l4(ctx, src, dst, proto, ETH_HLEN + ihl, frag_offset != 0)
+    let frag_field = u16::from_be_bytes([hdr[6], hdr[7]]);
+    let id = u16::from_be_bytes([hdr[4], hdr[5]]) as u32;
+    let frag = if frag_field & 0x1fff != 0 {
+        Frag::Later(id)
+    } else if frag_field & 0x2000 != 0 {
+        Frag::First(id)
+    } else {
+        Frag::Whole
+    };
+    p.src = Addr::from_v4([hdr[12], hdr[13], hdr[14], hdr[15]]);
+    p.dst = Addr::from_v4([hdr[16], hdr[17], hdr[18], hdr[19]]);
+    reset(p, hdr[9], hdr[8], frag);
+    if l4(ctx, p, ETH_HLEN + ihl) {
+        Parsed::Ip
+    } else {
+        Parsed::Malformed
+    }
+}
+
+/// `::ffff:0:0/96` (mapped) or `::/96` (compatible, `::` and `::1` aside).
+#[inline(always)]
+fn v4_in_v6(a: &[u8; 16]) -> bool {
+    let mut zero = 0u8;
+    let mut i = 0;
+    while i < 10 {
+        zero |= a[i];
+        i += 1;
+    }
+    if zero != 0 {
+        return false;
+    }
+    if a[10] == 0xff && a[11] == 0xff {
+        return true;
+    }
+    a[10] == 0 && a[11] == 0 && (a[12] | a[13] | a[14]) != 0
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &TcContext) -> Parsed {
-    let Ok(hdr) = ctx.load::<[u8; 40]>(ETH_HLEN) else {
+fn parse_v6(ctx: &TcContext, p: &mut Packet) -> Parsed {
+    let Ok(hdr) = ctx.load::<[u8; 8]>(ETH_HLEN) else {
         return Parsed::Malformed;
     };
     if hdr[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&hdr[8..24]);
-    dst.copy_from_slice(&hdr[24..40]);
+    let (Ok(src), Ok(dst)) = (
+        ctx.load::<[u8; 16]>(ETH_HLEN + 8),
+        ctx.load::<[u8; 16]>(ETH_HLEN + 24),
+    ) else {
+        return Parsed::Malformed;
+    };
+    p.src = Addr(src);
+    p.dst = Addr(dst);
+    let mapped = v4_in_v6(&p.src.0) || v4_in_v6(&p.dst.0);
     let mut next = hdr[6];
     let mut off = ETH_HLEN + 40;
-    let mut later_fragment = false;
+    let mut frag = Frag::Whole;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             // hop-by-hop, routing, destination options
@@ -87,11 +200,19 @@ fn parse_v6(ctx: &TcContext) -> Parsed {
             }
             // fragment
             44 => {
-                let Ok(ext) = ctx.load::<[u8; 4]>(off) else {
+                let Ok(ext) = ctx.load::<[u8; 8]>(off) else {
                     return Parsed::Malformed;
                 };
                 next = ext[0];
-                later_fragment = (u16::from_be_bytes([ext[2], ext[3]]) >> 3) != 0;
+                let field = u16::from_be_bytes([ext[2], ext[3]]);
+                let id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
+                frag = if field >> 3 != 0 {
+                    Frag::Later(id)
+                } else if field & 1 != 0 {
+                    Frag::First(id)
+                } else {
+                    Frag::Whole
+                };
                 off += 8;
             }
             // authentication header
@@ -102,71 +223,149 @@ fn parse_v6(ctx: &TcContext) -> Parsed {
                 next = ext[0];
                 off += (ext[1] as usize + 2) * 4;
             }
-            _ => return l4(ctx, Addr(src), Addr(dst), next, off, later_fragment),
+            _ => {
+                reset(p, next, hdr[7], frag);
+                p.v4_in_v6 = mapped;
+                return if l4(ctx, p, off) {
+                    Parsed::Ip
+                } else {
+                    Parsed::Malformed
+                };
+            }
         }
     }
     Parsed::Malformed
 }
 
-/// Ports of the transport header. A later fragment has none: it gets port 0, which only
-/// an all-ports rule allows.
+/// Ports and control-message kind from the transport header at `off`. A later fragment
+/// has none (the caller fills them from the first fragment). False: cut short.
 #[inline(always)]
-fn l4(
-    ctx: &TcContext,
-    src: Addr,
-    dst: Addr,
-    proto: u8,
-    off: usize,
-    later_fragment: bool,
-) -> Parsed {
-    let mut flow = Flow {
-        src,
-        dst,
-        proto,
-        sport: 0,
-        dport: 0,
-        tcp_open: false,
-        icmp6_type: 0,
-    };
-    if later_fragment {
-        return Parsed::Flow(flow);
+fn l4(ctx: &TcContext, p: &mut Packet, off: usize) -> bool {
+    if let Frag::Later(_) = p.frag {
+        return true;
     }
-    match proto {
+    match p.proto {
         PROTO_TCP => {
             let Ok(h) = ctx.load::<[u8; 14]>(off) else {
-                return Parsed::Malformed;
+                return false;
             };
-            flow.sport = u16::from_be_bytes([h[0], h[1]]);
-            flow.dport = u16::from_be_bytes([h[2], h[3]]);
-            flow.tcp_open = h[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            p.sport = u16::from_be_bytes([h[0], h[1]]);
+            p.dport = u16::from_be_bytes([h[2], h[3]]);
+            p.tcp_flags = h[13];
         }
         PROTO_UDP | PROTO_SCTP => {
             let Ok(h) = ctx.load::<[u8; 4]>(off) else {
-                return Parsed::Malformed;
+                return false;
             };
-            flow.sport = u16::from_be_bytes([h[0], h[1]]);
-            flow.dport = u16::from_be_bytes([h[2], h[3]]);
+            p.sport = u16::from_be_bytes([h[0], h[1]]);
+            p.dport = u16::from_be_bytes([h[2], h[3]]);
+        }
+        PROTO_ICMP => {
+            let Ok(h) = ctx.load::<[u8; 8]>(off) else {
+                return false;
+            };
+            p.icmp = match h[0] {
+                8 => Icmp::EchoRequest,
+                0 => Icmp::EchoReply,
+                // unreachable (incl. fragmentation needed), time exceeded, parameter problem
+                3 | 11 | 12 => Icmp::Error,
+                5 => Icmp::Router, // redirect
+                9 => Icmp::Router, // router advertisement
+                _ => Icmp::Other,
+            };
+            return icmp_tuple(ctx, p, off, &h);
         }
         PROTO_ICMPV6 => {
-            let Ok(h) = ctx.load::<[u8; 1]>(off) else {
-                return Parsed::Malformed;
+            let Ok(h) = ctx.load::<[u8; 8]>(off) else {
+                return false;
             };
-            flow.icmp6_type = h[0];
+            p.icmp = match h[0] {
+                1..=4 => Icmp::Error,
+                128 => Icmp::EchoRequest,
+                129 => Icmp::EchoReply,
+                133 | 135 | 136 => Icmp::Neighbour,
+                130..=132 | 143 => Icmp::Listener,
+                134 | 137 => Icmp::Router,
+                _ => Icmp::Other,
+            };
+            if h[0] == 136 {
+                let Ok(t) = ctx.load::<[u8; 16]>(off + 8) else {
+                    return false;
+                };
+                p.nd_target = Addr(t);
+            }
+            return icmp_tuple(ctx, p, off, &h);
         }
         _ => {}
     }
-    Parsed::Flow(flow)
+    true
 }
 
-/// Link-local IPv6 control traffic (multicast listener and neighbour discovery): a pod
-/// sends it from `::` or `fe80::/10` before it has any address the agent knows, and it
-/// never leaves the link.
+/// Echo: the identifier stands for both ports. Error: the quoted packet's tuple.
 #[inline(always)]
-pub fn is_link_local_control(flow: &Flow) -> bool {
-    let s = &flow.src.0;
-    let link_local = s[0] == 0xfe && s[1] & 0xc0 == 0x80;
-    let unspecified = u128::from_be_bytes(*s) == 0;
-    flow.proto == PROTO_ICMPV6
-        && (link_local || unspecified)
-        && matches!(flow.icmp6_type, 130..=137 | 143)
+fn icmp_tuple(ctx: &TcContext, p: &mut Packet, off: usize, h: &[u8; 8]) -> bool {
+    match p.icmp {
+        Icmp::EchoRequest | Icmp::EchoReply => {
+            let id = u16::from_be_bytes([h[4], h[5]]);
+            p.sport = id;
+            p.dport = id;
+            true
+        }
+        Icmp::Error => quoted(ctx, p, off + 8),
+        _ => true,
+    }
+}
+
+/// The packet an ICMP error quotes, at `off`: its tuple reversed becomes `p`'s. A quote
+/// too short to hold the ports is malformed.
+#[inline(always)]
+fn quoted(ctx: &TcContext, p: &mut Packet, off: usize) -> bool {
+    // The quoted source becomes t_dst, the quoted destination t_src.
+    let (q_proto, l4_off) = if p.src.is_v4() {
+        let Ok(q) = ctx.load::<[u8; 20]>(off) else {
+            return false;
+        };
+        let ihl = ((q[0] & 0x0f) as usize) * 4;
+        if q[0] >> 4 != 4 || ihl < 20 {
+            return false;
+        }
+        p.t_dst = Addr::from_v4([q[12], q[13], q[14], q[15]]);
+        p.t_src = Addr::from_v4([q[16], q[17], q[18], q[19]]);
+        (q[9], off + ihl)
+    } else {
+        let (Ok(q), Ok(s), Ok(d)) = (
+            ctx.load::<[u8; 8]>(off),
+            ctx.load::<[u8; 16]>(off + 8),
+            ctx.load::<[u8; 16]>(off + 24),
+        ) else {
+            return false;
+        };
+        p.t_dst = Addr(s);
+        p.t_src = Addr(d);
+        (q[6], off + 40)
+    };
+    let Ok(ports) = ctx.load::<[u8; 8]>(l4_off) else {
+        return false;
+    };
+    let (q_sport, q_dport) = match q_proto {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => (
+            u16::from_be_bytes([ports[0], ports[1]]),
+            u16::from_be_bytes([ports[2], ports[3]]),
+        ),
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let id = u16::from_be_bytes([ports[4], ports[5]]);
+            (id, id)
+        }
+        _ => (0, 0),
+    };
+    p.sport = q_dport;
+    p.dport = q_sport;
+    p.proto = q_proto;
+    true
+}
+
+#[inline(always)]
+pub fn is_link_local_or_unspecified(a: &Addr) -> bool {
+    let s = &a.0;
+    (s[0] == 0xfe && s[1] & 0xc0 == 0x80) || u128::from_be_bytes(*s) == 0
 }

@@ -1,27 +1,37 @@
-//! The decision for one local endpoint on one side of a packet.
+//! Decisions: rule lookups and connection tracking.
 //!
-//! Each local endpoint keeps its own conntrack entries: `dir` says whether it opened the
-//! connection (egress) or accepted it (ingress), and the entry remembers the rule set it
-//! was allowed under, so a policy change re-decides existing connections.
+//! Every pass names its justification: a rule that allows the packet as the opening of a
+//! connection, or a tracked connection that a rule allowed (one entry per connection,
+//! normalised; see `netpol_common::CtEntry`). Nothing is inferred from what a packet
+//! looks like: a TCP segment without an entry is judged as an opening, whatever its
+//! flags, and never as a reply.
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use netpol_common::{
-    Addr, CT_DIR_EGRESS, CT_DIR_INGRESS, CtKey, CtValue, EndpointInfo, IFACE_HAS_V4, IFACE_HAS_V6,
-    IfaceInfo, PORTSET_ALL, PORTSET_NONE, PROTO_TCP, PeerKey, RULESET_ALLOW_ALL, RULESET_ID_BITS,
-    reason,
+    Addr, CT_UNDECIDED, CtEntry, CtKey, PORTSET_ALL, PORTSET_NONE, PROTO_TCP, PeerKey,
+    RULESET_ALLOW_ALL, RULESET_ID_BITS, ct_flag, ct_lifetime_ns, reason,
 };
 
-use crate::{CONNTRACK, PEERS_CIDR, PEERS_EXACT, PORTSETS, parse::Flow};
+use crate::parse::{Icmp, Packet, TCP_FIN, TCP_RST};
+use crate::{CONNTRACK, PEERS_CIDR, PEERS_EXACT, PORTSETS};
 
-#[inline(always)]
-pub fn sent_from_own_address(iface: &IfaceInfo, flow: &Flow) -> bool {
-    (iface.flags & IFACE_HAS_V4 != 0 && flow.src == iface.addr4)
-        || (iface.flags & IFACE_HAS_V6 != 0 && flow.src == iface.addr6)
+/// A local pod's rule sets.
+#[derive(Clone, Copy)]
+pub struct Sets {
+    pub ingress: u32,
+    pub egress: u32,
+}
+
+impl Sets {
+    #[inline(always)]
+    pub fn isolated(&self) -> bool {
+        self.ingress != RULESET_ALLOW_ALL || self.egress != RULESET_ALLOW_ALL
+    }
 }
 
 /// Does rule set `set` allow `peer` on `proto`/`port`?
 #[inline(always)]
-fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> bool {
+pub fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> bool {
     if set == RULESET_ALLOW_ALL {
         return true;
     }
@@ -45,146 +55,268 @@ fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> bool {
     }
 }
 
-/// The endpoint sends `flow`: its egress policy, or the reply of something it accepted.
+/// The allow reason for a rule-set decision.
 #[inline(always)]
-pub fn sender_side(ep: &EndpointInfo, flow: &Flow) -> usize {
-    decide(
-        Side {
-            endpoint: flow.src,
-            peer: flow.dst,
-            endpoint_port: flow.sport,
-            peer_port: flow.dport,
-            forward_dir: CT_DIR_EGRESS,
-            forward_set: ep.egress_set,
-            reverse_set: ep.ingress_set,
-            drop: reason::DROP_EGRESS,
-        },
-        flow,
-    )
+fn allow_reason(set: u32) -> usize {
+    if set == RULESET_ALLOW_ALL {
+        reason::ALLOW_UNISOLATED
+    } else {
+        reason::ALLOW_POLICY
+    }
 }
 
-/// The endpoint receives `flow`: its ingress policy, or the reply of something it opened.
+/// Packets that may open a connection; they never ride an entry of the other direction.
 #[inline(always)]
-pub fn receiver_side(ep: &EndpointInfo, flow: &Flow) -> usize {
-    decide(
-        Side {
-            endpoint: flow.dst,
-            peer: flow.src,
-            endpoint_port: flow.dport,
-            peer_port: flow.sport,
-            forward_dir: CT_DIR_INGRESS,
-            forward_set: ep.ingress_set,
-            reverse_set: ep.egress_set,
-            drop: reason::DROP_INGRESS,
-        },
-        flow,
-    )
+fn opens(p: &Packet) -> bool {
+    p.tcp_open() || p.icmp == Icmp::EchoRequest
 }
 
-/// A connection towards a Service address: its egress is decided after translation, but
-/// its replies come back from the Service address and must match a tracked connection.
 #[inline(always)]
-pub fn track_service_open(ep: &EndpointInfo, flow: &Flow) {
-    let key = CtKey {
-        endpoint: flow.src,
-        peer: flow.dst,
-        endpoint_port: flow.sport,
-        peer_port: flow.dport,
-        proto: flow.proto,
-        dir: CT_DIR_EGRESS,
-        _pad: [0; 2],
-    };
-    let _ = CONNTRACK.insert(
+fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// A tracked connection found for a packet.
+pub struct Hit {
+    pub key: CtKey,
+    pub entry: *mut CtEntry,
+    /// The packet travels from the connection's opener to its acceptor.
+    pub from_opener: bool,
+}
+
+/// The live entry of `p`'s connection, if any. Expired entries are deleted here (the
+/// agent also sweeps them).
+#[inline(always)]
+pub fn lookup(p: &Packet) -> Option<Hit> {
+    let (key, src_is_a) = CtKey::of(&p.t_src, &p.t_dst, p.sport, p.dport, p.proto);
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: the pointer comes from the map and is valid for this program run.
+    let e = unsafe { &*entry };
+    if now().saturating_sub(e.last_seen_ns) > ct_lifetime_ns(p.proto, e.flags) {
+        let _ = CONNTRACK.remove(key);
+        return None;
+    }
+    let opener_is_a = e.flags & ct_flag::OPENER_B == 0;
+    Some(Hit {
         key,
-        CtValue {
-            ruleset: ep.egress_set,
-            _pad: 0,
-        },
-        0,
-    );
+        entry,
+        from_opener: src_is_a == opener_is_a,
+    })
 }
 
-struct Side {
-    endpoint: Addr,
-    peer: Addr,
-    endpoint_port: u16,
-    peer_port: u16,
-    forward_dir: u8,
-    forward_set: u32,
-    reverse_set: u32,
-    drop: usize,
-}
-
+/// Starts tracking `p` as the opening of a connection.
 #[inline(always)]
-fn decide(s: Side, flow: &Flow) -> usize {
-    let reverse_dir = CT_DIR_EGRESS + CT_DIR_INGRESS - s.forward_dir;
-    let mut key = CtKey {
-        endpoint: s.endpoint,
-        peer: s.peer,
-        endpoint_port: s.endpoint_port,
-        peer_port: s.peer_port,
-        proto: flow.proto,
-        dir: s.forward_dir,
-        _pad: [0; 2],
+pub fn track(p: &Packet, opener_set: u32, acceptor_set: u32, flags: u8) {
+    let (key, src_is_a) = CtKey::of(&p.t_src, &p.t_dst, p.sport, p.dport, p.proto);
+    let mut flags = flags;
+    if !src_is_a {
+        flags |= ct_flag::OPENER_B;
+    }
+    let entry = CtEntry {
+        last_seen_ns: now(),
+        opener_set,
+        acceptor_set,
+        flags,
+        _pad: [0; 7],
     };
-    let mut seen = false;
-    // SAFETY (both lookups): plain-data values, copied out.
-    if let Some(v) = unsafe { CONNTRACK.get(key) } {
-        if v.ruleset == s.forward_set {
-            return reason::ALLOW_TRACKED;
-        }
-        seen = true;
-    }
-    // A TCP SYN opens a connection in the forward direction: it must never ride on an
-    // entry of the reverse direction (that would let a peer turn a reply into an open).
-    if !flow.tcp_open {
-        key.dir = reverse_dir;
-        if let Some(v) = unsafe { CONNTRACK.get(key) } {
-            if v.ruleset == s.reverse_set {
-                return reason::ALLOW_TRACKED;
-            }
-            seen = true;
-        }
-    }
+    let _ = CONNTRACK.insert(key, entry, 0);
+}
 
-    // The policy port is always the destination port of the packet: the peer's port when
-    // the endpoint sends, its own when it receives.
-    if allowed(s.forward_set, &s.peer, flow.proto, flow.dport) {
-        key.dir = s.forward_dir;
-        let _ = CONNTRACK.insert(
-            key,
-            CtValue {
-                ruleset: s.forward_set,
-                _pad: 0,
-            },
-            0,
-        );
-        return if s.forward_set == RULESET_ALLOW_ALL {
-            reason::ALLOW_UNISOLATED
+/// Which local pod a hook judges for, and from which side of the packet.
+#[derive(Clone, Copy)]
+pub struct Judged {
+    pub sets: Sets,
+    /// The pod sends the packet (else it receives it).
+    pub sends: bool,
+}
+
+/// A packet of a tracked connection, judged for the local pod `me`: passes while the rule
+/// set that allowed `me`'s side is still the pod's current one; when the pod's rules
+/// changed, that side is decided again (on the connection's opening tuple) and the entry
+/// goes on or is deleted. Returns the reason (allow or drop).
+#[inline(always)]
+pub fn judge_tracked(hit: &Hit, p: &Packet, me: Judged) -> usize {
+    // SAFETY: valid map value pointer for this run; racing writers only store whole
+    // fields, and every field is re-validated here.
+    let e = unsafe { &mut *hit.entry };
+    if e.flags & ct_flag::SERVICE != 0 {
+        update_state(e, p, hit.from_opener);
+        return if hit.from_opener {
+            reason::PASS_SERVICE
         } else {
-            reason::ALLOW_POLICY
+            reason::ALLOW_TRACKED
         };
     }
-
-    // Replies of connections opened before we tracked them (agent start, or a rule set
-    // change): allowed if the reverse direction would be allowed as new. TCP can tell a
-    // reply from an open; other protocols only when a (stale) entry shows the flow existed.
-    let may_be_reply = if flow.proto == PROTO_TCP {
-        !flow.tcp_open
-    } else {
-        seen
-    };
-    if may_be_reply && allowed(s.reverse_set, &s.peer, flow.proto, flow.sport) {
-        key.dir = reverse_dir;
-        let _ = CONNTRACK.insert(
-            key,
-            CtValue {
-                ruleset: s.reverse_set,
-                _pad: 0,
-            },
-            0,
-        );
-        return reason::ALLOW_LATE_REPLY;
+    let i_am_opener = me.sends == hit.from_opener;
+    let mut why = reason::ALLOW_TRACKED;
+    if let Some(r) = revalidate(hit, e, p, i_am_opener, me.sets) {
+        if r >= reason::FIRST_DROP {
+            let _ = CONNTRACK.remove(hit.key);
+            return r;
+        }
+        why = r;
     }
-    s.drop
+    update_state(e, p, hit.from_opener);
+    why
+}
+
+/// `None` when `me`'s side is still valid; otherwise the new decision for it.
+#[inline(always)]
+fn revalidate(
+    hit: &Hit,
+    e: &mut CtEntry,
+    p: &Packet,
+    i_am_opener: bool,
+    sets: Sets,
+) -> Option<usize> {
+    let (stored, current) = if i_am_opener {
+        (e.opener_set, sets.egress)
+    } else {
+        (e.acceptor_set, sets.ingress)
+    };
+    if stored == current {
+        return None;
+    }
+    // The opening tuple: the acceptor's address and port, seen from the opener.
+    let (opener, acceptor, acceptor_port) = opening(hit, p);
+    let ok = if i_am_opener {
+        allowed(current, &acceptor, p.proto, acceptor_port)
+    } else {
+        allowed(current, &opener, p.proto, acceptor_port)
+    };
+    if !ok {
+        return Some(if i_am_opener {
+            reason::DROP_EGRESS
+        } else {
+            reason::DROP_INGRESS
+        });
+    }
+    if i_am_opener {
+        e.opener_set = current;
+    } else {
+        e.acceptor_set = current;
+    }
+    Some(allow_reason(current))
+}
+
+/// (opener address, acceptor address, acceptor port) of the connection.
+#[inline(always)]
+fn opening(hit: &Hit, p: &Packet) -> (Addr, Addr, u16) {
+    if hit.from_opener {
+        (p.t_src, p.t_dst, p.dport)
+    } else {
+        (p.t_dst, p.t_src, p.sport)
+    }
+}
+
+/// Replies, FIN and RST, and the idle clock (refreshed at most once a second, so busy
+/// connections do not write the entry on every packet).
+#[inline(always)]
+fn update_state(e: &mut CtEntry, p: &Packet, from_opener: bool) {
+    let mut flags = e.flags;
+    if !from_opener {
+        flags |= ct_flag::REPLIED;
+    }
+    if p.proto == PROTO_TCP {
+        if p.tcp_flags & TCP_RST != 0 {
+            flags |= ct_flag::RST;
+        }
+        if p.tcp_flags & TCP_FIN != 0 {
+            flags |= if from_opener {
+                ct_flag::FIN_OPENER
+            } else {
+                ct_flag::FIN_ACCEPTOR
+            };
+        }
+    }
+    if flags != e.flags {
+        e.flags = flags;
+    }
+    let t = now();
+    if t.saturating_sub(e.last_seen_ns) > 1_000_000_000 {
+        e.last_seen_ns = t;
+    }
+}
+
+/// Whether an existing entry may carry `p`. An opening packet never rides the other
+/// direction's entry (it is judged as new), and a new opening on a finished connection's
+/// tuple (port reuse) starts over.
+#[inline(always)]
+pub fn usable(hit: &Hit, p: &Packet) -> bool {
+    if !opens(p) {
+        return true;
+    }
+    if !hit.from_opener {
+        return false;
+    }
+    // SAFETY: valid map value pointer for this run.
+    let flags = unsafe { (*hit.entry).flags };
+    let finished = flags & (ct_flag::RST | ct_flag::FIN_OPENER | ct_flag::FIN_ACCEPTOR) != 0;
+    if finished && p.proto == PROTO_TCP {
+        let _ = CONNTRACK.remove(hit.key);
+        return false;
+    }
+    true
+}
+
+/// An ICMP error passes when it quotes a live connection: it belongs to it.
+#[inline(always)]
+pub fn related(p: &Packet) -> bool {
+    lookup(p).is_some()
+}
+
+/// The opening of a new connection, judged for a local sender's egress.
+#[inline(always)]
+pub fn egress_opening(sets: Sets, p: &Packet) -> usize {
+    if allowed(sets.egress, &p.t_dst, p.proto, p.dport) {
+        allow_reason(sets.egress)
+    } else {
+        reason::DROP_EGRESS
+    }
+}
+
+/// The opening of a new connection, judged for a local receiver's ingress.
+#[inline(always)]
+pub fn ingress_opening(sets: Sets, p: &Packet) -> usize {
+    if allowed(sets.ingress, &p.t_src, p.proto, p.dport) {
+        allow_reason(sets.ingress)
+    } else {
+        reason::DROP_INGRESS
+    }
+}
+
+/// Entry value for a side this node does not decide.
+pub const UNDECIDED: u32 = CT_UNDECIDED;
+
+/// For an entry whose opener is a local pod decided after translation: that pod's egress,
+/// checked at the later hook (the receiver's veth or an uplink). `None`: still valid.
+#[inline(always)]
+pub fn judge_deferred_opener(hit: &Hit, p: &Packet, opener: Sets) -> Option<usize> {
+    // SAFETY: valid map value pointer for this run.
+    let e = unsafe { &mut *hit.entry };
+    match revalidate(hit, e, p, true, opener) {
+        Some(r) if r >= reason::FIRST_DROP => {
+            let _ = CONNTRACK.remove(hit.key);
+            Some(r)
+        }
+        _ => None,
+    }
+}
+
+/// The entry's flags.
+#[inline(always)]
+pub fn flags(hit: &Hit) -> u8 {
+    // SAFETY: valid map value pointer for this run.
+    unsafe { (*hit.entry).flags }
+}
+
+/// The opener now checks its own egress at its veth: later hooks need not.
+#[inline(always)]
+pub fn clear_deferred(hit: &Hit) {
+    // SAFETY: valid map value pointer for this run.
+    let e = unsafe { &mut *hit.entry };
+    if e.flags & ct_flag::DEFERRED_EGRESS != 0 {
+        e.flags &= !ct_flag::DEFERRED_EGRESS;
+    }
 }

@@ -63,6 +63,14 @@ pub struct PlannedEndpoint {
     pub egress: Option<RuleSetRef>,
 }
 
+/// One port of one Service address, as kube-proxy translates it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePort {
+    pub ip: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
 /// A policy problem; the rule it names allows nothing.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PolicyError {
@@ -88,8 +96,9 @@ pub struct Plan {
     pub endpoints: Vec<PlannedEndpoint>,
     /// Distinct rule sets; pods with the same rules share one.
     pub rule_sets: Vec<RuleSet>,
-    /// Service addresses: egress towards them is decided after translation.
-    pub service_ips: BTreeSet<IpAddr>,
+    /// Service ports: egress towards them is decided after translation. Other ports of
+    /// a Service address are not translated, so they are judged like any address.
+    pub service_ports: BTreeSet<ServicePort>,
     pub errors: Vec<PolicyError>,
 }
 
@@ -181,11 +190,23 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
         }
     }
 
-    let service_ips = state.services.values().flatten().copied().collect();
+    let service_ports = state
+        .services
+        .values()
+        .flat_map(|s| {
+            s.ips.iter().flat_map(|ip| {
+                s.ports.iter().map(|(protocol, port)| ServicePort {
+                    ip: *ip,
+                    protocol: *protocol,
+                    port: *port,
+                })
+            })
+        })
+        .collect();
     Plan {
         endpoints,
         rule_sets,
-        service_ips,
+        service_ports,
         errors,
     }
 }

@@ -1,4 +1,4 @@
-//! Link and route changes of this network namespace, from the kernel (rtnetlink
+//! Link, route and address changes of this network namespace, from the kernel (rtnetlink
 //! multicast groups), so a new pod veth is attached the moment its route appears,
 //! without polling.
 
@@ -22,7 +22,12 @@ pub fn subscribe(tx: mpsc::Sender<()>) -> io::Result<()> {
     // SAFETY: zeroed sockaddr_nl is valid; fields set below.
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    addr.nl_groups = (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV6_ROUTE) as u32;
+    // Addresses too: the node's own addresses are always allowed to talk to its pods.
+    addr.nl_groups = (libc::RTMGRP_LINK
+        | libc::RTMGRP_IPV4_ROUTE
+        | libc::RTMGRP_IPV6_ROUTE
+        | libc::RTMGRP_IPV4_IFADDR
+        | libc::RTMGRP_IPV6_IFADDR) as u32;
     // SAFETY: valid address of the right size.
     let rc = unsafe {
         libc::bind(

@@ -2,6 +2,7 @@
 //! classifiers to pod veths and uplinks.
 
 pub mod link_events;
+pub mod node_addrs;
 pub mod routes;
 
 use std::collections::BTreeMap;
@@ -61,6 +62,8 @@ pub enum Hook {
     ToPod,
     /// Node uplink, TC egress.
     Uplink,
+    /// The empty classifier (never attached): the benchmarks' baseline.
+    Empty,
 }
 
 impl Hook {
@@ -71,12 +74,13 @@ impl Hook {
             Hook::FromPod => names::PROG_FROM_POD,
             Hook::ToPod => names::PROG_TO_POD,
             Hook::Uplink => names::PROG_UPLINK,
+            Hook::Empty => names::PROG_EMPTY,
         }
     }
     fn attach_type(self) -> TcAttachType {
         match self {
             Hook::FromPod => TcAttachType::Ingress,
-            Hook::ToPod | Hook::Uplink => TcAttachType::Egress,
+            Hook::ToPod | Hook::Uplink | Hook::Empty => TcAttachType::Egress,
         }
     }
 }
@@ -196,6 +200,9 @@ impl Datapath {
             names::PEERS_CIDR,
             names::PORTSETS,
             names::CONNTRACK,
+            names::FRAGMENTS,
+            names::NODE_ADDRS,
+            names::META,
             names::COUNTERS,
         ];
         if let Some(p) = &pins {
@@ -206,7 +213,12 @@ impl Datapath {
         let mut ebpf = loader
             .load(OBJECT)
             .context("loading the BPF object (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
-        for name in [names::PROG_FROM_POD, names::PROG_TO_POD, names::PROG_UPLINK] {
+        for name in [
+            names::PROG_FROM_POD,
+            names::PROG_TO_POD,
+            names::PROG_UPLINK,
+            names::PROG_EMPTY,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))?
@@ -349,6 +361,9 @@ impl Datapath {
             ifaces: HashMap::try_from(take(names::IFACES)?)?,
             endpoints: HashMap::try_from(take(names::ENDPOINTS)?)?,
             services: HashMap::try_from(take(names::SERVICES)?)?,
+            node_addrs: HashMap::try_from(take(names::NODE_ADDRS)?)?,
+            conntrack: HashMap::try_from(take(names::CONNTRACK)?)?,
+            meta: aya::maps::Array::try_from(take(names::META)?)?,
             peers_exact: HashMap::try_from(take(names::PEERS_EXACT)?)?,
             peers_cidr: LpmTrie::try_from(take(names::PEERS_CIDR)?)?,
             portsets: HashMap::try_from(take(names::PORTSETS)?)?,
@@ -542,9 +557,27 @@ impl Datapath {
         packet: &[u8],
         repeat: u32,
     ) -> Result<(i32, std::time::Duration)> {
+        self.test_run_on(hook, packet, repeat, 1)
+    }
+
+    /// `test_run` as if on interface `ifindex` (which must exist in the caller's network
+    /// namespace; 1 is loopback).
+    pub fn test_run_on(
+        &mut self,
+        hook: Hook,
+        packet: &[u8],
+        repeat: u32,
+        ifindex: u32,
+    ) -> Result<(i32, std::time::Duration)> {
         let prog = classifier(&mut self.ebpf, hook.program())?;
+        // struct __sk_buff up to `ifindex` (offset 40); every other field zero.
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
+        if ifindex > 1 {
+            opts.ctx_in = Some(&ctx);
+        }
         opts.repeat = repeat.max(1);
         let r = prog
             .test_run(opts)

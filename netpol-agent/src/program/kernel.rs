@@ -1,15 +1,21 @@
 //! `MapOps` on the maps of the loaded BPF object.
 
 use aya::maps::lpm_trie::Key;
-use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
-use netpol_common::{Addr, Counters, EndpointInfo, IfaceInfo, PeerKey, PortSet, names};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
+use netpol_common::{
+    Addr, Counters, CtEntry, CtKey, EndpointInfo, IfaceInfo, PeerKey, PortSet, ServiceKey, meta,
+    names,
+};
 
 use super::{MapError, MapOps, lpm_len};
 
 pub struct KernelMaps {
     pub ifaces: HashMap<MapData, u32, IfaceInfo>,
     pub endpoints: HashMap<MapData, Addr, EndpointInfo>,
-    pub services: HashMap<MapData, Addr, u32>,
+    pub services: HashMap<MapData, ServiceKey, u32>,
+    pub node_addrs: HashMap<MapData, Addr, u32>,
+    pub conntrack: HashMap<MapData, CtKey, CtEntry>,
+    pub meta: Array<MapData, u64>,
     pub peers_exact: HashMap<MapData, PeerKey, u32>,
     pub peers_cidr: LpmTrie<MapData, PeerKey, u32>,
     pub portsets: HashMap<MapData, u32, PortSet>,
@@ -81,13 +87,26 @@ impl MapOps for KernelMaps {
     fn del_iface(&mut self, ifindex: u32) -> Result<(), MapError> {
         gone_ok(self.ifaces.remove(&ifindex)).map_err(op(names::IFACES, "remove"))
     }
-    fn set_service(&mut self, addr: Addr) -> Result<(), MapError> {
+    fn set_service(&mut self, key: ServiceKey) -> Result<(), MapError> {
         self.services
-            .insert(addr, 1, 0)
+            .insert(key, 1, 0)
             .map_err(op(names::SERVICES, "insert"))
     }
-    fn del_service(&mut self, addr: Addr) -> Result<(), MapError> {
-        gone_ok(self.services.remove(&addr)).map_err(op(names::SERVICES, "remove"))
+    fn del_service(&mut self, key: ServiceKey) -> Result<(), MapError> {
+        gone_ok(self.services.remove(&key)).map_err(op(names::SERVICES, "remove"))
+    }
+    fn set_node_addr(&mut self, addr: Addr) -> Result<(), MapError> {
+        self.node_addrs
+            .insert(addr, 1, 0)
+            .map_err(op(names::NODE_ADDRS, "insert"))
+    }
+    fn del_node_addr(&mut self, addr: Addr) -> Result<(), MapError> {
+        gone_ok(self.node_addrs.remove(&addr)).map_err(op(names::NODE_ADDRS, "remove"))
+    }
+    fn set_next_ruleset_id(&mut self, next: u32) -> Result<(), MapError> {
+        self.meta
+            .set(meta::NEXT_RULESET_ID, u64::from(next), 0)
+            .map_err(op(names::META, "set"))
     }
     fn existing(&self) -> Result<super::Existing, MapError> {
         let mut e = super::Existing::default();
@@ -100,6 +119,14 @@ impl MapOps for KernelMaps {
         for k in self.services.keys() {
             e.services.push(k.map_err(op(names::SERVICES, "read"))?);
         }
+        for k in self.node_addrs.keys() {
+            e.node_addrs.push(k.map_err(op(names::NODE_ADDRS, "read"))?);
+        }
+        let next = self
+            .meta
+            .get(&meta::NEXT_RULESET_ID, 0)
+            .map_err(op(names::META, "read"))?;
+        e.next_ruleset_id = u32::try_from(next).unwrap_or(u32::MAX);
         for k in self.peers_exact.keys() {
             e.peers
                 .push((k.map_err(op(names::PEERS_EXACT, "read"))?, 128));
@@ -136,6 +163,34 @@ impl MapOps for KernelMaps {
 }
 
 impl KernelMaps {
+    /// Deletes conntrack entries idle for longer than their lifetime, as of `now_ns` on the
+    /// clock of `bpf_ktime_get_ns` (CLOCK_MONOTONIC). Returns (entries seen, deleted).
+    pub fn sweep_conntrack(&mut self, now_ns: u64) -> Result<(usize, usize), MapError> {
+        let mut expired = Vec::new();
+        let mut seen = 0;
+        for kv in self.conntrack.iter() {
+            let (k, v) = match kv {
+                Ok(kv) => kv,
+                // An entry deleted while we walk: the walk goes on.
+                Err(_) => continue,
+            };
+            seen += 1;
+            let idle = now_ns.saturating_sub(v.last_seen_ns);
+            if idle > netpol_common::ct_lifetime_ns(k.proto, v.flags) {
+                expired.push(k);
+            }
+        }
+        for k in &expired {
+            gone_ok(self.conntrack.remove(k)).map_err(op(names::CONNTRACK, "remove"))?;
+        }
+        Ok((seen, expired.len()))
+    }
+
+    /// Every conntrack entry (for status and tests).
+    pub fn conntrack_entries(&self) -> Vec<(CtKey, CtEntry)> {
+        self.conntrack.iter().filter_map(Result::ok).collect()
+    }
+
     /// Packets per reason of one endpoint, summed over CPUs.
     pub fn counters(&self, endpoint_id: u32) -> Result<Counters, MapError> {
         let per_cpu = self

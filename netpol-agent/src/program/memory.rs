@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use netpol_common::{Addr, EndpointInfo, IfaceInfo, PORTSET_ALL, PORTSET_NONE, PeerKey, PortSet};
+use netpol_common::{
+    Addr, EndpointInfo, IfaceInfo, PORTSET_ALL, PORTSET_NONE, PeerKey, PortSet, ServiceKey,
+};
 
 use super::{MapError, MapOps, addr_of};
 use crate::state::Protocol;
@@ -18,7 +20,9 @@ pub struct MemoryMaps {
     pub cidr: BTreeMap<([u8; 4], Addr, u8), u32>,
     pub endpoints: BTreeMap<Addr, EndpointInfo>,
     pub ifaces: BTreeMap<u32, IfaceInfo>,
-    pub services: BTreeMap<Addr, ()>,
+    pub services: BTreeMap<ServiceKey, ()>,
+    pub node_addrs: BTreeMap<Addr, ()>,
+    pub next_ruleset_id: u32,
     pub writes: usize,
     /// Capacity of the two peer maps together, like a full BPF map (None = unbounded).
     pub peer_capacity: Option<usize>,
@@ -79,13 +83,26 @@ impl MapOps for MemoryMaps {
         self.ifaces.remove(&ifindex);
         Ok(())
     }
-    fn set_service(&mut self, addr: Addr) -> Result<(), MapError> {
+    fn set_service(&mut self, key: ServiceKey) -> Result<(), MapError> {
         self.writes += 1;
-        self.services.insert(addr, ());
+        self.services.insert(key, ());
         Ok(())
     }
-    fn del_service(&mut self, addr: Addr) -> Result<(), MapError> {
-        self.services.remove(&addr);
+    fn del_service(&mut self, key: ServiceKey) -> Result<(), MapError> {
+        self.services.remove(&key);
+        Ok(())
+    }
+    fn set_node_addr(&mut self, addr: Addr) -> Result<(), MapError> {
+        self.writes += 1;
+        self.node_addrs.insert(addr, ());
+        Ok(())
+    }
+    fn del_node_addr(&mut self, addr: Addr) -> Result<(), MapError> {
+        self.node_addrs.remove(&addr);
+        Ok(())
+    }
+    fn set_next_ruleset_id(&mut self, next: u32) -> Result<(), MapError> {
+        self.next_ruleset_id = next;
         Ok(())
     }
     fn reset_counters(&mut self, _id: u32) -> Result<(), MapError> {
@@ -96,6 +113,8 @@ impl MapOps for MemoryMaps {
             endpoints: self.endpoints.iter().map(|(a, i)| (*a, *i)).collect(),
             ifaces: self.ifaces.iter().map(|(k, v)| (*k, *v)).collect(),
             services: self.services.keys().copied().collect(),
+            node_addrs: self.node_addrs.keys().copied().collect(),
+            next_ruleset_id: self.next_ruleset_id,
             peers: self
                 .exact
                 .keys()

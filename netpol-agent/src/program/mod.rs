@@ -15,11 +15,11 @@ use std::net::IpAddr;
 
 use netpol_common::{
     Addr, EndpointInfo, IFACE_HAS_V4, IFACE_HAS_V6, IfaceInfo, PORTSET_ALL, PORTSET_NONE, PeerKey,
-    PortSet, RULESET_ALLOW_ALL,
+    PortSet, RULESET_ALLOW_ALL, ServiceKey,
 };
 
 use crate::compile::ports::PortSpec;
-use crate::compile::{Plan, RuleSet};
+use crate::compile::{Plan, RuleSet, ServicePort};
 use crate::state::ObjectRef;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +46,12 @@ pub trait MapOps {
     fn del_endpoint(&mut self, addr: Addr) -> Result<(), MapError>;
     fn set_iface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<(), MapError>;
     fn del_iface(&mut self, ifindex: u32) -> Result<(), MapError>;
-    fn set_service(&mut self, addr: Addr) -> Result<(), MapError>;
-    fn del_service(&mut self, addr: Addr) -> Result<(), MapError>;
+    fn set_service(&mut self, key: ServiceKey) -> Result<(), MapError>;
+    fn del_service(&mut self, key: ServiceKey) -> Result<(), MapError>;
+    fn set_node_addr(&mut self, addr: Addr) -> Result<(), MapError>;
+    fn del_node_addr(&mut self, addr: Addr) -> Result<(), MapError>;
+    /// Persists the next rule-set id (ids are never reused, also across restarts).
+    fn set_next_ruleset_id(&mut self, next: u32) -> Result<(), MapError>;
     fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), MapError>;
     /// Everything the maps hold now, for adopting the state of an earlier run.
     fn existing(&self) -> Result<Existing, MapError>;
@@ -58,10 +62,22 @@ pub trait MapOps {
 pub struct Existing {
     pub endpoints: Vec<(Addr, EndpointInfo)>,
     pub ifaces: Vec<(u32, IfaceInfo)>,
-    pub services: Vec<Addr>,
+    pub services: Vec<ServiceKey>,
+    pub node_addrs: Vec<Addr>,
+    /// The next rule-set id an earlier run would have handed out (0: none recorded).
+    pub next_ruleset_id: u32,
     /// (key, address prefix length)
     pub peers: Vec<(PeerKey, u8)>,
     pub portsets: Vec<u32>,
+}
+
+pub fn service_key(s: &ServicePort) -> ServiceKey {
+    ServiceKey {
+        addr: addr_of(s.ip),
+        port: s.port,
+        proto: s.protocol.number(),
+        _pad: 0,
+    }
 }
 
 pub fn addr_of(ip: IpAddr) -> Addr {
@@ -135,7 +151,8 @@ pub struct Programmer<M: MapOps> {
     ep_ids: Ids,
     endpoints: BTreeMap<Addr, EndpointInfo>,
     ifaces: BTreeMap<u32, IfaceInfo>,
-    services: BTreeSet<Addr>,
+    services: BTreeSet<ServiceKey>,
+    node_addrs: BTreeSet<Addr>,
     /// Entries of an adopted earlier run's rule sets, deleted once nothing points at them.
     leftover_peers: Vec<(PeerKey, u8)>,
     leftover_portsets: Vec<u32>,
@@ -159,7 +176,11 @@ impl<M: MapOps> Programmer<M> {
             )
             .max()
             .unwrap_or(0);
-        self.set_ids.next = self.set_ids.next.max(max_set.saturating_add(1));
+        self.set_ids.next = self
+            .set_ids
+            .next
+            .max(max_set.saturating_add(1))
+            .max(e.next_ruleset_id);
         let max_portset = e.portsets.iter().copied().max().unwrap_or(0);
         self.portset_ids.next = self.portset_ids.next.max(max_portset.saturating_add(1));
         let used: BTreeSet<u32> = e.endpoints.iter().map(|(_, i)| i.id).collect();
@@ -173,6 +194,7 @@ impl<M: MapOps> Programmer<M> {
         self.endpoints = e.endpoints.iter().copied().collect();
         self.ifaces = e.ifaces.into_iter().collect();
         self.services = e.services.into_iter().collect();
+        self.node_addrs = e.node_addrs.into_iter().collect();
         self.leftover_peers = e.peers;
         self.leftover_portsets = e.portsets;
         Ok(self.endpoints.len())
@@ -194,6 +216,7 @@ impl<M: MapOps> Programmer<M> {
             endpoints: BTreeMap::new(),
             ifaces: BTreeMap::new(),
             services: BTreeSet::new(),
+            node_addrs: BTreeSet::new(),
             leftover_peers: Vec::new(),
             leftover_portsets: Vec::new(),
         }
@@ -307,6 +330,8 @@ impl<M: MapOps> Programmer<M> {
             };
             let mut iface = IfaceInfo {
                 endpoint_id: id,
+                ingress_set: info.ingress_set,
+                egress_set: info.egress_set,
                 ..Default::default()
             };
             for ip in &ep.ips {
@@ -340,11 +365,11 @@ impl<M: MapOps> Programmer<M> {
                 self.ifaces.insert(*ifindex, *info);
             }
         }
-        let want_services: BTreeSet<Addr> =
-            plan.service_ips.iter().map(|ip| addr_of(*ip)).collect();
-        for addr in want_services.difference(&self.services.clone()) {
-            self.maps.set_service(*addr)?;
-            self.services.insert(*addr);
+        let want_services: BTreeSet<ServiceKey> =
+            plan.service_ports.iter().map(service_key).collect();
+        for key in want_services.difference(&self.services.clone()) {
+            self.maps.set_service(*key)?;
+            self.services.insert(*key);
         }
 
         // 3. Whatever is no longer wanted.
@@ -488,6 +513,8 @@ impl<M: MapOps> Programmer<M> {
 
     fn write_set(&mut self, set: &RuleSet) -> Result<LoadedSet, MapError> {
         let id = self.set_ids.take()?;
+        // Recorded before use: a restarted agent must never hand this id out again.
+        self.maps.set_next_ruleset_id(id.saturating_add(1))?;
         let mut loaded = LoadedSet {
             id,
             entries: Vec::with_capacity(set.entries.len()),
@@ -516,8 +543,34 @@ impl<M: MapOps> Programmer<M> {
             self.maps.del_peer(*key, *len)?;
             self.release_portset(*portset)?;
         }
-        self.set_ids.release(loaded.id);
+        // The id is not released: conntrack entries may still name it, and an entry must
+        // never validate against a different rule set that reused it.
         Ok(())
+    }
+}
+
+impl<M: MapOps> Programmer<M> {
+    /// Makes the node-address map hold exactly `addrs` (every address of this node: traffic
+    /// between a pod and its own node always passes). Returns how many entries changed.
+    pub fn set_node_addrs(&mut self, addrs: &BTreeSet<IpAddr>) -> Result<usize, MapError> {
+        let want: BTreeSet<Addr> = addrs.iter().map(|ip| addr_of(*ip)).collect();
+        let mut changed = 0;
+        for a in want.difference(&self.node_addrs.clone()) {
+            self.maps.set_node_addr(*a)?;
+            self.node_addrs.insert(*a);
+            changed += 1;
+        }
+        for a in self
+            .node_addrs
+            .difference(&want)
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            self.maps.del_node_addr(a)?;
+            self.node_addrs.remove(&a);
+            changed += 1;
+        }
+        Ok(changed)
     }
 }
 

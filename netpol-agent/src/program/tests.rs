@@ -44,7 +44,10 @@ spec:
     s.policies.insert(ObjectRef::new("default", "p"), p);
     s.services.insert(
         ObjectRef::new("default", "svc"),
-        vec!["10.96.0.1".parse().unwrap()],
+        crate::state::ServiceInfo {
+            ips: vec!["10.96.0.1".parse().unwrap()],
+            ports: vec![(crate::state::Protocol::Tcp, 80)],
+        },
     );
     s
 }

@@ -264,7 +264,7 @@ spec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}
             pod.named_port("http", crate::state::Protocol::Tcp),
             Some(80)
         );
-        assert_eq!(s.services.values().next().unwrap().len(), 1);
+        assert_eq!(s.services.values().next().unwrap().ips.len(), 1);
         assert_eq!(
             s.namespaces["default"]
                 .get("kubernetes.io/metadata.name")
