@@ -2,13 +2,14 @@
 //! its own `NS/NAME`; `connect` opens connections and prints one line per attempt:
 //! `ok NS/NAME` or `fail REASON`. Both run inside sandbox network namespaces only.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use netpol_tests::sctp;
+use netpol_tests::traffic::{self, Outcome, TcpConn};
+use netpol_tests::{rawtcp, sctp};
 
 #[derive(Parser)]
 #[command(about = "netpol sandbox traffic tool: answers and opens TCP/UDP connections")]
@@ -78,6 +79,59 @@ enum Cmd {
         attempts: u32,
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
+        /// Source address to bind (nodes and external hosts have several).
+        #[arg(long)]
+        source: Option<IpAddr>,
+        /// After the request, this many bytes each way.
+        #[arg(long, default_value_t = 0)]
+        bytes: usize,
+    },
+    /// One connection held open: prints the outcome of its opening request, then answers
+    /// each stdin line `use` with the outcome of one more request; `close` ends it with a
+    /// FIN, `abort` (and end of input) with a reset.
+    Hold {
+        #[arg(long)]
+        addr: IpAddr,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "TCP")]
+        protocol: String,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        #[arg(long)]
+        source: Option<IpAddr>,
+    },
+    /// Sends one crafted TCP segment that belongs to no connection.
+    Stray {
+        #[arg(long)]
+        source: IpAddr,
+        #[arg(long)]
+        addr: IpAddr,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        sport: u16,
+        /// A, PA, F, R, SA or empty.
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        flags: String,
+    },
+    /// Packet capture: prints `ready` once listening, then `seen` if the segment arrives
+    /// (on `iface`, or any interface) within the timeout, else `unseen`.
+    Capture {
+        #[arg(long)]
+        iface: Option<String>,
+        #[arg(long)]
+        source: IpAddr,
+        #[arg(long)]
+        addr: IpAddr,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        sport: u16,
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        flags: String,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
     },
 }
 
@@ -110,37 +164,163 @@ fn main() -> Result<()> {
             protocol,
             attempts,
             timeout_ms,
+            source,
+            bytes,
         } => {
-            let timeout = Duration::from_millis(timeout_ms);
-            let target = SocketAddr::new(addr, port);
-            let once = match protocol.as_str() {
-                "TCP" => tcp_once,
-                "UDP" => udp_once,
-                "SCTP" => sctp_once,
-                other => bail!("protocol {other} is not supported by this probe"),
+            let how = Attempt {
+                target: SocketAddr::new(addr, port),
+                source,
+                timeout: Duration::from_millis(timeout_ms),
+                bytes,
             };
-            // Attempts run at once, each on its own socket (so its own source port).
-            let results: Vec<Result<String>> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..attempts)
-                    .map(|_| s.spawn(move || once(target, timeout)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(anyhow::anyhow!("attempt panicked")))
-                    })
-                    .collect()
-            });
-            for r in results {
-                match r {
-                    Ok(who) => println!("ok {who}"),
-                    Err(e) => println!("fail {e:#}"),
-                }
-            }
+            connect(&how, &protocol, attempts)
+        }
+        Cmd::Hold {
+            addr,
+            port,
+            protocol,
+            timeout_ms,
+            source,
+        } => hold(
+            &Attempt {
+                target: SocketAddr::new(addr, port),
+                source,
+                timeout: Duration::from_millis(timeout_ms),
+                bytes: 0,
+            },
+            &protocol,
+        ),
+        Cmd::Stray {
+            source,
+            addr,
+            port,
+            sport,
+            flags,
+        } => {
+            rawtcp::send(source, addr, sport, port, rawtcp::Flags::parse(&flags)?)?;
+            println!("sent");
             Ok(())
         }
+        Cmd::Capture {
+            iface,
+            source,
+            addr,
+            port,
+            sport,
+            flags,
+            timeout_ms,
+        } => {
+            let want = rawtcp::Wanted {
+                src: source,
+                dst: addr,
+                sport,
+                dport: port,
+                flags: rawtcp::Flags::parse(&flags)?,
+            };
+            capture(iface.as_deref(), &want, Duration::from_millis(timeout_ms))
+        }
     }
+}
+
+/// Where and how one connection attempt goes.
+#[derive(Clone, Copy)]
+struct Attempt {
+    target: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+    bytes: usize,
+}
+
+/// `attempts` connections at once, each on its own socket (so its own source port); one
+/// outcome line each.
+fn connect(how: &Attempt, protocol: &str, attempts: u32) -> Result<()> {
+    let once = match protocol {
+        "TCP" => tcp_once,
+        "UDP" => udp_once,
+        "SCTP" if how.bytes == 0 && how.source.is_none() => sctp_once,
+        "SCTP" => bail!("SCTP probes take no --bytes and no --source"),
+        other => bail!("protocol {other} is not supported by this probe"),
+    };
+    let results: Vec<Outcome> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..attempts)
+            .map(|_| s.spawn(move || Outcome::from_result(once(how))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Outcome::Error("attempt panicked".into()))
+            })
+            .collect()
+    });
+    for r in results {
+        println!("{}", r.line());
+    }
+    Ok(())
+}
+
+/// A held connection, driven over stdin/stdout.
+enum Held {
+    Tcp(TcpConn),
+    Udp(std::net::UdpSocket),
+}
+
+fn hold(how: &Attempt, protocol: &str) -> Result<()> {
+    let opened = match protocol {
+        "TCP" => traffic::tcp_connect(how.target, how.source, how.timeout)
+            .and_then(TcpConn::new)
+            .map(Held::Tcp),
+        "UDP" => traffic::udp_socket(how.target, how.source).map(Held::Udp),
+        other => bail!("held connections are TCP or UDP, not {other}"),
+    };
+    let mut held = match opened {
+        Ok(h) => h,
+        Err(e) => {
+            println!("{}", traffic::classify(&e).line());
+            return Ok(());
+        }
+    };
+    let mut stale = 0;
+    let mut request = |held: &mut Held| {
+        let r = match held {
+            Held::Tcp(c) => c.request(0, how.timeout, stale),
+            Held::Udp(s) => traffic::udp_request(s, 0, how.timeout),
+        };
+        let outcome = Outcome::from_result(r);
+        // A TCP request that got no answer may still be answered later.
+        stale = if matches!(outcome, Outcome::Ok(_)) {
+            0
+        } else {
+            stale + 1
+        };
+        println!("{}", outcome.line());
+    };
+    request(&mut held);
+    for line in std::io::stdin().lines() {
+        match line?.trim() {
+            "use" => request(&mut held),
+            "close" => return finish(held, false),
+            _ => return finish(held, true),
+        }
+    }
+    finish(held, true)
+}
+
+fn finish(held: Held, abort: bool) -> Result<()> {
+    if let Held::Tcp(c) = held {
+        if abort { c.abort()? } else { c.close()? }
+    }
+    println!("closed");
+    Ok(())
+}
+
+fn capture(iface: Option<&str>, want: &rawtcp::Wanted, timeout: Duration) -> Result<()> {
+    let cap = rawtcp::Capture::open(iface)?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let seen = cap.wait_for(want, std::time::Instant::now() + timeout)?;
+    println!("{}", if seen { "seen" } else { "unseen" });
+    Ok(())
 }
 
 fn serve(
@@ -151,7 +331,6 @@ fn serve(
     sctp: &[u16],
     echo: &[u16],
 ) -> Result<()> {
-    let answer = format!("{name}\n");
     let mut threads = Vec::new();
     for port in echo {
         let l = TcpListener::bind((bind, *port)).with_context(|| format!("echo {bind}:{port}"))?;
@@ -184,28 +363,20 @@ fn serve(
     }
     for port in tcp {
         let l = TcpListener::bind((bind, *port)).with_context(|| format!("tcp {bind}:{port}"))?;
-        let answer = answer.clone();
+        let name = name.to_string();
         threads.push(std::thread::spawn(move || {
-            for mut s in l.incoming().flatten() {
-                let answer = answer.clone();
+            for s in l.incoming().flatten() {
+                let name = name.clone();
                 std::thread::spawn(move || {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                    let mut buf = [0u8; 64];
-                    let _ = s.read(&mut buf);
-                    let _ = s.write_all(answer.as_bytes());
+                    let _ = traffic::serve_tcp_conn(s, &name);
                 });
             }
         }));
     }
     for port in udp {
         let sock = UdpSocket::bind((bind, *port)).with_context(|| format!("udp {bind}:{port}"))?;
-        let answer = answer.clone();
-        threads.push(std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while let Ok((_, from)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(answer.as_bytes(), from);
-            }
-        }));
+        let name = name.to_string();
+        threads.push(std::thread::spawn(move || traffic::serve_udp(sock, &name)));
     }
     for t in threads {
         let _ = t.join();
@@ -213,56 +384,29 @@ fn serve(
     Ok(())
 }
 
-fn tcp_once(target: SocketAddr, timeout: Duration) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&target, timeout).context("connect")?;
-    s.set_read_timeout(Some(timeout))?;
-    s.write_all(b"hello\n").context("send")?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 128];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.contains(&b'\n') {
-                    break;
-                }
-            }
-            Err(e) => return Err(e).context("receive"),
-        }
-    }
-    let text = String::from_utf8_lossy(&buf).trim().to_string();
-    if text.is_empty() {
-        bail!("empty answer");
-    }
-    Ok(text)
+fn tcp_once(how: &Attempt) -> Result<String> {
+    let s = traffic::tcp_connect(how.target, how.source, how.timeout)?;
+    TcpConn::new(s)?.request(how.bytes, how.timeout, 0)
 }
 
 /// Crafted INIT from a port of our own choosing (raw sockets have none).
-fn sctp_once(target: SocketAddr, timeout: Duration) -> Result<String> {
+fn sctp_once(how: &Attempt) -> Result<String> {
+    let (target, timeout) = (how.target, how.timeout);
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let seed = std::process::id()
         .wrapping_mul(2_654_435_761)
         .wrapping_add(n.wrapping_mul(40_503));
-    let sport = 32768 + (seed % 28000) as u16;
+    // Above the ephemeral range (32768-60999), like every port the probes choose.
+    let sport = 61000 + (seed % 4500) as u16;
     let tag = seed | 1;
     sctp::probe(target, timeout, sport, tag).context("sctp")
 }
 
-fn udp_once(target: SocketAddr, timeout: Duration) -> Result<String> {
-    let bind: SocketAddr = match target {
-        SocketAddr::V4(_) => "0.0.0.0:0".parse()?,
-        SocketAddr::V6(_) => "[::]:0".parse()?,
-    };
-    let s = UdpSocket::bind(bind)?;
-    s.connect(target)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.send(b"hello\n").context("send")?;
-    let mut buf = [0u8; 512];
-    let n = s.recv(&mut buf).context("receive")?;
-    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+fn udp_once(how: &Attempt) -> Result<String> {
+    let s = traffic::udp_socket(how.target, how.source)?;
+    traffic::udp_request(&s, how.bytes, how.timeout)
 }
 
 /// TCP RetransSegs of this network namespace.
