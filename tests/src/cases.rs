@@ -11,6 +11,7 @@ use serde_json::Value;
 pub type Labels = BTreeMap<String, String>;
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PortDef {
     #[serde(default)]
     pub name: Option<String>,
@@ -24,6 +25,7 @@ fn tcp() -> String {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PodDef {
     pub ns: String,
     pub name: String,
@@ -31,10 +33,16 @@ pub struct PodDef {
     pub labels: Labels,
     #[serde(default)]
     pub ports: Vec<PortDef>,
+    /// `node-K`; pods without one are spread over the nodes by the sandbox.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServicePort {
+    #[serde(default)]
+    pub name: Option<String>,
     pub port: u16,
     /// A number or a container port name.
     #[serde(rename = "targetPort", default)]
@@ -44,6 +52,7 @@ pub struct ServicePort {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServiceDef {
     pub ns: String,
     pub name: String,
@@ -52,6 +61,7 @@ pub struct ServiceDef {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExternalDef {
     pub name: String,
     pub ip: String,
@@ -60,6 +70,7 @@ pub struct ExternalDef {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Model {
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: Vec<PodDef>,
@@ -67,7 +78,15 @@ pub struct Model {
     pub services: Vec<ServiceDef>,
     #[serde(default)]
     pub external: Vec<ExternalDef>,
+    /// How many nodes (`node-1` ... `node-N`); 2 when absent.
+    #[serde(default)]
+    pub nodes: Option<usize>,
+    /// MTU of a router hop between the nodes and the external hosts.
+    #[serde(default)]
+    pub external_path_mtu: Option<u32>,
 }
+
+pub const DEFAULT_NODES: usize = 2;
 
 impl Model {
     /// FORMAT.md's default model: namespaces x, y, z with pods a, b, c, each serving 80 and
@@ -95,6 +114,7 @@ impl Model {
                             protocol: proto.into(),
                         });
                         svc_ports.push(ServicePort {
+                            name: None,
                             port,
                             target_port: Some(Value::from(port)),
                             protocol: proto.into(),
@@ -106,6 +126,7 @@ impl Model {
                     name: pod.into(),
                     labels: Labels::from([("pod".to_string(), pod.to_string())]),
                     ports,
+                    node: None,
                 });
                 services.push(ServiceDef {
                     ns: ns.into(),
@@ -120,7 +141,13 @@ impl Model {
             pods,
             services,
             external: Vec::new(),
+            nodes: None,
+            external_path_mtu: None,
         }
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.unwrap_or(DEFAULT_NODES)
     }
 }
 
@@ -131,18 +158,51 @@ pub struct Probes {
     pub protocol: String,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// What a check does (FORMAT.md, "kind").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    #[default]
+    Connect,
+    Stray,
+    Open,
+    Use,
+    Close,
+}
+
+/// One check. `use` and `close` name a held connection and carry no endpoints of their
+/// own; `close` carries no `expect`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CheckDef {
+    #[serde(default)]
+    pub kind: CheckKind,
+    /// The held connection (`open`, `use`, `close`).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
     pub from: String,
+    #[serde(default)]
     pub to: String,
+    #[serde(default)]
     pub port: u16,
     #[serde(default = "tcp")]
     pub protocol: String,
+    #[serde(default)]
     pub expect: bool,
     #[serde(default)]
     pub attempts: Option<u32>,
     #[serde(default)]
     pub answered_by: Option<Vec<String>>,
+    /// `connect`: bytes each way after the request.
+    #[serde(default)]
+    pub bytes: Option<usize>,
+    /// `stray`: the segment's TCP flags.
+    #[serde(default)]
+    pub flags: Option<String>,
+    /// `stray`: its source port.
+    #[serde(default)]
+    pub sport: Option<u16>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -223,8 +283,7 @@ impl Case {
                         port: probes.port,
                         protocol: probes.protocol.clone(),
                         expect: *allowed,
-                        attempts: None,
-                        answered_by: None,
+                        ..CheckDef::default()
                     });
                 }
             }
@@ -237,10 +296,59 @@ pub fn selects(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-pub fn load_cases(path: &Path) -> Result<Vec<Case>> {
+/// A case as read from a file: runnable, or refused with the reason.
+pub enum Loaded {
+    Case(Box<Case>),
+    Refused {
+        id: String,
+        steps: usize,
+        reason: String,
+    },
+}
+
+/// Every case of a file; a case that uses something this runner does not implement (or
+/// cannot be read) is refused, not run without it.
+pub fn load_checked(path: &Path) -> Result<Vec<Loaded>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    let raw: Vec<Value> =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(raw.into_iter().map(load_one).collect())
+}
+
+fn load_one(raw: Value) -> Loaded {
+    let id = raw
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or("(no id)")
+        .to_string();
+    let steps = raw
+        .get("steps")
+        .and_then(Value::as_array)
+        .map_or(1, |s| s.len().max(1));
+    let refused = |reason: String| Loaded::Refused {
+        id: id.clone(),
+        steps,
+        reason,
+    };
+    if let Err(reason) = crate::validate::check_case(&raw) {
+        return refused(reason);
+    }
+    match serde_json::from_value::<Case>(raw) {
+        Ok(case) => Loaded::Case(Box::new(case)),
+        Err(e) => refused(format!("cannot read the case: {e}")),
+    }
+}
+
+/// Every case of a file; fails on the first refused one.
+pub fn load_cases(path: &Path) -> Result<Vec<Case>> {
+    load_checked(path)?
+        .into_iter()
+        .map(|l| match l {
+            Loaded::Case(c) => Ok(*c),
+            Loaded::Refused { id, reason, .. } => bail!("case {id} refused: {reason}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]

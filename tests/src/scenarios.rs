@@ -31,6 +31,7 @@ fn pod(name: &str, app: &str, ports: &[(&str, u16)]) -> PodDef {
                 protocol: "TCP".into(),
             })
             .collect(),
+        node: None,
     }
 }
 
@@ -44,6 +45,8 @@ fn model(pods: Vec<PodDef>) -> Model {
         pods,
         services: Vec::new(),
         external: Vec::new(),
+        nodes: None,
+        external_path_mtu: None,
     }
 }
 
