@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::cases::{Case, CheckDef, load_cases};
-use crate::sandbox::{self, Config, Sandbox};
+use std::collections::BTreeMap;
+
+use crate::cases::{Case, CheckDef, CheckKind, Loaded, load_checked};
+use crate::held::HeldConns;
+use crate::sandbox::{self, Answer, Config, Sandbox};
 
 /// The outcome of one check.
 #[derive(Clone, Debug)]
@@ -27,6 +30,9 @@ pub struct StepResult {
     /// Set when the step could not be applied or probed at all.
     pub error: Option<String>,
     pub apply_time: Duration,
+    /// For a failed step: the netpol counters that moved on the pods of its failed
+    /// checks while the checks ran.
+    pub counters: Vec<String>,
 }
 
 impl StepResult {
@@ -35,10 +41,25 @@ impl StepResult {
     }
 }
 
-/// Judges the answers of one check against what it expects.
-pub fn judge(check: &CheckDef, answers: &[std::result::Result<String, String>]) -> (bool, String) {
-    let ok: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
-    let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+/// Judges the answers of one check against what it expects. `expect: false` needs
+/// silence: no answer, and no refusal (a policy drop sends no reset or unreachable).
+pub fn judge(check: &CheckDef, answers: &[Answer]) -> (bool, String) {
+    let ok: Vec<&String> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Answer::Ok(who) => Some(who),
+            _ => None,
+        })
+        .collect();
+    let failed: Vec<String> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Answer::Ok(_) => None,
+            Answer::Silent(why) => Some(format!("no answer: {why}")),
+            Answer::Refused(why) => Some(format!("refused: {why}")),
+            Answer::Error(why) => Some(format!("error: {why}")),
+        })
+        .collect();
     let observed = if failed.is_empty() {
         format!("allowed (answered by {})", dedup(&ok))
     } else if ok.is_empty() {
@@ -52,8 +73,9 @@ pub fn judge(check: &CheckDef, answers: &[std::result::Result<String, String>]) 
             failed[0]
         )
     };
+    let silent = |a: &Answer| matches!(a, Answer::Silent(_));
     let passed = if !check.expect {
-        ok.is_empty()
+        !answers.is_empty() && answers.iter().all(silent)
     } else if let Some(allowed) = &check.answered_by {
         !ok.is_empty() && ok.iter().all(|who| allowed.contains(who))
     } else {
@@ -83,6 +105,7 @@ pub fn run_case(
                 checks: Vec::new(),
                 error: Some(msg.clone()),
                 apply_time: Duration::ZERO,
+                counters: Vec::new(),
             })
             .collect()
     };
@@ -94,71 +117,219 @@ pub fn run_case(
             return r;
         }
     };
+    let held = HeldConns::default();
     let mut results = Vec::new();
     for (i, step) in steps.iter().enumerate() {
-        let mut result = StepResult {
-            case: case.id.clone(),
-            step: i,
-            checks: Vec::new(),
-            error: None,
-            apply_time: Duration::ZERO,
-        };
-        match sb.apply(&step.policies, &step.namespace_labels, &step.pod_labels) {
-            Ok(t) => result.apply_time = t,
-            Err(e) => result.error = Some(format!("apply: {e:#}")),
-        }
-        if result.error.is_none() {
-            match case.checks_of(step) {
-                Ok(checks) => result.checks = run_checks(&sb, &checks),
-                Err(e) => result.error = Some(format!("{e:#}")),
-            }
-        }
+        let result = run_step(case, &mut sb, &held, i, step);
         on_step(&result);
         results.push(result);
     }
+    held.close_all();
     results
 }
 
-pub fn run_checks(sb: &Sandbox, checks: &[CheckDef]) -> Vec<CheckResult> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = checks
+fn run_step(
+    case: &Case,
+    sb: &mut Sandbox,
+    held: &HeldConns,
+    i: usize,
+    step: &crate::cases::StepDef,
+) -> StepResult {
+    let mut result = StepResult {
+        case: case.id.clone(),
+        step: i,
+        checks: Vec::new(),
+        error: None,
+        apply_time: Duration::ZERO,
+        counters: Vec::new(),
+    };
+    match sb.apply(&step.policies, &step.namespace_labels, &step.pod_labels) {
+        Ok(t) => result.apply_time = t,
+        Err(e) => result.error = Some(format!("apply: {e:#}")),
+    }
+    if result.error.is_some() {
+        return result;
+    }
+    match case.checks_of(step) {
+        Ok(checks) => {
+            let before = counters(sb);
+            result.checks = run_checks(sb, held, &checks);
+            if !result.passed() {
+                result.counters = moved_counters(sb, &before, &result.checks);
+            }
+        }
+        Err(e) => result.error = Some(format!("{e:#}")),
+    }
+    result
+}
+
+/// Packets per reason, per pod, over every node's agent.
+type Counters = BTreeMap<String, BTreeMap<String, u64>>;
+
+fn counters(sb: &Sandbox) -> Counters {
+    let mut out = Counters::new();
+    for st in sb.statuses() {
+        for ep in st.endpoints {
+            out.insert(ep.pod, ep.packets);
+        }
+    }
+    out
+}
+
+/// The counters that moved since `before` on the pods of the failed checks.
+fn moved_counters(sb: &Sandbox, before: &Counters, checks: &[CheckResult]) -> Vec<String> {
+    // The agents refresh their counters every second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let after = counters(sb);
+    let mut pods: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.passed)
+        .flat_map(|c| {
+            let mut p = sb.pods_of(&c.check.from);
+            p.extend(sb.pods_of(&c.check.to));
+            p
+        })
+        .collect();
+    pods.sort();
+    pods.dedup();
+    let mut lines = Vec::new();
+    for pod in pods {
+        let (Some(now), old) = (after.get(&pod), before.get(&pod)) else {
+            lines.push(format!("{pod}: no counters (not enforced by any agent)"));
+            continue;
+        };
+        let moved: Vec<String> = now
             .iter()
-            .map(|c| {
-                s.spawn(move || match sb.probe(c) {
-                    Ok(answers) => {
-                        let (passed, observed) = judge(c, &answers);
-                        CheckResult {
-                            check: c.clone(),
-                            passed,
-                            observed,
-                        }
-                    }
-                    Err(e) => CheckResult {
-                        check: c.clone(),
-                        passed: false,
-                        observed: format!("not probed: {e:#}"),
-                    },
+            .filter_map(|(reason, n)| {
+                let was = old.and_then(|o| o.get(reason)).copied().unwrap_or(0);
+                (*n > was).then(|| format!("{reason} +{}", n - was))
+            })
+            .collect();
+        let moved = if moved.is_empty() {
+            "nothing moved".to_string()
+        } else {
+            moved.join(", ")
+        };
+        lines.push(format!("{pod}: {moved}"));
+    }
+    lines
+}
+
+/// Checks run in parallel, except that the checks of one held connection run in their
+/// order (`open` before `use` before `close`).
+pub fn run_checks(sb: &Sandbox, held: &HeldConns, checks: &[CheckDef]) -> Vec<CheckResult> {
+    let mut lanes: Vec<Vec<usize>> = Vec::new();
+    let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, c) in checks.iter().enumerate() {
+        match (c.kind, c.name.as_deref()) {
+            (CheckKind::Open | CheckKind::Use | CheckKind::Close, Some(name)) => {
+                let lane = *by_name.entry(name).or_insert_with(|| {
+                    lanes.push(Vec::new());
+                    lanes.len() - 1
+                });
+                lanes[lane].push(i);
+            }
+            _ => lanes.push(vec![i]),
+        }
+    }
+    let mut results: Vec<Option<CheckResult>> = vec![None; checks.len()];
+    std::thread::scope(|s| {
+        let handles: Vec<_> = lanes
+            .iter()
+            .map(|lane| {
+                s.spawn(move || {
+                    lane.iter()
+                        .map(|i| (*i, run_check(sb, held, &checks[*i])))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .zip(checks)
-            .map(|(h, c)| {
-                h.join().unwrap_or_else(|_| CheckResult {
-                    check: c.clone(),
-                    passed: false,
-                    observed: "probe thread panicked".into(),
-                })
-            })
-            .collect()
-    })
+        for (h, lane) in handles.into_iter().zip(&lanes) {
+            match h.join() {
+                Ok(done) => done.into_iter().for_each(|(i, r)| results[i] = Some(r)),
+                Err(_) => lane.iter().for_each(|i| {
+                    results[*i] = Some(CheckResult {
+                        check: checks[*i].clone(),
+                        passed: false,
+                        observed: "probe thread panicked".into(),
+                    })
+                }),
+            }
+        }
+    });
+    results.into_iter().flatten().collect()
+}
+
+/// Runs one check of any kind.
+pub fn run_check(sb: &Sandbox, held: &HeldConns, check: &CheckDef) -> CheckResult {
+    let outcome = match check.kind {
+        CheckKind::Connect => sb.probe(check).map(|a| (check.clone(), judge(check, &a))),
+        CheckKind::Stray => sb.stray(check).map(|seen| {
+            let observed = if seen {
+                "reached the destination's namespace"
+            } else {
+                "not seen in the destination's namespace"
+            };
+            (check.clone(), (seen == check.expect, observed.to_string()))
+        }),
+        CheckKind::Open => held
+            .open(sb, check)
+            .map(|a| (check.clone(), judge(check, &[a]))),
+        CheckKind::Use => held.use_conn(check).map(|(a, opened)| {
+            let shown = CheckDef {
+                kind: CheckKind::Use,
+                name: check.name.clone(),
+                expect: check.expect,
+                ..opened
+            };
+            let verdict = judge(&shown, &[a]);
+            (shown, verdict)
+        }),
+        CheckKind::Close => held.close(check).map(|opened| {
+            let shown = CheckDef {
+                kind: CheckKind::Close,
+                name: check.name.clone(),
+                expect: true,
+                ..opened
+            };
+            (shown, (true, "closed".to_string()))
+        }),
+    };
+    match outcome {
+        Ok((shown, (passed, observed))) => CheckResult {
+            check: shown,
+            passed,
+            observed,
+        },
+        Err(e) => CheckResult {
+            check: check.clone(),
+            passed: false,
+            observed: format!("not probed: {e:#}"),
+        },
+    }
 }
 
 pub fn describe(c: &CheckResult) -> String {
     let ch = &c.check;
+    let what = match ch.kind {
+        CheckKind::Connect => String::new(),
+        CheckKind::Stray => format!(
+            "stray [{}] sport {} ",
+            ch.flags.as_deref().unwrap_or_default(),
+            ch.sport.map_or("any".to_string(), |p| p.to_string())
+        ),
+        kind => format!(
+            "{} {} ",
+            format!("{kind:?}").to_lowercase(),
+            ch.name.as_deref().unwrap_or_default()
+        ),
+    };
+    let bytes = ch
+        .bytes
+        .map(|b| format!(" ({b} bytes each way)"))
+        .unwrap_or_default();
     let mut s = format!(
-        "{} -> {} {}/{}: expected {}, observed {}",
+        "{what}{} -> {} {}/{}{bytes}: expected {}, observed {}",
         ch.from,
         ch.to,
         ch.port,
@@ -181,7 +352,7 @@ pub fn run_files(files: &[PathBuf], cfg: &Config) -> Result<(usize, usize)> {
     }
     let mut cases = Vec::new();
     for f in files {
-        cases.extend(load_cases(f)?);
+        cases.extend(load_checked(f)?);
     }
     println!(
         "running {} cases from {} files on real packets (attach mode {})",
@@ -190,33 +361,36 @@ pub fn run_files(files: &[PathBuf], cfg: &Config) -> Result<(usize, usize)> {
         cfg.attach_mode
     );
     println!(
-        "TCP: handshake and one request/response; UDP: one datagram answered; SCTP: this kernel has no SCTP sockets, so a crafted INIT is sent over a raw socket and a crafted INIT-ACK naming the server must come back"
+        "TCP: handshake and one request/response; UDP: one datagram answered; SCTP: this kernel has no SCTP sockets, so a crafted INIT is sent over a raw socket and a crafted INIT-ACK naming the server must come back; expect false needs silence (a reset or ICMP unreachable fails)"
     );
     let started = Instant::now();
     let (mut passed, mut failed) = (0, 0);
-    for case in &cases {
-        run_case(case, cfg, |r| {
-            let ok = r.passed();
-            if ok {
-                passed += 1;
-            } else {
-                failed += 1;
+    let mut report = |r: &StepResult| {
+        if r.passed() {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+        print_step(r);
+    };
+    for loaded in &cases {
+        match loaded {
+            Loaded::Case(case) => {
+                run_case(case, cfg, &mut report);
             }
-            println!(
-                "{} {} step {} ({} checks, applied in {} ms)",
-                if ok { "PASS" } else { "FAIL" },
-                r.case,
-                r.step,
-                r.checks.len(),
-                r.apply_time.as_millis()
-            );
-            if let Some(e) = &r.error {
-                println!("    error: {e}");
+            Loaded::Refused { id, steps, reason } => {
+                for step in 0..*steps {
+                    report(&StepResult {
+                        case: id.clone(),
+                        step,
+                        checks: Vec::new(),
+                        error: Some(format!("refused: {reason}")),
+                        apply_time: Duration::ZERO,
+                        counters: Vec::new(),
+                    });
+                }
             }
-            for c in r.checks.iter().filter(|c| !c.passed) {
-                println!("    differs: {}", describe(c));
-            }
-        });
+        }
     }
     println!(
         "conformance run took {:.1} s",
@@ -224,6 +398,26 @@ pub fn run_files(files: &[PathBuf], cfg: &Config) -> Result<(usize, usize)> {
     );
     println!("{passed} passed, {failed} failed");
     Ok((passed, failed))
+}
+
+fn print_step(r: &StepResult) {
+    println!(
+        "{} {} step {} ({} checks, applied in {} ms)",
+        if r.passed() { "PASS" } else { "FAIL" },
+        r.case,
+        r.step,
+        r.checks.len(),
+        r.apply_time.as_millis()
+    );
+    if let Some(e) = &r.error {
+        println!("    error: {e}");
+    }
+    for c in r.checks.iter().filter(|c| !c.passed) {
+        println!("    differs: {}", describe(c));
+    }
+    for line in &r.counters {
+        println!("    counters: {line}");
+    }
 }
 
 #[cfg(test)]
@@ -239,13 +433,14 @@ mod tests {
             expect,
             attempts: Some(3),
             answered_by: answered_by.map(|v| v.into_iter().map(String::from).collect()),
+            ..CheckDef::default()
         }
     }
 
     #[test]
     fn judging() {
-        let ok = |s: &str| Ok(s.to_string());
-        let no = || Err("connect: timed out".to_string());
+        let ok = |s: &str| Answer::Ok(s.to_string());
+        let no = || Answer::Silent("connect: timed out".to_string());
         assert!(judge(&check(true, None), &[ok("x"), ok("y")]).0);
         assert!(!judge(&check(true, None), &[ok("x"), no()]).0);
         assert!(judge(&check(false, None), &[no(), no()]).0);
@@ -255,5 +450,10 @@ mod tests {
         assert!(!judge(&only_a, &[ok("ns/a"), ok("ns/b")]).0);
         assert!(!judge(&only_a, &[no(), no()]).0);
         assert!(!judge(&check(true, None), &[]).0);
+        let refused = Answer::Refused("connect: connection refused".into());
+        assert!(
+            !judge(&check(false, None), &[no(), refused]).0,
+            "a refusal is not silence"
+        );
     }
 }

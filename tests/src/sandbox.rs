@@ -18,7 +18,6 @@
 //! died, by the next run.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,17 +29,17 @@ use netpol_agent::status::Status;
 use serde_json::{Value, json};
 
 use crate::apiserver::{ApiServer, Kind};
-use crate::cases::{CheckDef, Labels, Model, selects};
+use crate::cases::{Labels, Model};
+
+mod network;
+mod probes;
+
+pub use network::node_index;
+pub use probes::{Answer, Source, read_line as probes_read_line};
 
 const NS_PREFIX: &str = "npsb-";
 /// Where the in-memory API server listens, inside each node namespace.
 const API_PORT: u16 = 6443;
-const NODES: usize = 2;
-/// MAC of every node-side pod veth: pods reach their gateway without ARP.
-const GW_MAC: &str = "ee:ee:ee:ee:ee:ee";
-const GW_IP: &str = "169.254.1.1";
-/// The node side's link-local address in IPv6 mode: derived from GW_MAC (EUI-64).
-const GW_IP6: &str = "fe80::ecee:eeff:feee:eeee";
 /// In IPv6 mode every sandbox address is its IPv4 plan embedded here, so cases (and their
 /// IPv4 ipBlocks, translated the same way) mean exactly the same in both families.
 const V6_EMBED: u128 = 0xfd00_0004_0000_0000_0000_0000_0000_0000;
@@ -212,6 +211,8 @@ pub struct Sandbox {
     servers: Vec<Child>,
     agents: Vec<AgentProc>,
     restarts: u32,
+    /// How many nodes (`node-1` ...).
+    nodes: usize,
     /// Next free pod index (names its namespace and veth).
     next_index: usize,
 }
@@ -297,6 +298,7 @@ impl Sandbox {
             servers: Vec::new(),
             agents: Vec::new(),
             restarts: 0,
+            nodes: model.node_count(),
             next_index: 0,
         };
         sb.build_network()?;
@@ -318,13 +320,7 @@ impl Sandbox {
             .map_err(|_| anyhow!("cleanup poisoned"))?
             .netns
             .push(name.to_string());
-        // Addresses must be usable at once: no duplicate address detection.
-        for sysctl in [
-            "net.ipv6.conf.all.accept_dad=0",
-            "net.ipv6.conf.default.accept_dad=0",
-        ] {
-            run(&["ip", "netns", "exec", name, "sysctl", "-qw", sysctl])?;
-        }
+        self.base_sysctls(name)?;
         ip(name, &["link", "set", "lo", "up"])
     }
 
@@ -337,171 +333,10 @@ impl Sandbox {
         ip(ns, &["addr", "add", &net, "dev", dev, "nodad"])
     }
 
-    fn add_neigh(&self, ns: &str, v4: Ipv4Addr, mac: &str, dev: &str) -> Result<()> {
-        let addr = self.fam().addr(v4).to_string();
-        ip(
-            ns,
-            &[
-                "neigh",
-                "replace",
-                &addr,
-                "lladdr",
-                mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ],
-        )
-    }
-
     fn add_route(&self, ns: &str, v4: Ipv4Addr, len: u8, via: Ipv4Addr) -> Result<()> {
         let net = self.fam().net(v4, len);
         let via = self.fam().addr(via).to_string();
         ip(ns, &["route", "add", &net, "via", &via])
-    }
-
-    fn build_network(&mut self) -> Result<()> {
-        let nodes: Vec<String> = (0..NODES)
-            .map(|i| self.netns(&format!("n{}", i + 1)))
-            .collect();
-        for ns in &nodes {
-            self.add_netns(ns)?;
-            for sysctl in [
-                "net.ipv4.ip_forward=1",
-                "net.ipv4.conf.all.rp_filter=0",
-                "net.ipv4.conf.default.rp_filter=0",
-                "net.ipv6.conf.all.forwarding=1",
-            ] {
-                run(&["ip", "netns", "exec", ns, "sysctl", "-qw", sysctl])?;
-            }
-        }
-        let v4 = Ipv4Addr::new;
-
-        // Node link. Every link has static neighbours: no ARP or NDP anywhere, so the
-        // first packet of a path is never queued behind (or lost to) address resolution.
-        let node_mac = |i: u8| format!("02:00:0a:ff:00:{:02x}", i + 1);
-        veth(
-            ("nl0", &nodes[0], Some(&node_mac(0))),
-            ("nl0", &nodes[1], Some(&node_mac(1))),
-        )?;
-        for (i, ns) in nodes.iter().enumerate() {
-            let other = 1 - i as u8;
-            self.add_addr(ns, v4(10, 255, 0, i as u8 + 1), 30, "nl0")?;
-            ip(ns, &["link", "set", "nl0", "up"])?;
-            self.add_neigh(ns, v4(10, 255, 0, other + 1), &node_mac(other), "nl0")?;
-            self.add_route(ns, v4(10, 244, other + 1, 0), 24, v4(10, 255, 0, other + 1))?;
-        }
-
-        // External hosts behind node 1.
-        let ext = self.netns("ext");
-        self.add_netns(&ext)?;
-        let (ext0_mac, ext_mac) = ("02:00:0a:ff:01:01", "02:00:0a:ff:01:02");
-        veth(
-            ("ext0", &nodes[0], Some(ext0_mac)),
-            ("eth0", &ext, Some(ext_mac)),
-        )?;
-        self.add_addr(&nodes[0], v4(10, 255, 1, 1), 30, "ext0")?;
-        ip(&nodes[0], &["link", "set", "ext0", "up"])?;
-        self.add_neigh(&nodes[0], v4(10, 255, 1, 2), ext_mac, "ext0")?;
-        self.add_addr(&ext, v4(10, 255, 1, 2), 30, "eth0")?;
-        ip(&ext, &["link", "set", "eth0", "up"])?;
-        self.add_neigh(&ext, v4(10, 255, 1, 1), ext0_mac, "eth0")?;
-        self.add_route(&ext, v4(10, 244, 0, 0), 16, v4(10, 255, 1, 1))?;
-        for e in &self.model.external {
-            let addr: Ipv4Addr =
-                e.ip.parse()
-                    .with_context(|| format!("external {}: bad ip {:?}", e.name, e.ip))?;
-            self.add_addr(&ext, addr, 32, "eth0")?;
-            self.add_route(&nodes[0], addr, 32, v4(10, 255, 1, 2))?;
-            self.add_route(&nodes[1], addr, 32, v4(10, 255, 0, 1))?;
-            self.external.insert(e.name.clone(), self.fam().addr(addr));
-        }
-
-        // Pods, alternating between nodes; static neighbours, so no ARP or NDP is needed.
-        for (k, pod) in self.model.pods.clone().iter().enumerate() {
-            let node = k % NODES;
-            let addr = v4(10, 244, node as u8 + 1, 10 + (k / NODES) as u8);
-            self.plumb_pod(&format!("{}/{}", pod.ns, pod.name), k, node, addr)?;
-        }
-
-        // Services: ClusterIPs and kube-proxy-like DNAT in every node.
-        for (k, svc) in self.model.services.iter().enumerate() {
-            let addr = v4(10, 96, (k / 250) as u8, (k % 250) as u8 + 1);
-            self.services
-                .insert(format!("{}/{}", svc.ns, svc.name), self.fam().addr(addr));
-        }
-        let rules = self.nft_rules()?;
-        for ns in &nodes {
-            let path = self.dir.join(format!("{ns}.nft"));
-            std::fs::write(&path, &rules)?;
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "nft",
-                "-f",
-                &path.to_string_lossy(),
-            ])?;
-        }
-        Ok(())
-    }
-
-    /// A pod's network namespace, its veth into node `node`, address, routes and static
-    /// neighbours.
-    fn plumb_pod(&mut self, key: &str, k: usize, node: usize, addr: Ipv4Addr) -> Result<()> {
-        let node_ns = self.netns(&format!("n{}", node + 1));
-        let pns = self.netns(&format!("p{k}"));
-        self.add_netns(&pns)?;
-        let host_if = format!("vp{k}");
-        let pod_mac = format!("02:00:0a:f4:{:02x}:{:02x}", node + 1, addr.octets()[3]);
-        veth(
-            (&host_if, &node_ns, Some(GW_MAC)),
-            ("eth0", &pns, Some(&pod_mac)),
-        )?;
-        let host_net = self.fam().net(addr, 32);
-        ip(&node_ns, &["link", "set", &host_if, "up"])?;
-        ip(&node_ns, &["route", "add", &host_net, "dev", &host_if])?;
-        self.add_neigh(&node_ns, addr, &pod_mac, &host_if)?;
-        self.add_addr(&pns, addr, 32, "eth0")?;
-        ip(&pns, &["link", "set", "eth0", "up"])?;
-        let gw = match self.fam() {
-            Family::V4 => {
-                ip(
-                    &pns,
-                    &["route", "add", GW_IP, "dev", "eth0", "scope", "link"],
-                )?;
-                GW_IP
-            }
-            Family::V6 => GW_IP6,
-        };
-        ip(&pns, &["route", "add", "default", "via", gw, "dev", "eth0"])?;
-        ip(
-            &pns,
-            &[
-                "neigh",
-                "replace",
-                gw,
-                "lladdr",
-                GW_MAC,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ],
-        )?;
-        self.pods.insert(
-            key.to_string(),
-            PodPlace {
-                netns: pns,
-                v4: addr,
-                ip: self.fam().addr(addr),
-                node,
-            },
-        );
-        self.next_index = self.next_index.max(k + 1);
-        Ok(())
     }
 
     /// Creates a pod at run time (namespace, veth, then the API object) on node `node`,
@@ -593,82 +428,6 @@ impl Sandbox {
         Ok(out)
     }
 
-    /// Backends follow the pods' current labels, like EndpointSlices, but the sandbox
-    /// keeps the model's labels for this (cases relabel pods to change policy, not
-    /// Service membership).
-    fn nft_rules(&self) -> Result<String> {
-        let (table, daddr) = match self.fam() {
-            Family::V4 => ("ip", "ip daddr"),
-            Family::V6 => ("ip6", "ip6 daddr"),
-        };
-        let mut out = format!("table {table} netpol_sandbox_kp {{\n");
-        let mut pre = String::from(
-            "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n",
-        );
-        let mut chain_no = 0;
-        for svc in &self.model.services {
-            let vip = self.services[&format!("{}/{}", svc.ns, svc.name)];
-            for sp in &svc.ports {
-                let proto = sp.protocol.to_lowercase();
-                let mut backends = Vec::new();
-                for p in &self.model.pods {
-                    if p.ns != svc.ns || !selects(&svc.selector, &p.labels) {
-                        continue;
-                    }
-                    let target = match &sp.target_port {
-                        None => Some(sp.port),
-                        Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-                        Some(Value::String(name)) => p
-                            .ports
-                            .iter()
-                            .find(|c| {
-                                c.name.as_deref() == Some(name.as_str())
-                                    && c.protocol == sp.protocol
-                            })
-                            .map(|c| c.port),
-                        Some(other) => bail!("service {}: bad targetPort {other}", svc.name),
-                    };
-                    if let Some(t) = target {
-                        backends.push((self.pods[&format!("{}/{}", p.ns, p.name)].ip, t));
-                    }
-                }
-                if backends.is_empty() || !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-                    continue;
-                }
-                let chain = format!("svc{chain_no}");
-                chain_no += 1;
-                let _ = writeln!(
-                    pre,
-                    "    {daddr} {vip} {proto} dport {} jump {chain}",
-                    sp.port
-                );
-                let mut vmap = Vec::new();
-                for (i, (addr, port)) in backends.iter().enumerate() {
-                    let ep = format!("{chain}_ep{i}");
-                    let ip = match addr {
-                        IpAddr::V4(v4) => v4.to_string(),
-                        IpAddr::V6(v6) => format!("[{v6}]"),
-                    };
-                    let _ = writeln!(
-                        out,
-                        "  chain {ep} {{\n    meta l4proto {proto} dnat to {ip}:{port}\n  }}"
-                    );
-                    vmap.push(format!("{i} : jump {ep}"));
-                }
-                let _ = writeln!(
-                    out,
-                    "  chain {chain} {{\n    numgen random mod {} vmap {{ {} }}\n  }}",
-                    backends.len(),
-                    vmap.join(", ")
-                );
-            }
-        }
-        pre.push_str("  }\n");
-        out.push_str(&pre);
-        out.push_str("}\n");
-        Ok(out)
-    }
-
     fn spawn_in(&self, netns: &str, args: &[String], log: &Path) -> Result<Child> {
         let logf = std::fs::File::create(log)?;
         let child = Command::new("ip")
@@ -716,6 +475,21 @@ impl Sandbox {
                     format!("server-{}-{}", p.ns, p.name),
                 ));
             }
+        }
+        // Every node serves 10250 (TCP and UDP) as a kubelet would.
+        for i in 0..self.nodes {
+            let name = node_name(i);
+            let args = vec![
+                probe.clone(),
+                "serve".into(),
+                "--name".into(),
+                format!("node:{name}"),
+                "--tcp".into(),
+                "10250".into(),
+                "--udp".into(),
+                "10250".into(),
+            ];
+            to_start.push((self.node_ns(i), args, format!("server-{name}")));
         }
         for e in &self.model.external {
             let mut args = vec![
@@ -823,7 +597,7 @@ impl Sandbox {
 
     fn start_agents(&mut self) -> Result<()> {
         self.mount_bpffs()?;
-        for i in 0..NODES {
+        for i in 0..self.nodes {
             let node = node_name(i);
             let status_file = self.dir.join(format!("status-{node}.json"));
             let log = self.dir.join(format!("agent-{node}.log"));
@@ -885,8 +659,8 @@ impl Sandbox {
 
     /// The API server, served on 127.0.0.1:6443 inside every node namespace.
     fn start_api(&mut self) -> Result<()> {
-        for i in 0..NODES {
-            let ns = self.netns(&format!("n{}", i + 1));
+        for i in 0..self.nodes {
+            let ns = self.node_ns(i);
             let listener = crate::apiserver::listen_in_netns(&ns, API_PORT)?;
             let _enter = self.rt.enter();
             let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -1057,66 +831,6 @@ impl Sandbox {
             .collect()
     }
 
-    /// Where a check's `to` points: address and what it is.
-    pub fn target(&self, to: &str) -> Result<IpAddr> {
-        let (kind, name) = to
-            .split_once(':')
-            .ok_or_else(|| anyhow!("bad check target {to:?}"))?;
-        let found = match kind {
-            "svc" => self.services.get(name).copied(),
-            "pod" => self.pods.get(name).map(|p| p.ip),
-            "ext" => self.external.get(name).copied(),
-            _ => None,
-        };
-        found.ok_or_else(|| anyhow!("check target {to:?} is not in the model"))
-    }
-
-    /// Runs one check's connections; each entry is `Ok(answer)` or `Err(reason)`.
-    pub fn probe(&self, check: &CheckDef) -> Result<Vec<std::result::Result<String, String>>> {
-        if !matches!(check.protocol.as_str(), "TCP" | "UDP" | "SCTP") {
-            bail!("{} probes are not supported", check.protocol);
-        }
-        let from = self
-            .pods
-            .get(&check.from)
-            .ok_or_else(|| anyhow!("check source {:?} is not a pod of the model", check.from))?;
-        let addr = self.target(&check.to)?;
-        let attempts = check.attempts.unwrap_or(1).max(1);
-        let out = Command::new("ip")
-            .args(["netns", "exec", &from.netns])
-            .arg(&self.cfg.probe)
-            .args([
-                "connect",
-                "--addr",
-                &addr.to_string(),
-                "--port",
-                &check.port.to_string(),
-                "--protocol",
-                &check.protocol,
-                "--attempts",
-                &attempts.to_string(),
-                "--timeout-ms",
-                &self.cfg.probe_timeout.as_millis().to_string(),
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .context("running the probe")?;
-        if !out.status.success() {
-            bail!(
-                "probe failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| match l.split_once(' ') {
-                Some(("ok", who)) => Ok(who.to_string()),
-                Some((_, why)) => Err(why.to_string()),
-                None => Err(l.to_string()),
-            })
-            .collect())
-    }
-
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -1168,7 +882,7 @@ impl Sandbox {
     }
 
     pub fn node_count(&self) -> usize {
-        NODES
+        self.nodes
     }
 
     pub fn agent_log(&self, i: usize) -> Option<PathBuf> {

@@ -129,7 +129,8 @@ fn demo(file: &std::path::Path, id: &str, cfg: &Config) -> Result<()> {
         .with_context(|| format!("no case {id} in {}", file.display()))?;
     println!("netpol demo: {} ({})", case.name, case.id);
     println!(
-        "starting a sandbox cluster: 2 nodes, {} pods, {} services, {} external hosts, one agent per node",
+        "starting a sandbox cluster: {} nodes, {} pods, {} services, {} external hosts, one agent per node",
+        case.model().node_count(),
         case.model().pods.len(),
         case.model().services.len(),
         case.model().external.len()
@@ -157,7 +158,9 @@ fn demo(file: &std::path::Path, id: &str, cfg: &Config) -> Result<()> {
             took.as_millis()
         );
         let checks = case.checks_of(step)?;
-        let results = conformance::run_checks(&sb, &checks);
+        let held = netpol_tests::held::HeldConns::default();
+        let results = conformance::run_checks(&sb, &held, &checks);
+        held.close_all();
         println!(
             "  {:<30} {:<30} {:<9} {:<9} {:<9}",
             "from", "to", "port", "expected", "observed"
