@@ -91,6 +91,14 @@ fn shared_cases() -> Result<PathBuf> {
     Ok(dir)
 }
 
+fn realnet_cases() -> Result<PathBuf> {
+    let dir = root().join("../shared/conformance/realnet");
+    if !dir.is_dir() {
+        bail!("{} not found", dir.display());
+    }
+    Ok(dir)
+}
+
 fn step(what: &str) {
     println!("\n==> {what}");
 }
@@ -385,6 +393,29 @@ fn test() -> Result<()> {
             scenario.join(" ")
         ));
         sh(sandbox_cmd(&bins, mode, "ipv4").args(scenario))?;
+    }
+    // Last, the real-network cases (nodes, stray segments, held connections, fragments and
+    // path MTU), timed: they must keep CI short.
+    let realnet = case_files(&realnet_cases()?)?;
+    let mut failed = Vec::new();
+    for (mode, family) in [("auto", "ipv4"), ("auto", "ipv6"), ("netlink", "ipv4")] {
+        step(&format!(
+            "real-network conformance in the sandbox (root): {family}, attach mode {mode}"
+        ));
+        let started = std::time::Instant::now();
+        let result = sh(sandbox_cmd(&bins, mode, family)
+            .args(["conformance", "--cases"])
+            .args(&realnet));
+        println!(
+            "real-network conformance ({family}, {mode}) took {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        if let Err(e) = result {
+            failed.push(format!("{family}/{mode}: {e:#}"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("real-network conformance failed: {}", failed.join("; "));
     }
     Ok(())
 }
