@@ -69,6 +69,13 @@ enum Task {
         #[arg(long)]
         keep: bool,
     },
+    /// Datapath cost per packet with BPF_PROG_TEST_RUN (root, release build): empty
+    /// program, established connection, new flows against 1, 1k and 10k CIDR entries.
+    Bench {
+        /// Also write the results as JSON ([{"name", "value", "unit"}]).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Remove sandbox namespaces left behind by killed runs.
     Clean,
 }
@@ -334,6 +341,7 @@ fn main() -> Result<()> {
             "ipv4",
         ),
         Task::Clean => sandbox(&["clean"], "auto", "ipv4"),
+        Task::Bench { json } => bench(json.as_deref()),
         Task::ValidateManifests => {
             test_tools()?;
             validate_manifests()
@@ -418,6 +426,26 @@ fn test() -> Result<()> {
         bail!("real-network conformance failed: {}", failed.join("; "));
     }
     Ok(())
+}
+
+fn bench(json: Option<&Path>) -> Result<()> {
+    require_root()?;
+    prereqs()?;
+    step("bench (release)");
+    sh(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "netpol-tests",
+        "--bin",
+        "netpol-bench",
+    ]))?;
+    let mut cmd = Command::new(root().join("target/release/netpol-bench"));
+    if let Some(j) = json {
+        let abs = std::env::current_dir()?.join(j);
+        cmd.arg("--json").arg(abs);
+    }
+    sh(&mut cmd)
 }
 
 fn case_files(dir: &Path) -> Result<Vec<PathBuf>> {
