@@ -1036,7 +1036,7 @@ fn gen_sequence(rng: &mut Rng, len: usize) -> Vec<Step> {
                     reply: qsrc == f.server.0,
                 },
             };
-            let far = if !to_pod && rng.chance(75) {
+            let far = if !to_pod && qsrc != pod && rng.chance(75) {
                 qsrc
             } else if rng.chance(10) {
                 N
