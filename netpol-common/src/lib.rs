@@ -350,7 +350,9 @@ pub struct FragKey {
     /// IPv4 identification (16 bits) or IPv6 fragment identification.
     pub id: u32,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Which hook saw the first fragment pass: each hook's verdict stands on its own.
+    pub hook: u8,
+    pub _pad: [u8; 2],
 }
 
 #[repr(C)]
@@ -358,7 +360,10 @@ pub struct FragKey {
 pub struct FragPorts {
     pub sport: u16,
     pub dport: u16,
-    pub _pad: u32,
+    /// The transport protocol (IPv6 may put extension headers before it in the first
+    /// fragment only).
+    pub proto: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Per endpoint, per reason packet counters (a per-CPU array indexed by endpoint id).

@@ -119,27 +119,34 @@ fn is_service(p: &Packet) -> bool {
 }
 
 #[inline(always)]
-fn frag_key(p: &Packet, id: u32) -> FragKey {
+fn frag_key(p: &Packet, id: u32, hook: u8) -> FragKey {
     FragKey {
         src: p.src,
         dst: p.dst,
         id,
-        proto: p.proto,
-        _pad: [0; 3],
+        proto: p.frag_next,
+        hook,
+        _pad: [0; 2],
     }
 }
 
+/// `FragKey::hook` values.
+const AT_FROM_POD: u8 = 0;
+const AT_TO_POD: u8 = 1;
+const AT_UPLINK: u8 = 2;
+
 /// A later fragment takes the ports its first fragment recorded. False: none recorded.
 #[inline(always)]
-fn fragment_ports(p: &mut Packet) -> bool {
+fn fragment_ports(p: &mut Packet, hook: u8) -> bool {
     let Frag::Later(id) = p.frag else {
         return true;
     };
     // SAFETY: plain-data value, copied out.
-    match unsafe { FRAGMENTS.get(frag_key(p, id)) } {
+    match unsafe { FRAGMENTS.get(frag_key(p, id, hook)) } {
         Some(ports) => {
             p.sport = ports.sport;
             p.dport = ports.dport;
+            p.proto = ports.proto;
             true
         }
         None => false,
@@ -148,16 +155,17 @@ fn fragment_ports(p: &mut Packet) -> bool {
 
 /// A first fragment that passed records its ports for the rest of the datagram.
 #[inline(always)]
-fn record_first_fragment(p: &Packet, why: usize) {
+fn record_first_fragment(p: &Packet, why: usize, hook: u8) {
     if let Frag::First(id) = p.frag
         && why < reason::FIRST_DROP
     {
         let ports = FragPorts {
             sport: p.sport,
             dport: p.dport,
-            _pad: 0,
+            proto: p.proto,
+            _pad: [0; 3],
         };
-        let _ = FRAGMENTS.insert(frag_key(p, id), ports, 0);
+        let _ = FRAGMENTS.insert(frag_key(p, id, hook), ports, 0);
     }
 }
 
@@ -175,13 +183,28 @@ fn own_neighbour_message(iface: &IfaceInfo, p: &Packet) -> bool {
     let own_or_ll = |a: &Addr| own_address(iface, a) || parse::is_link_local_or_unspecified(a);
     match p.icmp {
         Icmp::Neighbour => {
-            p.hop_limit == 255
-                && own_or_ll(&p.src)
-                && (u128::from_be_bytes(p.nd_target.0) == 0 || own_or_ll(&p.nd_target))
+            p.hop_limit == 255 && own_or_ll(&p.src) && own_target(iface, p) && on_link(&p.dst)
         }
         Icmp::Listener => p.hop_limit == 1 && parse::is_link_local_or_unspecified(&p.src),
         _ => false,
     }
+}
+
+/// A neighbour advertisement names one of the sender's own addresses (or a link-local
+/// one); other messages carry no claim.
+#[inline(always)]
+fn own_target(iface: &IfaceInfo, p: &Packet) -> bool {
+    let t = &p.nd_target;
+    u128::from_be_bytes(t.0) == 0 || own_address(iface, t) || parse::is_link_local_or_unspecified(t)
+}
+
+/// Where neighbour discovery may go: link-scope multicast, link-local addresses, or the
+/// node (the pod's only neighbour on a routed veth). Anything else is judged by policy.
+#[inline(always)]
+fn on_link(dst: &Addr) -> bool {
+    (dst.0[0] == 0xff && dst.0[1] & 0x0f == 0x02)
+        || parse::is_link_local_or_unspecified(dst)
+        || is_node(dst)
 }
 
 /// Neighbour discovery towards a pod, as only its link can send it.
@@ -252,30 +275,36 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     if own_neighbour_message(&iface, p) {
         return verdict(id, reason::ALLOW_NEIGHBOUR);
     }
+    // Claiming another's address is spoofing, whatever the pod's policy.
+    if p.icmp == Icmp::Neighbour && !own_target(&iface, p) {
+        return verdict(id, reason::DROP_SPOOFED);
+    }
     if !own_address(&iface, &p.src) {
         return verdict(id, reason::DROP_SPOOFED);
     }
     let why = sent_by_pod(p, sets);
-    record_first_fragment(p, why);
+    record_first_fragment(p, why, AT_FROM_POD);
     verdict(id, why)
 }
 
 #[inline(always)]
 fn sent_by_pod(p: &mut Packet, sets: Sets) -> usize {
-    if !fragment_ports(p) {
-        return if sets.isolated() {
+    if !fragment_ports(p, AT_FROM_POD) {
+        return if is_node(&p.dst) {
+            reason::ALLOW_NODE
+        } else if sets.isolated() {
             reason::DROP_FRAGMENT
         } else {
             reason::ALLOW_UNISOLATED
         };
     }
-    if is_node(&p.dst) {
-        return reason::ALLOW_NODE;
-    }
     if p.icmp == Icmp::Error {
+        if is_node(&p.dst) {
+            return reason::ALLOW_NODE;
+        }
         // The pod answers a packet that was sent to it, about that packet only.
         let own_quote = p.t_src == p.src && p.t_dst == p.dst;
-        return if own_quote && verdict::related(p) {
+        return if own_quote && verdict::related(p, Judged { sets, sends: true }) {
             reason::ALLOW_RELATED
         } else if sets.egress == netpol_common::RULESET_ALLOW_ALL {
             reason::ALLOW_UNISOLATED
@@ -287,10 +316,19 @@ fn sent_by_pod(p: &mut Packet, sets: Sets) -> usize {
     if let Some(hit) = verdict::lookup(p)
         && verdict::usable(&hit, p)
     {
-        if hit.from_opener {
-            verdict::clear_deferred(&hit);
+        // A pod's pass towards a Service port ends with the Service: then the packet is
+        // judged like any other.
+        let service_gone =
+            hit.from_opener && verdict::flags(&hit) & ct_flag::SERVICE != 0 && !is_service(p);
+        if !service_gone {
+            return verdict::judge_tracked(&hit, p, me);
         }
-        return verdict::judge_tracked(&hit, p, me);
+        verdict::forget(&hit);
+    }
+    // Node traffic is never tracked, so it is looked for after conntrack: the established
+    // path stays one lookup.
+    if is_node(&p.dst) {
+        return reason::ALLOW_NODE;
     }
     if is_service(p) {
         // Decided after translation; only the replies (from the Service address) need
@@ -332,7 +370,7 @@ pub fn to_pod(ctx: TcContext) -> i32 {
         return verdict(id, reason::ALLOW_NEIGHBOUR);
     }
     let (who, why) = received_by_pod(p, id, sets);
-    record_first_fragment(p, why);
+    record_first_fragment(p, why, AT_TO_POD);
     verdict(who, why)
 }
 
@@ -340,19 +378,21 @@ pub fn to_pod(ctx: TcContext) -> i32 {
 /// decided here) and the reason.
 #[inline(always)]
 fn received_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
-    if !fragment_ports(p) {
-        return if sets.isolated() {
+    if !fragment_ports(p, AT_TO_POD) {
+        return if is_node(&p.src) {
+            (id, reason::ALLOW_NODE)
+        } else if sets.isolated() {
             (id, reason::DROP_FRAGMENT)
         } else {
             (id, reason::ALLOW_UNISOLATED)
         };
     }
-    if is_node(&p.src) {
-        return (id, reason::ALLOW_NODE);
-    }
     if p.icmp == Icmp::Error {
+        if is_node(&p.src) {
+            return (id, reason::ALLOW_NODE);
+        }
         let own_quote = p.t_dst == p.dst;
-        return if own_quote && verdict::related(p) {
+        return if own_quote && verdict::related(p, Judged { sets, sends: false }) {
             (id, reason::ALLOW_RELATED)
         } else if sets.ingress == netpol_common::RULESET_ALLOW_ALL {
             (id, reason::ALLOW_UNISOLATED)
@@ -372,6 +412,10 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
             return (sender.id, r);
         }
         return (id, verdict::judge_tracked(&hit, p, me));
+    }
+    // The own node, or the pod itself through its own Service without masquerade.
+    if is_node(&p.src) || p.src == p.dst {
+        return (id, reason::ALLOW_NODE);
     }
     // A new connection. A local sender that reached this pod through a Service has its
     // egress decided here, on the backend kube-proxy chose.
@@ -409,7 +453,7 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     if p.icmp == Icmp::Error || p.v4_in_v6 {
         return TC_ACT_UNSPEC; // decided at the pod's veth
     }
-    let fragment_known = fragment_ports(p);
+    let fragment_known = fragment_ports(p, AT_UPLINK);
     if fragment_known
         && let Some(hit) = verdict::lookup(p)
         && verdict::usable(&hit, p)
@@ -425,7 +469,7 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
         return match verdict::judge_deferred_opener(&hit, p, sets_of(&sender)) {
             Some(r) => verdict(sender.id, r),
             None => {
-                record_first_fragment(p, reason::ALLOW_TRACKED);
+                record_first_fragment(p, reason::ALLOW_TRACKED, AT_UPLINK);
                 TC_ACT_UNSPEC
             }
         };
@@ -445,7 +489,7 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     if why < reason::FIRST_DROP && sets.isolated() {
         verdict::track(p, sets.egress, UNDECIDED, ct_flag::DEFERRED_EGRESS);
     }
-    record_first_fragment(p, why);
+    record_first_fragment(p, why, AT_UPLINK);
     if why == reason::ALLOW_UNISOLATED {
         return TC_ACT_UNSPEC;
     }

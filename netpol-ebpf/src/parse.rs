@@ -59,6 +59,9 @@ pub struct Packet {
     pub tcp_flags: u8,
     pub icmp: Icmp,
     pub frag: Frag,
+    /// The protocol that names a datagram's fragments (the IPv4 protocol, or the IPv6
+    /// fragment header's next header, which every fragment repeats).
+    pub frag_next: u8,
     pub hop_limit: u8,
     /// IPv6 packet with an IPv4-mapped or -compatible address (never valid on the wire).
     pub v4_in_v6: bool,
@@ -117,6 +120,7 @@ fn reset(p: &mut Packet, proto: u8, hop_limit: u8, frag: Frag) {
     p.tcp_flags = 0;
     p.icmp = Icmp::None;
     p.frag = frag;
+    p.frag_next = proto;
     p.hop_limit = hop_limit;
     p.v4_in_v6 = false;
     p.nd_target = Addr([0; 16]);
@@ -188,6 +192,7 @@ fn parse_v6(ctx: &TcContext, p: &mut Packet) -> Parsed {
     let mut next = hdr[6];
     let mut off = ETH_HLEN + 40;
     let mut frag = Frag::Whole;
+    let mut frag_next = 0;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             // hop-by-hop, routing, destination options
@@ -204,16 +209,21 @@ fn parse_v6(ctx: &TcContext, p: &mut Packet) -> Parsed {
                     return Parsed::Malformed;
                 };
                 next = ext[0];
+                frag_next = next;
                 let field = u16::from_be_bytes([ext[2], ext[3]]);
                 let id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
-                frag = if field >> 3 != 0 {
-                    Frag::Later(id)
-                } else if field & 1 != 0 {
+                off += 8;
+                if field >> 3 != 0 {
+                    // What follows is payload, not headers: no ports to read.
+                    reset(p, next, hdr[7], Frag::Later(id));
+                    p.v4_in_v6 = mapped;
+                    return Parsed::Ip;
+                }
+                frag = if field & 1 != 0 {
                     Frag::First(id)
                 } else {
                     Frag::Whole
                 };
-                off += 8;
             }
             // authentication header
             51 => {
@@ -225,6 +235,9 @@ fn parse_v6(ctx: &TcContext, p: &mut Packet) -> Parsed {
             }
             _ => {
                 reset(p, next, hdr[7], frag);
+                if frag != Frag::Whole {
+                    p.frag_next = frag_next;
+                }
                 p.v4_in_v6 = mapped;
                 return if l4(ctx, p, off) {
                     Parsed::Ip

@@ -83,6 +83,8 @@ pub struct Hit {
     pub entry: *mut CtEntry,
     /// The packet travels from the connection's opener to its acceptor.
     pub from_opener: bool,
+    /// `bpf_ktime_get_ns` at the lookup (one clock read per packet).
+    pub now: u64,
 }
 
 /// The live entry of `p`'s connection, if any. Expired entries are deleted here (the
@@ -93,7 +95,8 @@ pub fn lookup(p: &Packet) -> Option<Hit> {
     let entry = CONNTRACK.get_ptr_mut(key)?;
     // SAFETY: the pointer comes from the map and is valid for this program run.
     let e = unsafe { &*entry };
-    if now().saturating_sub(e.last_seen_ns) > ct_lifetime_ns(p.proto, e.flags) {
+    let t = now();
+    if t.saturating_sub(e.last_seen_ns) > ct_lifetime_ns(p.proto, e.flags) {
         let _ = CONNTRACK.remove(key);
         return None;
     }
@@ -102,6 +105,7 @@ pub fn lookup(p: &Packet) -> Option<Hit> {
         key,
         entry,
         from_opener: src_is_a == opener_is_a,
+        now: t,
     })
 }
 
@@ -112,6 +116,16 @@ pub fn track(p: &Packet, opener_set: u32, acceptor_set: u32, flags: u8) {
     let mut flags = flags;
     if !src_is_a {
         flags |= ct_flag::OPENER_B;
+    }
+    // An opening that already ends (a stray RST or FIN judged as an opening) leaves a
+    // closing entry, not a live connection.
+    if p.proto == PROTO_TCP {
+        if p.tcp_flags & TCP_RST != 0 {
+            flags |= ct_flag::RST;
+        }
+        if p.tcp_flags & TCP_FIN != 0 {
+            flags |= ct_flag::FIN_OPENER;
+        }
     }
     let entry = CtEntry {
         last_seen_ns: now(),
@@ -141,7 +155,7 @@ pub fn judge_tracked(hit: &Hit, p: &Packet, me: Judged) -> usize {
     // fields, and every field is re-validated here.
     let e = unsafe { &mut *hit.entry };
     if e.flags & ct_flag::SERVICE != 0 {
-        update_state(e, p, hit.from_opener);
+        update_state(e, p, hit.from_opener, hit.now);
         return if hit.from_opener {
             reason::PASS_SERVICE
         } else {
@@ -157,7 +171,7 @@ pub fn judge_tracked(hit: &Hit, p: &Packet, me: Judged) -> usize {
         }
         why = r;
     }
-    update_state(e, p, hit.from_opener);
+    update_state(e, p, hit.from_opener, hit.now);
     why
 }
 
@@ -213,7 +227,7 @@ fn opening(hit: &Hit, p: &Packet) -> (Addr, Addr, u16) {
 /// Replies, FIN and RST, and the idle clock (refreshed at most once a second, so busy
 /// connections do not write the entry on every packet).
 #[inline(always)]
-fn update_state(e: &mut CtEntry, p: &Packet, from_opener: bool) {
+fn update_state(e: &mut CtEntry, p: &Packet, from_opener: bool, t: u64) {
     let mut flags = e.flags;
     if !from_opener {
         flags |= ct_flag::REPLIED;
@@ -233,7 +247,6 @@ fn update_state(e: &mut CtEntry, p: &Packet, from_opener: bool) {
     if flags != e.flags {
         e.flags = flags;
     }
-    let t = now();
     if t.saturating_sub(e.last_seen_ns) > 1_000_000_000 {
         e.last_seen_ns = t;
     }
@@ -260,10 +273,32 @@ pub fn usable(hit: &Hit, p: &Packet) -> bool {
     true
 }
 
-/// An ICMP error passes when it quotes a live connection: it belongs to it.
+/// An ICMP error passes when it quotes a live connection that `me`'s rules still allow:
+/// it belongs to it. It changes nothing in the entry.
 #[inline(always)]
-pub fn related(p: &Packet) -> bool {
-    lookup(p).is_some()
+pub fn related(p: &Packet, me: Judged) -> bool {
+    let Some(hit) = lookup(p) else {
+        return false;
+    };
+    // SAFETY: valid map value pointer for this run.
+    let e = unsafe { &mut *hit.entry };
+    if e.flags & ct_flag::SERVICE != 0 {
+        return true;
+    }
+    let i_am_opener = me.sends == hit.from_opener;
+    match revalidate(&hit, e, p, i_am_opener, me.sets) {
+        Some(r) if r >= reason::FIRST_DROP => {
+            let _ = CONNTRACK.remove(hit.key);
+            false
+        }
+        _ => true,
+    }
+}
+
+/// Deletes the connection's entry.
+#[inline(always)]
+pub fn forget(hit: &Hit) {
+    let _ = CONNTRACK.remove(hit.key);
 }
 
 /// The opening of a new connection, judged for a local sender's egress.
@@ -309,14 +344,4 @@ pub fn judge_deferred_opener(hit: &Hit, p: &Packet, opener: Sets) -> Option<usiz
 pub fn flags(hit: &Hit) -> u8 {
     // SAFETY: valid map value pointer for this run.
     unsafe { (*hit.entry).flags }
-}
-
-/// The opener now checks its own egress at its veth: later hooks need not.
-#[inline(always)]
-pub fn clear_deferred(hit: &Hit) {
-    // SAFETY: valid map value pointer for this run.
-    let e = unsafe { &mut *hit.entry };
-    if e.flags & ct_flag::DEFERRED_EGRESS != 0 {
-        e.flags &= !ct_flag::DEFERRED_EGRESS;
-    }
 }

@@ -619,6 +619,7 @@ fn root_attack_finding_direct_segment_clears_deferred_egress_and_survives_revoca
 /// outbound connection of its pods (and, symmetrically, default-deny-egress cuts every
 /// open inbound one).
 #[test]
+#[ignore = "open finding (issue 8 item 1): connections of a pod that becomes isolated are not seeded from nf_conntrack"]
 fn root_attack_finding_isolating_a_pod_cuts_its_still_allowed_connections() {
     let mut lab = lab_client_on_lo(base());
     lab.expect(
@@ -656,6 +657,7 @@ fn root_attack_finding_isolating_a_pod_cuts_its_still_allowed_connections() {
 /// allowed (ingress is not isolated) and the client's answers are replies, but they are
 /// judged as new outbound connections and dropped.
 #[test]
+#[ignore = "open finding (issue 8 item 1): connections of a pod that becomes isolated are not seeded from nf_conntrack"]
 fn root_attack_finding_egress_isolation_cuts_still_allowed_inbound_connections() {
     let mut lab = lab_client_on_lo(base());
     lab.verdict(
@@ -848,6 +850,7 @@ fn root_attack_icmp_error_about_a_service_reply_passes() {
 /// 172.18.0.3 -> 172.18.0.2:6443, finds no local pod behind the source and passes it. The
 /// client reaches a backend its egress policy denies.
 #[test]
+#[ignore = "open finding: Service backends outside the pod network are masqueraded before the uplink hook sees them"]
 fn root_attack_finding_masqueraded_service_backend_escapes_egress() {
     let mut s = base();
     set_policy(&mut s, "client-egress", CLIENT_EGRESS_Y);
@@ -878,6 +881,7 @@ fn root_attack_finding_masqueraded_service_backend_escapes_egress() {
 /// link-local target, so the pod can take over the gateway's (or any pod's) link-local
 /// address in its neighbours' caches.
 #[test]
+#[ignore = "open finding: the agent does not learn pods' link-local addresses, so link-local ND claims are not checked"]
 fn root_attack_finding_neighbour_advertisement_for_another_link_local_address() {
     let mut lab = lab_client_on_lo(base());
     let gw = ip6("fe80::1");

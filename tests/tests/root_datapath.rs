@@ -1401,7 +1401,7 @@ fn root_neighbour_discovery() {
         &hop_limit(v6(me, all_nodes, ICMPV6, &[], 0, &foreign_na), 255),
         DROP,
         c,
-        Some(reason::DROP_EGRESS),
+        Some(reason::DROP_SPOOFED),
     );
     b.expect(
         "a routed (hop limit 64) solicitation is not neighbour discovery",

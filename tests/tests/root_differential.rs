@@ -499,7 +499,22 @@ impl Model {
                     At::ToPod => *qsrc == pod.addr(),
                     At::FromPod => *qdst == pod.addr() && pkt.dst == *qsrc,
                 };
-                if live && own {
+                // A connection the pod's rules no longer allow is revoked: an error about
+                // it is not justified by it (and it is forgotten, as at its next packet).
+                let still_allowed = live && own && {
+                    let key = conn_key(proto, (*qsrc, sport), (*qdst, dport));
+                    let c = &self.conns[&key];
+                    let ok = if c.opener.0 == pod.addr() {
+                        side_allows(&self.pols, pod, true, c.acceptor.0, proto, c.acceptor.1)
+                    } else {
+                        side_allows(&self.pols, pod, false, c.opener.0, proto, c.acceptor.1)
+                    };
+                    if !ok {
+                        self.conns.remove(&key);
+                    }
+                    ok
+                };
+                if still_allowed {
                     ("icmp error, related", true)
                 } else {
                     (
@@ -525,7 +540,6 @@ impl Model {
         // A SYN from the opener after a FIN or RST starts a new connection: the old
         // one is over, whatever the verdict on the new one.
         if syn_only
-            && !untracked
             && self
                 .conns
                 .get(&key)
