@@ -453,6 +453,23 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     if p.icmp == Icmp::Error || p.v4_in_v6 {
         return TC_ACT_UNSPEC; // decided at the pod's veth
     }
+    match leaving_node(p) {
+        None => {
+            // Passed: its later fragments follow it here too.
+            record_first_fragment(p, reason::ALLOW_TRACKED, AT_UPLINK);
+            TC_ACT_UNSPEC
+        }
+        Some((id, why)) => {
+            record_first_fragment(p, why, AT_UPLINK);
+            verdict(id, why)
+        }
+    }
+}
+
+/// The uplink's decision: `None` passes uncounted (not a local pod's, or decided at the
+/// pod's veth); otherwise the endpoint to count on and the reason.
+#[inline(always)]
+fn leaving_node(p: &mut Packet) -> Option<(u32, usize)> {
     let fragment_known = fragment_ports(p, AT_UPLINK);
     if fragment_known
         && let Some(hit) = verdict::lookup(p)
@@ -461,39 +478,27 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
         // Replies of a local acceptor, and openers decided at their own veth, were
         // decided there.
         if !hit.from_opener || verdict::flags(&hit) & ct_flag::DEFERRED_EGRESS == 0 {
-            return TC_ACT_UNSPEC;
+            return None;
         }
-        let Some(sender) = endpoint(&p.src) else {
-            return TC_ACT_UNSPEC;
-        };
-        return match verdict::judge_deferred_opener(&hit, p, sets_of(&sender)) {
-            Some(r) => verdict(sender.id, r),
-            None => {
-                record_first_fragment(p, reason::ALLOW_TRACKED, AT_UPLINK);
-                TC_ACT_UNSPEC
-            }
-        };
+        let sender = endpoint(&p.src)?;
+        return verdict::judge_deferred_opener(&hit, p, sets_of(&sender)).map(|r| (sender.id, r));
     }
-    let Some(sender) = endpoint(&p.src) else {
-        return TC_ACT_UNSPEC; // not a local pod, or already masqueraded
-    };
+    // Not a local pod, or already masqueraded: nothing of ours to decide.
+    let sender = endpoint(&p.src)?;
     let sets = sets_of(&sender);
     if !fragment_known {
-        return if sets.isolated() {
-            verdict(sender.id, reason::DROP_FRAGMENT)
-        } else {
-            TC_ACT_UNSPEC
-        };
+        return sets
+            .isolated()
+            .then_some((sender.id, reason::DROP_FRAGMENT));
     }
     let why = verdict::egress_opening(sets, p);
     if why < reason::FIRST_DROP && sets.isolated() {
         verdict::track(p, sets.egress, UNDECIDED, ct_flag::DEFERRED_EGRESS);
     }
-    record_first_fragment(p, why, AT_UPLINK);
     if why == reason::ALLOW_UNISOLATED {
-        return TC_ACT_UNSPEC;
+        return None;
     }
-    verdict(sender.id, why)
+    Some((sender.id, why))
 }
 
 /// Does nothing: the baseline the datapath benchmarks compare against.

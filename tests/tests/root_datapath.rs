@@ -1527,3 +1527,93 @@ fn root_rule_set_ids_are_never_reused() {
         seen.extend(now);
     }
 }
+
+/// Fragmented datagrams through a Service: later fragments follow the first at every
+/// hook (the pod's veth, and the receiver's veth after translation).
+#[test]
+fn root_fragments_through_a_service() {
+    let mut b = setup();
+    let c = b.client;
+    let mut first = V4::new(CLIENT4, DNS_VIP, UDP);
+    first.more_fragments = true;
+    first.id = 300;
+    b.expect(
+        "first fragment to the Service",
+        Hook::FromPod,
+        &first.packet(&udp(49000, 53)),
+        PASS,
+        c,
+        Some(reason::PASS_SERVICE),
+    );
+    let mut later = V4::new(CLIENT4, DNS_VIP, UDP);
+    later.frag_offset = 185;
+    later.id = 300;
+    b.expect(
+        "later fragment to the Service",
+        Hook::FromPod,
+        &later.packet(&[0u8; 64]),
+        PASS,
+        c,
+        Some(reason::PASS_SERVICE),
+    );
+    let mut first_back = V4::new(DNS_VIP, CLIENT4, UDP);
+    first_back.more_fragments = true;
+    first_back.id = 301;
+    b.expect(
+        "first fragment of the answer",
+        Hook::ToPod,
+        &first_back.packet(&udp(53, 49000)),
+        PASS,
+        c,
+        Some(reason::ALLOW_TRACKED),
+    );
+    let mut later_back = V4::new(DNS_VIP, CLIENT4, UDP);
+    later_back.frag_offset = 185;
+    later_back.id = 301;
+    b.expect(
+        "later fragment of the answer",
+        Hook::ToPod,
+        &later_back.packet(&[0u8; 64]),
+        PASS,
+        c,
+        Some(reason::ALLOW_TRACKED),
+    );
+}
+
+/// The uplink sees a pod's fragments after its veth: a reply's later fragments follow
+/// their first fragment there too (they have no ports of their own).
+#[test]
+fn root_fragments_of_a_reply_at_the_uplink() {
+    let mut b = setup();
+    let s = b.server;
+    let client = [10, 9, 1, 1];
+    b.expect(
+        "a client opens to the server",
+        Hook::ToPod,
+        &V4::new(client, SERVER4, TCP).packet(&tcp(42000, 443, SYN)),
+        PASS,
+        s,
+        Some(reason::ALLOW_POLICY),
+    );
+    let mut first = V4::new(SERVER4, client, TCP);
+    first.more_fragments = true;
+    first.id = 400;
+    let mut later = V4::new(SERVER4, client, TCP);
+    later.frag_offset = 185;
+    later.id = 400;
+    for hook in [Hook::FromPod, Hook::Uplink] {
+        let (v, _) =
+            b.dp.test_run_on(
+                hook,
+                &first.packet(&tcp(443, 42000, ACK)),
+                1,
+                b.ifindex_of(s),
+            )
+            .expect("test run");
+        assert_eq!(v, PASS, "{hook:?}: first fragment of the reply");
+        let (v, _) =
+            b.dp.test_run_on(hook, &later.packet(&[0u8; 64]), 1, b.ifindex_of(s))
+                .expect("test run");
+        assert_eq!(v, PASS, "{hook:?}: later fragment of the reply");
+    }
+}
