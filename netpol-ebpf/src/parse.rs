@@ -14,6 +14,25 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+/// Offsets past this are read with `bpf_skb_load_bytes` only (it keeps the verifier's
+/// range of direct reads small).
+const MAX_DIRECT_OFFSET: usize = 512;
+
+/// `size_of::<T>()` bytes at `off`: read directly from the packet when they lie in its
+/// linear part (the common case, and much cheaper than a helper call), else copied with
+/// `bpf_skb_load_bytes`, which also reaches paged data. `None`: past the end.
+#[inline(always)]
+fn load<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let len = core::mem::size_of::<T>();
+    if off <= MAX_DIRECT_OFFSET && start + off + len <= end {
+        // SAFETY: the bytes lie between data and data_end, checked just above.
+        return Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
+    }
+    ctx.load::<T>(off).ok()
+}
+
 /// IPv6 extension headers walked before giving up (and dropping on isolated pods).
 const MAX_EXT_HEADERS: usize = 6;
 
@@ -95,15 +114,15 @@ pub fn parse(ctx: &TcContext, p: &mut Packet) -> Parsed {
     if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
         return Parsed::OtherFrame;
     }
-    let Ok(ethertype) = ctx.load::<[u8; 2]>(12) else {
+    let Some(ethertype) = load::<[u8; 2]>(ctx, 12) else {
         return Parsed::Malformed;
     };
     match u16::from_be_bytes(ethertype) {
         ETH_P_IP => parse_v4(ctx, p),
         ETH_P_IPV6 => parse_v6(ctx, p),
-        ETH_P_ARP => match ctx.load::<[u8; 4]>(ETH_HLEN + 14) {
-            Ok(spa) => Parsed::Arp(spa),
-            Err(_) => Parsed::Malformed,
+        ETH_P_ARP => match load::<[u8; 4]>(ctx, ETH_HLEN + 14) {
+            Some(spa) => Parsed::Arp(spa),
+            None => Parsed::Malformed,
         },
         _ => Parsed::OtherFrame,
     }
@@ -128,7 +147,7 @@ fn reset(p: &mut Packet, proto: u8, hop_limit: u8, frag: Frag) {
 
 #[inline(always)]
 fn parse_v4(ctx: &TcContext, p: &mut Packet) -> Parsed {
-    let Ok(hdr) = ctx.load::<[u8; 20]>(ETH_HLEN) else {
+    let Some(hdr) = load::<[u8; 20]>(ctx, ETH_HLEN) else {
         return Parsed::Malformed;
     };
     let ihl = ((hdr[0] & 0x0f) as usize) * 4;
@@ -174,15 +193,15 @@ fn v4_in_v6(a: &[u8; 16]) -> bool {
 
 #[inline(always)]
 fn parse_v6(ctx: &TcContext, p: &mut Packet) -> Parsed {
-    let Ok(hdr) = ctx.load::<[u8; 8]>(ETH_HLEN) else {
+    let Some(hdr) = load::<[u8; 8]>(ctx, ETH_HLEN) else {
         return Parsed::Malformed;
     };
     if hdr[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let (Ok(src), Ok(dst)) = (
-        ctx.load::<[u8; 16]>(ETH_HLEN + 8),
-        ctx.load::<[u8; 16]>(ETH_HLEN + 24),
+    let (Some(src), Some(dst)) = (
+        load::<[u8; 16]>(ctx, ETH_HLEN + 8),
+        load::<[u8; 16]>(ctx, ETH_HLEN + 24),
     ) else {
         return Parsed::Malformed;
     };
@@ -197,7 +216,7 @@ fn parse_v6(ctx: &TcContext, p: &mut Packet) -> Parsed {
         match next {
             // hop-by-hop, routing, destination options
             0 | 43 | 60 => {
-                let Ok(ext) = ctx.load::<[u8; 2]>(off) else {
+                let Some(ext) = load::<[u8; 2]>(ctx, off) else {
                     return Parsed::Malformed;
                 };
                 next = ext[0];
@@ -205,7 +224,7 @@ fn parse_v6(ctx: &TcContext, p: &mut Packet) -> Parsed {
             }
             // fragment
             44 => {
-                let Ok(ext) = ctx.load::<[u8; 8]>(off) else {
+                let Some(ext) = load::<[u8; 8]>(ctx, off) else {
                     return Parsed::Malformed;
                 };
                 next = ext[0];
@@ -227,7 +246,7 @@ fn parse_v6(ctx: &TcContext, p: &mut Packet) -> Parsed {
             }
             // authentication header
             51 => {
-                let Ok(ext) = ctx.load::<[u8; 2]>(off) else {
+                let Some(ext) = load::<[u8; 2]>(ctx, off) else {
                     return Parsed::Malformed;
                 };
                 next = ext[0];
@@ -259,7 +278,7 @@ fn l4(ctx: &TcContext, p: &mut Packet, off: usize) -> bool {
     }
     match p.proto {
         PROTO_TCP => {
-            let Ok(h) = ctx.load::<[u8; 14]>(off) else {
+            let Some(h) = load::<[u8; 14]>(ctx, off) else {
                 return false;
             };
             p.sport = u16::from_be_bytes([h[0], h[1]]);
@@ -267,14 +286,14 @@ fn l4(ctx: &TcContext, p: &mut Packet, off: usize) -> bool {
             p.tcp_flags = h[13];
         }
         PROTO_UDP | PROTO_SCTP => {
-            let Ok(h) = ctx.load::<[u8; 4]>(off) else {
+            let Some(h) = load::<[u8; 4]>(ctx, off) else {
                 return false;
             };
             p.sport = u16::from_be_bytes([h[0], h[1]]);
             p.dport = u16::from_be_bytes([h[2], h[3]]);
         }
         PROTO_ICMP => {
-            let Ok(h) = ctx.load::<[u8; 8]>(off) else {
+            let Some(h) = load::<[u8; 8]>(ctx, off) else {
                 return false;
             };
             p.icmp = match h[0] {
@@ -289,7 +308,7 @@ fn l4(ctx: &TcContext, p: &mut Packet, off: usize) -> bool {
             return icmp_tuple(ctx, p, off, &h);
         }
         PROTO_ICMPV6 => {
-            let Ok(h) = ctx.load::<[u8; 8]>(off) else {
+            let Some(h) = load::<[u8; 8]>(ctx, off) else {
                 return false;
             };
             p.icmp = match h[0] {
@@ -302,7 +321,7 @@ fn l4(ctx: &TcContext, p: &mut Packet, off: usize) -> bool {
                 _ => Icmp::Other,
             };
             if h[0] == 136 {
-                let Ok(t) = ctx.load::<[u8; 16]>(off + 8) else {
+                let Some(t) = load::<[u8; 16]>(ctx, off + 8) else {
                     return false;
                 };
                 p.nd_target = Addr(t);
@@ -335,7 +354,7 @@ fn icmp_tuple(ctx: &TcContext, p: &mut Packet, off: usize, h: &[u8; 8]) -> bool 
 fn quoted(ctx: &TcContext, p: &mut Packet, off: usize) -> bool {
     // The quoted source becomes t_dst, the quoted destination t_src.
     let (q_proto, l4_off) = if p.src.is_v4() {
-        let Ok(q) = ctx.load::<[u8; 20]>(off) else {
+        let Some(q) = load::<[u8; 20]>(ctx, off) else {
             return false;
         };
         let ihl = ((q[0] & 0x0f) as usize) * 4;
@@ -346,10 +365,10 @@ fn quoted(ctx: &TcContext, p: &mut Packet, off: usize) -> bool {
         p.t_src = Addr::from_v4([q[16], q[17], q[18], q[19]]);
         (q[9], off + ihl)
     } else {
-        let (Ok(q), Ok(s), Ok(d)) = (
-            ctx.load::<[u8; 8]>(off),
-            ctx.load::<[u8; 16]>(off + 8),
-            ctx.load::<[u8; 16]>(off + 24),
+        let (Some(q), Some(s), Some(d)) = (
+            load::<[u8; 8]>(ctx, off),
+            load::<[u8; 16]>(ctx, off + 8),
+            load::<[u8; 16]>(ctx, off + 24),
         ) else {
             return false;
         };
@@ -357,7 +376,7 @@ fn quoted(ctx: &TcContext, p: &mut Packet, off: usize) -> bool {
         p.t_src = Addr(d);
         (q[6], off + 40)
     };
-    let Ok(ports) = ctx.load::<[u8; 8]>(l4_off) else {
+    let Some(ports) = load::<[u8; 8]>(ctx, l4_off) else {
         return false;
     };
     let (q_sport, q_dport) = match q_proto {

@@ -100,7 +100,20 @@ fn program_cidrs(maps: &mut KernelMaps, set: u32, n: u32) -> Result<()> {
     Ok(())
 }
 
+/// Measures and prints at once, so a later failure keeps what was measured.
 fn measure(dp: &mut Datapath, hook: Hook, frame: &[u8], args: &Args, want: i32) -> Result<f64> {
+    let ns = measure_median(dp, hook, frame, args, want)?;
+    println!("  measured {hook:?}: {ns:.1} ns");
+    Ok(ns)
+}
+
+fn measure_median(
+    dp: &mut Datapath,
+    hook: Hook,
+    frame: &[u8],
+    args: &Args,
+    want: i32,
+) -> Result<f64> {
     let mut runs: Vec<Duration> = Vec::with_capacity(args.rounds);
     for _ in 0..args.rounds {
         let (verdict, d) = dp.test_run(hook, frame, args.repeat)?;
