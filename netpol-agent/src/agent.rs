@@ -210,6 +210,17 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Sends on `tx` whenever something in `dir` changes; bursts collapse into one message.
 fn watch_folder(dir: &std::path::Path, tx: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher> {
     use notify::Watcher;
@@ -275,17 +286,42 @@ impl Agent {
         }
     }
 
+    /// Tracks the existing connections of pods about to be isolated, from the kernel's
+    /// table, before they flip: each is decided by policy at its next packet, so allowed
+    /// ones go on (without this, replies of a connection the pod opened while unisolated
+    /// would be judged as new openings and dropped).
+    fn seed_connections(
+        &mut self,
+        plan: &compile::Plan,
+        fresh: &std::collections::BTreeSet<std::net::IpAddr>,
+    ) {
+        let flows = match datapath::kernel_conntrack::dump() {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "reading the kernel's connection table; existing connections of newly isolated pods are decided as new");
+                return;
+            }
+        };
+        let local = plan
+            .endpoints
+            .iter()
+            .flat_map(|e| e.ips.iter().copied())
+            .collect();
+        let entries = crate::program::seed::seed_entries(&flows, fresh, &local, monotonic_ns());
+        match self.programmer.maps_mut().seed_conntrack(&entries) {
+            Ok(added) => info!(
+                pods = fresh.len(),
+                kernel_connections = flows.len(),
+                added,
+                "tracked existing connections of newly isolated pods"
+            ),
+            Err(e) => warn!(error = %e, "seeding conntrack"),
+        }
+    }
+
     /// Deletes idle connections past their lifetime (the datapath also ignores them).
     fn sweep_conntrack(&mut self) {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
-        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
-            return;
-        }
-        let now = (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64;
+        let now = monotonic_ns();
         match self.programmer.maps_mut().sweep_conntrack(now) {
             Ok((seen, 0)) => tracing::debug!(seen, "conntrack sweep"),
             Ok((seen, deleted)) => info!(seen, deleted, "conntrack sweep removed idle connections"),
@@ -336,6 +372,10 @@ impl Agent {
             ready_ifaces.insert(pod.clone(), *idx);
         }
         self.program_node_addresses();
+        let fresh = self.programmer.newly_isolated(&plan);
+        if !fresh.is_empty() {
+            self.seed_connections(&plan, &fresh);
+        }
         let result = self.programmer.apply(&plan, &ready_ifaces);
         let wanted: std::collections::BTreeSet<&str> = ifaces
             .values()

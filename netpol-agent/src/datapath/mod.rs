@@ -1,6 +1,7 @@
 //! The BPF object: loading it, handing its maps to the programmer, and attaching its
 //! classifiers to pod veths and uplinks.
 
+pub mod kernel_conntrack;
 pub mod link_events;
 pub mod node_addrs;
 pub mod routes;

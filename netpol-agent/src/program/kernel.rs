@@ -186,6 +186,22 @@ impl KernelMaps {
         Ok((seen, expired.len()))
     }
 
+    /// Adds seeded entries where the datapath has none yet (a live entry knows more).
+    /// Returns how many were added.
+    pub fn seed_conntrack(&mut self, entries: &[(CtKey, CtEntry)]) -> Result<usize, MapError> {
+        const BPF_NOEXIST: u64 = 1;
+        let mut added = 0;
+        for (k, v) in entries {
+            match self.conntrack.insert(k, v, BPF_NOEXIST) {
+                Ok(()) => added += 1,
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(op(names::CONNTRACK, "seed")(e)),
+            }
+        }
+        Ok(added)
+    }
+
     /// Every conntrack entry (for status and tests).
     pub fn conntrack_entries(&self) -> Vec<(CtKey, CtEntry)> {
         self.conntrack.iter().filter_map(Result::ok).collect()

@@ -7,6 +7,7 @@
 
 pub mod kernel;
 pub mod memory;
+pub mod seed;
 #[cfg(test)]
 mod tests;
 
@@ -550,6 +551,24 @@ impl<M: MapOps> Programmer<M> {
 }
 
 impl<M: MapOps> Programmer<M> {
+    /// Addresses of local pods that `plan` isolates in a direction they are not isolated
+    /// in now (new pods included): their existing connections must be tracked before the
+    /// flip, from the kernel's evidence.
+    pub fn newly_isolated(&self, plan: &Plan) -> BTreeSet<IpAddr> {
+        let mut out = BTreeSet::new();
+        for ep in &plan.endpoints {
+            for ip in &ep.ips {
+                let now = self.endpoints.get(&addr_of(*ip));
+                let ingress_now = now.is_some_and(|e| e.ingress_set != RULESET_ALLOW_ALL);
+                let egress_now = now.is_some_and(|e| e.egress_set != RULESET_ALLOW_ALL);
+                if (ep.ingress.is_some() && !ingress_now) || (ep.egress.is_some() && !egress_now) {
+                    out.insert(*ip);
+                }
+            }
+        }
+        out
+    }
+
     /// Makes the node-address map hold exactly `addrs` (every address of this node: traffic
     /// between a pod and its own node always passes). Returns how many entries changed.
     pub fn set_node_addrs(&mut self, addrs: &BTreeSet<IpAddr>) -> Result<usize, MapError> {
