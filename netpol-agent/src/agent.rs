@@ -84,6 +84,12 @@ pub struct Args {
     #[arg(long, default_value_t = 30_000)]
     pub resync_ms: u64,
 
+    /// Judge traffic between pods and their own node by policy like any other address.
+    /// The spec (and the default) always allows it: kubelet probes and node-local agents
+    /// depend on it, and a default-deny-ingress policy would fail every probe without it.
+    #[arg(long)]
+    pub strict_node_traffic: bool,
+
     #[command(flatten)]
     pub map_sizes: MapSizes,
 }
@@ -269,6 +275,7 @@ impl Agent {
     /// The node's own addresses, which always reach its pods (and are reached by them).
     fn program_node_addresses(&mut self) {
         let addrs = match datapath::node_addrs::node_addresses() {
+            Ok(_) if self.args.strict_node_traffic => Default::default(),
             Ok(a) => a,
             Err(e) => {
                 error!(error = %e, "reading this node's addresses; keeping the last ones");
