@@ -7,67 +7,30 @@
 //! * `uplink_egress`: the node's uplinks, TC egress: where a local client's egress towards
 //!   a Service with a remote backend is decided, after translation.
 //!
+//! * `empty`: does nothing; the baseline of `cargo xtask bench`.
+//!
+//! Modules follow a packet: `parse` (headers), `fragments`, `neighbour` (what a pod may
+//! say on its link), `verdict` (rules and connection tracking), `maps` (the shared maps).
 //! Everything that can be decided in userspace is: these programs only parse, look up and
 //! count. "Pass" is `TC_ACT_UNSPEC`, so programs of other tools after ours still run.
 #![no_std]
 #![no_main]
 
+mod fragments;
+mod maps;
+mod neighbour;
 mod parse;
 mod verdict;
 
-use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
-    macros::{classifier, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
-    programs::TcContext,
-};
-use netpol_common::{
-    Addr, Counters, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts, IFACE_HAS_V4, IFACE_HAS_V6,
-    IfaceInfo, PeerKey, PortSet, ServiceKey, ct_flag, meta, reason, sizes,
-};
-use parse::{Frag, Icmp, Packet, Parsed};
+use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use fragments::{AT_FROM_POD, AT_TO_POD, AT_UPLINK, fragment_ports, record_first_fragment};
+use maps::{count, endpoint, iface_of, is_node, is_service, scratch, sets_of};
+use neighbour::{link_message, own_address, own_neighbour_message, own_target};
+use netpol_common::{Addr, IFACE_HAS_V4, IfaceInfo, ct_flag, reason};
+use parse::{Icmp, Packet, Parsed};
 use verdict::{Judged, Sets, UNDECIDED};
 
 const TC_ACT_UNSPEC: i32 = -1;
-
-#[map]
-static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(sizes::IFACES, 0);
-#[map]
-static ENDPOINTS: HashMap<Addr, EndpointInfo> = HashMap::with_max_entries(sizes::ENDPOINTS, 0);
-#[map]
-static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(sizes::SERVICES, 0);
-#[map]
-static NODE_ADDRS: HashMap<Addr, u32> = HashMap::with_max_entries(sizes::NODE_ADDRS, 0);
-#[map]
-static PEERS_EXACT: HashMap<PeerKey, u32> = HashMap::with_max_entries(sizes::PEERS_EXACT, 0);
-#[map]
-static PEERS_CIDR: LpmTrie<PeerKey, u32> = LpmTrie::with_max_entries(sizes::PEERS_CIDR, 0);
-#[map]
-static PORTSETS: HashMap<u32, PortSet> = HashMap::with_max_entries(sizes::PORTSETS, 0);
-#[map]
-static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(sizes::CONNTRACK, 0);
-#[map]
-static FRAGMENTS: LruHashMap<FragKey, FragPorts> =
-    LruHashMap::with_max_entries(sizes::FRAGMENTS, 0);
-/// Where the packet being judged is parsed to (too big for the BPF stack).
-#[map]
-static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
-#[map]
-static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(sizes::COUNTERS, 0);
-/// Written by the agent only (the next rule-set id); part of the pinned state.
-#[map]
-static META: Array<u64> = Array::with_max_entries(meta::COUNT, 0);
-
-#[inline(always)]
-fn count(endpoint_id: u32, why: usize) {
-    if why >= reason::COUNT {
-        return;
-    }
-    if let Some(c) = COUNTERS.get_ptr_mut(endpoint_id) {
-        // SAFETY: per-CPU slot, so no other writer; the pointer comes from the map.
-        unsafe { (*c).packets[why] += 1 };
-    }
-}
 
 /// Counts `why` for endpoint `id` and turns it into a TC verdict.
 #[inline(always)]
@@ -77,143 +40,6 @@ fn verdict(id: u32, why: usize) -> i32 {
         TC_ACT_SHOT
     } else {
         TC_ACT_UNSPEC
-    }
-}
-
-#[inline(always)]
-fn ifindex(ctx: &TcContext) -> u32 {
-    // SAFETY: the context pointer is valid for the whole program run.
-    unsafe { (*ctx.skb.skb).ifindex }
-}
-
-#[inline(always)]
-fn endpoint(addr: &Addr) -> Option<EndpointInfo> {
-    // SAFETY: values are plain data; a concurrent update can at worst give a stale copy.
-    unsafe { ENDPOINTS.get(addr) }.copied()
-}
-
-#[inline(always)]
-fn sets_of(ep: &EndpointInfo) -> Sets {
-    Sets {
-        ingress: ep.ingress_set,
-        egress: ep.egress_set,
-    }
-}
-
-#[inline(always)]
-fn is_node(addr: &Addr) -> bool {
-    // SAFETY: plain-data lookup.
-    unsafe { NODE_ADDRS.get(addr) }.is_some()
-}
-
-#[inline(always)]
-fn is_service(p: &Packet) -> bool {
-    let key = ServiceKey {
-        addr: p.dst,
-        port: p.dport,
-        proto: p.proto,
-        _pad: 0,
-    };
-    // SAFETY: plain-data lookup.
-    unsafe { SERVICES.get(key) }.is_some()
-}
-
-#[inline(always)]
-fn frag_key(p: &Packet, id: u32, hook: u8) -> FragKey {
-    FragKey {
-        src: p.src,
-        dst: p.dst,
-        id,
-        proto: p.frag_next,
-        hook,
-        _pad: [0; 2],
-    }
-}
-
-/// `FragKey::hook` values.
-const AT_FROM_POD: u8 = 0;
-const AT_TO_POD: u8 = 1;
-const AT_UPLINK: u8 = 2;
-
-/// A later fragment takes the ports its first fragment recorded. False: none recorded.
-#[inline(always)]
-fn fragment_ports(p: &mut Packet, hook: u8) -> bool {
-    let Frag::Later(id) = p.frag else {
-        return true;
-    };
-    // SAFETY: plain-data value, copied out.
-    match unsafe { FRAGMENTS.get(frag_key(p, id, hook)) } {
-        Some(ports) => {
-            p.sport = ports.sport;
-            p.dport = ports.dport;
-            p.proto = ports.proto;
-            true
-        }
-        None => false,
-    }
-}
-
-/// A first fragment that passed records its ports for the rest of the datagram.
-#[inline(always)]
-fn record_first_fragment(p: &Packet, why: usize, hook: u8) {
-    if let Frag::First(id) = p.frag
-        && why < reason::FIRST_DROP
-    {
-        let ports = FragPorts {
-            sport: p.sport,
-            dport: p.dport,
-            proto: p.proto,
-            _pad: [0; 3],
-        };
-        let _ = FRAGMENTS.insert(frag_key(p, id, hook), ports, 0);
-    }
-}
-
-#[inline(always)]
-fn own_address(iface: &IfaceInfo, a: &Addr) -> bool {
-    (iface.flags & IFACE_HAS_V4 != 0 && *a == iface.addr4)
-        || (iface.flags & IFACE_HAS_V6 != 0 && *a == iface.addr6)
-}
-
-/// Neighbour discovery and multicast listener messages a pod sends about itself: hop
-/// limits as RFC 4861 / 2710 require (so nothing routed qualifies), from its own address,
-/// a link-local one or `::`, and advertising only its own addresses.
-#[inline(always)]
-fn own_neighbour_message(iface: &IfaceInfo, p: &Packet) -> bool {
-    let own_or_ll = |a: &Addr| own_address(iface, a) || parse::is_link_local_or_unspecified(a);
-    match p.icmp {
-        Icmp::Neighbour => {
-            p.hop_limit == 255 && own_or_ll(&p.src) && own_target(iface, p) && on_link(&p.dst)
-        }
-        Icmp::Listener => p.hop_limit == 1 && parse::is_link_local_or_unspecified(&p.src),
-        _ => false,
-    }
-}
-
-/// A neighbour advertisement names one of the sender's own addresses (or a link-local
-/// one); other messages carry no claim.
-#[inline(always)]
-fn own_target(iface: &IfaceInfo, p: &Packet) -> bool {
-    let t = &p.nd_target;
-    u128::from_be_bytes(t.0) == 0 || own_address(iface, t) || parse::is_link_local_or_unspecified(t)
-}
-
-/// Where neighbour discovery may go: link-scope multicast, link-local addresses, or the
-/// node (the pod's only neighbour on a routed veth). Anything else is judged by policy.
-#[inline(always)]
-fn on_link(dst: &Addr) -> bool {
-    (dst.0[0] == 0xff && dst.0[1] & 0x0f == 0x02)
-        || parse::is_link_local_or_unspecified(dst)
-        || is_node(dst)
-}
-
-/// Neighbour discovery towards a pod, as only its link can send it.
-#[inline(always)]
-fn link_message(p: &Packet) -> bool {
-    match p.icmp {
-        Icmp::Neighbour | Icmp::Router => p.hop_limit == 255,
-        Icmp::Listener => p.hop_limit == 1,
-        _ => false,
     }
 }
 
@@ -233,19 +59,6 @@ fn not_ip(iface: &IfaceInfo, sets: Sets, parsed: &Parsed, sent: bool) -> i32 {
         Parsed::OtherFrame => verdict(iface.endpoint_id, reason::DROP_FRAME),
         _ => verdict(iface.endpoint_id, reason::DROP_MALFORMED),
     }
-}
-
-#[inline(always)]
-fn scratch() -> Option<&'static mut Packet> {
-    // SAFETY: a per-CPU slot; programs do not nest on one CPU, so nothing else uses it
-    // while this run does.
-    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
-}
-
-#[inline(always)]
-fn iface_of(ctx: &TcContext) -> Option<IfaceInfo> {
-    // SAFETY: plain-data value, copied out.
-    unsafe { IFACES.get(ifindex(ctx)) }.copied()
 }
 
 /// The pod's egress side: what it sends, before any translation.

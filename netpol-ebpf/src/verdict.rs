@@ -12,8 +12,8 @@ use netpol_common::{
     RULESET_ALLOW_ALL, RULESET_ID_BITS, ct_flag, ct_lifetime_ns, reason,
 };
 
+use crate::maps::{CONNTRACK, PEERS_CIDR, PEERS_EXACT, PORTSETS};
 use crate::parse::{Icmp, Packet, TCP_FIN, TCP_RST};
-use crate::{CONNTRACK, PEERS_CIDR, PEERS_EXACT, PORTSETS};
 
 /// A local pod's rule sets.
 #[derive(Clone, Copy)]

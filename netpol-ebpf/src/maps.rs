@@ -1,0 +1,105 @@
+//! The maps the programs share with the agent, and the lookups the hooks make in them.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    programs::TcContext,
+};
+use netpol_common::{
+    Addr, Counters, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts, IfaceInfo, PeerKey, PortSet,
+    ServiceKey, meta, reason, sizes,
+};
+
+use crate::parse::Packet;
+use crate::verdict::Sets;
+
+#[map]
+pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(sizes::IFACES, 0);
+#[map]
+pub static ENDPOINTS: HashMap<Addr, EndpointInfo> = HashMap::with_max_entries(sizes::ENDPOINTS, 0);
+#[map]
+pub static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(sizes::SERVICES, 0);
+#[map]
+pub static NODE_ADDRS: HashMap<Addr, u32> = HashMap::with_max_entries(sizes::NODE_ADDRS, 0);
+#[map]
+pub static PEERS_EXACT: HashMap<PeerKey, u32> = HashMap::with_max_entries(sizes::PEERS_EXACT, 0);
+#[map]
+pub static PEERS_CIDR: LpmTrie<PeerKey, u32> = LpmTrie::with_max_entries(sizes::PEERS_CIDR, 0);
+#[map]
+pub static PORTSETS: HashMap<u32, PortSet> = HashMap::with_max_entries(sizes::PORTSETS, 0);
+#[map]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =
+    LruHashMap::with_max_entries(sizes::CONNTRACK, 0);
+#[map]
+pub static FRAGMENTS: LruHashMap<FragKey, FragPorts> =
+    LruHashMap::with_max_entries(sizes::FRAGMENTS, 0);
+/// Where the packet being judged is parsed to (too big for the BPF stack).
+#[map]
+pub static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(sizes::COUNTERS, 0);
+/// Written by the agent only (the next rule-set id); part of the pinned state.
+#[map]
+pub static META: Array<u64> = Array::with_max_entries(meta::COUNT, 0);
+
+#[inline(always)]
+pub fn count(endpoint_id: u32, why: usize) {
+    if why >= reason::COUNT {
+        return;
+    }
+    if let Some(c) = COUNTERS.get_ptr_mut(endpoint_id) {
+        // SAFETY: per-CPU slot, so no other writer; the pointer comes from the map.
+        unsafe { (*c).packets[why] += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the whole program run.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[inline(always)]
+pub fn endpoint(addr: &Addr) -> Option<EndpointInfo> {
+    // SAFETY: values are plain data; a concurrent update can at worst give a stale copy.
+    unsafe { ENDPOINTS.get(addr) }.copied()
+}
+
+#[inline(always)]
+pub fn sets_of(ep: &EndpointInfo) -> Sets {
+    Sets {
+        ingress: ep.ingress_set,
+        egress: ep.egress_set,
+    }
+}
+
+#[inline(always)]
+pub fn is_node(addr: &Addr) -> bool {
+    // SAFETY: plain-data lookup.
+    unsafe { NODE_ADDRS.get(addr) }.is_some()
+}
+
+#[inline(always)]
+pub fn is_service(p: &Packet) -> bool {
+    let key = ServiceKey {
+        addr: p.dst,
+        port: p.dport,
+        proto: p.proto,
+        _pad: 0,
+    };
+    // SAFETY: plain-data lookup.
+    unsafe { SERVICES.get(key) }.is_some()
+}
+
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Packet> {
+    // SAFETY: a per-CPU slot; programs do not nest on one CPU, so nothing else uses it
+    // while this run does.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+pub fn iface_of(ctx: &TcContext) -> Option<IfaceInfo> {
+    // SAFETY: plain-data value, copied out.
+    unsafe { IFACES.get(ifindex(ctx)) }.copied()
+}

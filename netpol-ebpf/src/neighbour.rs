@@ -1,0 +1,54 @@
+//! Neighbour discovery: what a pod may say about itself on its link, whatever its policy.
+
+use netpol_common::{Addr, IFACE_HAS_V4, IFACE_HAS_V6, IfaceInfo};
+
+use crate::maps::is_node;
+use crate::parse::{self, Icmp, Packet};
+
+#[inline(always)]
+pub fn own_address(iface: &IfaceInfo, a: &Addr) -> bool {
+    (iface.flags & IFACE_HAS_V4 != 0 && *a == iface.addr4)
+        || (iface.flags & IFACE_HAS_V6 != 0 && *a == iface.addr6)
+}
+
+/// Neighbour discovery and multicast listener messages a pod sends about itself: hop
+/// limits as RFC 4861 / 2710 require (so nothing routed qualifies), from its own address,
+/// a link-local one or `::`, and advertising only its own addresses.
+#[inline(always)]
+pub fn own_neighbour_message(iface: &IfaceInfo, p: &Packet) -> bool {
+    let own_or_ll = |a: &Addr| own_address(iface, a) || parse::is_link_local_or_unspecified(a);
+    match p.icmp {
+        Icmp::Neighbour => {
+            p.hop_limit == 255 && own_or_ll(&p.src) && own_target(iface, p) && on_link(&p.dst)
+        }
+        Icmp::Listener => p.hop_limit == 1 && parse::is_link_local_or_unspecified(&p.src),
+        _ => false,
+    }
+}
+
+/// A neighbour advertisement names one of the sender's own addresses (or a link-local
+/// one); other messages carry no claim.
+#[inline(always)]
+pub fn own_target(iface: &IfaceInfo, p: &Packet) -> bool {
+    let t = &p.nd_target;
+    u128::from_be_bytes(t.0) == 0 || own_address(iface, t) || parse::is_link_local_or_unspecified(t)
+}
+
+/// Where neighbour discovery may go: link-scope multicast, link-local addresses, or the
+/// node (the pod's only neighbour on a routed veth). Anything else is judged by policy.
+#[inline(always)]
+pub fn on_link(dst: &Addr) -> bool {
+    (dst.0[0] == 0xff && dst.0[1] & 0x0f == 0x02)
+        || parse::is_link_local_or_unspecified(dst)
+        || is_node(dst)
+}
+
+/// Neighbour discovery towards a pod, as only its link can send it.
+#[inline(always)]
+pub fn link_message(p: &Packet) -> bool {
+    match p.icmp {
+        Icmp::Neighbour | Icmp::Router => p.hop_limit == 255,
+        Icmp::Listener => p.hop_limit == 1,
+        _ => false,
+    }
+}
