@@ -3,6 +3,7 @@
 pub mod apiserver;
 pub mod cases;
 pub mod conformance;
+pub mod flood;
 pub mod generate;
 pub mod held;
 pub mod rawtcp;

@@ -93,6 +93,9 @@ pub struct Config {
     pub attach_mode: String,
     pub probe_timeout: Duration,
     pub family: Family,
+    /// Extra flags for every agent (a scenario's own, e.g. map sizes), before those of
+    /// `NETPOL_SANDBOX_AGENT_ARGS`.
+    pub agent_args: Vec<String>,
 }
 
 /// What to remove; shared with the Ctrl-C handler.
@@ -559,6 +562,7 @@ impl Sandbox {
             args.push("--uplink".into());
             args.push("ext0".into());
         }
+        args.extend(self.cfg.agent_args.iter().cloned());
         // For experiments: extra agent flags, space-separated.
         if let Ok(extra) = std::env::var("NETPOL_SANDBOX_AGENT_ARGS") {
             args.extend(extra.split_whitespace().map(String::from));
@@ -829,6 +833,23 @@ impl Sandbox {
             .iter()
             .filter_map(|a| read_status(&a.status_file))
             .collect()
+    }
+
+    /// Entries in node `i`'s conntrack map now, and the map's size.
+    pub fn conntrack_count(&self, i: usize) -> Result<(usize, u32)> {
+        use aya::maps::{HashMap, Map, MapData};
+        use netpol_common::{CtEntry, CtKey};
+        let pin = self
+            .dir
+            .join("bpf")
+            .join(node_name(i))
+            .join(format!("v{}", netpol_common::LAYOUT_VERSION))
+            .join("maps")
+            .join(netpol_common::names::CONNTRACK);
+        let data = MapData::from_pin(&pin).context("opening the pinned conntrack map")?;
+        let size = data.info()?.max_entries();
+        let map = HashMap::<_, CtKey, CtEntry>::try_from(Map::LruHashMap(data))?;
+        Ok((map.keys().count(), size))
     }
 
     pub fn dir(&self) -> &Path {

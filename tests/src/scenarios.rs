@@ -1,5 +1,6 @@
 //! Failure and performance scenarios on the sandbox (root): agent restarts under traffic,
-//! API watch faults during policy changes, and policy propagation latency.
+//! API watch faults during policy changes, policy propagation latency, pod churn, and a
+//! flood of new flows against other pods' established connections.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -562,6 +563,310 @@ pub fn churn(cfg: &Config, seconds: u64) -> Result<()> {
     }
     if baseline != after {
         bail!("map entries or pins leaked");
+    }
+    Ok(())
+}
+
+/// TCP segments retransmitted in a pod's network namespace so far.
+fn retransmits_in(sb: &Sandbox, pod: &str) -> Result<u64> {
+    let ns = &sb
+        .pods
+        .get(pod)
+        .with_context(|| format!("no pod {pod}"))?
+        .netns;
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .context("reading /proc/net/snmp")?;
+    Ok(crate::flood::snmp_retransmits(&String::from_utf8_lossy(
+        &out.stdout,
+    )))
+}
+
+/// A pod's packet counters on a node, by reason.
+fn counters(sb: &Sandbox, node: usize, pod: &str) -> BTreeMap<String, u64> {
+    sb.status_of(node)
+        .and_then(|s| s.endpoints.into_iter().find(|e| e.pod == pod))
+        .map(|e| e.packets)
+        .unwrap_or_default()
+}
+
+fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, k: &str) -> u64 {
+    after
+        .get(k)
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(before.get(k).copied().unwrap_or(0))
+}
+
+/// One pod floods new flows while another pod's established connections must go on.
+///
+/// The agents run with a conntrack map of `conntrack_entries`. On node-1, `victim` is
+/// isolated both ways: it may reach `server` (node-2) on 7000/TCP and 7000/UDP, and
+/// nothing may reach it. It keeps one TCP connection and one UDP socket to the server,
+/// each busy (a request every 100 ms for 2 s), then idle for 3 s, then one request that
+/// the victim sends first after the silence and one the server answers 3 s late (so the
+/// first packet after that silence comes from the server, towards a pod that admits
+/// nothing in: only a tracked connection lets it through). `attacker`, also on node-1, is
+/// isolated for egress with a rule allowing all of 10.244.0.0/16, so every flow it opens
+/// is tracked; for `seconds` it sends UDP datagrams to every port of `sink` (node-2, not
+/// isolated) from 16 source ports per thread, one thread per CPU, as fast as it can. The victim runs one cycle before the
+/// flood (the control), through it, and one cycle after.
+///
+/// Fails when any of the victim's requests went unanswered for 2 s past its due time, or
+/// its TCP connection broke; and, when they all went on, if the flood opened fewer than
+/// 10 x `conntrack_entries` flows (it tested nothing).
+pub fn flood(cfg: &Config, conntrack_entries: u32, seconds: u64) -> Result<()> {
+    use std::io::{BufRead, Read};
+    let mut cfg = cfg.clone();
+    cfg.agent_args.extend([
+        "--conntrack-entries".to_string(),
+        conntrack_entries.to_string(),
+    ]);
+    let on = |name: &str, node: &str| {
+        let mut p = pod(name, name, &[]);
+        p.node = Some(node.into());
+        p
+    };
+    let m = model(vec![
+        on("victim", "node-1"),
+        on("attacker", "node-1"),
+        on("server", "node-2"),
+        on("sink", "node-2"),
+    ]);
+    let started = Instant::now();
+    let mut sb = Sandbox::start(&m, &cfg)?;
+    sb.serve_in(
+        "default/server",
+        &["serve", "--name", "default/server", "--echo-after", "7000"],
+    )?;
+    let ports = json!([{"protocol": "TCP", "port": 7000}, {"protocol": "UDP", "port": 7000}]);
+    let policies = vec![
+        policy(
+            "victim",
+            json!({"podSelector": {"matchLabels": {"app": "victim"}},
+                   "policyTypes": ["Ingress", "Egress"], "ingress": [],
+                   "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "server"}}}],
+                               "ports": ports}]}),
+        ),
+        policy(
+            "server-in",
+            json!({"podSelector": {"matchLabels": {"app": "server"}},
+                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "victim"}}}],
+                                "ports": ports}]}),
+        ),
+        policy(
+            "attacker-out",
+            json!({"podSelector": {"matchLabels": {"app": "attacker"}}, "policyTypes": ["Egress"],
+                   "egress": [{"to": [{"ipBlock": {"cidr": "10.244.0.0/16"}}]}]}),
+        ),
+    ];
+    sb.apply(&policies, &BTreeMap::new(), &BTreeMap::new())?;
+    std::thread::sleep(Duration::from_millis(300)); // the server starts
+    let setup = started.elapsed();
+
+    let server = sb.target("pod:default/server")?.to_string();
+    let sink = sb.target("pod:default/sink")?.to_string();
+    // A cycle: 2 s busy, 3 s idle, one request, one answered 3 s late: about 8 s.
+    let cycle = Duration::from_millis(8500);
+    let flood_for = Duration::from_secs(seconds);
+    let victim_for = cycle + flood_for + cycle;
+    let (ct_before, size) = sb.conntrack_count(0)?;
+    let victim_before = counters(&sb, 0, "default/victim");
+    let attacker_before = counters(&sb, 0, "default/attacker");
+    let server_retx_before = retransmits_in(&sb, "default/server")?;
+    let mut victim = sb.spawn_probe_in(
+        "default/victim",
+        &[
+            "victim",
+            "--addr",
+            &server,
+            "--port",
+            "7000",
+            "--duration-ms",
+            &victim_for.as_millis().to_string(),
+        ],
+    )?;
+    let mut victim_out = std::io::BufReader::new(
+        victim
+            .stdout
+            .take()
+            .context("the victim's output is not captured")?,
+    );
+    let mut first = String::new();
+    victim_out.read_line(&mut first)?;
+    if first.trim() != "ready" {
+        let mut err = String::new();
+        if let Some(mut e) = victim.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("the victim could not open its connections: {first} {err}");
+    }
+    let victim_start = Instant::now();
+    std::thread::sleep(cycle);
+    let flood_start = victim_start.elapsed();
+    let attacker = sb.spawn_probe_in(
+        "default/attacker",
+        &[
+            "flood",
+            "--addr",
+            &sink,
+            "--duration-ms",
+            &flood_for.as_millis().to_string(),
+        ],
+    )?;
+    let out = attacker
+        .wait_with_output()
+        .context("waiting for the attacker")?;
+    let flood_end = victim_start.elapsed();
+    let flooded: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "attacker output: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let (ct_after, _) = sb.conntrack_count(0)?;
+    let mut rest = String::new();
+    victim_out.read_to_string(&mut rest)?;
+    let status = victim.wait()?;
+    let summary: Value = serde_json::from_str(rest.trim()).with_context(|| {
+        let mut err = String::new();
+        if let Some(mut e) = victim.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        format!("victim output ({status}): {rest} {err}")
+    })?;
+    std::thread::sleep(Duration::from_millis(1200)); // the agents refresh their counters
+    let victim_after = counters(&sb, 0, "default/victim");
+    let attacker_after = counters(&sb, 0, "default/attacker");
+    let server_retx = retransmits_in(&sb, "default/server")?.saturating_sub(server_retx_before);
+
+    let flows = flooded["distinct_flows"].as_u64().unwrap_or(0);
+    println!(
+        "  agents: --conntrack-entries {conntrack_entries} (map size {size}); node-1 entries before the flood {ct_before}, right after it {ct_after}"
+    );
+    println!(
+        "  attacker (node-1, egress to 10.244.0.0/16 allowed, so tracked): {} UDP datagrams to ports 1024-65535 of the sink from {} source ports ({} threads) in {} s ({} per second, {} send errors): {} distinct flows = {:.0} x the map size",
+        flooded["sent"],
+        flooded["source_ports"],
+        flooded["threads"],
+        flooded["seconds"],
+        flooded["per_second"],
+        flooded["send_errors"],
+        flows,
+        flows as f64 / f64::from(size.max(1))
+    );
+    println!(
+        "  attacker's node-1 counters during the run: allow_policy {}, allow_tracked {}, drop_egress {}",
+        delta(&attacker_after, &attacker_before, "allow_policy"),
+        delta(&attacker_after, &attacker_before, "allow_tracked"),
+        delta(&attacker_after, &attacker_before, "drop_egress"),
+    );
+    println!(
+        "  victim (node-1, isolated both ways; egress to the server on 7000/TCP+UDP only): flood from {:.1} s to {:.1} s of its {:.1} s",
+        flood_start.as_secs_f64(),
+        flood_end.as_secs_f64(),
+        victim_for.as_secs_f64()
+    );
+    println!(
+        "  victim's node-1 counters during the run: allow_tracked {}, allow_policy {}, drop_ingress {}, drop_egress {}",
+        delta(&victim_after, &victim_before, "allow_tracked"),
+        delta(&victim_after, &victim_before, "allow_policy"),
+        delta(&victim_after, &victim_before, "drop_ingress"),
+        delta(&victim_after, &victim_before, "drop_egress"),
+    );
+    const PHASES: [&str; 3] = [
+        "before the flood (control)",
+        "during the flood",
+        "after the flood",
+    ];
+    let phase = |t_ms: u64| {
+        let t = Duration::from_millis(t_ms);
+        if t < flood_start {
+            PHASES[0]
+        } else if t < flood_end {
+            PHASES[1]
+        } else {
+            PHASES[2]
+        }
+    };
+    let mut broken = Vec::new();
+    for proto in ["tcp", "udp"] {
+        let s = &summary[proto];
+        let kinds: Vec<String> = ["busy", "after_idle", "delayed"]
+            .iter()
+            .map(|k| {
+                let b = &s["by_kind"][k];
+                format!("{k} {}/{} answered", b["answered"], b["sent"])
+            })
+            .collect();
+        let survived = s["error"].is_null() && s["lost"].as_u64() == Some(0);
+        println!(
+            "  victim {}: {} requests, {} answered, {} lost, {} answered too late; {}; max RTT {} ms{}; error: {}; survived: {}",
+            proto.to_uppercase(),
+            s["sent"],
+            s["answered"],
+            s["lost"],
+            s["late"],
+            kinds.join(", "),
+            s["max_rtt_ms"],
+            if proto == "tcp" {
+                format!(
+                    "; retransmitted segments: victim {}, server {server_retx}",
+                    s["retransmits"]
+                )
+            } else {
+                String::new()
+            },
+            if s["error"].is_null() {
+                "none".to_string()
+            } else {
+                s["error"].to_string()
+            },
+            if survived { "yes" } else { "NO" }
+        );
+        let requests: Vec<&Value> = s["requests"].as_array().into_iter().flatten().collect();
+        let by_phase: Vec<String> = PHASES
+            .iter()
+            .map(|ph| {
+                let of: Vec<_> = requests
+                    .iter()
+                    .filter(|r| phase(r["t_ms"].as_u64().unwrap_or(0)) == *ph)
+                    .collect();
+                let ok = of.iter().filter(|r| r["answered"] == true).count();
+                format!("{ph}: {ok}/{} answered", of.len())
+            })
+            .collect();
+        println!("    {}", by_phase.join("; "));
+        for l in requests.iter().filter(|r| r["answered"] != true) {
+            let t = l["t_ms"].as_u64().unwrap_or(0);
+            println!(
+                "    lost: {} request sent at {:.1} s ({}), no answer within 2 s of its due time",
+                l["kind"].as_str().unwrap_or("?"),
+                t as f64 / 1000.0,
+                phase(t)
+            );
+        }
+        if !survived {
+            broken.push(proto.to_uppercase());
+        }
+    }
+    println!(
+        "  took {:.1} s ({:.1} s to start the sandbox and apply the policies)",
+        started.elapsed().as_secs_f64(),
+        setup.as_secs_f64()
+    );
+    if !broken.is_empty() {
+        bail!(
+            "the victim's established connections broke under the flood: {}",
+            broken.join(", ")
+        );
+    }
+    if flows < 10 * u64::from(size) {
+        bail!(
+            "the attacker opened only {flows} flows, fewer than 10 x the map size {size}: the flood tested nothing"
+        );
     }
     Ok(())
 }

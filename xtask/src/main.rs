@@ -52,6 +52,18 @@ enum Task {
         #[arg(long, default_value_t = 100)]
         changes: usize,
     },
+    /// One pod floods new flows through a small conntrack map (root) while another pod's
+    /// established TCP connection and UDP exchange, busy and idle in turns, must go on.
+    /// Known to fail with the current datapath (idle entries are evicted), so not in
+    /// `test`.
+    Flood {
+        /// `--conntrack-entries` of the agents.
+        #[arg(long, default_value_t = 4096)]
+        conntrack_entries: u32,
+        /// How long the attacker floods.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// Mutation check: break one semantic rule of the compiler at a time (in a scratch
     /// copy of the tree) and require the property test against the reference evaluator
     /// to catch each.
@@ -337,6 +349,20 @@ fn main() -> Result<()> {
         Task::Mutants => mutants(),
         Task::Latency { changes } => sandbox(
             &["latency", "--changes", &changes.to_string()],
+            "auto",
+            "ipv4",
+        ),
+        Task::Flood {
+            conntrack_entries,
+            seconds,
+        } => sandbox(
+            &[
+                "flood",
+                "--conntrack-entries",
+                &conntrack_entries.to_string(),
+                "--seconds",
+                &seconds.to_string(),
+            ],
             "auto",
             "ipv4",
         ),

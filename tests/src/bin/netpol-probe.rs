@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use netpol_tests::traffic::{self, Outcome, TcpConn};
-use netpol_tests::{rawtcp, sctp};
+use netpol_tests::{flood, rawtcp, sctp};
 
 #[derive(Parser)]
 #[command(about = "netpol sandbox traffic tool: answers and opens TCP/UDP connections")]
@@ -38,6 +38,52 @@ enum Cmd {
         /// TCP ports that echo every line back (for `stream`).
         #[arg(long = "echo")]
         echo: Vec<u16>,
+        /// TCP and UDP ports that echo every line (datagram) back, `after MS ...` ones
+        /// MS ms later (for `victim`).
+        #[arg(long = "echo-after")]
+        echo_after: Vec<u16>,
+    },
+    /// One TCP connection and one UDP socket kept alive with busy periods (a request
+    /// every `interval_ms` for `busy_ms`) and idle ones (`idle_ms` of silence, then a
+    /// request answered at once and one answered `delay_ms` later). Prints `ready`, then
+    /// a JSON summary; an answer later than `timeout_ms` after it was due is lost.
+    Victim {
+        #[arg(long)]
+        addr: IpAddr,
+        /// Served with `serve --echo-after`, TCP and UDP.
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        duration_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        busy_ms: u64,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 3000)]
+        idle_ms: u64,
+        #[arg(long, default_value_t = 3000)]
+        delay_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// New UDP flows as fast as possible: from `sockets` source ports per thread to every
+    /// port of `first_port..=last_port`, round after round, for `duration_ms`. Prints a
+    /// JSON summary.
+    Flood {
+        #[arg(long)]
+        addr: IpAddr,
+        #[arg(long, default_value_t = 1024)]
+        first_port: u16,
+        #[arg(long, default_value_t = 65535)]
+        last_port: u16,
+        /// Source ports per thread.
+        #[arg(long, default_value_t = 16)]
+        sockets: usize,
+        /// Sending threads; 0: one per CPU.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        #[arg(long)]
+        duration_ms: u64,
     },
     /// One long TCP connection: a line every `interval_ms` for `duration_ms`, each echoed.
     /// Prints a JSON summary, with this namespace's TCP retransmissions meanwhile.
@@ -144,7 +190,48 @@ fn main() -> Result<()> {
             udp,
             sctp,
             echo,
-        } => serve(&name, bind, &tcp, &udp, &sctp, &echo),
+            echo_after,
+        } => serve(&name, bind, &tcp, &udp, &sctp, &echo, &echo_after),
+        Cmd::Victim {
+            addr,
+            port,
+            duration_ms,
+            busy_ms,
+            interval_ms,
+            idle_ms,
+            delay_ms,
+            timeout_ms,
+        } => flood::victim(
+            SocketAddr::new(addr, port),
+            SocketAddr::new(addr, port),
+            flood::Schedule {
+                duration: Duration::from_millis(duration_ms),
+                busy: Duration::from_millis(busy_ms),
+                interval: Duration::from_millis(interval_ms),
+                idle: Duration::from_millis(idle_ms),
+                delay: Duration::from_millis(delay_ms),
+                timeout: Duration::from_millis(timeout_ms),
+            },
+        ),
+        Cmd::Flood {
+            addr,
+            first_port,
+            last_port,
+            sockets,
+            threads,
+            duration_ms,
+        } => flood::flood(
+            addr,
+            first_port,
+            last_port,
+            sockets,
+            if threads == 0 {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            } else {
+                threads
+            },
+            Duration::from_millis(duration_ms),
+        ),
         Cmd::Stream {
             addr,
             port,
@@ -330,8 +417,17 @@ fn serve(
     udp: &[u16],
     sctp: &[u16],
     echo: &[u16],
+    echo_after: &[u16],
 ) -> Result<()> {
     let mut threads = Vec::new();
+    for port in echo_after {
+        let l = TcpListener::bind((bind, *port))
+            .with_context(|| format!("echo-after tcp {bind}:{port}"))?;
+        threads.push(std::thread::spawn(move || flood::serve_tcp(l)));
+        let u = UdpSocket::bind((bind, *port))
+            .with_context(|| format!("echo-after udp {bind}:{port}"))?;
+        threads.push(std::thread::spawn(move || flood::serve_udp(u)));
+    }
     for port in echo {
         let l = TcpListener::bind((bind, *port)).with_context(|| format!("echo {bind}:{port}"))?;
         threads.push(std::thread::spawn(move || {
@@ -409,19 +505,7 @@ fn udp_once(how: &Attempt) -> Result<String> {
     traffic::udp_request(&s, how.bytes, how.timeout)
 }
 
-/// TCP RetransSegs of this network namespace.
-fn retransmits() -> u64 {
-    let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
-    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (Some(head), Some(vals)) = (tcp.next(), tcp.next()) else {
-        return 0;
-    };
-    head.split_whitespace()
-        .zip(vals.split_whitespace())
-        .find(|(h, _)| *h == "RetransSegs")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
-}
+use flood::retransmits;
 
 fn stream(target: SocketAddr, interval_ms: u64, duration_ms: u64) -> Result<()> {
     use std::io::BufRead;

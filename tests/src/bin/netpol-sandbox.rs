@@ -67,6 +67,16 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// One pod floods new flows through a small conntrack map while another pod's
+    /// established TCP connection and UDP exchange, busy and idle in turns, must go on.
+    Flood {
+        /// `--conntrack-entries` of the agents.
+        #[arg(long, default_value_t = 4096)]
+        conntrack_entries: u32,
+        /// How long the attacker floods.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// Remove namespaces left behind by sandbox runs that were killed.
     Clean,
 }
@@ -83,6 +93,7 @@ fn main() -> Result<()> {
         attach_mode: cli.attach_mode,
         probe_timeout: Duration::from_millis(cli.timeout_ms),
         family: sandbox::Family::parse(&cli.family)?,
+        agent_args: Vec::new(),
     };
     match cli.cmd {
         Cmd::Conformance { cases } => {
@@ -110,6 +121,17 @@ fn main() -> Result<()> {
             println!("churn: pods created and deleted under probes");
             scenarios::churn(&cfg, seconds)?;
             println!("churn: passed");
+            Ok(())
+        }
+        Cmd::Flood {
+            conntrack_entries,
+            seconds,
+        } => {
+            println!(
+                "flood: one pod opens new flows as fast as it can; another pod's connections must go on"
+            );
+            scenarios::flood(&cfg, conntrack_entries, seconds)?;
+            println!("flood: passed");
             Ok(())
         }
         Cmd::Clean => {
