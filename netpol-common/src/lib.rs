@@ -14,7 +14,11 @@ pub mod names {
     pub const PEERS_EXACT: &str = "PEERS_EXACT";
     pub const PEERS_CIDR: &str = "PEERS_CIDR";
     pub const PORTSETS: &str = "PORTSETS";
+    /// Connections that have seen a reply.
     pub const CONNTRACK: &str = "CONNTRACK";
+    /// Connections still waiting for their first reply: a flood of new flows churns this
+    /// map only, never the replied connections of other pods.
+    pub const CONNTRACK_NEW: &str = "CONNTRACK_NEW";
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
     pub const META: &str = "META";
@@ -43,6 +47,7 @@ pub mod sizes {
     pub const PEERS_CIDR: u32 = 65_536;
     pub const PORTSETS: u32 = 16_384;
     pub const CONNTRACK: u32 = 262_144;
+    pub const CONNTRACK_NEW: u32 = 65_536;
     pub const FRAGMENTS: u32 = 8192;
     pub const NODE_ADDRS: u32 = 1024;
     /// Endpoint ids index the counters array, so this bounds the id space too.

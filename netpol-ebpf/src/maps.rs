@@ -30,6 +30,11 @@ pub static PORTSETS: HashMap<u32, PortSet> = HashMap::with_max_entries(sizes::PO
 #[map]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =
     LruHashMap::with_max_entries(sizes::CONNTRACK, 0);
+/// Unreplied connections, apart: whoever floods new flows evicts only unreplied ones
+/// (the kernel's nf_conntrack drops unassured entries first for the same reason).
+#[map]
+pub static CONNTRACK_NEW: LruHashMap<CtKey, CtEntry> =
+    LruHashMap::with_max_entries(sizes::CONNTRACK_NEW, 0);
 #[map]
 pub static FRAGMENTS: LruHashMap<FragKey, FragPorts> =
     LruHashMap::with_max_entries(sizes::FRAGMENTS, 0);

@@ -12,7 +12,7 @@ use netpol_common::{
     RULESET_ALLOW_ALL, RULESET_ID_BITS, ct_flag, ct_lifetime_ns, reason,
 };
 
-use crate::maps::{CONNTRACK, PEERS_CIDR, PEERS_EXACT, PORTSETS};
+use crate::maps::{CONNTRACK, CONNTRACK_NEW, PEERS_CIDR, PEERS_EXACT, PORTSETS};
 use crate::parse::{Icmp, Packet, TCP_FIN, TCP_RST};
 
 /// A local pod's rule sets.
@@ -85,19 +85,29 @@ pub struct Hit {
     pub from_opener: bool,
     /// `bpf_ktime_get_ns` at the lookup (one clock read per packet).
     pub now: u64,
+    /// The entry sits in `CONNTRACK_NEW` (no reply yet).
+    pub unreplied: bool,
 }
 
-/// The live entry of `p`'s connection, if any. Expired entries are deleted here (the
-/// agent also sweeps them).
+/// The live entry of `p`'s connection, if any: replied connections first (the common
+/// case), then unreplied ones. Expired entries are deleted here (the agent also sweeps
+/// them).
 #[inline(always)]
 pub fn lookup(p: &Packet) -> Option<Hit> {
     let (key, src_is_a) = CtKey::of(&p.t_src, &p.t_dst, p.sport, p.dport, p.proto);
-    let entry = CONNTRACK.get_ptr_mut(key)?;
+    let (entry, unreplied) = match CONNTRACK.get_ptr_mut(key) {
+        Some(e) => (e, false),
+        None => (CONNTRACK_NEW.get_ptr_mut(key)?, true),
+    };
     // SAFETY: the pointer comes from the map and is valid for this program run.
     let e = unsafe { &*entry };
     let t = now();
     if t.saturating_sub(e.last_seen_ns) > ct_lifetime_ns(p.proto, e.flags) {
-        let _ = CONNTRACK.remove(key);
+        let _ = if unreplied {
+            CONNTRACK_NEW.remove(key)
+        } else {
+            CONNTRACK.remove(key)
+        };
         return None;
     }
     let opener_is_a = e.flags & ct_flag::OPENER_B == 0;
@@ -106,6 +116,7 @@ pub fn lookup(p: &Packet) -> Option<Hit> {
         entry,
         from_opener: src_is_a == opener_is_a,
         now: t,
+        unreplied,
     })
 }
 
@@ -134,7 +145,10 @@ pub fn track(p: &Packet, opener_set: u32, acceptor_set: u32, flags: u8) {
         flags,
         _pad: [0; 7],
     };
-    let _ = CONNTRACK.insert(key, entry, 0);
+    // Every connection starts unreplied; its first reply moves it (`update_state`). A new
+    // opening replaces whatever the tuple held before, in either map.
+    let _ = CONNTRACK.remove(key);
+    let _ = CONNTRACK_NEW.insert(key, entry, 0);
 }
 
 /// Which local pod a hook judges for, and from which side of the packet.
@@ -155,7 +169,7 @@ pub fn judge_tracked(hit: &Hit, p: &Packet, me: Judged) -> usize {
     // fields, and every field is re-validated here.
     let e = unsafe { &mut *hit.entry };
     if e.flags & ct_flag::SERVICE != 0 {
-        update_state(e, p, hit.from_opener, hit.now);
+        update_state(hit, e, p);
         return if hit.from_opener {
             reason::PASS_SERVICE
         } else {
@@ -166,12 +180,12 @@ pub fn judge_tracked(hit: &Hit, p: &Packet, me: Judged) -> usize {
     let mut why = reason::ALLOW_TRACKED;
     if let Some(r) = revalidate(hit, e, p, i_am_opener, me.sets) {
         if r >= reason::FIRST_DROP {
-            let _ = CONNTRACK.remove(hit.key);
+            forget(hit);
             return r;
         }
         why = r;
     }
-    update_state(e, p, hit.from_opener, hit.now);
+    update_state(hit, e, p);
     why
 }
 
@@ -225,11 +239,12 @@ fn opening(hit: &Hit, p: &Packet) -> (Addr, Addr, u16) {
 }
 
 /// Replies, FIN and RST, and the idle clock (refreshed at most once a second, so busy
-/// connections do not write the entry on every packet).
+/// connections do not write the entry on every packet). The first reply moves the entry
+/// to the replied map.
 #[inline(always)]
-fn update_state(e: &mut CtEntry, p: &Packet, from_opener: bool, t: u64) {
+fn update_state(hit: &Hit, e: &mut CtEntry, p: &Packet) {
     let mut flags = e.flags;
-    if !from_opener {
+    if !hit.from_opener {
         flags |= ct_flag::REPLIED;
     }
     if p.proto == PROTO_TCP {
@@ -237,7 +252,7 @@ fn update_state(e: &mut CtEntry, p: &Packet, from_opener: bool, t: u64) {
             flags |= ct_flag::RST;
         }
         if p.tcp_flags & TCP_FIN != 0 {
-            flags |= if from_opener {
+            flags |= if hit.from_opener {
                 ct_flag::FIN_OPENER
             } else {
                 ct_flag::FIN_ACCEPTOR
@@ -247,8 +262,14 @@ fn update_state(e: &mut CtEntry, p: &Packet, from_opener: bool, t: u64) {
     if flags != e.flags {
         e.flags = flags;
     }
-    if t.saturating_sub(e.last_seen_ns) > 1_000_000_000 {
-        e.last_seen_ns = t;
+    if hit.now.saturating_sub(e.last_seen_ns) > 1_000_000_000 {
+        e.last_seen_ns = hit.now;
+    }
+    if hit.unreplied && flags & ct_flag::REPLIED != 0 {
+        let moved = *e;
+        if CONNTRACK.insert(hit.key, moved, 0).is_ok() {
+            let _ = CONNTRACK_NEW.remove(hit.key);
+        }
     }
 }
 
@@ -267,7 +288,7 @@ pub fn usable(hit: &Hit, p: &Packet) -> bool {
     let flags = unsafe { (*hit.entry).flags };
     let finished = flags & (ct_flag::RST | ct_flag::FIN_OPENER | ct_flag::FIN_ACCEPTOR) != 0;
     if finished && p.proto == PROTO_TCP {
-        let _ = CONNTRACK.remove(hit.key);
+        forget(hit);
         return false;
     }
     true
@@ -288,7 +309,7 @@ pub fn related(p: &Packet, me: Judged) -> bool {
     let i_am_opener = me.sends == hit.from_opener;
     match revalidate(&hit, e, p, i_am_opener, me.sets) {
         Some(r) if r >= reason::FIRST_DROP => {
-            let _ = CONNTRACK.remove(hit.key);
+            forget(&hit);
             false
         }
         _ => true,
@@ -298,7 +319,11 @@ pub fn related(p: &Packet, me: Judged) -> bool {
 /// Deletes the connection's entry.
 #[inline(always)]
 pub fn forget(hit: &Hit) {
-    let _ = CONNTRACK.remove(hit.key);
+    let _ = if hit.unreplied {
+        CONNTRACK_NEW.remove(hit.key)
+    } else {
+        CONNTRACK.remove(hit.key)
+    };
 }
 
 /// The opening of a new connection, judged for a local sender's egress.
@@ -332,7 +357,7 @@ pub fn judge_deferred_opener(hit: &Hit, p: &Packet, opener: Sets) -> Option<usiz
     let e = unsafe { &mut *hit.entry };
     match revalidate(hit, e, p, true, opener) {
         Some(r) if r >= reason::FIRST_DROP => {
-            let _ = CONNTRACK.remove(hit.key);
+            forget(hit);
             Some(r)
         }
         _ => None,

@@ -835,8 +835,9 @@ impl Sandbox {
             .collect()
     }
 
-    /// Entries in node `i`'s conntrack map now, and the map's size.
-    pub fn conntrack_count(&self, i: usize) -> Result<(usize, u32)> {
+    /// Entries in node `i`'s conntrack map `name` (`CONNTRACK`, replied connections, or
+    /// `CONNTRACK_NEW`, unreplied ones) now, and the map's size.
+    pub fn conntrack_count(&self, i: usize, name: &str) -> Result<(usize, u32)> {
         use aya::maps::{HashMap, Map, MapData};
         use netpol_common::{CtEntry, CtKey};
         let pin = self
@@ -845,8 +846,9 @@ impl Sandbox {
             .join(node_name(i))
             .join(format!("v{}", netpol_common::LAYOUT_VERSION))
             .join("maps")
-            .join(netpol_common::names::CONNTRACK);
-        let data = MapData::from_pin(&pin).context("opening the pinned conntrack map")?;
+            .join(name);
+        let data = MapData::from_pin(&pin)
+            .with_context(|| format!("opening the pinned conntrack map {name}"))?;
         let size = data.info()?.max_entries();
         let map = HashMap::<_, CtKey, CtEntry>::try_from(Map::LruHashMap(data))?;
         Ok((map.keys().count(), size))

@@ -601,7 +601,8 @@ fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, k: &str)
 
 /// One pod floods new flows while another pod's established connections must go on.
 ///
-/// The agents run with a conntrack map of `conntrack_entries`. On node-1, `victim` is
+/// The agents run with conntrack maps (replied and unreplied connections) of
+/// `conntrack_entries` each. On node-1, `victim` is
 /// isolated both ways: it may reach `server` (node-2) on 7000/TCP and 7000/UDP, and
 /// nothing may reach it. It keeps one TCP connection and one UDP socket to the server,
 /// each busy (a request every 100 ms for 2 s), then idle for 3 s, then one request that
@@ -621,6 +622,8 @@ pub fn flood(cfg: &Config, conntrack_entries: u32, seconds: u64) -> Result<()> {
     let mut cfg = cfg.clone();
     cfg.agent_args.extend([
         "--conntrack-entries".to_string(),
+        conntrack_entries.to_string(),
+        "--conntrack-new-entries".to_string(),
         conntrack_entries.to_string(),
     ]);
     let on = |name: &str, node: &str| {
@@ -671,7 +674,9 @@ pub fn flood(cfg: &Config, conntrack_entries: u32, seconds: u64) -> Result<()> {
     let cycle = Duration::from_millis(8500);
     let flood_for = Duration::from_secs(seconds);
     let victim_for = cycle + flood_for + cycle;
-    let (ct_before, size) = sb.conntrack_count(0)?;
+    use netpol_common::names::{CONNTRACK, CONNTRACK_NEW};
+    let (ct_before, size) = sb.conntrack_count(0, CONNTRACK)?;
+    let (new_before, new_size) = sb.conntrack_count(0, CONNTRACK_NEW)?;
     let victim_before = counters(&sb, 0, "default/victim");
     let attacker_before = counters(&sb, 0, "default/attacker");
     let server_retx_before = retransmits_in(&sb, "default/server")?;
@@ -726,7 +731,8 @@ pub fn flood(cfg: &Config, conntrack_entries: u32, seconds: u64) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
-    let (ct_after, _) = sb.conntrack_count(0)?;
+    let (ct_after, _) = sb.conntrack_count(0, CONNTRACK)?;
+    let (new_after, _) = sb.conntrack_count(0, CONNTRACK_NEW)?;
     let mut rest = String::new();
     victim_out.read_to_string(&mut rest)?;
     let status = victim.wait()?;
@@ -744,7 +750,7 @@ pub fn flood(cfg: &Config, conntrack_entries: u32, seconds: u64) -> Result<()> {
 
     let flows = flooded["distinct_flows"].as_u64().unwrap_or(0);
     println!(
-        "  agents: --conntrack-entries {conntrack_entries} (map size {size}); node-1 entries before the flood {ct_before}, right after it {ct_after}"
+        "  agents: --conntrack-entries {conntrack_entries} --conntrack-new-entries {conntrack_entries} (map sizes {size} and {new_size}); node-1 replied entries before the flood {ct_before}, right after it {ct_after}; unreplied {new_before} and {new_after}"
     );
     println!(
         "  attacker (node-1, egress to 10.244.0.0/16 allowed, so tracked): {} UDP datagrams to ports 1024-65535 of the sink from {} source ports ({} threads) in {} s ({} per second, {} send errors): {} distinct flows = {:.0} x the map size",

@@ -298,6 +298,7 @@ impl Lab {
             AttachMode::Auto,
             &MapSizes {
                 conntrack_entries: 1024,
+                conntrack_new_entries: 1024,
                 peer_entries: 1024,
                 cidr_entries: 1024,
                 service_entries: 1024,

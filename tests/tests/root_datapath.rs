@@ -274,6 +274,7 @@ fn setup() -> Bench {
         AttachMode::Auto,
         &MapSizes {
             conntrack_entries: 1024,
+            conntrack_new_entries: 1024,
             peer_entries: 1024,
             cidr_entries: 1024,
             service_entries: 1024,

@@ -1150,6 +1150,7 @@ impl Rig {
             AttachMode::Auto,
             &MapSizes {
                 conntrack_entries: 4096,
+                conntrack_new_entries: 4096,
                 peer_entries: 4096,
                 cidr_entries: 4096,
                 service_entries: 64,
@@ -1198,11 +1199,7 @@ impl Rig {
     }
 
     fn clear_conntrack(&mut self) {
-        let ct = &mut self.programmer.maps_mut().conntrack;
-        let keys: Vec<_> = ct.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            let _ = ct.remove(&k);
-        }
+        self.programmer.maps_mut().clear_conntrack();
     }
 
     fn run(&mut self, pod: Pod, at: At, frame: &[u8]) -> bool {

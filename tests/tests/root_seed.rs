@@ -116,6 +116,7 @@ fn root_connections_older_than_isolation_are_seeded_from_nf_conntrack() {
         AttachMode::Auto,
         &MapSizes {
             conntrack_entries: 1024,
+            conntrack_new_entries: 1024,
             peer_entries: 1024,
             cidr_entries: 1024,
             service_entries: 1024,

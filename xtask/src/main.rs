@@ -57,7 +57,7 @@ enum Task {
     /// Known to fail with the current datapath (idle entries are evicted), so not in
     /// `test`.
     Flood {
-        /// `--conntrack-entries` of the agents.
+        /// `--conntrack-entries` and `--conntrack-new-entries` of the agents.
         #[arg(long, default_value_t = 4096)]
         conntrack_entries: u32,
         /// How long the attacker floods.
@@ -421,6 +421,7 @@ fn test() -> Result<()> {
         ("netlink", &["restart"][..]),
         ("auto", &["api-faults"][..]),
         ("auto", &["churn", "--seconds", "60"][..]),
+        ("auto", &["flood"][..]),
     ] {
         step(&format!(
             "scenario in the sandbox (root): {} ({mode})",

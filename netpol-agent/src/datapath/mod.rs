@@ -35,9 +35,13 @@ pub enum AttachMode {
 /// Sizes of the maps that grow with the cluster.
 #[derive(Clone, Debug, clap::Args)]
 pub struct MapSizes {
-    /// Entries of the conntrack LRU map.
+    /// Entries of the conntrack map of replied connections (LRU).
     #[arg(long, default_value_t = sizes::CONNTRACK)]
     pub conntrack_entries: u32,
+    /// Entries of the conntrack map of connections waiting for their first reply (LRU):
+    /// a flood of new flows churns only this one.
+    #[arg(long, default_value_t = sizes::CONNTRACK_NEW)]
+    pub conntrack_new_entries: u32,
     /// Entries of the exact-address peer map (pod addresses, summed over rule sets).
     #[arg(long, default_value_t = sizes::PEERS_EXACT)]
     pub peer_entries: u32,
@@ -189,6 +193,7 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::CONNTRACK, sizes.conntrack_entries)
+            .map_max_entries(names::CONNTRACK_NEW, sizes.conntrack_new_entries)
             .map_max_entries(names::PEERS_EXACT, sizes.peer_entries)
             .map_max_entries(names::PEERS_CIDR, sizes.cidr_entries)
             .map_max_entries(names::SERVICES, sizes.service_entries)
@@ -201,6 +206,7 @@ impl Datapath {
             names::PEERS_CIDR,
             names::PORTSETS,
             names::CONNTRACK,
+            names::CONNTRACK_NEW,
             names::FRAGMENTS,
             names::NODE_ADDRS,
             names::META,
@@ -364,6 +370,7 @@ impl Datapath {
             services: HashMap::try_from(take(names::SERVICES)?)?,
             node_addrs: HashMap::try_from(take(names::NODE_ADDRS)?)?,
             conntrack: HashMap::try_from(take(names::CONNTRACK)?)?,
+            conntrack_new: HashMap::try_from(take(names::CONNTRACK_NEW)?)?,
             meta: aya::maps::Array::try_from(take(names::META)?)?,
             peers_exact: HashMap::try_from(take(names::PEERS_EXACT)?)?,
             peers_cidr: LpmTrie::try_from(take(names::PEERS_CIDR)?)?,

@@ -14,7 +14,10 @@ pub struct KernelMaps {
     pub endpoints: HashMap<MapData, Addr, EndpointInfo>,
     pub services: HashMap<MapData, ServiceKey, u32>,
     pub node_addrs: HashMap<MapData, Addr, u32>,
+    /// Replied connections.
     pub conntrack: HashMap<MapData, CtKey, CtEntry>,
+    /// Connections waiting for their first reply.
+    pub conntrack_new: HashMap<MapData, CtKey, CtEntry>,
     pub meta: Array<MapData, u64>,
     pub peers_exact: HashMap<MapData, PeerKey, u32>,
     pub peers_cidr: LpmTrie<MapData, PeerKey, u32>,
@@ -164,26 +167,25 @@ impl MapOps for KernelMaps {
 
 impl KernelMaps {
     /// Deletes conntrack entries idle for longer than their lifetime, as of `now_ns` on the
-    /// clock of `bpf_ktime_get_ns` (CLOCK_MONOTONIC). Returns (entries seen, deleted).
+    /// clock of `bpf_ktime_get_ns` (CLOCK_MONOTONIC), in both conntrack maps. Returns
+    /// (entries seen, deleted).
     pub fn sweep_conntrack(&mut self, now_ns: u64) -> Result<(usize, usize), MapError> {
-        let mut expired = Vec::new();
-        let mut seen = 0;
-        for kv in self.conntrack.iter() {
-            let (k, v) = match kv {
-                Ok(kv) => kv,
-                // An entry deleted while we walk: the walk goes on.
-                Err(_) => continue,
-            };
-            seen += 1;
-            let idle = now_ns.saturating_sub(v.last_seen_ns);
-            if idle > netpol_common::ct_lifetime_ns(k.proto, v.flags) {
-                expired.push(k);
+        let (mut seen, mut deleted) = (0, 0);
+        for map in [&mut self.conntrack, &mut self.conntrack_new] {
+            let mut expired = Vec::new();
+            for (k, v) in map.iter().flatten() {
+                seen += 1;
+                let idle = now_ns.saturating_sub(v.last_seen_ns);
+                if idle > netpol_common::ct_lifetime_ns(k.proto, v.flags) {
+                    expired.push(k);
+                }
             }
+            for k in &expired {
+                gone_ok(map.remove(k)).map_err(op(names::CONNTRACK, "remove"))?;
+            }
+            deleted += expired.len();
         }
-        for k in &expired {
-            gone_ok(self.conntrack.remove(k)).map_err(op(names::CONNTRACK, "remove"))?;
-        }
-        Ok((seen, expired.len()))
+        Ok((seen, deleted))
     }
 
     /// Adds seeded entries where the datapath has none yet (a live entry knows more).
@@ -192,7 +194,12 @@ impl KernelMaps {
         const BPF_NOEXIST: u64 = 1;
         let mut added = 0;
         for (k, v) in entries {
-            match self.conntrack.insert(k, v, BPF_NOEXIST) {
+            let map = if v.flags & netpol_common::ct_flag::REPLIED != 0 {
+                &mut self.conntrack
+            } else {
+                &mut self.conntrack_new
+            };
+            match map.insert(k, v, BPF_NOEXIST) {
                 Ok(()) => added += 1,
                 Err(aya::maps::MapError::SyscallError(e))
                     if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
@@ -202,9 +209,23 @@ impl KernelMaps {
         Ok(added)
     }
 
+    /// Forgets every tracked connection (tests start each sequence from nothing).
+    pub fn clear_conntrack(&mut self) {
+        for map in [&mut self.conntrack, &mut self.conntrack_new] {
+            let keys: Vec<CtKey> = map.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                let _ = map.remove(&k);
+            }
+        }
+    }
+
     /// Every conntrack entry (for status and tests).
     pub fn conntrack_entries(&self) -> Vec<(CtKey, CtEntry)> {
-        self.conntrack.iter().filter_map(Result::ok).collect()
+        self.conntrack
+            .iter()
+            .chain(self.conntrack_new.iter())
+            .filter_map(Result::ok)
+            .collect()
     }
 
     /// Packets per reason of one endpoint, summed over CPUs.

@@ -134,6 +134,7 @@ fn main() -> Result<()> {
     }
     let sizes = MapSizes {
         conntrack_entries: 65_536,
+        conntrack_new_entries: 65_536,
         peer_entries: 1024,
         cidr_entries: 16_384,
         service_entries: 1024,
