@@ -404,7 +404,10 @@ pub mod reason {
     pub const DROP_FRAGMENT: usize = 13;
     /// Dropped: an IPv4-mapped or IPv4-compatible address in an IPv6 header.
     pub const DROP_ADDRESS: usize = 14;
-    pub const COUNT: usize = 15;
+    /// Dropped: a unicast packet for another address reached an isolated pod's veth (a
+    /// bridge flooding frames, or a pod teaching it another pod's MAC address).
+    pub const DROP_MISDELIVERED: usize = 15;
+    pub const COUNT: usize = 16;
 
     pub const NAMES: [&str; COUNT] = [
         "allow_unisolated",
@@ -422,6 +425,7 @@ pub mod reason {
         "drop_router",
         "drop_fragment",
         "drop_address",
+        "drop_misdelivered",
     ];
 
     /// Reasons at or above this one drop the packet.

@@ -25,7 +25,7 @@ mod verdict;
 use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
 use fragments::{AT_FROM_POD, AT_TO_POD, AT_UPLINK, fragment_ports, record_first_fragment};
 use maps::{count, endpoint, iface_of, is_node, is_service, scratch, sets_of};
-use neighbour::{link_message, own_address, own_neighbour_message, own_target};
+use neighbour::{link_message, not_for, own_address, own_neighbour_message, own_target};
 use netpol_common::{Addr, IFACE_HAS_V4, IfaceInfo, ct_flag, reason};
 use parse::{Icmp, Packet, Parsed};
 use verdict::{Judged, Sets, UNDECIDED};
@@ -95,34 +95,44 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     if !own_address(&iface, &p.src) {
         return verdict(id, reason::DROP_SPOOFED);
     }
-    let why = sent_by_pod(p, sets);
+    let (who, why) = sent_by_pod(p, id, sets);
     record_first_fragment(p, why, AT_FROM_POD);
-    verdict(id, why)
+    verdict(who, why)
 }
 
+/// Returns the endpoint to count on (the sender, or a local opener whose egress was
+/// decided after translation) and the reason.
 #[inline(always)]
-fn sent_by_pod(p: &mut Packet, sets: Sets) -> usize {
+fn sent_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
     if !fragment_ports(p, AT_FROM_POD) {
         return if is_node(&p.dst) {
-            reason::ALLOW_NODE
+            (id, reason::ALLOW_NODE)
         } else if sets.isolated() {
-            reason::DROP_FRAGMENT
+            (id, reason::DROP_FRAGMENT)
         } else {
-            reason::ALLOW_UNISOLATED
+            (id, reason::ALLOW_UNISOLATED)
         };
     }
     if p.icmp == Icmp::Error {
         if is_node(&p.dst) {
-            return reason::ALLOW_NODE;
+            return (id, reason::ALLOW_NODE);
         }
         // The pod answers a packet that was sent to it, about that packet only.
         let own_quote = p.t_src == p.src && p.t_dst == p.dst;
         return if own_quote && verdict::related(p, Judged { sets, sends: true }) {
-            reason::ALLOW_RELATED
+            (id, reason::ALLOW_RELATED)
         } else if sets.egress == netpol_common::RULESET_ALLOW_ALL {
-            reason::ALLOW_UNISOLATED
+            (id, reason::ALLOW_UNISOLATED)
         } else {
-            reason::DROP_EGRESS
+            (id, reason::DROP_EGRESS)
+        };
+    }
+    // ICMP other than echo and errors has no connection: judged every time.
+    if p.icmp == Icmp::Other {
+        return if is_node(&p.dst) {
+            (id, reason::ALLOW_NODE)
+        } else {
+            (id, verdict::egress_opening(sets, p))
         };
     }
     let me = Judged { sets, sends: true };
@@ -131,31 +141,31 @@ fn sent_by_pod(p: &mut Packet, sets: Sets) -> usize {
     {
         // A pod's pass towards a Service port ends with the Service: then the packet is
         // judged like any other.
-        let service_gone =
-            hit.from_opener && verdict::flags(&hit) & ct_flag::SERVICE != 0 && !is_service(p);
+        let flags = verdict::flags(&hit);
+        let service_gone = hit.from_opener && flags & ct_flag::SERVICE != 0 && !is_service(p);
         if !service_gone {
-            return verdict::judge_tracked(&hit, p, me);
+            return (id, verdict::judge_tracked(&hit, p, me));
         }
         verdict::forget(&hit);
     }
     // Node traffic is never tracked, so it is looked for after conntrack: the established
     // path stays one lookup.
     if is_node(&p.dst) {
-        return reason::ALLOW_NODE;
+        return (id, reason::ALLOW_NODE);
     }
     if is_service(p) {
-        // Decided after translation; only the replies (from the Service address) need
-        // the entry, and only when the pod's ingress is isolated.
-        if sets.ingress != netpol_common::RULESET_ALLOW_ALL {
+        // Decided after translation. Its replies come from the Service address: an
+        // isolated pod tracks the connection so they are known as replies.
+        if sets.isolated() {
             verdict::track(p, UNDECIDED, UNDECIDED, ct_flag::SERVICE);
         }
-        return reason::PASS_SERVICE;
+        return (id, reason::PASS_SERVICE);
     }
     let why = verdict::egress_opening(sets, p);
     if why < reason::FIRST_DROP && sets.isolated() {
         verdict::track(p, sets.egress, UNDECIDED, 0);
     }
-    why
+    (id, why)
 }
 
 /// The pod's ingress side: what it receives, after translation.
@@ -181,6 +191,14 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     }
     if link_message(p) {
         return verdict(id, reason::ALLOW_NEIGHBOUR);
+    }
+    // Someone else's packet (flooded by a bridge): never judged with this pod's rules.
+    if not_for(&iface, &p.dst) {
+        return if sets.isolated() {
+            verdict(id, reason::DROP_MISDELIVERED)
+        } else {
+            TC_ACT_UNSPEC
+        };
     }
     let (who, why) = received_by_pod(p, id, sets);
     record_first_fragment(p, why, AT_TO_POD);
@@ -213,6 +231,13 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
             (id, reason::DROP_INGRESS)
         };
     }
+    if p.icmp == Icmp::Other {
+        return if is_node(&p.src) {
+            (id, reason::ALLOW_NODE)
+        } else {
+            (id, verdict::ingress_opening(sets, p))
+        };
+    }
     let me = Judged { sets, sends: false };
     if let Some(hit) = verdict::lookup(p)
         && verdict::usable(&hit, p)
@@ -226,8 +251,7 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
         }
         return (id, verdict::judge_tracked(&hit, p, me));
     }
-    // The own node, or the pod itself through its own Service without masquerade.
-    if is_node(&p.src) || p.src == p.dst {
+    if is_node(&p.src) {
         return (id, reason::ALLOW_NODE);
     }
     // A new connection. A local sender that reached this pod through a Service has its
@@ -266,7 +290,9 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     if p.icmp == Icmp::Error || p.v4_in_v6 {
         return TC_ACT_UNSPEC; // decided at the pod's veth
     }
-    match leaving_node(p) {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let came_in = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    match leaving_node(p, came_in) {
         None => {
             // Passed: its later fragments follow it here too.
             record_first_fragment(p, reason::ALLOW_TRACKED, AT_UPLINK);
@@ -282,7 +308,7 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
 /// The uplink's decision: `None` passes uncounted (not a local pod's, or decided at the
 /// pod's veth); otherwise the endpoint to count on and the reason.
 #[inline(always)]
-fn leaving_node(p: &mut Packet) -> Option<(u32, usize)> {
+fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
     let fragment_known = fragment_ports(p, AT_UPLINK);
     if fragment_known
         && let Some(hit) = verdict::lookup(p)
@@ -294,10 +320,16 @@ fn leaving_node(p: &mut Packet) -> Option<(u32, usize)> {
             return None;
         }
         let sender = endpoint(&p.src)?;
+        if !came_from(&sender, came_in) {
+            return Some((sender.id, reason::DROP_SPOOFED));
+        }
         return verdict::judge_deferred_opener(&hit, p, sets_of(&sender)).map(|r| (sender.id, r));
     }
     // Not a local pod, or already masqueraded: nothing of ours to decide.
     let sender = endpoint(&p.src)?;
+    if !came_from(&sender, came_in) {
+        return Some((sender.id, reason::DROP_SPOOFED));
+    }
     let sets = sets_of(&sender);
     if !fragment_known {
         return sets
@@ -312,6 +344,17 @@ fn leaving_node(p: &mut Packet) -> Option<(u32, usize)> {
         return None;
     }
     Some((sender.id, why))
+}
+
+/// A packet with a local pod's source address entered the node through that pod's veth
+/// (anything else carrying it was forged somewhere else).
+#[inline(always)]
+fn came_from(sender: &netpol_common::EndpointInfo, came_in: u32) -> bool {
+    // SAFETY: plain-data lookup.
+    match unsafe { maps::IFACES.get(came_in) } {
+        Some(i) => i.endpoint_id == sender.id,
+        None => false,
+    }
 }
 
 /// Does nothing: the baseline the datapath benchmarks compare against.

@@ -21,9 +21,19 @@ pub fn own_neighbour_message(iface: &IfaceInfo, p: &Packet) -> bool {
         Icmp::Neighbour => {
             p.hop_limit == 255 && own_or_ll(&p.src) && own_target(iface, p) && on_link(&p.dst)
         }
-        Icmp::Listener => p.hop_limit == 1 && parse::is_link_local_or_unspecified(&p.src),
+        Icmp::Listener => {
+            p.hop_limit == 1
+                && parse::is_link_local_or_unspecified(&p.src)
+                && is_link_multicast(&p.dst)
+        }
         _ => false,
     }
+}
+
+/// `ff02::/16`: link-scope multicast, where listener reports go.
+#[inline(always)]
+fn is_link_multicast(dst: &Addr) -> bool {
+    dst.0[0] == 0xff && dst.0[1] & 0x0f == 0x02
 }
 
 /// A neighbour advertisement names one of the sender's own addresses (or a link-local
@@ -38,9 +48,7 @@ pub fn own_target(iface: &IfaceInfo, p: &Packet) -> bool {
 /// node (the pod's only neighbour on a routed veth). Anything else is judged by policy.
 #[inline(always)]
 pub fn on_link(dst: &Addr) -> bool {
-    (dst.0[0] == 0xff && dst.0[1] & 0x0f == 0x02)
-        || parse::is_link_local_or_unspecified(dst)
-        || is_node(dst)
+    is_link_multicast(dst) || parse::is_link_local_or_unspecified(dst) || is_node(dst)
 }
 
 /// Neighbour discovery towards a pod, as only its link can send it.
@@ -51,4 +59,16 @@ pub fn link_message(p: &Packet) -> bool {
         Icmp::Listener => p.hop_limit == 1,
         _ => false,
     }
+}
+
+/// A packet for someone else than the pod: unicast and not one of its addresses.
+#[inline(always)]
+pub fn not_for(iface: &IfaceInfo, dst: &Addr) -> bool {
+    let multicast = if dst.is_v4() {
+        dst.0[12] & 0xf0 == 0xe0
+            || u32::from_be_bytes([dst.0[12], dst.0[13], dst.0[14], dst.0[15]]) == u32::MAX
+    } else {
+        dst.0[0] == 0xff
+    };
+    !multicast && !own_address(iface, dst)
 }

@@ -577,15 +577,28 @@ impl Datapath {
         repeat: u32,
         ifindex: u32,
     ) -> Result<(i32, std::time::Duration)> {
+        self.test_run_from(hook, packet, repeat, ifindex, ifindex)
+    }
+
+    /// `test_run_on`, for a packet that entered the node through `ingress_ifindex` (0:
+    /// generated on the node, or from an interface netpol does not know).
+    pub fn test_run_from(
+        &mut self,
+        hook: Hook,
+        packet: &[u8],
+        repeat: u32,
+        ifindex: u32,
+        ingress_ifindex: u32,
+    ) -> Result<(i32, std::time::Duration)> {
         let prog = classifier(&mut self.ebpf, hook.program())?;
-        // struct __sk_buff up to `ifindex` (offset 40); every other field zero.
+        // struct __sk_buff up to `ifindex` (offset 40), with `ingress_ifindex` (offset 36).
+        // Every other field zero.
         let mut ctx = [0u8; 44];
+        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
-        if ifindex > 1 {
-            opts.ctx_in = Some(&ctx);
-        }
+        opts.ctx_in = Some(&ctx);
         opts.repeat = repeat.max(1);
         let r = prog
             .test_run(opts)

@@ -106,6 +106,24 @@ impl MapOps for KernelMaps {
     fn del_node_addr(&mut self, addr: Addr) -> Result<(), MapError> {
         gone_ok(self.node_addrs.remove(&addr)).map_err(op(names::NODE_ADDRS, "remove"))
     }
+    fn forget_connections(
+        &mut self,
+        addrs: &std::collections::BTreeSet<Addr>,
+    ) -> Result<usize, MapError> {
+        let mut forgotten = 0;
+        for map in [&mut self.conntrack, &mut self.conntrack_new] {
+            let keys: Vec<CtKey> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| addrs.contains(&k.a) || addrs.contains(&k.b))
+                .collect();
+            for k in &keys {
+                gone_ok(map.remove(k)).map_err(op(names::CONNTRACK, "remove"))?;
+            }
+            forgotten += keys.len();
+        }
+        Ok(forgotten)
+    }
     fn set_next_ruleset_id(&mut self, next: u32) -> Result<(), MapError> {
         self.meta
             .set(meta::NEXT_RULESET_ID, u64::from(next), 0)

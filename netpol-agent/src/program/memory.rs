@@ -105,6 +105,13 @@ impl MapOps for MemoryMaps {
         self.next_ruleset_id = next;
         Ok(())
     }
+    fn forget_connections(
+        &mut self,
+        _addrs: &std::collections::BTreeSet<Addr>,
+    ) -> Result<usize, MapError> {
+        // No conntrack here: the datapath owns it.
+        Ok(0)
+    }
     fn reset_counters(&mut self, _id: u32) -> Result<(), MapError> {
         Ok(())
     }

@@ -53,6 +53,9 @@ pub trait MapOps {
     fn del_node_addr(&mut self, addr: Addr) -> Result<(), MapError>;
     /// Persists the next rule-set id (ids are never reused, also across restarts).
     fn set_next_ruleset_id(&mut self, next: u32) -> Result<(), MapError>;
+    /// Forgets every tracked connection of these addresses (their pods are gone: a new
+    /// pod given the same address must not inherit them). Returns how many.
+    fn forget_connections(&mut self, addrs: &BTreeSet<Addr>) -> Result<usize, MapError>;
     fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), MapError>;
     /// Everything the maps hold now, for adopting the state of an earlier run.
     fn existing(&self) -> Result<Existing, MapError>;
@@ -103,6 +106,8 @@ pub struct ApplyStats {
     pub peer_entries_written: usize,
     pub endpoints_written: usize,
     pub endpoints_removed: usize,
+    /// Tracked connections of removed pods' addresses, forgotten.
+    pub connections_forgotten: usize,
     /// Pods whose new rule set did not fit in the maps: they keep their last complete
     /// state (or, when new, allow nothing in the isolated direction) until it does.
     pub overflowed: Vec<ObjectRef>,
@@ -380,12 +385,17 @@ impl<M: MapOps> Programmer<M> {
                 self.ifaces.remove(&ifindex);
             }
         }
+        let mut gone = BTreeSet::new();
         for addr in self.endpoints.keys().copied().collect::<Vec<_>>() {
             if !want_endpoints.contains_key(&addr) {
                 self.maps.del_endpoint(addr)?;
                 self.endpoints.remove(&addr);
                 stats.endpoints_removed += 1;
+                gone.insert(addr);
             }
+        }
+        if !gone.is_empty() {
+            stats.connections_forgotten = self.maps.forget_connections(&gone)?;
         }
         for pod in self.endpoint_ids.keys().cloned().collect::<Vec<_>>() {
             if !live_pods.contains(&pod)
