@@ -314,8 +314,8 @@ impl Agent {
             .iter()
             .flat_map(|e| e.ips.iter().copied())
             .collect();
-        let entries = crate::program::seed::seed_entries(&flows, fresh, &local, monotonic_ns());
-        match self.programmer.maps_mut().seed_conntrack(&entries) {
+        let seeds = crate::program::seed::seed_entries(&flows, fresh, &local, monotonic_ns());
+        match self.programmer.maps_mut().seed_conntrack(&seeds) {
             Ok(added) => info!(
                 pods = fresh.len(),
                 kernel_connections = flows.len(),

@@ -20,6 +20,7 @@ pub mod names {
     /// map only, never the replied connections of other pods.
     pub const CONNTRACK_NEW: &str = "CONNTRACK_NEW";
     pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const SERVICE_FLOWS: &str = "SERVICE_FLOWS";
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
     pub const META: &str = "META";
     pub const COUNTERS: &str = "COUNTERS";
@@ -49,6 +50,7 @@ pub mod sizes {
     pub const CONNTRACK: u32 = 262_144;
     pub const CONNTRACK_NEW: u32 = 65_536;
     pub const FRAGMENTS: u32 = 8192;
+    pub const SERVICE_FLOWS: u32 = 65_536;
     pub const NODE_ADDRS: u32 = 1024;
     /// Endpoint ids index the counters array, so this bounds the id space too.
     pub const COUNTERS: u32 = 8192;
@@ -346,6 +348,36 @@ pub struct ServiceKey {
     pub _pad: u8,
 }
 
+/// A local client's connection towards a Service port, by the client's side of it (the
+/// backend-decision hooks see the translated tuple, which keeps the client's address and
+/// port).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct ServiceFlowKey {
+    pub client: Addr,
+    pub client_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Where a client's Service connection went: the Service port it asked for, the backend
+/// the translation chose (learnt where its egress was decided), and the client's egress
+/// rule set under which that backend was last allowed (`CT_UNDECIDED`: not yet). Replies
+/// from the Service address are checked against it, so they stop when the client's
+/// egress to that backend is revoked.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct ServiceFlow {
+    pub service: Addr,
+    pub backend: Addr,
+    pub service_port: u16,
+    pub backend_port: u16,
+    pub egress_set: u32,
+    /// The backend fields are set.
+    pub has_backend: u8,
+    pub _pad: [u8; 7],
+}
+
 /// A fragmented datagram: later fragments carry no ports, so the first one records them.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
@@ -458,6 +490,8 @@ mod user {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceFlowKey {}
+    unsafe impl aya::Pod for ServiceFlow {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragPorts {}
     unsafe impl aya::Pod for Counters {}

@@ -20,6 +20,7 @@ mod fragments;
 mod maps;
 mod neighbour;
 mod parse;
+mod service;
 mod verdict;
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
@@ -158,6 +159,7 @@ fn sent_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
         // isolated pod tracks the connection so they are known as replies.
         if sets.isolated() {
             verdict::track(p, UNDECIDED, UNDECIDED, ct_flag::SERVICE);
+            service::remember(p);
         }
         return (id, reason::PASS_SERVICE);
     }
@@ -274,6 +276,9 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
     if why < reason::FIRST_DROP && track {
         verdict::track(p, opener_set, sets.ingress, flags);
     }
+    if why < reason::FIRST_DROP && sender.is_some() {
+        service::learn_backend(p, opener_set);
+    }
     (id, why)
 }
 
@@ -339,6 +344,7 @@ fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
     let why = verdict::egress_opening(sets, p);
     if why < reason::FIRST_DROP && sets.isolated() {
         verdict::track(p, sets.egress, UNDECIDED, ct_flag::DEFERRED_EGRESS);
+        service::learn_backend(p, sets.egress);
     }
     if why == reason::ALLOW_UNISOLATED {
         return None;

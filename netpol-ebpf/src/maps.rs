@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use netpol_common::{
     Addr, Counters, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts, IfaceInfo, PeerKey, PortSet,
-    ServiceKey, meta, reason, sizes,
+    ServiceFlow, ServiceFlowKey, ServiceKey, meta, reason, sizes,
 };
 
 use crate::parse::Packet;
@@ -30,6 +30,10 @@ pub static PORTSETS: HashMap<u32, PortSet> = HashMap::with_max_entries(sizes::PO
 #[map]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =
     LruHashMap::with_max_entries(sizes::CONNTRACK, 0);
+/// Local clients' Service connections: the backend each went to (see `ServiceFlow`).
+#[map]
+pub static SERVICE_FLOWS: LruHashMap<ServiceFlowKey, ServiceFlow> =
+    LruHashMap::with_max_entries(sizes::SERVICE_FLOWS, 0);
 /// Unreplied connections, apart: whoever floods new flows evicts only unreplied ones
 /// (the kernel's nf_conntrack drops unassured entries first for the same reason).
 #[map]

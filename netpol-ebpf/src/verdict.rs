@@ -169,6 +169,11 @@ pub fn judge_tracked(hit: &Hit, p: &Packet, me: Judged) -> usize {
     // fields, and every field is re-validated here.
     let e = unsafe { &mut *hit.entry };
     if e.flags & ct_flag::SERVICE != 0 {
+        // A reply from the Service: the client's egress must still allow its backend.
+        if !hit.from_opener && !me.sends && !service_allowed(hit, p, me.sets) {
+            forget(hit);
+            return reason::DROP_EGRESS;
+        }
         update_state(hit, e, p);
         return if hit.from_opener {
             reason::PASS_SERVICE
@@ -304,7 +309,7 @@ pub fn related(p: &Packet, me: Judged) -> bool {
     // SAFETY: valid map value pointer for this run.
     let e = unsafe { &mut *hit.entry };
     if e.flags & ct_flag::SERVICE != 0 {
-        return true;
+        return service_allowed(&hit, p, me.sets);
     }
     let i_am_opener = me.sends == hit.from_opener;
     match revalidate(&hit, e, p, i_am_opener, me.sets) {
@@ -314,6 +319,25 @@ pub fn related(p: &Packet, me: Judged) -> bool {
         }
         _ => true,
     }
+}
+
+/// For a Service entry (the client opened it): does the client's egress still allow the
+/// backend its connection went to?
+#[inline(always)]
+fn service_allowed(hit: &Hit, p: &Packet, client_sets: Sets) -> bool {
+    let (client, client_port, service, service_port) = if hit.from_opener {
+        (&p.t_src, p.sport, &p.t_dst, p.dport)
+    } else {
+        (&p.t_dst, p.dport, &p.t_src, p.sport)
+    };
+    crate::service::still_allowed(
+        client,
+        client_port,
+        service,
+        service_port,
+        p.proto,
+        client_sets,
+    )
 }
 
 /// Deletes the connection's entry.

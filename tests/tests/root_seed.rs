@@ -130,7 +130,7 @@ fn root_connections_older_than_isolation_are_seeded_from_nf_conntrack() {
     // What the agent does before the pod flips: seed, then program.
     let fresh = programmer.newly_isolated(&plan);
     assert!(fresh.contains(&lo), "the pod is newly isolated");
-    let entries = seed_entries(&flows, &fresh, &fresh, 0);
+    let mut seeds = seed_entries(&flows, &fresh, &fresh, 0);
     let now = {
         let mut ts = libc::timespec {
             tv_sec: 0,
@@ -140,17 +140,10 @@ fn root_connections_older_than_isolation_are_seeded_from_nf_conntrack() {
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     };
-    let entries: Vec<_> = entries
-        .into_iter()
-        .map(|(k, mut e)| {
-            e.last_seen_ns = now;
-            (k, e)
-        })
-        .collect();
-    let added = programmer
-        .maps_mut()
-        .seed_conntrack(&entries)
-        .expect("seed");
+    for (_, e) in &mut seeds.conntrack {
+        e.last_seen_ns = now;
+    }
+    let added = programmer.maps_mut().seed_conntrack(&seeds).expect("seed");
     assert!(added >= 1, "seeded {added}");
     programmer
         .apply(&plan, &BTreeMap::from([(pod.clone(), 1u32)]))

@@ -3,10 +3,11 @@
 use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
 use netpol_common::{
-    Addr, Counters, CtEntry, CtKey, EndpointInfo, IfaceInfo, PeerKey, PortSet, ServiceKey, meta,
-    names,
+    Addr, Counters, CtEntry, CtKey, EndpointInfo, IfaceInfo, PeerKey, PortSet, ServiceFlow,
+    ServiceFlowKey, ServiceKey, meta, names,
 };
 
+use super::seed::Seeds;
 use super::{MapError, MapOps, lpm_len};
 
 pub struct KernelMaps {
@@ -18,6 +19,8 @@ pub struct KernelMaps {
     pub conntrack: HashMap<MapData, CtKey, CtEntry>,
     /// Connections waiting for their first reply.
     pub conntrack_new: HashMap<MapData, CtKey, CtEntry>,
+    /// Local clients' Service connections and the backends they went to.
+    pub service_flows: HashMap<MapData, ServiceFlowKey, ServiceFlow>,
     pub meta: Array<MapData, u64>,
     pub peers_exact: HashMap<MapData, PeerKey, u32>,
     pub peers_cidr: LpmTrie<MapData, PeerKey, u32>,
@@ -122,6 +125,15 @@ impl MapOps for KernelMaps {
             }
             forgotten += keys.len();
         }
+        let flows: Vec<ServiceFlowKey> = self
+            .service_flows
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| addrs.contains(&k.client))
+            .collect();
+        for k in &flows {
+            gone_ok(self.service_flows.remove(k)).map_err(op(names::SERVICE_FLOWS, "remove"))?;
+        }
         Ok(forgotten)
     }
     fn set_next_ruleset_id(&mut self, next: u32) -> Result<(), MapError> {
@@ -206,12 +218,15 @@ impl KernelMaps {
         Ok((seen, deleted))
     }
 
-    /// Adds seeded entries where the datapath has none yet (a live entry knows more).
-    /// Returns how many were added.
-    pub fn seed_conntrack(&mut self, entries: &[(CtKey, CtEntry)]) -> Result<usize, MapError> {
+    /// Adds seeded entries where the datapath has none yet (a live entry, in either
+    /// conntrack map, knows more). Returns how many connections were added.
+    pub fn seed_conntrack(&mut self, seeds: &Seeds) -> Result<usize, MapError> {
         const BPF_NOEXIST: u64 = 1;
         let mut added = 0;
-        for (k, v) in entries {
+        for (k, v) in &seeds.conntrack {
+            if self.conntrack.get(k, 0).is_ok() || self.conntrack_new.get(k, 0).is_ok() {
+                continue;
+            }
             let map = if v.flags & netpol_common::ct_flag::REPLIED != 0 {
                 &mut self.conntrack
             } else {
@@ -222,6 +237,14 @@ impl KernelMaps {
                 Err(aya::maps::MapError::SyscallError(e))
                     if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(op(names::CONNTRACK, "seed")(e)),
+            }
+        }
+        for (k, v) in &seeds.service_flows {
+            match self.service_flows.insert(k, v, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(op(names::SERVICE_FLOWS, "seed")(e)),
             }
         }
         Ok(added)

@@ -8,10 +8,19 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use netpol_common::{CT_UNDECIDED, CtEntry, CtKey, ct_flag};
+use netpol_common::{CT_UNDECIDED, CtEntry, CtKey, ServiceFlow, ServiceFlowKey, ct_flag};
 
 use super::addr_of;
 use crate::datapath::kernel_conntrack::KernelFlow;
+
+/// What to seed: conntrack entries, and for a local client's translated connections the
+/// backend they went to (so replies from the Service are checked against the client's
+/// rules for that backend).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Seeds {
+    pub conntrack: Vec<(CtKey, CtEntry)>,
+    pub service_flows: Vec<(ServiceFlowKey, ServiceFlow)>,
+}
 
 /// Entries for the kernel's connections that involve one of `isolated` (pods about to be
 /// isolated). `local` holds every local pod address: a local opener whose connection was
@@ -21,8 +30,9 @@ pub fn seed_entries(
     isolated: &BTreeSet<IpAddr>,
     local: &BTreeSet<IpAddr>,
     now_ns: u64,
-) -> Vec<(CtKey, CtEntry)> {
-    let mut out = Vec::new();
+) -> Seeds {
+    let mut seeds = Seeds::default();
+    let out = &mut seeds.conntrack;
     for f in flows {
         // The opener as it sent (its own address), the acceptor as it answers (the
         // backend, after DNAT).
@@ -48,9 +58,26 @@ pub fn seed_entries(
             let service = (f.orig.dst, f.orig.dport);
             let flags = ct_flag::SERVICE | if f.replied { ct_flag::REPLIED } else { 0 };
             out.push(entry(f.proto, (opener, oport), service, flags, now_ns));
+            seeds.service_flows.push((
+                ServiceFlowKey {
+                    client: addr_of(opener),
+                    client_port: oport,
+                    proto: f.proto,
+                    _pad: 0,
+                },
+                ServiceFlow {
+                    service: addr_of(service.0),
+                    backend: addr_of(acceptor),
+                    service_port: service.1,
+                    backend_port: aport,
+                    egress_set: CT_UNDECIDED,
+                    has_backend: 1,
+                    _pad: [0; 7],
+                },
+            ));
         }
     }
-    out
+    seeds
 }
 
 fn entry(
@@ -120,7 +147,7 @@ mod tests {
             ("10.244.2.7", 5432, "10.244.1.5", 40000),
         );
         let pod = [ip("10.244.1.5")].into();
-        let out = seed_entries(&[f], &pod, &pod, 7);
+        let out = seed_entries(&[f], &pod, &pod, 7).conntrack;
         assert_eq!(out.len(), 1);
         let (k, e) = out[0];
         let (want, opener_is_a) = CtKey::of(
@@ -144,7 +171,10 @@ mod tests {
             ("10.244.2.9", 53, "10.244.1.5", 40000),
         );
         let pod = [ip("10.244.1.5")].into();
-        let out = seed_entries(&[f], &pod, &pod, 7);
+        let seeds = seed_entries(&[f], &pod, &pod, 7);
+        assert_eq!(seeds.service_flows.len(), 1, "the backend is remembered");
+        assert_eq!(seeds.service_flows[0].1.backend, addr_of(ip("10.244.2.9")));
+        let out = seeds.conntrack;
         assert_eq!(out.len(), 2);
         assert_ne!(
             out[0].1.flags & ct_flag::DEFERRED_EGRESS,
@@ -174,7 +204,10 @@ mod tests {
             ("10.244.2.7", 5432, "10.244.1.6", 40000),
         );
         let pod = [ip("10.244.1.5")].into();
-        assert!(seed_entries(&[closed, other], &pod, &pod, 7).is_empty());
+        assert_eq!(
+            seed_entries(&[closed, other], &pod, &pod, 7),
+            Seeds::default()
+        );
     }
 
     #[test]
@@ -184,7 +217,7 @@ mod tests {
             ("10.244.1.5", 80, "203.0.113.10", 50000),
         );
         let pod: BTreeSet<IpAddr> = [ip("10.244.1.5")].into();
-        let out = seed_entries(&[f], &pod, &pod, 7);
+        let out = seed_entries(&[f], &pod, &pod, 7).conntrack;
         assert_eq!(out.len(), 1);
         let (_, opener_is_a) = CtKey::of(
             &addr_of(ip("203.0.113.10")),
