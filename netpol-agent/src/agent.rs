@@ -133,11 +133,17 @@ pub async fn run(args: Args) -> Result<()> {
     } else {
         args.uplinks.clone()
     };
+    let mut uplink_indexes = std::collections::BTreeSet::new();
     for up in &uplinks {
         datapath
             .attach_uplink(up)
             .with_context(|| format!("uplink {up}"))?;
+        uplink_indexes.insert(datapath::ifindex(up).with_context(|| format!("uplink {up}"))?);
     }
+    programmer
+        .maps_mut()
+        .set_uplinks(&uplink_indexes)
+        .context("programming the uplinks")?;
     info!(node = %args.node_name, mode = ?datapath.mode(), ?uplinks, "datapath loaded");
 
     let status: Shared = Arc::new(Mutex::new(Status {

@@ -21,6 +21,7 @@ pub mod names {
     pub const CONNTRACK_NEW: &str = "CONNTRACK_NEW";
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const SERVICE_FLOWS: &str = "SERVICE_FLOWS";
+    pub const UPLINKS: &str = "UPLINKS";
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
     pub const META: &str = "META";
     pub const COUNTERS: &str = "COUNTERS";
@@ -51,6 +52,7 @@ pub mod sizes {
     pub const CONNTRACK_NEW: u32 = 65_536;
     pub const FRAGMENTS: u32 = 8192;
     pub const SERVICE_FLOWS: u32 = 65_536;
+    pub const UPLINKS: u32 = 64;
     pub const NODE_ADDRS: u32 = 1024;
     /// Endpoint ids index the counters array, so this bounds the id space too.
     pub const COUNTERS: u32 = 8192;

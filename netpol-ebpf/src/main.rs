@@ -195,14 +195,16 @@ pub fn to_pod(ctx: TcContext) -> i32 {
         return verdict(id, reason::ALLOW_NEIGHBOUR);
     }
     // Someone else's packet (flooded by a bridge): never judged with this pod's rules.
-    if not_for(&iface, &p.dst) {
+    if not_for(&iface, p) {
         return if sets.isolated() {
             verdict(id, reason::DROP_MISDELIVERED)
         } else {
             TC_ACT_UNSPEC
         };
     }
-    let (who, why) = received_by_pod(p, id, sets);
+    // SAFETY: the context pointer is valid for the whole program run.
+    let came_in = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let (who, why) = received_by_pod(p, id, sets, came_in);
     record_first_fragment(p, why, AT_TO_POD);
     verdict(who, why)
 }
@@ -210,7 +212,7 @@ pub fn to_pod(ctx: TcContext) -> i32 {
 /// Returns the endpoint to count on (the receiver, or a local sender whose egress was
 /// decided here) and the reason.
 #[inline(always)]
-fn received_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
+fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, usize) {
     if !fragment_ports(p, AT_TO_POD) {
         return if is_node(&p.src) {
             (id, reason::ALLOW_NODE)
@@ -263,9 +265,14 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
     let mut flags = 0;
     let mut track = sets.isolated();
     if let Some(s) = sender {
+        if !came_from(&s, came_in) {
+            return (s.id, reason::DROP_SPOOFED);
+        }
         let ss = sets_of(&s);
         let r = verdict::egress_opening(ss, p);
         if r >= reason::FIRST_DROP {
+            // Its replies, from the Service address, must meet the same refusal.
+            service::learn_backend(p, UNDECIDED);
             return (s.id, r);
         }
         opener_set = ss.egress;
@@ -345,6 +352,9 @@ fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
     if why < reason::FIRST_DROP && sets.isolated() {
         verdict::track(p, sets.egress, UNDECIDED, ct_flag::DEFERRED_EGRESS);
         service::learn_backend(p, sets.egress);
+    } else if why >= reason::FIRST_DROP {
+        // Its replies, from the Service address, must meet the same refusal.
+        service::learn_backend(p, UNDECIDED);
     }
     if why == reason::ALLOW_UNISOLATED {
         return None;
@@ -352,14 +362,15 @@ fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
     Some((sender.id, why))
 }
 
-/// A packet with a local pod's source address entered the node through that pod's veth
-/// (anything else carrying it was forged somewhere else).
+/// A packet with a local pod's source address did not enter the node through another
+/// pod's veth or an uplink: those carry it only when it was forged. (A bridge CNI's
+/// bridge, or the node itself, may carry a pod's traffic.)
 #[inline(always)]
 fn came_from(sender: &netpol_common::EndpointInfo, came_in: u32) -> bool {
-    // SAFETY: plain-data lookup.
+    // SAFETY (both lookups): plain-data values.
     match unsafe { maps::IFACES.get(came_in) } {
         Some(i) => i.endpoint_id == sender.id,
-        None => false,
+        None => unsafe { maps::UPLINKS.get(came_in) }.is_none(),
     }
 }
 

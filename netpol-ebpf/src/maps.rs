@@ -30,6 +30,10 @@ pub static PORTSETS: HashMap<u32, PortSet> = HashMap::with_max_entries(sizes::PO
 #[map]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =
     LruHashMap::with_max_entries(sizes::CONNTRACK, 0);
+/// The node's uplinks (ifindex -> 1): a local pod's address arriving through one of
+/// them was forged outside the node.
+#[map]
+pub static UPLINKS: HashMap<u32, u32> = HashMap::with_max_entries(sizes::UPLINKS, 0);
 /// Local clients' Service connections: the backend each went to (see `ServiceFlow`).
 #[map]
 pub static SERVICE_FLOWS: LruHashMap<ServiceFlowKey, ServiceFlow> =

@@ -61,9 +61,14 @@ pub fn link_message(p: &Packet) -> bool {
     }
 }
 
-/// A packet for someone else than the pod: unicast and not one of its addresses.
+/// A packet for someone else than the pod: unicast (in its frame and its address) and
+/// not one of its addresses. A subnet broadcast arrives in a broadcast frame.
 #[inline(always)]
-pub fn not_for(iface: &IfaceInfo, dst: &Addr) -> bool {
+pub fn not_for(iface: &IfaceInfo, p: &Packet) -> bool {
+    if p.eth_group {
+        return false;
+    }
+    let dst = &p.dst;
     let multicast = if dst.is_v4() {
         dst.0[12] & 0xf0 == 0xe0
             || u32::from_be_bytes([dst.0[12], dst.0[13], dst.0[14], dst.0[15]]) == u32::MAX

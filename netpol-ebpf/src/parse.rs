@@ -86,6 +86,8 @@ pub struct Packet {
     pub v4_in_v6: bool,
     /// For neighbour advertisements: the target is the sender's (checked by the caller).
     pub nd_target: Addr,
+    /// The frame went to an Ethernet broadcast or multicast address.
+    pub eth_group: bool,
 }
 
 impl Packet {
@@ -114,9 +116,11 @@ pub fn parse(ctx: &TcContext, p: &mut Packet) -> Parsed {
     if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
         return Parsed::OtherFrame;
     }
-    let Some(ethertype) = load::<[u8; 2]>(ctx, 12) else {
+    let Some(eth) = load::<[u8; 14]>(ctx, 0) else {
         return Parsed::Malformed;
     };
+    p.eth_group = eth[0] & 1 != 0;
+    let ethertype = [eth[12], eth[13]];
     match u16::from_be_bytes(ethertype) {
         ETH_P_IP => parse_v4(ctx, p),
         ETH_P_IPV6 => parse_v6(ctx, p),

@@ -791,14 +791,25 @@ fn root_attack2_finding_spoofed_pod_source_at_the_uplink_plants_a_connection() {
     let mut s = base();
     set_policy(&mut s, "client-ingress", CLIENT_INGRESS_NONE);
     let mut lab = lab_client_on_lo(s);
-    // It entered the node elsewhere than through the pod's veth (0: not a pod's veth).
+    // It entered the node through an uplink (a made-up ifindex the agent registered).
+    const UPLINK_IF: u32 = 4242;
+    lab.pr
+        .maps_mut()
+        .set_uplinks(&[UPLINK_IF].into())
+        .expect("uplinks");
     let (got, _) = lab
         .dp
-        .test_run_from(Hook::Uplink, &v4(CLIENT4, Y4, UDP, &udp(53, 1234)), 1, 1, 0)
+        .test_run_from(
+            Hook::Uplink,
+            &v4(CLIENT4, Y4, UDP, &udp(53, 1234)),
+            1,
+            1,
+            UPLINK_IF,
+        )
         .expect("test run");
     assert_eq!(
         got, DROP,
-        "the attacker's datagram to itself, spoofing the pod's address, forwarded out: a pod's address that did not come through its veth is forged"
+        "the attacker's datagram to itself, spoofing the pod's address, forwarded out: a pod's address coming in through an uplink is forged"
     );
     lab.expect(
         "the attacker's datagram to the pod",

@@ -469,11 +469,16 @@ fn lab3(policies: &[(&str, &str)]) -> (Lab, Ifs) {
     for (name, spec) in policies {
         set_policy(&mut st, name, spec);
     }
-    let lab = Lab::new(
+    let mut lab = Lab::new(
         st,
         &[("client", ifs.c), ("server", ifs.s), ("other", ifs.o)],
         &[v4a(NODE4), v4a(UPLINK4)],
     );
+    // The agent registers its uplinks (where forged pod addresses would come in).
+    lab.pr
+        .maps_mut()
+        .set_uplinks(&[ifs.up].into())
+        .expect("uplinks");
     (lab, ifs)
 }
 
@@ -546,7 +551,6 @@ fn broadcast(mut frame: Vec<u8>) -> Vec<u8> {
 /// "backend unknown", so the denied backend can send into the client as 10.96.0.10:53 for
 /// as long as it likes. Same with a local backend whose opening `to_pod` dropped.
 #[test]
-#[ignore = "FINDING: a Service opening dropped after translation leaves has_backend=0, so the denied backend's packets ride the SERVICE entry into an ingress-isolated client"]
 fn root_attack3_finding_dropped_service_opening_lets_the_denied_backend_in() {
     let (mut lab, ifs) = lab3(&[
         ("client-egress", CLIENT_EGRESS_Y_REVOKED),
@@ -659,7 +663,6 @@ fn root_attack3_finding_second_service_on_the_same_port_hides_a_revoked_backend(
 /// `came_from` check exists only at the uplink. Anyone who can route to the node (rp_filter
 /// loose or off, as on many CNIs) reaches an ingress-isolated pod as any local pod.
 #[test]
-#[ignore = "FINDING: to_pod never checks ingress_ifindex: a packet forged with a local pod's address from the uplink is admitted as that pod"]
 fn root_attack3_finding_forged_local_source_from_the_uplink_admitted_at_to_pod() {
     let (mut lab, ifs) = lab3(&[("server-ingress", SERVER_INGRESS_CLIENT)]);
     let syn = v4(CLIENT4, SERVER4, TCP, &tcp(40000, 8080, SYN));
@@ -683,7 +686,6 @@ fn root_attack3_finding_forged_local_source_from_the_uplink_admitted_at_to_pod()
 /// which the client may still reach after its egress to 10.2.0.0/16 is revoked: the
 /// revoked backend's replies pass.
 #[test]
-#[ignore = "FINDING: a forged packet from the uplink rewrites a client's learnt Service backend (learn_backend keyed by client port only), un-revoking its replies"]
 fn root_attack3_finding_forged_packet_rewrites_the_learnt_backend() {
     let (mut lab, ifs) = lab3(&[
         ("client-egress", CLIENT_EGRESS_Y_AND_SERVER),
@@ -760,7 +762,6 @@ fn root_attack3_finding_evicted_service_flow_fails_open() {
 /// `came_from` then calls every such packet forged: an unisolated pod cannot reach
 /// another node, and an isolated one cannot reach an allowed remote Service backend.
 #[test]
-#[ignore = "FINDING: on bridge CNIs ingress_ifindex is the bridge, so came_from drops every pod's uplink traffic that is not decided at the veth as DROP_SPOOFED"]
 fn root_attack3_finding_bridge_cni_uplink_traffic_dropped_as_spoofed() {
     let (mut lab, ifs) = lab3(&[
         ("client-egress", CLIENT_EGRESS_Y),
@@ -815,7 +816,6 @@ fn root_attack3_finding_bridge_cni_uplink_traffic_dropped_as_spoofed() {
 /// as misdelivered unicast: a pod isolated only for egress (ingress open), or one whose
 /// ingress allows the sender, loses it (NetBIOS/DHCP-style discovery breaks).
 #[test]
-#[ignore = "FINDING: subnet-directed broadcast on a bridge CNI is dropped as misdelivered even where the pod's ingress allows it"]
 fn root_attack3_finding_subnet_broadcast_dropped_as_misdelivered() {
     let bcast = broadcast(v4(OTHER4, [10, 1, 0, 255], UDP, &udp(137, 137)));
     let (mut lab, ifs) = lab3(&[("client-egress", CLIENT_EGRESS_NONE)]);
@@ -929,15 +929,16 @@ fn root_attack3_ipv6_multicast_to_an_isolated_pod() {
 }
 
 /// Spec: the pod is identified by the veth it came from. Uplink packets with the client's
-/// address that entered through another pod's veth or from the node itself
-/// (ingress_ifindex 0) never open a Service backend connection in the client's name.
+/// address that entered through another pod's veth or through an uplink never open a
+/// connection in the client's name. The node itself (ingress_ifindex 0) and a bridge
+/// CNI's bridge carry pods' traffic and are not taken for forgers.
 #[test]
 fn root_attack3_uplink_checks_where_the_client_address_came_from() {
     let (mut lab, ifs) = lab3(&[
         ("client-egress", CLIENT_EGRESS_Y),
         ("client-ingress", CLIENT_INGRESS_NONE),
     ]);
-    for (came_in, what) in [(ifs.o, "other's veth"), (0, "the node")] {
+    for (came_in, what) in [(ifs.o, "other's veth"), (ifs.up, "an uplink")] {
         let v = lab.run_from(
             Hook::Uplink,
             ifs.up,
@@ -945,6 +946,15 @@ fn root_attack3_uplink_checks_where_the_client_address_came_from() {
             &v4(CLIENT4, Y4, UDP, &udp(5000, 53)),
         );
         assert_eq!(v, DROP, "client's address from {what}: {}", show(v));
+    }
+    for (came_in, what) in [(0, "the node"), (ifs.br, "the bridge")] {
+        let v = lab.run_from(
+            Hook::Uplink,
+            ifs.up,
+            came_in,
+            &v4(CLIENT4, Y4, UDP, &udp(5001, 53)),
+        );
+        assert_eq!(v, PASS, "client's address from {what}: {}", show(v));
     }
 }
 

@@ -208,6 +208,7 @@ impl Datapath {
             names::CONNTRACK,
             names::CONNTRACK_NEW,
             names::SERVICE_FLOWS,
+            names::UPLINKS,
             names::FRAGMENTS,
             names::NODE_ADDRS,
             names::META,
@@ -373,6 +374,7 @@ impl Datapath {
             conntrack: HashMap::try_from(take(names::CONNTRACK)?)?,
             conntrack_new: HashMap::try_from(take(names::CONNTRACK_NEW)?)?,
             service_flows: HashMap::try_from(take(names::SERVICE_FLOWS)?)?,
+            uplinks: HashMap::try_from(take(names::UPLINKS)?)?,
             meta: aya::maps::Array::try_from(take(names::META)?)?,
             peers_exact: HashMap::try_from(take(names::PEERS_EXACT)?)?,
             peers_cidr: LpmTrie::try_from(take(names::PEERS_CIDR)?)?,
@@ -571,7 +573,7 @@ impl Datapath {
     }
 
     /// `test_run` as if on interface `ifindex` (which must exist in the caller's network
-    /// namespace; 1 is loopback).
+    /// namespace; 1 is loopback). At an uplink the packet came in through `ifindex` too.
     pub fn test_run_on(
         &mut self,
         hook: Hook,
@@ -579,7 +581,10 @@ impl Datapath {
         repeat: u32,
         ifindex: u32,
     ) -> Result<(i32, std::time::Duration)> {
-        self.test_run_from(hook, packet, repeat, ifindex, ifindex)
+        // At an uplink the tests stand the pod's veth in for where the packet came from;
+        // at a receiver's veth the sender's veth is not known (0: the node, or a bridge).
+        let came_in = if hook == Hook::ToPod { 0 } else { ifindex };
+        self.test_run_from(hook, packet, repeat, ifindex, came_in)
     }
 
     /// `test_run_on`, for a packet that entered the node through `ingress_ifindex` (0:

@@ -21,6 +21,8 @@ pub struct KernelMaps {
     pub conntrack_new: HashMap<MapData, CtKey, CtEntry>,
     /// Local clients' Service connections and the backends they went to.
     pub service_flows: HashMap<MapData, ServiceFlowKey, ServiceFlow>,
+    /// The node's uplinks, by ifindex: a pod's address coming in through one is forged.
+    pub uplinks: HashMap<MapData, u32, u32>,
     pub meta: Array<MapData, u64>,
     pub peers_exact: HashMap<MapData, PeerKey, u32>,
     pub peers_cidr: LpmTrie<MapData, PeerKey, u32>,
@@ -248,6 +250,23 @@ impl KernelMaps {
             }
         }
         Ok(added)
+    }
+
+    /// Makes the uplink map hold exactly `ifindexes`.
+    pub fn set_uplinks(
+        &mut self,
+        ifindexes: &std::collections::BTreeSet<u32>,
+    ) -> Result<(), MapError> {
+        let old: Vec<u32> = self.uplinks.keys().filter_map(Result::ok).collect();
+        for i in old.iter().filter(|i| !ifindexes.contains(i)) {
+            gone_ok(self.uplinks.remove(i)).map_err(op(names::UPLINKS, "remove"))?;
+        }
+        for i in ifindexes {
+            self.uplinks
+                .insert(i, 1, 0)
+                .map_err(op(names::UPLINKS, "insert"))?;
+        }
+        Ok(())
     }
 
     /// Forgets every tracked connection (tests start each sequence from nothing).
