@@ -6,6 +6,7 @@ pub mod conformance;
 pub mod flood;
 pub mod generate;
 pub mod held;
+pub mod lab;
 pub mod rawtcp;
 pub mod reference;
 pub mod sandbox;
