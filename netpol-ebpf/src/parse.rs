@@ -146,7 +146,7 @@ fn reset(p: &mut Packet, proto: u8, hop_limit: u8, frag: Frag) {
     p.frag_next = proto;
     p.hop_limit = hop_limit;
     p.v4_in_v6 = false;
-    p.nd_target = Addr([0; 16]);
+    // `nd_target` is written (and read) for neighbour advertisements only.
 }
 
 #[inline(always)]
@@ -329,6 +329,8 @@ fn l4(ctx: &TcContext, p: &mut Packet, off: usize) -> bool {
                     return false;
                 };
                 p.nd_target = Addr(t);
+            } else {
+                p.nd_target = Addr([0; 16]);
             }
             return icmp_tuple(ctx, p, off, &h);
         }

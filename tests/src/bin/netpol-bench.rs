@@ -153,12 +153,18 @@ fn main() -> Result<()> {
         "ns",
     ));
 
-    // Established: the SYN opens a tracked connection; its ACKs are measured.
+    // Established: the SYN opens a tracked connection and the SYN-ACK answers it (so it
+    // is a replied connection, as every established one is); its ACKs are measured.
     program_cidrs(&mut maps, 1, 1)?;
     program_client(&mut maps, 1)?;
     let (v, _) = dp.test_run(Hook::FromPod, &syn, 1)?;
     if v != PASS {
         bail!("the opening SYN was dropped ({v})");
+    }
+    let syn_ack = frame(PEER, CLIENT, 443, 40000, 0x12);
+    let (v, _) = dp.test_run(Hook::ToPod, &syn_ack, 1)?;
+    if v != PASS {
+        bail!("the SYN-ACK was dropped ({v})");
     }
     let ack = frame(CLIENT, PEER, 40000, 443, 0x10);
     results.push((
