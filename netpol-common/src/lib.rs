@@ -505,6 +505,22 @@ mod user {
     unsafe impl aya::Pod for Counters {}
 }
 
+// The layouts the agent and the programs share, pinned: a change here is a change of
+// `LAYOUT_VERSION`.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<Addr>() == 16);
+    assert!(size_of::<IfaceInfo>() == 48);
+    assert!(size_of::<PeerKey>() == 20);
+    assert!(size_of::<CtKey>() == 40);
+    assert!(size_of::<CtEntry>() == 24);
+    assert!(size_of::<ServiceKey>() == 20);
+    assert!(size_of::<ServiceFlowKey>() == 20);
+    assert!(size_of::<ServiceFlow>() == 48);
+    assert!(size_of::<FragKey>() == 40);
+    assert!(size_of::<FragPorts>() == 8);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,19 +560,3 @@ mod tests {
         assert!(!Addr([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]).is_v4());
     }
 }
-
-// The layouts the agent and the programs share, pinned: a change here is a change of
-// `LAYOUT_VERSION`.
-const _: () = {
-    use core::mem::size_of;
-    assert!(size_of::<Addr>() == 16);
-    assert!(size_of::<IfaceInfo>() == 48);
-    assert!(size_of::<PeerKey>() == 20);
-    assert!(size_of::<CtKey>() == 40);
-    assert!(size_of::<CtEntry>() == 24);
-    assert!(size_of::<ServiceKey>() == 20);
-    assert!(size_of::<ServiceFlowKey>() == 20);
-    assert!(size_of::<ServiceFlow>() == 48);
-    assert!(size_of::<FragKey>() == 40);
-    assert!(size_of::<FragPorts>() == 8);
-};
