@@ -71,7 +71,7 @@ impl fmt::Display for Protocol {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ContainerPort {
     pub name: Option<String>,
     pub port: u16,

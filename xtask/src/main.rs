@@ -488,6 +488,18 @@ const MUTANTS: &[(&str, &str, &str, &str)] = &[
         "ipBlock except is ignored",
     ),
     (
+        "netpol-agent/src/compile/prefix.rs",
+        "ports.add(block_ports);",
+        "let _ = block_ports;",
+        "a pod inside an allowed ipBlock loses the block's ports",
+    ),
+    (
+        "netpol-agent/src/compile/mod.rs",
+        ".any(|p| matches!(p.port, Some(IntOrString::String(_))))",
+        ".any(|_| false)",
+        "ingress named ports are resolved once for pods with different ports",
+    ),
+    (
         "netpol-agent/src/compile/selector.rs",
         "labels.get(k).is_none_or(|v| !vs.contains(v))",
         "labels.get(k).is_some_and(|v| !vs.contains(v))",
@@ -496,12 +508,12 @@ const MUTANTS: &[(&str, &str, &str, &str)] = &[
     (
         "netpol-agent/src/compile/mod.rs",
         "Direction::Egress => peer_pod,",
-        "Direction::Egress => Some(self.subject),",
+        "Direction::Egress => Some(self.rules_of.subject),",
         "egress named ports resolve on the source pod",
     ),
     (
         "netpol-agent/src/compile/mod.rs",
-        "None => pod_ref.namespace == self.namespace,",
+        "None => **ns == self.namespace,",
         "None => true,",
         "a podSelector-only peer matches pods of every namespace",
     ),

@@ -118,6 +118,41 @@ struct CompiledPolicy<'a> {
     rules_valid: bool,
 }
 
+/// Policy subjects by namespace, built once per compile: peer selectors are evaluated
+/// per namespace and then on that namespace's pods, never on every pod of the cluster.
+struct PodIndex<'a> {
+    by_namespace: BTreeMap<&'a str, Vec<&'a PodInfo>>,
+}
+
+impl<'a> PodIndex<'a> {
+    fn new(state: &'a ClusterState) -> Self {
+        let mut by_namespace: BTreeMap<&str, Vec<&PodInfo>> = BTreeMap::new();
+        for (r, pod) in &state.pods {
+            if pod.is_policy_subject() {
+                by_namespace
+                    .entry(r.namespace.as_str())
+                    .or_default()
+                    .push(pod);
+            }
+        }
+        PodIndex { by_namespace }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &'a PodInfo> + '_ {
+        self.by_namespace.values().flatten().copied()
+    }
+}
+
+/// Everything about a local pod that its rule sets depend on: pods alike in these get
+/// the same sets, computed once (the replicas of a deployment, say).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct SubjectKey<'a> {
+    namespace: &'a str,
+    labels: &'a crate::state::Labels,
+    /// Named ports of ingress rules resolve on the subject.
+    ports: &'a [crate::state::ContainerPort],
+}
+
 pub fn compile(state: &ClusterState, node: &str) -> Plan {
     let mut errors = Vec::new();
     let policies: Vec<CompiledPolicy> = state
@@ -125,11 +160,12 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
         .iter()
         .map(|(key, policy)| check_policy(key, policy, &mut errors))
         .collect();
+    let index = PodIndex::new(state);
 
     let mut rule_sets: Vec<RuleSet> = Vec::new();
-    let mut index: BTreeMap<RuleSet, RuleSetRef> = BTreeMap::new();
+    let mut interned: BTreeMap<RuleSet, RuleSetRef> = BTreeMap::new();
     let mut intern = |set: RuleSet| -> RuleSetRef {
-        *index.entry(set.clone()).or_insert_with(|| {
+        *interned.entry(set.clone()).or_insert_with(|| {
             rule_sets.push(set);
             RuleSetRef(rule_sets.len() - 1)
         })
@@ -137,33 +173,71 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
 
     // Errors of a rule are the same for every pod it applies to: report each once.
     let mut rule_errors: BTreeSet<PolicyError> = BTreeSet::new();
+    // Grants of one direction of one policy; keyed by the subject's ports only where
+    // they matter (ingress rules with named ports).
+    type GrantKey<'a> = (usize, Direction, Option<&'a [crate::state::ContainerPort]>);
+    let mut grant_cache: BTreeMap<GrantKey, Vec<Grant>> = BTreeMap::new();
+    let mut subject_cache: BTreeMap<SubjectKey, (Option<RuleSetRef>, Option<RuleSetRef>)> =
+        BTreeMap::new();
     let mut endpoints = Vec::new();
     for (pod_ref, pod) in &state.pods {
         if pod.node.as_deref() != Some(node) || !pod.is_policy_subject() {
             continue;
         }
-        let selecting: Vec<&CompiledPolicy> = policies
-            .iter()
-            .filter(|p| p.key.namespace == pod_ref.namespace && p.selects.matches(&pod.labels))
-            .collect();
-        let mut direction = |dir: Direction| -> Option<RuleSetRef> {
-            let applying: Vec<&&CompiledPolicy> = selecting
-                .iter()
-                .filter(|p| p.types.contains(&dir))
-                .collect();
-            if applying.is_empty() {
-                return None;
-            }
-            let mut grants = Vec::new();
-            for p in applying {
-                grants.extend(policy_grants(state, p, dir, pod, &mut rule_errors));
-            }
-            Some(intern(RuleSet {
-                entries: prefix::union(&grants),
-            }))
+        let subject = SubjectKey {
+            namespace: &pod_ref.namespace,
+            labels: &pod.labels,
+            ports: &pod.ports,
         };
-        let ingress = direction(Direction::Ingress);
-        let egress = direction(Direction::Egress);
+        let (ingress, egress) = match subject_cache.get(&subject) {
+            Some(sets) => *sets,
+            None => {
+                let selecting: Vec<usize> = policies
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| {
+                        p.key.namespace == pod_ref.namespace && p.selects.matches(&pod.labels)
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                let mut direction = |dir: Direction| -> Option<RuleSetRef> {
+                    let applying: Vec<usize> = selecting
+                        .iter()
+                        .copied()
+                        .filter(|i| policies[*i].types.contains(&dir))
+                        .collect();
+                    if applying.is_empty() {
+                        return None;
+                    }
+                    for &i in &applying {
+                        let by_subject = (dir == Direction::Ingress
+                            && policies[i].has_named_ingress_ports())
+                        .then_some(pod.ports.as_slice());
+                        grant_cache.entry((i, dir, by_subject)).or_insert_with(|| {
+                            let rules = RulesOf {
+                                state,
+                                index: &index,
+                                dir,
+                                subject: pod,
+                            };
+                            policy_grants(&rules, &policies[i], &mut rule_errors)
+                        });
+                    }
+                    let grants = applying.iter().flat_map(|&i| {
+                        let by_subject = (dir == Direction::Ingress
+                            && policies[i].has_named_ingress_ports())
+                        .then_some(pod.ports.as_slice());
+                        grant_cache.get(&(i, dir, by_subject)).into_iter().flatten()
+                    });
+                    Some(intern(RuleSet {
+                        entries: prefix::union(grants),
+                    }))
+                };
+                let sets = (direction(Direction::Ingress), direction(Direction::Egress));
+                subject_cache.insert(subject, sets);
+                sets
+            }
+        };
         endpoints.push(PlannedEndpoint {
             pod: pod_ref.clone(),
             ips: pod.ips.clone(),
@@ -208,6 +282,18 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
         rule_sets,
         service_ports,
         errors,
+    }
+}
+
+impl CompiledPolicy<'_> {
+    /// Whether an ingress rule names a port by name (resolved on each subject pod).
+    fn has_named_ingress_ports(&self) -> bool {
+        self.policy
+            .spec
+            .iter()
+            .flat_map(|s| s.ingress.iter().flatten())
+            .flat_map(|r| r.ports.iter().flatten())
+            .any(|p| matches!(p.port, Some(IntOrString::String(_))))
     }
 }
 
@@ -316,14 +402,22 @@ type RuleParts<'a> = (
     Option<&'a Vec<NetworkPolicyPort>>,
 );
 
-/// Grants of every rule of one direction of one policy, for the local pod `subject`.
-fn policy_grants(
-    state: &ClusterState,
-    p: &CompiledPolicy,
+/// What the rules of one direction are resolved against.
+struct RulesOf<'a> {
+    state: &'a ClusterState,
+    index: &'a PodIndex<'a>,
     dir: Direction,
-    subject: &PodInfo,
+    /// The local pod the rule set is for; named ports of ingress rules resolve on it.
+    subject: &'a PodInfo,
+}
+
+/// Grants of every rule of one direction of one policy.
+fn policy_grants(
+    rules_of: &RulesOf,
+    p: &CompiledPolicy,
     errors: &mut BTreeSet<PolicyError>,
 ) -> Vec<Grant> {
+    let dir = rules_of.dir;
     let spec = match p.policy.spec.as_ref() {
         Some(s) if p.rules_valid => s,
         _ => return Vec::new(),
@@ -346,10 +440,8 @@ fn policy_grants(
     for (i, (peers, ports)) in rules.into_iter().enumerate() {
         let location = format!("{dir}[{i}]");
         let rule = RuleInput {
-            state,
+            rules_of,
             namespace: &p.key.namespace,
-            dir,
-            subject,
         };
         match rule.grants(
             peers.map(Vec::as_slice),
@@ -484,11 +576,9 @@ fn check_peer(peer: &NetworkPolicyPeer) -> Result<PeerItem, String> {
 }
 
 struct RuleInput<'a> {
-    state: &'a ClusterState,
+    rules_of: &'a RulesOf<'a>,
+    /// The policy's namespace.
     namespace: &'a str,
-    dir: Direction,
-    /// The local pod the rule set is for; named ports of ingress rules resolve on it.
-    subject: &'a PodInfo,
 }
 
 impl RuleInput<'_> {
@@ -509,7 +599,8 @@ impl RuleInput<'_> {
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
-        let peer_field = match self.dir {
+        let dir = self.rules_of.dir;
+        let peer_field = match dir {
             Direction::Ingress => "from",
             Direction::Egress => "to",
         };
@@ -538,18 +629,18 @@ impl RuleInput<'_> {
         for peer in &peer_items {
             match peer {
                 PeerItem::Pods { namespaces, pods } => {
-                    for (pod_ref, pod) in &self.state.pods {
-                        if !pod.is_policy_subject() {
-                            continue;
-                        }
-                        let ns_ok = match namespaces {
-                            None => pod_ref.namespace == self.namespace,
-                            Some(sel) => {
-                                sel.matches(&self.state.namespace_labels(&pod_ref.namespace))
-                            }
-                        };
-                        let pod_ok = pods.as_ref().is_none_or(|sel| sel.matches(&pod.labels));
-                        if ns_ok && pod_ok {
+                    let index = self.rules_of.index;
+                    let state = self.rules_of.state;
+                    let in_namespaces =
+                        index
+                            .by_namespace
+                            .iter()
+                            .filter(|(ns, _)| match namespaces {
+                                None => **ns == self.namespace,
+                                Some(sel) => sel.matches(&state.namespace_labels(ns)),
+                            });
+                    for pod in in_namespaces.flat_map(|(_, pods)| pods.iter().copied()) {
+                        if pods.as_ref().is_none_or(|sel| sel.matches(&pod.labels)) {
                             let ports = self.ports_on(port_items.as_deref(), Some(pod));
                             for ip in &pod.ips {
                                 grants.push(Grant::to_host(*ip, ports.clone()));
@@ -570,8 +661,8 @@ impl RuleInput<'_> {
                         .iter()
                         .flatten()
                         .any(|p| matches!(p, PortItem::Named(..)));
-                    if self.dir == Direction::Egress && has_named {
-                        for pod in self.state.pods.values().filter(|p| p.is_policy_subject()) {
+                    if dir == Direction::Egress && has_named {
+                        for pod in self.rules_of.index.all() {
                             for ip in &pod.ips {
                                 // ipnet's containment is per family: an IPv6 block
                                 // never holds an IPv4 pod.
@@ -597,8 +688,8 @@ impl RuleInput<'_> {
         let Some(items) = items else {
             return PortSpec::All;
         };
-        let resolver = match self.dir {
-            Direction::Ingress => Some(self.subject),
+        let resolver = match self.rules_of.dir {
+            Direction::Ingress => Some(self.rules_of.subject),
             Direction::Egress => peer_pod,
         };
         PortSpec::from_ranges(items.iter().filter_map(|item| {
