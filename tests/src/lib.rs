@@ -10,6 +10,7 @@ pub mod lab;
 pub mod rawtcp;
 pub mod reference;
 pub mod sandbox;
+pub mod scale;
 pub mod scenarios;
 pub mod sctp;
 pub mod traffic;

@@ -500,6 +500,12 @@ const MUTANTS: &[(&str, &str, &str, &str)] = &[
         "ingress named ports are resolved once for pods with different ports",
     ),
     (
+        "netpol-agent/src/compile/mod.rs",
+        ".any(|p| p.ip_block.is_none() && p.namespace_selector.is_none());",
+        ".any(|_| false);",
+        "a podSelector rule is resolved once for policies of different namespaces",
+    ),
+    (
         "netpol-agent/src/compile/selector.rs",
         "labels.get(k).is_none_or(|v| !vs.contains(v))",
         "labels.get(k).is_some_and(|v| !vs.contains(v))",

@@ -111,11 +111,12 @@ impl Plan {
 /// A policy, checked once: which pods it selects and its compiled rules per direction.
 struct CompiledPolicy<'a> {
     key: &'a ObjectRef,
-    policy: &'a NetworkPolicy,
     selects: Selector,
     types: BTreeSet<Direction>,
     /// False when the policy's own selector is invalid: it isolates but grants nothing.
     rules_valid: bool,
+    ingress: Vec<Rule<'a>>,
+    egress: Vec<Rule<'a>>,
 }
 
 /// Policy subjects by namespace, built once per compile: peer selectors are evaluated
@@ -173,10 +174,9 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
 
     // Errors of a rule are the same for every pod it applies to: report each once.
     let mut rule_errors: BTreeSet<PolicyError> = BTreeSet::new();
-    // Grants of one direction of one policy; keyed by the subject's ports only where
-    // they matter (ingress rules with named ports).
-    type GrantKey<'a> = (usize, Direction, Option<&'a [crate::state::ContainerPort]>);
-    let mut grant_cache: BTreeMap<GrantKey, Vec<Grant>> = BTreeMap::new();
+    let mut rules = RuleCache::default();
+    // Rule sets by the rules they unite (sorted, deduplicated indexes into `rules`).
+    let mut unions: BTreeMap<Vec<usize>, RuleSetRef> = BTreeMap::new();
     let mut subject_cache: BTreeMap<SubjectKey, (Option<RuleSetRef>, Option<RuleSetRef>)> =
         BTreeMap::new();
     let mut endpoints = Vec::new();
@@ -192,46 +192,54 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
         let (ingress, egress) = match subject_cache.get(&subject) {
             Some(sets) => *sets,
             None => {
-                let selecting: Vec<usize> = policies
+                let selecting: Vec<&CompiledPolicy> = policies
                     .iter()
-                    .enumerate()
-                    .filter(|(_, p)| {
+                    .filter(|p| {
                         p.key.namespace == pod_ref.namespace && p.selects.matches(&pod.labels)
                     })
-                    .map(|(i, _)| i)
                     .collect();
                 let mut direction = |dir: Direction| -> Option<RuleSetRef> {
-                    let applying: Vec<usize> = selecting
+                    let applying: Vec<&&CompiledPolicy> = selecting
                         .iter()
-                        .copied()
-                        .filter(|i| policies[*i].types.contains(&dir))
+                        .filter(|p| p.types.contains(&dir))
                         .collect();
                     if applying.is_empty() {
                         return None;
                     }
-                    for &i in &applying {
-                        let by_subject = (dir == Direction::Ingress
-                            && policies[i].has_named_ingress_ports())
-                        .then_some(pod.ports.as_slice());
-                        grant_cache.entry((i, dir, by_subject)).or_insert_with(|| {
-                            let rules = RulesOf {
-                                state,
-                                index: &index,
-                                dir,
-                                subject: pod,
-                            };
-                            policy_grants(&rules, &policies[i], &mut rule_errors)
-                        });
+                    let rules_of = RulesOf {
+                        state,
+                        index: &index,
+                        dir,
+                        subject: pod,
+                    };
+                    let mut united = Vec::new();
+                    for p in applying {
+                        for (i, rule) in p.rules(dir).iter().enumerate() {
+                            let slot = rules.resolve(&rules_of, p, i, rule);
+                            if let Err((location, message)) = &rules.results[slot] {
+                                rule_errors.insert(PolicyError {
+                                    policy: p.key.clone(),
+                                    location: location.clone(),
+                                    message: format!("{message}; this rule allows nothing"),
+                                });
+                            }
+                            united.push(slot);
+                        }
                     }
-                    let grants = applying.iter().flat_map(|&i| {
-                        let by_subject = (dir == Direction::Ingress
-                            && policies[i].has_named_ingress_ports())
-                        .then_some(pod.ports.as_slice());
-                        grant_cache.get(&(i, dir, by_subject)).into_iter().flatten()
-                    });
-                    Some(intern(RuleSet {
+                    united.sort_unstable();
+                    united.dedup();
+                    if let Some(r) = unions.get(&united) {
+                        return Some(*r);
+                    }
+                    let grants = united
+                        .iter()
+                        .filter_map(|slot| rules.results[*slot].as_ref().ok())
+                        .flatten();
+                    let r = intern(RuleSet {
                         entries: prefix::union(grants),
-                    }))
+                    });
+                    unions.insert(united, r);
+                    Some(r)
                 };
                 let sets = (direction(Direction::Ingress), direction(Direction::Egress));
                 subject_cache.insert(subject, sets);
@@ -282,18 +290,6 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
         rule_sets,
         service_ports,
         errors,
-    }
-}
-
-impl CompiledPolicy<'_> {
-    /// Whether an ingress rule names a port by name (resolved on each subject pod).
-    fn has_named_ingress_ports(&self) -> bool {
-        self.policy
-            .spec
-            .iter()
-            .flat_map(|s| s.ingress.iter().flatten())
-            .flat_map(|r| r.ports.iter().flatten())
-            .any(|p| matches!(p.port, Some(IntOrString::String(_))))
     }
 }
 
@@ -380,27 +376,109 @@ fn check_policy<'a>(
             );
             return CompiledPolicy {
                 key,
-                policy,
                 selects: Selector::everything(),
                 types,
                 rules_valid: false,
+                ingress: Vec::new(),
+                egress: Vec::new(),
             };
         }
     };
+    let (ingress, egress) = rules_of_policy(key, policy);
     CompiledPolicy {
         key,
-        policy,
         selects,
         types,
         rules_valid: true,
+        ingress,
+        egress,
     }
 }
 
-/// The peers and ports of one rule, either direction.
-type RuleParts<'a> = (
-    Option<&'a Vec<NetworkPolicyPeer>>,
-    Option<&'a Vec<NetworkPolicyPort>>,
-);
+/// One rule of a policy, either direction, with what its grants depend on.
+struct Rule<'a> {
+    peers: Option<&'a Vec<NetworkPolicyPeer>>,
+    ports: Option<&'a Vec<NetworkPolicyPort>>,
+    /// The rule's text: rules alike resolve alike.
+    content: String,
+    /// A peer is relative to the policy's namespace (a podSelector without a
+    /// namespaceSelector).
+    namespaced: bool,
+    /// A port is named: on ingress it resolves on each subject pod.
+    named_ports: bool,
+}
+
+impl<'a> Rule<'a> {
+    fn new(
+        peers: Option<&'a Vec<NetworkPolicyPeer>>,
+        ports: Option<&'a Vec<NetworkPolicyPort>>,
+        fallback_id: String,
+    ) -> Self {
+        // A rule that cannot be written out is its own (unique) content.
+        let content = serde_json::to_string(&(peers, ports)).unwrap_or(fallback_id);
+        let namespaced = peers
+            .iter()
+            .flat_map(|p| p.iter())
+            .any(|p| p.ip_block.is_none() && p.namespace_selector.is_none());
+        let named_ports = ports
+            .iter()
+            .flat_map(|p| p.iter())
+            .any(|p| matches!(p.port, Some(IntOrString::String(_))));
+        Rule {
+            peers,
+            ports,
+            content,
+            namespaced,
+            named_ports,
+        }
+    }
+}
+
+impl<'a> CompiledPolicy<'a> {
+    fn rules(&self, dir: Direction) -> &[Rule<'a>] {
+        if !self.rules_valid {
+            return &[];
+        }
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+fn rules_of_policy<'a>(
+    key: &ObjectRef,
+    policy: &'a NetworkPolicy,
+) -> (Vec<Rule<'a>>, Vec<Rule<'a>>) {
+    let spec = policy.spec.as_ref();
+    let ingress = spec
+        .and_then(|s| s.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| {
+            Rule::new(
+                r.from.as_ref(),
+                r.ports.as_ref(),
+                format!("{key} ingress[{i}]"),
+            )
+        })
+        .collect();
+    let egress = spec
+        .and_then(|s| s.egress.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| {
+            Rule::new(
+                r.to.as_ref(),
+                r.ports.as_ref(),
+                format!("{key} egress[{i}]"),
+            )
+        })
+        .collect();
+    (ingress, egress)
+}
 
 /// What the rules of one direction are resolved against.
 struct RulesOf<'a> {
@@ -411,54 +489,62 @@ struct RulesOf<'a> {
     subject: &'a PodInfo,
 }
 
-/// Grants of every rule of one direction of one policy.
-fn policy_grants(
-    rules_of: &RulesOf,
-    p: &CompiledPolicy,
-    errors: &mut BTreeSet<PolicyError>,
-) -> Vec<Grant> {
-    let dir = rules_of.dir;
-    let spec = match p.policy.spec.as_ref() {
-        Some(s) if p.rules_valid => s,
-        _ => return Vec::new(),
-    };
-    let rules: Vec<RuleParts> = match dir {
-        Direction::Ingress => spec
-            .ingress
-            .iter()
-            .flatten()
-            .map(|r| (r.from.as_ref(), r.ports.as_ref()))
-            .collect(),
-        Direction::Egress => spec
-            .egress
-            .iter()
-            .flatten()
-            .map(|r| (r.to.as_ref(), r.ports.as_ref()))
-            .collect(),
-    };
-    let mut grants = Vec::new();
-    for (i, (peers, ports)) in rules.into_iter().enumerate() {
-        let location = format!("{dir}[{i}]");
-        let rule = RuleInput {
+/// Everything a rule's grants depend on: its text, its place (errors name it), the
+/// policy's namespace where a peer is relative to it, and the subject's ports where an
+/// ingress port is named. The same rule in the policies of many namespaces (a "from
+/// every namespace" rule, say) is resolved once.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct RuleKey<'a> {
+    dir: Direction,
+    index: usize,
+    content: &'a str,
+    namespace: Option<&'a str>,
+    subject_ports: Option<&'a [crate::state::ContainerPort]>,
+}
+
+/// A rule's grants, or (location, message) of why it allows nothing.
+type RuleResult = Result<Vec<Grant>, (String, String)>;
+
+#[derive(Default)]
+struct RuleCache<'a> {
+    slots: BTreeMap<RuleKey<'a>, usize>,
+    results: Vec<RuleResult>,
+}
+
+impl<'a> RuleCache<'a> {
+    /// The slot of rule `index` of `p`, resolved on first use.
+    fn resolve(
+        &mut self,
+        rules_of: &RulesOf<'a>,
+        p: &'a CompiledPolicy<'a>,
+        index: usize,
+        rule: &'a Rule<'a>,
+    ) -> usize {
+        let dir = rules_of.dir;
+        let key = RuleKey {
+            dir,
+            index,
+            content: &rule.content,
+            namespace: rule.namespaced.then_some(p.key.namespace.as_str()),
+            subject_ports: (dir == Direction::Ingress && rule.named_ports)
+                .then_some(rules_of.subject.ports.as_slice()),
+        };
+        if let Some(slot) = self.slots.get(&key) {
+            return *slot;
+        }
+        let input = RuleInput {
             rules_of,
             namespace: &p.key.namespace,
         };
-        match rule.grants(
-            peers.map(Vec::as_slice),
-            ports.map(Vec::as_slice),
-            &location,
-        ) {
-            Ok(g) => grants.extend(g),
-            Err((location, message)) => {
-                errors.insert(PolicyError {
-                    policy: p.key.clone(),
-                    location,
-                    message: format!("{message}; this rule allows nothing"),
-                });
-            }
-        }
+        let result = input.grants(
+            rule.peers.map(Vec::as_slice),
+            rule.ports.map(Vec::as_slice),
+            &format!("{dir}[{index}]"),
+        );
+        self.results.push(result);
+        self.slots.insert(key, self.results.len() - 1);
+        self.results.len() - 1
     }
-    grants
 }
 
 /// A port entry of a rule, validated.

@@ -31,7 +31,22 @@ struct Args {
     /// Also write the results as JSON: [{"name", "value", "unit"}].
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Cluster sizes (pods) of the control-plane benchmarks.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
+    cp_pods: Vec<usize>,
+    /// Skip the datapath part.
+    #[arg(long)]
+    no_datapath: bool,
+    /// Skip the control-plane part.
+    #[arg(long)]
+    no_control_plane: bool,
+    /// Internal: run one control-plane case in this process and print its entries as
+    /// JSON (each case runs in its own process, so its resident memory is its own).
+    #[arg(long, hide = true, num_args = 2, value_names = ["GENERATOR", "PODS"])]
+    cp_case: Option<Vec<String>>,
 }
+
+type Entry = (String, f64, String);
 
 const CLIENT: [u8; 4] = [10, 244, 0, 2];
 const PEER: [u8; 4] = [10, 200, 0, 5];
@@ -132,6 +147,35 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("netpol-bench loads BPF programs: run it as root");
     }
+    if let Some(case) = &args.cp_case {
+        return control_plane::run_case(case);
+    }
+    let mut results: Vec<Entry> = Vec::new();
+    if !args.no_datapath {
+        datapath(&args, &mut results)?;
+    }
+    if !args.no_control_plane {
+        control_plane::run_all(&args.cp_pods, &mut results)?;
+    }
+    println!("results:");
+    println!("  {:<34} {:>10}  unit", "name", "value");
+    for (name, value, unit) in &results {
+        println!("  {name:<34} {value:>10.1}  {unit}");
+    }
+    if let Some(path) = &args.json {
+        let entries: Vec<_> = results
+            .iter()
+            .map(|(n, v, u)| json!({"name": n, "value": v, "unit": u}))
+            .collect();
+        std::fs::write(path, serde_json::to_string_pretty(&entries)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// The datapath's cost per packet, against the empty classifier.
+fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
     let sizes = MapSizes {
         conntrack_entries: 65_536,
         conntrack_new_entries: 65_536,
@@ -144,13 +188,12 @@ fn main() -> Result<()> {
     let mut maps = dp.take_maps()?;
     const PASS: i32 = -1;
     const DROP: i32 = 2;
-    let mut results: Vec<(String, f64, &str)> = Vec::new();
 
     let syn = frame(CLIENT, PEER, 40000, 443, 0x02);
     results.push((
         "dp.empty_ns".into(),
-        measure(&mut dp, Hook::Empty, &syn, &args, PASS)?,
-        "ns",
+        measure(&mut dp, Hook::Empty, &syn, args, PASS)?,
+        "ns".into(),
     ));
 
     // Established: the SYN opens a tracked connection and the SYN-ACK answers it (so it
@@ -169,8 +212,8 @@ fn main() -> Result<()> {
     let ack = frame(CLIENT, PEER, 40000, 443, 0x10);
     results.push((
         "dp.established_ns".into(),
-        measure(&mut dp, Hook::FromPod, &ack, &args, PASS)?,
-        "ns",
+        measure(&mut dp, Hook::FromPod, &ack, args, PASS)?,
+        "ns".into(),
     ));
 
     // A new flow, decided against n CIDR entries. The probe matches a block but not its
@@ -182,8 +225,8 @@ fn main() -> Result<()> {
         program_client(&mut maps, set)?;
         results.push((
             format!("dp.new_flow_{name}_ns"),
-            measure(&mut dp, Hook::FromPod, &probe, &args, DROP)?,
-            "ns",
+            measure(&mut dp, Hook::FromPod, &probe, args, DROP)?,
+            "ns".into(),
         ));
     }
     let get = |name: &str| {
@@ -197,26 +240,19 @@ fn main() -> Result<()> {
     let established_ratio = get("dp.established_ns") / empty;
     let new_10k_ratio = get("dp.new_flow_10k_ns") / empty;
     let new_10k_above = get("dp.new_flow_10k_ns") - empty;
-    results.push(("dp.established_ratio".into(), established_ratio, "x"));
-    results.push(("dp.new_flow_10k_ratio".into(), new_10k_ratio, "x"));
-    results.push(("dp.new_flow_10k_above_empty_ns".into(), new_10k_above, "ns"));
+    results.push(("dp.established_ratio".into(), established_ratio, "x".into()));
+    results.push(("dp.new_flow_10k_ratio".into(), new_10k_ratio, "x".into()));
+    results.push((
+        "dp.new_flow_10k_above_empty_ns".into(),
+        new_10k_above,
+        "ns".into(),
+    ));
 
     println!(
-        "datapath cost per packet (BPF_PROG_TEST_RUN, median of {} x {} runs):",
+        "datapath cost per packet (BPF_PROG_TEST_RUN, median of {} x {} runs)",
         args.rounds, args.repeat
     );
-    println!("  {:<34} {:>10}  unit", "name", "value");
-    for (name, value, unit) in &results {
-        println!("  {name:<34} {value:>10.1}  {unit}");
-    }
-    if let Some(path) = &args.json {
-        let entries: Vec<_> = results
-            .iter()
-            .map(|(n, v, u)| json!({"name": n, "value": v, "unit": u}))
-            .collect();
-        std::fs::write(path, serde_json::to_string_pretty(&entries)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("written to {}", path.display());
-    }
     Ok(())
 }
+
+mod control_plane;

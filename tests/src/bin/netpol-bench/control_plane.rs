@@ -1,0 +1,148 @@
+//! Control-plane benchmarks: compile a synthetic cluster (`netpol_tests::scale`) for one
+//! node and program the kernel maps, then measure single changes, each from the state
+//! change to the maps written. Each (generator, size) runs in a child process so that
+//! its resident memory is its own.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use netpol_agent::compile::compile;
+use netpol_agent::datapath::{AttachMode, Datapath, MapSizes};
+use netpol_agent::program::{MapOps, Programmer};
+use netpol_agent::state::ClusterState;
+use netpol_tests::scale::{self, Generator, LOCAL_NODE};
+
+use super::Entry;
+
+pub fn run_all(sizes: &[usize], results: &mut Vec<Entry>) -> Result<()> {
+    let exe = std::env::current_exe().context("locating netpol-bench")?;
+    for generator in [Generator::Narrow, Generator::Broad] {
+        let name = generator.name();
+        for &pods in sizes {
+            println!("control plane: {name}, {pods} pods ...");
+            let out = Command::new(&exe)
+                .args(["--cp-case", name, &pods.to_string()])
+                .output()
+                .with_context(|| format!("running the {name} {pods} case"))?;
+            if !out.status.success() {
+                bail!(
+                    "the {name} {pods} case failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let entries: Vec<(String, f64, String)> = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("reading the {name} {pods} case's results"))?;
+            for (n, v, u) in &entries {
+                println!("  {n:<34} {v:>10.1}  {u}");
+            }
+            results.extend(entries);
+        }
+        let full = |pods: usize| {
+            results
+                .iter()
+                .find(|(n, _, _)| *n == format!("cp.{name}.{pods}.full_ms"))
+                .map(|(_, v, _)| *v)
+        };
+        if let (Some(first), Some(last)) = (sizes.first(), sizes.last())
+            && first != last
+            && let (Some(a), Some(b)) = (full(*first), full(*last))
+        {
+            results.push((format!("cp.{name}.growth"), b / a, "x".into()));
+        }
+    }
+    Ok(())
+}
+
+/// One (generator, size): prints its entries as JSON on stdout.
+pub fn run_case(case: &[String]) -> Result<()> {
+    let [generator, pods] = case else {
+        bail!("--cp-case GENERATOR PODS");
+    };
+    let generator = match generator.as_str() {
+        "narrow" => Generator::Narrow,
+        "broad" => Generator::Broad,
+        other => bail!("unknown generator {other:?}"),
+    };
+    let pods: usize = pods.parse().context("PODS")?;
+    let entries = measure(generator, pods)?;
+    println!("{}", serde_json::to_string(&entries)?);
+    Ok(())
+}
+
+fn measure(generator: Generator, pods: usize) -> Result<Vec<Entry>> {
+    let prefix = format!("cp.{}.{pods}", generator.name());
+    let mut state = scale::cluster(generator, pods).context("generating the cluster")?;
+    let sizes = MapSizes {
+        conntrack_entries: 1024,
+        conntrack_new_entries: 1024,
+        peer_entries: 262_144,
+        cidr_entries: 1024,
+        service_entries: 1024,
+        portset_entries: 4096,
+    };
+    let mut dp = Datapath::load(AttachMode::Auto, &sizes, None).context("loading the datapath")?;
+    let maps = dp.take_maps()?;
+    let mut programmer = Programmer::new(maps, netpol_common::sizes::COUNTERS);
+    let no_ifaces = BTreeMap::new();
+    let mut step = |state: &ClusterState| -> Result<f64> {
+        let t = Instant::now();
+        let plan = compile(state, LOCAL_NODE);
+        programmer.apply(&plan, &no_ifaces)?;
+        Ok(t.elapsed().as_secs_f64() * 1000.0)
+    };
+    let mut out: Vec<Entry> = Vec::new();
+    out.push((format!("{prefix}.full_ms"), step(&state)?, "ms".into()));
+
+    // A new replica of deployment 0, on another node.
+    let new = pods + 1000;
+    state
+        .pods
+        .insert(scale::pod_ref(new), scale::pod(new, &scale::app_of(0)));
+    out.push((format!("{prefix}.pod_add_ms"), step(&state)?, "ms".into()));
+
+    // A pod of another node moves to the next deployment's labels.
+    if let Some(p) = state.pods.get_mut(&scale::pod_ref(1)) {
+        p.labels
+            .insert("app".into(), scale::app_of(scale::REPLICAS));
+    }
+    out.push((
+        format!("{prefix}.label_change_ms"),
+        step(&state)?,
+        "ms".into(),
+    ));
+
+    // Deployment 0's policy admits another port.
+    let changed = serde_json::from_value(scale::policy(generator, 0, 8081))?;
+    state.policies.insert(scale::policy_ref(0), changed);
+    out.push((
+        format!("{prefix}.policy_change_ms"),
+        step(&state)?,
+        "ms".into(),
+    ));
+
+    let e = programmer.maps().existing()?;
+    let entries = e.endpoints.len() + e.ifaces.len() + e.peers.len() + e.portsets.len();
+    out.push((
+        format!("{prefix}.map_entries"),
+        entries as f64,
+        "entries".into(),
+    ));
+    out.push((format!("{prefix}.rss_mb"), rss_mb()?, "MiB".into()));
+    drop(dp);
+    Ok(out)
+}
+
+/// This process's resident memory (VmRSS), holding the state, the programmer's view and
+/// the BPF object.
+fn rss_mb() -> Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading VmRSS")?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/self/status")?;
+    Ok(kb / 1024.0)
+}
