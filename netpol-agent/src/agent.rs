@@ -109,6 +109,12 @@ struct Agent {
     /// What the enforced state was built from: the folder's digest, or the newest
     /// resourceVersion of each kind.
     digest: String,
+    /// Identifies the content of `state` (the folder's digest, or the kube source's
+    /// revision): the same key, the same state.
+    state_key: String,
+    /// The plan compiled from the state of that key: link events, resyncs and updates of
+    /// what policy does not read reuse it instead of compiling again.
+    plan: Option<(String, compile::Plan)>,
     versions: BTreeMap<String, u64>,
     first_programmed: bool,
     status: Shared,
@@ -179,6 +185,8 @@ pub async fn run(args: Args) -> Result<()> {
         datapath,
         state: None,
         digest: String::new(),
+        state_key: String::new(),
+        plan: None,
         versions: BTreeMap::new(),
         status,
         uplinks,
@@ -348,8 +356,21 @@ impl Agent {
             self.load();
         }
         let Some(state) = &self.state else { return };
-        let plan = compile::compile(state, &self.args.node_name);
+        let plan = match self.plan.take() {
+            Some((key, plan)) if key == self.state_key => plan,
+            _ => {
+                let started = std::time::Instant::now();
+                let plan = compile::compile(state, &self.args.node_name);
+                tracing::debug!(elapsed = ?started.elapsed(), "compiled");
+                plan
+            }
+        };
+        self.reconcile_plan(&plan, reload);
+        self.plan = Some((self.state_key.clone(), plan));
+    }
 
+    /// Attaches, programs and reports `plan`.
+    fn reconcile_plan(&mut self, plan: &compile::Plan, reload: bool) {
         let host_routes = match routes::host_routes() {
             Ok(r) => r,
             Err(e) => {
@@ -385,11 +406,11 @@ impl Agent {
             ready_ifaces.insert(pod.clone(), *idx);
         }
         self.program_node_addresses();
-        let fresh = self.programmer.newly_isolated(&plan);
+        let fresh = self.programmer.newly_isolated(plan);
         if !fresh.is_empty() {
-            self.seed_connections(&plan, &fresh);
+            self.seed_connections(plan, &fresh);
         }
-        let result = self.programmer.apply(&plan, &ready_ifaces);
+        let result = self.programmer.apply(plan, &ready_ifaces);
         let wanted: std::collections::BTreeSet<&str> = ifaces
             .values()
             .map(|(n, _)| n.as_str())
@@ -440,7 +461,7 @@ impl Agent {
                 }
                 let overflow_error = stats.overflow_error.clone();
                 let changed = wrote || reload;
-                let endpoints = self.endpoint_status(&plan, &ifaces);
+                let endpoints = self.endpoint_status(plan, &ifaces);
                 let digest = self.digest.clone();
                 let versions = self.versions.clone();
                 self.update_status(|s| {
@@ -479,6 +500,7 @@ impl Agent {
                         tracing::debug!(object = %i, "ignored kind");
                     }
                     self.state = Some(loaded.state);
+                    self.state_key = loaded.digest.clone();
                     self.digest = loaded.digest;
                     self.update_status(|s| s.source_error = None);
                 }
@@ -508,8 +530,14 @@ impl Agent {
                     .map(|(o, e)| format!("{o}: {e}"))
                     .collect();
                 let watch_errors = shared.watch_errors;
+                let key = format!("revision {}", shared.revision);
                 if pending.is_empty() {
-                    self.state = Some(shared.state.clone());
+                    // Cloned only when it changed; the versions move on regardless (the
+                    // status reports what has been seen and applied).
+                    if key != self.state_key || self.state.is_none() {
+                        self.state = Some(shared.state.clone());
+                        self.state_key = key;
+                    }
                     self.versions = shared
                         .versions
                         .iter()

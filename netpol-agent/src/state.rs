@@ -170,17 +170,18 @@ impl ClusterState {
         })
     }
 
-    pub fn upsert_namespace(&mut self, ns: &Namespace) -> Result<(), StateError> {
+    /// Each `upsert_*` returns whether the state changed: an update of what policy does
+    /// not read (status, managedFields, other annotations) changes nothing.
+    pub fn upsert_namespace(&mut self, ns: &Namespace) -> Result<bool, StateError> {
         let name = name_of(&ns.metadata, "Namespace")?;
         let mut labels: Labels = ns.metadata.labels.clone().unwrap_or_default();
         labels
             .entry("kubernetes.io/metadata.name".to_string())
             .or_insert_with(|| name.clone());
-        self.namespaces.insert(name, labels);
-        Ok(())
+        Ok(replace(&mut self.namespaces, name, labels))
     }
 
-    pub fn upsert_pod(&mut self, pod: &Pod) -> Result<(), StateError> {
+    pub fn upsert_pod(&mut self, pod: &Pod) -> Result<bool, StateError> {
         let key = namespaced(&pod.metadata, "Pod")?;
         let spec = pod.spec.as_ref();
         let status = pod.status.as_ref();
@@ -235,11 +236,10 @@ impl ClusterState {
             ips,
             ports,
         };
-        self.pods.insert(key, info);
-        Ok(())
+        Ok(replace(&mut self.pods, key, info))
     }
 
-    pub fn upsert_service(&mut self, svc: &Service) -> Result<(), StateError> {
+    pub fn upsert_service(&mut self, svc: &Service) -> Result<bool, StateError> {
         let key = namespaced(&svc.metadata, "Service")?;
         let spec = svc.spec.as_ref();
         let mut ips: Vec<String> = spec.and_then(|s| s.cluster_ips.clone()).unwrap_or_default();
@@ -260,15 +260,39 @@ impl ClusterState {
                 Some((proto, u16::try_from(p.port).ok()?))
             })
             .collect();
-        self.services.insert(key, ServiceInfo { ips, ports });
-        Ok(())
+        Ok(replace(&mut self.services, key, ServiceInfo { ips, ports }))
     }
 
-    pub fn upsert_policy(&mut self, policy: &NetworkPolicy) -> Result<(), StateError> {
+    /// Keeps the spec, the name and netpol's own annotation: nothing else of the object is
+    /// read, and the rest (managedFields above all) is most of its size.
+    pub fn upsert_policy(&mut self, policy: &NetworkPolicy) -> Result<bool, StateError> {
         let key = namespaced(&policy.metadata, "NetworkPolicy")?;
-        self.policies.insert(key, policy.clone());
-        Ok(())
+        let annotations = policy
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get_key_value(UNREADABLE_ANNOTATION))
+            .map(|(k, v)| BTreeMap::from([(k.clone(), v.clone())]));
+        let trimmed = NetworkPolicy {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(key.name.clone()),
+                namespace: Some(key.namespace.clone()),
+                annotations,
+                ..Default::default()
+            },
+            spec: policy.spec.clone(),
+        };
+        Ok(replace(&mut self.policies, key, trimmed))
     }
+}
+
+/// Inserts `value` unless `map` already holds it; whether it did.
+fn replace<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V) -> bool {
+    if map.get(&key) == Some(&value) {
+        return false;
+    }
+    map.insert(key, value);
+    true
 }
 
 /// Annotation carrying why a policy could not be read; `compile` reports it.
@@ -296,4 +320,55 @@ pub fn object_ref(
         meta.namespace.clone().unwrap_or_default(),
         meta.name.clone()?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(labels: serde_json::Value, phase_note: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "labels": labels,
+                         "resourceVersion": phase_note},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+            "status": {"podIP": "10.0.0.5", "phase": "Running",
+                       "conditions": [{"type": "Ready", "status": "True", "message": phase_note}]}
+        }))
+        .expect("a pod")
+    }
+
+    #[test]
+    fn updates_of_what_policy_does_not_read_change_nothing() {
+        let mut s = ClusterState::default();
+        assert!(
+            s.upsert_pod(&pod(serde_json::json!({"app": "web"}), "1"))
+                .unwrap()
+        );
+        // A status condition and the resourceVersion moved: not news for policy.
+        assert!(
+            !s.upsert_pod(&pod(serde_json::json!({"app": "web"}), "2"))
+                .unwrap()
+        );
+        assert!(
+            s.upsert_pod(&pod(serde_json::json!({"app": "api"}), "3"))
+                .unwrap()
+        );
+
+        let policy = |manager: &str, port: i32| -> NetworkPolicy {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "default",
+                             "managedFields": [{"manager": manager}],
+                             "annotations": {"note": manager}},
+                "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": port}]}]}
+            }))
+            .expect("a policy")
+        };
+        assert!(s.upsert_policy(&policy("kubectl", 80)).unwrap());
+        assert!(!s.upsert_policy(&policy("helm", 80)).unwrap());
+        assert!(s.upsert_policy(&policy("helm", 81)).unwrap());
+        // What is kept of a policy: its name and spec.
+        let kept = &s.policies[&ObjectRef::new("default", "p")];
+        assert!(kept.metadata.managed_fields.is_none());
+        assert!(kept.metadata.annotations.is_none());
+    }
 }

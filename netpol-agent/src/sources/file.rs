@@ -163,15 +163,21 @@ fn add_value(
                 add_value(state, item, path, doc, ignored)?;
             }
         }
-        "Namespace" => state
-            .upsert_namespace(&typed::<Namespace>(value, &kind).map_err(parse_err)?)
-            .map_err(state_err)?,
-        "Pod" => state
-            .upsert_pod(&typed::<Pod>(value, &kind).map_err(parse_err)?)
-            .map_err(state_err)?,
-        "Service" => state
-            .upsert_service(&typed::<Service>(value, &kind).map_err(parse_err)?)
-            .map_err(state_err)?,
+        "Namespace" => {
+            state
+                .upsert_namespace(&typed::<Namespace>(value, &kind).map_err(parse_err)?)
+                .map_err(state_err)?;
+        }
+        "Pod" => {
+            state
+                .upsert_pod(&typed::<Pod>(value, &kind).map_err(parse_err)?)
+                .map_err(state_err)?;
+        }
+        "Service" => {
+            state
+                .upsert_service(&typed::<Service>(value, &kind).map_err(parse_err)?)
+                .map_err(state_err)?;
+        }
         "NetworkPolicy" => {
             let policy = match typed::<NetworkPolicy>(value.clone(), &kind) {
                 Ok(p) => p,
@@ -182,7 +188,7 @@ fn add_value(
                     None => return Err(parse_err(message)),
                 },
             };
-            state.upsert_policy(&policy).map_err(state_err)?
+            state.upsert_policy(&policy).map_err(state_err)?;
         }
         other => ignored.push(format!("{}: {other}", path.display())),
     }

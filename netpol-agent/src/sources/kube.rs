@@ -36,6 +36,9 @@ pub struct Shared {
     pub watch_errors: u64,
     /// Objects that could not be taken in, with why.
     pub rejected: BTreeMap<String, String>,
+    /// Bumped when `state` changes; updates of what policy does not read leave it (and
+    /// the compiled plan) alone.
+    pub revision: u64,
 }
 
 pub const KINDS: [&str; 4] = ["Namespace", "Pod", "Service", "NetworkPolicy"];
@@ -52,8 +55,10 @@ fn lock(s: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
 /// How one kind enters and leaves the state.
 struct KindOps<K> {
     kind: &'static str,
-    upsert: fn(&mut ClusterState, &K) -> Result<(), StateError>,
-    remove: fn(&mut ClusterState, &K),
+    /// Whether the state changed.
+    upsert: fn(&mut ClusterState, &K) -> Result<bool, StateError>,
+    /// Whether the state changed.
+    remove: fn(&mut ClusterState, &K) -> bool,
     clear: fn(&mut ClusterState),
 }
 
@@ -66,9 +71,10 @@ pub fn start(client: Client, changed: mpsc::Sender<()>) -> SharedState {
             kind: "Namespace",
             upsert: |s, o| s.upsert_namespace(o),
             remove: |s, o| {
-                if let Some(n) = &o.metadata.name {
-                    s.namespaces.remove(n);
-                }
+                o.metadata
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| s.namespaces.remove(n).is_some())
             },
             clear: |s| s.namespaces.clear(),
         },
@@ -80,11 +86,7 @@ pub fn start(client: Client, changed: mpsc::Sender<()>) -> SharedState {
         KindOps {
             kind: "Pod",
             upsert: |s, o| s.upsert_pod(o),
-            remove: |s, o| {
-                if let Some(r) = object_ref(&o.metadata) {
-                    s.pods.remove(&r);
-                }
-            },
+            remove: |s, o| object_ref(&o.metadata).is_some_and(|r| s.pods.remove(&r).is_some()),
             clear: |s| s.pods.clear(),
         },
         shared.clone(),
@@ -95,11 +97,7 @@ pub fn start(client: Client, changed: mpsc::Sender<()>) -> SharedState {
         KindOps {
             kind: "Service",
             upsert: |s, o| s.upsert_service(o),
-            remove: |s, o| {
-                if let Some(r) = object_ref(&o.metadata) {
-                    s.services.remove(&r);
-                }
-            },
+            remove: |s, o| object_ref(&o.metadata).is_some_and(|r| s.services.remove(&r).is_some()),
             clear: |s| s.services.clear(),
         },
         shared.clone(),
@@ -110,11 +108,7 @@ pub fn start(client: Client, changed: mpsc::Sender<()>) -> SharedState {
         KindOps {
             kind: "NetworkPolicy",
             upsert: |s, o| s.upsert_policy(o),
-            remove: |s, o| {
-                if let Some(r) = object_ref(&o.metadata) {
-                    s.policies.remove(&r);
-                }
-            },
+            remove: |s, o| object_ref(&o.metadata).is_some_and(|r| s.policies.remove(&r).is_some()),
             clear: |s| s.policies.clear(),
         },
         shared.clone(),
@@ -146,19 +140,22 @@ where
                         .map(|r| r.to_string())
                         .unwrap_or_default()
                 );
-                match (ops.upsert)(&mut s.state, o) {
-                    Ok(()) => {
+                let changed = match (ops.upsert)(&mut s.state, o) {
+                    Ok(changed) => {
                         s.rejected.remove(&name);
+                        changed
                     }
                     Err(e) => {
                         warn!(object = %name, error = %e, "object not taken in");
                         s.rejected.insert(name, e.to_string());
+                        false
                     }
-                }
+                };
                 if let Some(v) = version_of(o) {
                     let e = s.versions.entry(ops.kind).or_insert(0);
                     *e = (*e).max(v);
                 }
+                changed
             };
             match ev {
                 Ok(Event::Init) => {
@@ -186,6 +183,7 @@ where
                     for o in relist.take().unwrap_or_default() {
                         take(&mut s, &o);
                     }
+                    s.revision += 1;
                     if let Some(v) = listed {
                         let e = s.versions.entry(ops.kind).or_insert(0);
                         *e = (*e).max(v);
@@ -195,12 +193,19 @@ where
                     let _ = changed.try_send(());
                     continue;
                 }
-                Ok(Event::Apply(o)) => take(&mut s, &o),
+                Ok(Event::Apply(o)) => {
+                    if !take(&mut s, &o) {
+                        continue;
+                    }
+                }
                 Ok(Event::Delete(o)) => {
-                    (ops.remove)(&mut s.state, &o);
+                    let removed = (ops.remove)(&mut s.state, &o);
                     if let Some(v) = version_of(&o) {
                         let e = s.versions.entry(ops.kind).or_insert(0);
                         *e = (*e).max(v);
+                    }
+                    if !removed {
+                        continue;
                     }
                 }
                 Err(e) => {
@@ -209,6 +214,7 @@ where
                     continue;
                 }
             }
+            s.revision += 1;
             drop(s);
             let _ = changed.try_send(());
         }
