@@ -11,7 +11,10 @@ pub mod names {
     pub const IFACES: &str = "IFACES";
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const SERVICES: &str = "SERVICES";
-    pub const PEERS_EXACT: &str = "PEERS_EXACT";
+    /// Peer pods by identity: (rule set, identity) -> ports.
+    pub const PEERS_BY_IDENTITY: &str = "PEERS_BY_IDENTITY";
+    /// Pod address -> identity, for every pod of the cluster.
+    pub const IDENTITIES: &str = "IDENTITIES";
     pub const PEERS_CIDR: &str = "PEERS_CIDR";
     pub const PORTSETS: &str = "PORTSETS";
     /// Connections that have seen a reply.
@@ -38,14 +41,15 @@ pub mod names {
 
 /// Version of the map layout (the types in this crate). Pins live under a directory named
 /// after it, so an agent whose maps differ never adopts maps it cannot read.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Default map sizes; the agent can override them at load time.
 pub mod sizes {
     pub const IFACES: u32 = 4096;
     pub const ENDPOINTS: u32 = 8192;
     pub const SERVICES: u32 = 16384;
-    pub const PEERS_EXACT: u32 = 262_144;
+    pub const PEERS_BY_IDENTITY: u32 = 262_144;
+    pub const IDENTITIES: u32 = 131_072;
     pub const PEERS_CIDR: u32 = 65_536;
     pub const PORTSETS: u32 = 16_384;
     pub const CONNTRACK: u32 = 262_144;
@@ -138,8 +142,22 @@ pub struct EndpointInfo {
     pub _pad: u32,
 }
 
-/// Key of both peer maps: a rule set and a peer address. In the LPM trie the id comes first
-/// (big-endian, so its 32 bits are matched exactly) and the prefix length counts it.
+/// Identity of a peer pod: pods alike in everything rules can select them by (namespace,
+/// labels, named ports) share one, so a pod coming or going is one write to `IDENTITIES`.
+/// 0 is never handed out.
+pub type IdentityId = u32;
+
+/// Key of `PEERS_BY_IDENTITY`: a rule set and a peer identity.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, PartialOrd, Ord)]
+pub struct IdentityKey {
+    pub ruleset: u32,
+    pub identity: IdentityId,
+}
+
+/// Key of the address peer map (LPM trie, ipBlocks): a rule set and a peer address. The id
+/// comes first (big-endian, so its 32 bits are matched exactly) and the prefix length
+/// counts it.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub struct PeerKey {
@@ -493,6 +511,7 @@ mod user {
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for IdentityKey {}
     unsafe impl aya::Pod for PortRange {}
     unsafe impl aya::Pod for PortSet {}
     unsafe impl aya::Pod for CtKey {}
@@ -512,6 +531,7 @@ const _: () = {
     assert!(size_of::<Addr>() == 16);
     assert!(size_of::<IfaceInfo>() == 48);
     assert!(size_of::<PeerKey>() == 20);
+    assert!(size_of::<IdentityKey>() == 8);
     assert!(size_of::<CtKey>() == 40);
     assert!(size_of::<CtEntry>() == 24);
     assert!(size_of::<ServiceKey>() == 20);

@@ -6,8 +6,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpol_common::{
-    Addr, Counters, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts, IfaceInfo, PeerKey, PortSet,
-    ServiceFlow, ServiceFlowKey, ServiceKey, meta, reason, sizes,
+    Addr, Counters, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts, IdentityId, IdentityKey,
+    IfaceInfo, PeerKey, PortSet, ServiceFlow, ServiceFlowKey, ServiceKey, meta, reason, sizes,
 };
 
 use crate::parse::Packet;
@@ -21,8 +21,14 @@ pub static ENDPOINTS: HashMap<Addr, EndpointInfo> = HashMap::with_max_entries(si
 pub static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(sizes::SERVICES, 0);
 #[map]
 pub static NODE_ADDRS: HashMap<Addr, u32> = HashMap::with_max_entries(sizes::NODE_ADDRS, 0);
+/// Every pod of the cluster: its identity (what pod selectors select it by).
 #[map]
-pub static PEERS_EXACT: HashMap<PeerKey, u32> = HashMap::with_max_entries(sizes::PEERS_EXACT, 0);
+pub static IDENTITIES: HashMap<Addr, IdentityId> = HashMap::with_max_entries(sizes::IDENTITIES, 0);
+/// (rule set, peer identity) -> port set: what pod-selector rules allow.
+#[map]
+pub static PEERS_BY_IDENTITY: HashMap<IdentityKey, u32> =
+    HashMap::with_max_entries(sizes::PEERS_BY_IDENTITY, 0);
+/// (rule set, address prefix) -> port set: what ipBlock rules allow.
 #[map]
 pub static PEERS_CIDR: LpmTrie<PeerKey, u32> = LpmTrie::with_max_entries(sizes::PEERS_CIDR, 0);
 #[map]

@@ -8,11 +8,11 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use netpol_common::{
-    Addr, CT_UNDECIDED, CtEntry, CtKey, PORTSET_ALL, PORTSET_NONE, PROTO_TCP, PeerKey,
+    Addr, CT_UNDECIDED, CtEntry, CtKey, IdentityKey, PORTSET_ALL, PORTSET_NONE, PROTO_TCP, PeerKey,
     RULESET_ALLOW_ALL, RULESET_ID_BITS, ct_flag, ct_lifetime_ns, reason,
 };
 
-use crate::maps::{CONNTRACK, CONNTRACK_NEW, PEERS_CIDR, PEERS_EXACT, PORTSETS};
+use crate::maps::{CONNTRACK, CONNTRACK_NEW, IDENTITIES, PEERS_BY_IDENTITY, PEERS_CIDR, PORTSETS};
 use crate::parse::{Icmp, Packet, TCP_FIN, TCP_RST};
 
 /// A local pod's rule sets.
@@ -29,21 +29,34 @@ impl Sets {
     }
 }
 
-/// Does rule set `set` allow `peer` on `proto`/`port`?
+/// Does rule set `set` allow `peer` on `proto`/`port`? Rules allow by union: the peer's
+/// identity (pod-selector rules) or its address (ipBlock rules), whichever allows.
 #[inline(always)]
 pub fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> bool {
     if set == RULESET_ALLOW_ALL {
         return true;
     }
+    // SAFETY (all lookups): plain-data values, copied out.
+    if let Some(identity) = unsafe { IDENTITIES.get(peer) } {
+        let key = IdentityKey {
+            ruleset: set,
+            identity: *identity,
+        };
+        if let Some(portset) = unsafe { PEERS_BY_IDENTITY.get(key) }
+            && portset_allows(*portset, proto, port)
+        {
+            return true;
+        }
+    }
     let key = PeerKey::new(set, *peer);
-    // SAFETY (both lookups): plain-data values, copied out.
-    let portset = match unsafe { PEERS_EXACT.get(key) } {
-        Some(p) => *p,
-        None => match PEERS_CIDR.get(Key::new(RULESET_ID_BITS + 128, key)) {
-            Some(p) => *p,
-            None => return false,
-        },
-    };
+    match PEERS_CIDR.get(Key::new(RULESET_ID_BITS + 128, key)) {
+        Some(portset) => portset_allows(*portset, proto, port),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn portset_allows(portset: u32, proto: u8, port: u16) -> bool {
     match portset {
         PORTSET_ALL => true,
         PORTSET_NONE => false,

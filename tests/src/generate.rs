@@ -63,6 +63,7 @@ pub fn cluster(rng: &mut Rng) -> ClusterState {
         s.namespaces.insert(ns.into(), l);
     }
     let pods = 3 + rng.below(6);
+    let mut previous: Option<(&str, Labels)> = None;
     for i in 0..pods {
         let mut ips = vec![IpAddr::V4(Ipv4Addr::new(
             10,
@@ -92,10 +93,17 @@ pub fn cluster(rng: &mut Rng) -> ClusterState {
                 });
             }
         }
+        // Often a replica of the previous pod: same namespace and labels (so the same
+        // identity, for selectors), its own named ports.
+        let (ns, pod_labels) = match &previous {
+            Some((ns, l)) if rng.chance(50) => (*ns, l.clone()),
+            _ => (*rng.pick(&namespaces), labels(rng)),
+        };
+        previous = Some((ns, pod_labels.clone()));
         s.pods.insert(
-            ObjectRef::new(*rng.pick(&namespaces), format!("pod-{i}")),
+            ObjectRef::new(ns, format!("pod-{i}")),
             PodInfo {
-                labels: labels(rng),
+                labels: pod_labels,
                 node: Some(rng.pick(&NODES).to_string()),
                 host_network: rng.chance(5),
                 terminated: false,
@@ -111,6 +119,16 @@ pub fn cluster(rng: &mut Rng) -> ClusterState {
         let parsed = serde_json::from_value(p).expect("generated policies have the API's shape");
         s.policies
             .insert(ObjectRef::new(ns, format!("pol-{i}")), parsed);
+    }
+    // The same policy rolled out to several namespaces (a common practice): identical
+    // rules whose selectors mean different pods in each.
+    if rng.chance(40) {
+        let copies: Vec<_> = s.policies.values().cloned().collect();
+        let mut p = rng.pick(&copies).clone();
+        let ns = *rng.pick(&namespaces);
+        p.metadata.namespace = Some(ns.to_string());
+        p.metadata.name = Some("copy".to_string());
+        s.policies.insert(ObjectRef::new(ns, "copy"), p);
     }
     s
 }

@@ -276,6 +276,7 @@ fn setup() -> Bench {
             conntrack_entries: 1024,
             conntrack_new_entries: 1024,
             peer_entries: 1024,
+            identity_entries: 4096,
             cidr_entries: 1024,
             service_entries: 1024,
             portset_entries: 1024,

@@ -1152,6 +1152,7 @@ impl Rig {
                 conntrack_entries: 4096,
                 conntrack_new_entries: 4096,
                 peer_entries: 4096,
+                identity_entries: 4096,
                 cidr_entries: 4096,
                 service_entries: 64,
                 portset_entries: 4096,

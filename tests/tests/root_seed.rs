@@ -118,6 +118,7 @@ fn root_connections_older_than_isolation_are_seeded_from_nf_conntrack() {
             conntrack_entries: 1024,
             conntrack_new_entries: 1024,
             peer_entries: 1024,
+            identity_entries: 4096,
             cidr_entries: 1024,
             service_entries: 1024,
             portset_entries: 1024,

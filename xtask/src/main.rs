@@ -506,6 +506,12 @@ const MUTANTS: &[(&str, &str, &str, &str)] = &[
         "a podSelector rule is resolved once for policies of different namespaces",
     ),
     (
+        "netpol-agent/src/compile/mod.rs",
+        "ports: &pod.ports,",
+        "ports: &[],",
+        "pods with different named ports share an identity",
+    ),
+    (
         "netpol-agent/src/compile/selector.rs",
         "labels.get(k).is_none_or(|v| !vs.contains(v))",
         "labels.get(k).is_some_and(|v| !vs.contains(v))",

@@ -12,6 +12,7 @@ pub mod selector;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
@@ -37,16 +38,51 @@ impl fmt::Display for Direction {
     }
 }
 
-/// The allow table of one direction of one or more pods: longest-prefix-match entries,
-/// each with the ports it allows. Empty = isolated with nothing allowed.
+/// What pod selectors can tell pods apart by. Pods alike in it (the replicas of a
+/// deployment) share one identity, so rules name identities, not addresses: a pod
+/// coming, going or taking another's labels changes which identity its address has, and
+/// no rule set. Namespace labels are not part of it: every identity of a namespace shares
+/// them, and a change to them changes which identities the rule sets name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Identity {
+    pub namespace: String,
+    pub labels: crate::state::Labels,
+    /// Named ports of egress rules resolve on the destination pod.
+    pub ports: Vec<crate::state::ContainerPort>,
+}
+
+/// The allow table of one direction of one or more pods. A peer is allowed what its
+/// identity's entry allows plus what the longest block containing its address allows.
+/// Both empty = isolated with nothing allowed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RuleSet {
-    pub entries: BTreeMap<Prefix, PortSpec>,
+    /// Pod-selector rules, by peer identity.
+    pub peers: BTreeMap<Arc<Identity>, PortSpec>,
+    /// ipBlock rules: longest-prefix-match entries (see `prefix::union`).
+    pub blocks: BTreeMap<Prefix, PortSpec>,
 }
 
 impl RuleSet {
-    pub fn allows(&self, peer: IpAddr, protocol: Protocol, port: u16) -> bool {
-        prefix::lookup(&self.entries, peer).is_some_and(|s| s.allows(protocol, port))
+    /// `identity`: the peer's, if it is a pod.
+    pub fn allows(
+        &self,
+        identity: Option<&Identity>,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> bool {
+        identity
+            .and_then(|i| self.peers.get(i))
+            .is_some_and(|s| s.allows(protocol, port))
+            || prefix::lookup(&self.blocks, peer).is_some_and(|s| s.allows(protocol, port))
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len() + self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -99,12 +135,20 @@ pub struct Plan {
     /// Service ports: egress towards them is decided after translation. Other ports of
     /// a Service address are not translated, so they are judged like any address.
     pub service_ports: BTreeSet<ServicePort>,
+    /// The identity of every pod address of the cluster that policy can select.
+    pub identities: BTreeMap<IpAddr, Arc<Identity>>,
     pub errors: Vec<PolicyError>,
 }
 
 impl Plan {
     pub fn rule_set(&self, r: RuleSetRef) -> &RuleSet {
         &self.rule_sets[r.0]
+    }
+
+    /// What the datapath decides for `peer` under rule set `r`.
+    pub fn allows(&self, r: RuleSetRef, peer: IpAddr, protocol: Protocol, port: u16) -> bool {
+        let identity = self.identities.get(&peer).map(|i| &**i);
+        self.rule_set(r).allows(identity, peer, protocol, port)
     }
 }
 
@@ -119,28 +163,57 @@ struct CompiledPolicy<'a> {
     egress: Vec<Rule<'a>>,
 }
 
-/// Policy subjects by namespace, built once per compile: peer selectors are evaluated
-/// per namespace and then on that namespace's pods, never on every pod of the cluster.
+/// Policy subjects, built once per compile: their identities by namespace (peer
+/// selectors are evaluated per namespace, then per identity, never per pod), and every
+/// subject pod (for ipBlocks that name ports, which resolve per address).
 struct PodIndex<'a> {
-    by_namespace: BTreeMap<&'a str, Vec<&'a PodInfo>>,
+    /// Each identity once, with one of its pods (they all resolve named ports alike).
+    by_namespace: BTreeMap<&'a str, Vec<(Arc<Identity>, &'a PodInfo)>>,
+    pods: Vec<&'a PodInfo>,
+    addresses: BTreeMap<IpAddr, Arc<Identity>>,
 }
 
 impl<'a> PodIndex<'a> {
     fn new(state: &'a ClusterState) -> Self {
-        let mut by_namespace: BTreeMap<&str, Vec<&PodInfo>> = BTreeMap::new();
+        let mut identities: BTreeMap<SubjectKey<'a>, Arc<Identity>> = BTreeMap::new();
+        let mut by_namespace: BTreeMap<&str, Vec<(Arc<Identity>, &PodInfo)>> = BTreeMap::new();
+        let mut pods = Vec::new();
+        let mut addresses = BTreeMap::new();
         for (r, pod) in &state.pods {
-            if pod.is_policy_subject() {
-                by_namespace
-                    .entry(r.namespace.as_str())
-                    .or_default()
-                    .push(pod);
+            if !pod.is_policy_subject() {
+                continue;
+            }
+            pods.push(pod);
+            let key = SubjectKey {
+                namespace: &r.namespace,
+                labels: &pod.labels,
+                ports: &pod.ports,
+            };
+            let identity = match identities.get(&key) {
+                Some(i) => i.clone(),
+                None => {
+                    let i = Arc::new(Identity {
+                        namespace: r.namespace.clone(),
+                        labels: pod.labels.clone(),
+                        ports: pod.ports.clone(),
+                    });
+                    identities.insert(key, i.clone());
+                    by_namespace
+                        .entry(r.namespace.as_str())
+                        .or_default()
+                        .push((i.clone(), pod));
+                    i
+                }
+            };
+            for ip in &pod.ips {
+                addresses.insert(*ip, identity.clone());
             }
         }
-        PodIndex { by_namespace }
-    }
-
-    fn all(&self) -> impl Iterator<Item = &'a PodInfo> + '_ {
-        self.by_namespace.values().flatten().copied()
+        PodIndex {
+            by_namespace,
+            pods,
+            addresses,
+        }
     }
 }
 
@@ -231,12 +304,20 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
                     if let Some(r) = unions.get(&united) {
                         return Some(*r);
                     }
-                    let grants = united
+                    let granted: Vec<&RuleGrants> = united
                         .iter()
                         .filter_map(|slot| rules.results[*slot].as_ref().ok())
-                        .flatten();
+                        .collect();
+                    let mut peers: BTreeMap<Arc<Identity>, PortSpec> = BTreeMap::new();
+                    for (identity, ports) in granted.iter().flat_map(|g| &g.peers) {
+                        peers
+                            .entry(identity.clone())
+                            .or_insert_with(PortSpec::none)
+                            .add(ports);
+                    }
                     let r = intern(RuleSet {
-                        entries: prefix::union(grants),
+                        peers,
+                        blocks: prefix::union(granted.iter().flat_map(|g| &g.blocks)),
                     });
                     unions.insert(united, r);
                     Some(r)
@@ -257,11 +338,19 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
 
     // Rule sets the datapath cannot hold: fail closed on the entries concerned.
     for set in &mut rule_sets {
-        for (prefix, spec) in set.entries.iter_mut() {
+        let peers = set
+            .peers
+            .iter_mut()
+            .map(|(i, spec)| (format!("pods {}/{:?}", i.namespace, i.labels), spec));
+        let blocks = set
+            .blocks
+            .iter_mut()
+            .map(|(prefix, spec)| (format!("peer {prefix}"), spec));
+        for (peer, spec) in peers.chain(blocks) {
             if let Err(n) = spec.to_portset() {
                 errors.push(PolicyError {
                     policy: ObjectRef::new("", "*"),
-                    location: format!("peer {prefix}"),
+                    location: peer,
                     message: format!(
                         "{n} distinct port ranges to one peer, more than the {} the datapath supports; this peer is denied",
                         netpol_common::MAX_PORT_RANGES
@@ -289,6 +378,7 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
         endpoints,
         rule_sets,
         service_ports,
+        identities: index.addresses,
         errors,
     }
 }
@@ -502,8 +592,15 @@ struct RuleKey<'a> {
     subject_ports: Option<&'a [crate::state::ContainerPort]>,
 }
 
+/// What one rule allows: peer identities, and address blocks (with their excepts).
+#[derive(Default)]
+struct RuleGrants {
+    peers: Vec<(Arc<Identity>, PortSpec)>,
+    blocks: Vec<Grant>,
+}
+
 /// A rule's grants, or (location, message) of why it allows nothing.
-type RuleResult = Result<Vec<Grant>, (String, String)>;
+type RuleResult = Result<RuleGrants, (String, String)>;
 
 #[derive(Default)]
 struct RuleCache<'a> {
@@ -675,7 +772,7 @@ impl RuleInput<'_> {
         peers: Option<&[NetworkPolicyPeer]>,
         ports: Option<&[NetworkPolicyPort]>,
         location: &str,
-    ) -> Result<Vec<Grant>, (String, String)> {
+    ) -> RuleResult {
         let port_items = match ports {
             None | Some([]) => None,
             Some(list) => Some(
@@ -711,7 +808,7 @@ impl RuleInput<'_> {
                 .collect::<Result<Vec<_>, _>>()?,
         };
 
-        let mut grants = Vec::new();
+        let mut grants = RuleGrants::default();
         for peer in &peer_items {
             match peer {
                 PeerItem::Pods { namespaces, pods } => {
@@ -725,12 +822,13 @@ impl RuleInput<'_> {
                                 None => **ns == self.namespace,
                                 Some(sel) => sel.matches(&state.namespace_labels(ns)),
                             });
-                    for pod in in_namespaces.flat_map(|(_, pods)| pods.iter().copied()) {
-                        if pods.as_ref().is_none_or(|sel| sel.matches(&pod.labels)) {
+                    for (identity, pod) in in_namespaces.flat_map(|(_, ids)| ids.iter()) {
+                        if pods
+                            .as_ref()
+                            .is_none_or(|sel| sel.matches(&identity.labels))
+                        {
                             let ports = self.ports_on(port_items.as_deref(), Some(pod));
-                            for ip in &pod.ips {
-                                grants.push(Grant::to_host(*ip, ports.clone()));
-                            }
+                            grants.peers.push((identity.clone(), ports));
                         }
                     }
                 }
@@ -738,7 +836,7 @@ impl RuleInput<'_> {
                     // Named ports of an egress rule mean a number per destination pod:
                     // the block itself gets the numbered ports, and each pod inside it
                     // gets its own resolution on top.
-                    grants.push(Grant::from_net(
+                    grants.blocks.push(Grant::from_net(
                         *cidr,
                         except.clone(),
                         self.ports_on(port_items.as_deref(), None),
@@ -748,13 +846,13 @@ impl RuleInput<'_> {
                         .flatten()
                         .any(|p| matches!(p, PortItem::Named(..)));
                     if dir == Direction::Egress && has_named {
-                        for pod in self.rules_of.index.all() {
+                        for pod in &self.rules_of.index.pods {
                             for ip in &pod.ips {
                                 // ipnet's containment is per family: an IPv6 block
                                 // never holds an IPv4 pod.
                                 let host = Prefix::host(*ip);
                                 if cidr.contains(ip) && !except.iter().any(|e| e.contains(&host)) {
-                                    grants.push(Grant::to_host(
+                                    grants.blocks.push(Grant::to_host(
                                         *ip,
                                         self.ports_on(port_items.as_deref(), Some(pod)),
                                     ));

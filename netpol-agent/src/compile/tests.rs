@@ -83,15 +83,13 @@ fn allowed(
     };
     let src_ip = state.pods[&from_ref].ips[0];
     let egress_ok = match plan.endpoints.iter().find(|e| e.pod == from_ref) {
-        Some(ep) => ep
-            .egress
-            .is_none_or(|r| plan.rule_set(r).allows(to, proto, port)),
+        Some(ep) => ep.egress.is_none_or(|r| plan.allows(r, to, proto, port)),
         None => true,
     };
     let ingress_ok = match plan.endpoints.iter().find(|e| e.ips.contains(&to)) {
         Some(ep) => ep
             .ingress
-            .is_none_or(|r| plan.rule_set(r).allows(src_ip, proto, port)),
+            .is_none_or(|r| plan.allows(r, src_ip, proto, port)),
         None => true,
     };
     egress_ok && ingress_ok
@@ -393,7 +391,10 @@ fn invalid_rules_of_every_kind_are_reported_and_allow_nothing() {
         let foo = plan.endpoints.iter().find(|e| e.pod.name == "foo").unwrap();
         let set = plan.rule_set(foo.egress.expect("still isolated"));
         assert!(
-            set.entries.values().all(PortSpec::is_none),
+            set.peers
+                .values()
+                .chain(set.blocks.values())
+                .all(PortSpec::is_none),
             "{rule}: {set:?}"
         );
     }
@@ -415,7 +416,12 @@ spec:
     // with nothing allowed; egress stays open.
     for e in &plan.endpoints {
         let set = plan.rule_set(e.ingress.expect("isolated"));
-        assert!(set.entries.values().all(PortSpec::is_none));
+        assert!(
+            set.peers
+                .values()
+                .chain(set.blocks.values())
+                .all(PortSpec::is_none)
+        );
         assert!(e.egress.is_none());
     }
 }

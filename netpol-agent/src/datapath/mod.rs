@@ -42,9 +42,13 @@ pub struct MapSizes {
     /// a flood of new flows churns only this one.
     #[arg(long, default_value_t = sizes::CONNTRACK_NEW)]
     pub conntrack_new_entries: u32,
-    /// Entries of the exact-address peer map (pod addresses, summed over rule sets).
-    #[arg(long, default_value_t = sizes::PEERS_EXACT)]
+    /// Entries of the peer-identity map ((rule set, pod identity) pairs, summed over rule
+    /// sets).
+    #[arg(long, default_value_t = sizes::PEERS_BY_IDENTITY)]
     pub peer_entries: u32,
+    /// Entries of the address-to-identity map (every pod address of the cluster).
+    #[arg(long, default_value_t = sizes::IDENTITIES)]
+    pub identity_entries: u32,
     /// Entries of the CIDR peer map (LPM trie, summed over rule sets).
     #[arg(long, default_value_t = sizes::PEERS_CIDR)]
     pub cidr_entries: u32,
@@ -194,7 +198,8 @@ impl Datapath {
         loader
             .map_max_entries(names::CONNTRACK, sizes.conntrack_entries)
             .map_max_entries(names::CONNTRACK_NEW, sizes.conntrack_new_entries)
-            .map_max_entries(names::PEERS_EXACT, sizes.peer_entries)
+            .map_max_entries(names::PEERS_BY_IDENTITY, sizes.peer_entries)
+            .map_max_entries(names::IDENTITIES, sizes.identity_entries)
             .map_max_entries(names::PEERS_CIDR, sizes.cidr_entries)
             .map_max_entries(names::SERVICES, sizes.service_entries)
             .map_max_entries(names::PORTSETS, sizes.portset_entries);
@@ -202,7 +207,8 @@ impl Datapath {
             names::IFACES,
             names::ENDPOINTS,
             names::SERVICES,
-            names::PEERS_EXACT,
+            names::PEERS_BY_IDENTITY,
+            names::IDENTITIES,
             names::PEERS_CIDR,
             names::PORTSETS,
             names::CONNTRACK,
@@ -376,7 +382,8 @@ impl Datapath {
             service_flows: HashMap::try_from(take(names::SERVICE_FLOWS)?)?,
             uplinks: HashMap::try_from(take(names::UPLINKS)?)?,
             meta: aya::maps::Array::try_from(take(names::META)?)?,
-            peers_exact: HashMap::try_from(take(names::PEERS_EXACT)?)?,
+            peers_by_identity: HashMap::try_from(take(names::PEERS_BY_IDENTITY)?)?,
+            identities: HashMap::try_from(take(names::IDENTITIES)?)?,
             peers_cidr: LpmTrie::try_from(take(names::PEERS_CIDR)?)?,
             portsets: HashMap::try_from(take(names::PORTSETS)?)?,
             counters: PerCpuArray::try_from(take(names::COUNTERS)?)?,

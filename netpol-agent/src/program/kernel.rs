@@ -3,8 +3,8 @@
 use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
 use netpol_common::{
-    Addr, Counters, CtEntry, CtKey, EndpointInfo, IfaceInfo, PeerKey, PortSet, ServiceFlow,
-    ServiceFlowKey, ServiceKey, meta, names,
+    Addr, Counters, CtEntry, CtKey, EndpointInfo, IdentityId, IdentityKey, IfaceInfo, PeerKey,
+    PortSet, ServiceFlow, ServiceFlowKey, ServiceKey, meta, names,
 };
 
 use super::seed::Seeds;
@@ -24,7 +24,8 @@ pub struct KernelMaps {
     /// The node's uplinks, by ifindex: a pod's address coming in through one is forged.
     pub uplinks: HashMap<MapData, u32, u32>,
     pub meta: Array<MapData, u64>,
-    pub peers_exact: HashMap<MapData, PeerKey, u32>,
+    pub peers_by_identity: HashMap<MapData, IdentityKey, u32>,
+    pub identities: HashMap<MapData, Addr, IdentityId>,
     pub peers_cidr: LpmTrie<MapData, PeerKey, u32>,
     pub portsets: HashMap<MapData, u32, PortSet>,
     pub counters: PerCpuArray<MapData, Counters>,
@@ -61,23 +62,29 @@ impl MapOps for KernelMaps {
         gone_ok(self.portsets.remove(&id)).map_err(op(names::PORTSETS, "remove"))
     }
     fn set_peer(&mut self, key: PeerKey, prefix_len: u8, portset: u32) -> Result<(), MapError> {
-        if prefix_len == 128 {
-            self.peers_exact
-                .insert(key, portset, 0)
-                .map_err(op(names::PEERS_EXACT, "insert"))
-        } else {
-            self.peers_cidr
-                .insert(&Key::new(lpm_len(prefix_len), key), portset, 0)
-                .map_err(op(names::PEERS_CIDR, "insert"))
-        }
+        self.peers_cidr
+            .insert(&Key::new(lpm_len(prefix_len), key), portset, 0)
+            .map_err(op(names::PEERS_CIDR, "insert"))
     }
     fn del_peer(&mut self, key: PeerKey, prefix_len: u8) -> Result<(), MapError> {
-        if prefix_len == 128 {
-            gone_ok(self.peers_exact.remove(&key)).map_err(op(names::PEERS_EXACT, "remove"))
-        } else {
-            gone_ok(self.peers_cidr.remove(&Key::new(lpm_len(prefix_len), key)))
-                .map_err(op(names::PEERS_CIDR, "remove"))
-        }
+        gone_ok(self.peers_cidr.remove(&Key::new(lpm_len(prefix_len), key)))
+            .map_err(op(names::PEERS_CIDR, "remove"))
+    }
+    fn set_identity_peer(&mut self, key: IdentityKey, portset: u32) -> Result<(), MapError> {
+        self.peers_by_identity
+            .insert(key, portset, 0)
+            .map_err(op(names::PEERS_BY_IDENTITY, "insert"))
+    }
+    fn del_identity_peer(&mut self, key: IdentityKey) -> Result<(), MapError> {
+        gone_ok(self.peers_by_identity.remove(&key)).map_err(op(names::PEERS_BY_IDENTITY, "remove"))
+    }
+    fn set_identity(&mut self, addr: Addr, identity: IdentityId) -> Result<(), MapError> {
+        self.identities
+            .insert(addr, identity, 0)
+            .map_err(op(names::IDENTITIES, "insert"))
+    }
+    fn del_identity(&mut self, addr: Addr) -> Result<(), MapError> {
+        gone_ok(self.identities.remove(&addr)).map_err(op(names::IDENTITIES, "remove"))
     }
     fn set_endpoint(&mut self, addr: Addr, info: EndpointInfo) -> Result<(), MapError> {
         self.endpoints
@@ -162,9 +169,13 @@ impl MapOps for KernelMaps {
             .get(&meta::NEXT_RULESET_ID, 0)
             .map_err(op(names::META, "read"))?;
         e.next_ruleset_id = u32::try_from(next).unwrap_or(u32::MAX);
-        for k in self.peers_exact.keys() {
-            e.peers
-                .push((k.map_err(op(names::PEERS_EXACT, "read"))?, 128));
+        for k in self.peers_by_identity.keys() {
+            e.identity_peers
+                .push(k.map_err(op(names::PEERS_BY_IDENTITY, "read"))?);
+        }
+        for kv in self.identities.iter() {
+            e.identities
+                .push(kv.map_err(op(names::IDENTITIES, "read"))?);
         }
         for k in self.peers_cidr.keys() {
             let k = k.map_err(op(names::PEERS_CIDR, "read"))?;

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use netpol_common::{
-    Addr, EndpointInfo, IfaceInfo, PORTSET_ALL, PORTSET_NONE, PeerKey, PortSet, ServiceKey,
+    Addr, EndpointInfo, IdentityId, IdentityKey, IfaceInfo, PORTSET_ALL, PORTSET_NONE, PeerKey,
+    PortSet, ServiceKey,
 };
 
 use super::{MapError, MapOps, addr_of};
@@ -16,7 +17,8 @@ use crate::state::Protocol;
 #[derive(Default)]
 pub struct MemoryMaps {
     pub portsets: BTreeMap<u32, PortSet>,
-    pub exact: BTreeMap<([u8; 4], Addr), u32>,
+    pub by_identity: BTreeMap<IdentityKey, u32>,
+    pub identities: BTreeMap<Addr, IdentityId>,
     pub cidr: BTreeMap<([u8; 4], Addr, u8), u32>,
     pub endpoints: BTreeMap<Addr, EndpointInfo>,
     pub ifaces: BTreeMap<u32, IfaceInfo>,
@@ -39,30 +41,32 @@ impl MapOps for MemoryMaps {
         Ok(())
     }
     fn set_peer(&mut self, key: PeerKey, len: u8, portset: u32) -> Result<(), MapError> {
-        if self
-            .peer_capacity
-            .is_some_and(|cap| self.exact.len() + self.cidr.len() >= cap)
-        {
-            return Err(MapError::Op {
-                map: "PEERS",
-                op: "insert",
-                message: "map full (E2BIG)".into(),
-            });
-        }
+        self.check_capacity()?;
         self.writes += 1;
-        if len == 128 {
-            self.exact.insert((key.ruleset_be, key.addr), portset);
-        } else {
-            self.cidr.insert((key.ruleset_be, key.addr, len), portset);
-        }
+        self.cidr.insert((key.ruleset_be, key.addr, len), portset);
         Ok(())
     }
     fn del_peer(&mut self, key: PeerKey, len: u8) -> Result<(), MapError> {
-        if len == 128 {
-            self.exact.remove(&(key.ruleset_be, key.addr));
-        } else {
-            self.cidr.remove(&(key.ruleset_be, key.addr, len));
-        }
+        self.cidr.remove(&(key.ruleset_be, key.addr, len));
+        Ok(())
+    }
+    fn set_identity_peer(&mut self, key: IdentityKey, portset: u32) -> Result<(), MapError> {
+        self.check_capacity()?;
+        self.writes += 1;
+        self.by_identity.insert(key, portset);
+        Ok(())
+    }
+    fn del_identity_peer(&mut self, key: IdentityKey) -> Result<(), MapError> {
+        self.by_identity.remove(&key);
+        Ok(())
+    }
+    fn set_identity(&mut self, addr: Addr, identity: IdentityId) -> Result<(), MapError> {
+        self.writes += 1;
+        self.identities.insert(addr, identity);
+        Ok(())
+    }
+    fn del_identity(&mut self, addr: Addr) -> Result<(), MapError> {
+        self.identities.remove(&addr);
         Ok(())
     }
     fn set_endpoint(&mut self, addr: Addr, info: EndpointInfo) -> Result<(), MapError> {
@@ -123,18 +127,9 @@ impl MapOps for MemoryMaps {
             node_addrs: self.node_addrs.keys().copied().collect(),
             next_ruleset_id: self.next_ruleset_id,
             peers: self
-                .exact
+                .cidr
                 .keys()
-                .map(|(id, a)| {
-                    (
-                        PeerKey {
-                            ruleset_be: *id,
-                            addr: *a,
-                        },
-                        128,
-                    )
-                })
-                .chain(self.cidr.keys().map(|(id, a, len)| {
+                .map(|(id, a, len)| {
                     (
                         PeerKey {
                             ruleset_be: *id,
@@ -142,8 +137,10 @@ impl MapOps for MemoryMaps {
                         },
                         *len,
                     )
-                }))
+                })
                 .collect(),
+            identity_peers: self.by_identity.keys().copied().collect(),
+            identities: self.identities.iter().map(|(a, i)| (*a, *i)).collect(),
             portsets: self.portsets.keys().copied().collect(),
         })
     }
@@ -161,25 +158,46 @@ fn prefix_match(entry: &Addr, len: u8, addr: &Addr) -> bool {
 }
 
 impl MemoryMaps {
-    /// Same order as `allowed()` in the BPF verdict code.
+    /// Like a full BPF map: the two peer maps together hold at most `peer_capacity`.
+    fn check_capacity(&self) -> Result<(), MapError> {
+        if self
+            .peer_capacity
+            .is_some_and(|cap| self.by_identity.len() + self.cidr.len() >= cap)
+        {
+            return Err(MapError::Op {
+                map: "PEERS",
+                op: "insert",
+                message: "map full (E2BIG)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Same order as `allowed()` in the BPF verdict code: the peer's identity, then the
+    /// longest block containing its address.
     pub fn allows(&self, set: u32, peer: IpAddr, proto: Protocol, port: u16) -> bool {
         if set == 0 {
             return true;
         }
-        let id = set.to_be_bytes();
         let addr = addr_of(peer);
-        let portset = match self.exact.get(&(id, addr)) {
-            Some(p) => *p,
-            None => match self
-                .cidr
-                .iter()
-                .filter(|((i, a, len), _)| *i == id && prefix_match(a, *len, &addr))
-                .max_by_key(|((_, _, len), _)| *len)
-            {
-                Some((_, p)) => *p,
-                None => return false,
-            },
-        };
+        let by_identity = self.identities.get(&addr).and_then(|identity| {
+            self.by_identity.get(&IdentityKey {
+                ruleset: set,
+                identity: *identity,
+            })
+        });
+        if by_identity.is_some_and(|p| self.portset_allows(*p, proto, port)) {
+            return true;
+        }
+        let id = set.to_be_bytes();
+        self.cidr
+            .iter()
+            .filter(|((i, a, len), _)| *i == id && prefix_match(a, *len, &addr))
+            .max_by_key(|((_, _, len), _)| *len)
+            .is_some_and(|(_, p)| self.portset_allows(*p, proto, port))
+    }
+
+    fn portset_allows(&self, portset: u32, proto: Protocol, port: u16) -> bool {
         match portset {
             PORTSET_ALL => true,
             PORTSET_NONE => false,

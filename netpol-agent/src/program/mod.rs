@@ -13,14 +13,15 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use netpol_common::{
-    Addr, EndpointInfo, IFACE_HAS_V4, IFACE_HAS_V6, IfaceInfo, PORTSET_ALL, PORTSET_NONE, PeerKey,
-    PortSet, RULESET_ALLOW_ALL, ServiceKey,
+    Addr, EndpointInfo, IFACE_HAS_V4, IFACE_HAS_V6, IdentityId, IdentityKey, IfaceInfo,
+    PORTSET_ALL, PORTSET_NONE, PeerKey, PortSet, RULESET_ALLOW_ALL, ServiceKey,
 };
 
 use crate::compile::ports::PortSpec;
-use crate::compile::{Plan, RuleSet, ServicePort};
+use crate::compile::{Identity, Plan, RuleSet, ServicePort};
 use crate::state::ObjectRef;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +41,15 @@ pub enum MapError {
 pub trait MapOps {
     fn set_portset(&mut self, id: u32, set: &PortSet) -> Result<(), MapError>;
     fn del_portset(&mut self, id: u32) -> Result<(), MapError>;
-    /// `prefix_len` counts address bits only (0..=128); 128 goes to the exact-match map.
+    /// An ipBlock entry; `prefix_len` counts address bits only (0..=128).
     fn set_peer(&mut self, key: PeerKey, prefix_len: u8, portset: u32) -> Result<(), MapError>;
     fn del_peer(&mut self, key: PeerKey, prefix_len: u8) -> Result<(), MapError>;
+    /// A pod-selector entry: what rule set `key.ruleset` allows to pods of `key.identity`.
+    fn set_identity_peer(&mut self, key: IdentityKey, portset: u32) -> Result<(), MapError>;
+    fn del_identity_peer(&mut self, key: IdentityKey) -> Result<(), MapError>;
+    /// Which identity a pod address has.
+    fn set_identity(&mut self, addr: Addr, identity: IdentityId) -> Result<(), MapError>;
+    fn del_identity(&mut self, addr: Addr) -> Result<(), MapError>;
     fn set_endpoint(&mut self, addr: Addr, info: EndpointInfo) -> Result<(), MapError>;
     fn del_endpoint(&mut self, addr: Addr) -> Result<(), MapError>;
     fn set_iface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<(), MapError>;
@@ -70,8 +77,10 @@ pub struct Existing {
     pub node_addrs: Vec<Addr>,
     /// The next rule-set id an earlier run would have handed out (0: none recorded).
     pub next_ruleset_id: u32,
-    /// (key, address prefix length)
+    /// ipBlock entries: (key, address prefix length)
     pub peers: Vec<(PeerKey, u8)>,
+    pub identity_peers: Vec<IdentityKey>,
+    pub identities: Vec<(Addr, IdentityId)>,
     pub portsets: Vec<u32>,
 }
 
@@ -94,8 +103,16 @@ pub fn addr_of(ip: IpAddr) -> Addr {
 /// A rule set as it sits in the maps.
 struct LoadedSet {
     id: u32,
-    /// (key, address prefix length, portset id) of every entry written.
-    entries: Vec<(PeerKey, u8, u32)>,
+    /// Port set of each peer identity written.
+    peers: BTreeMap<IdentityId, u32>,
+    /// (key, address prefix length, portset id) of every block entry written.
+    blocks: Vec<(PeerKey, u8, u32)>,
+}
+
+impl LoadedSet {
+    fn len(&self) -> usize {
+        self.peers.len() + self.blocks.len()
+    }
 }
 
 /// What one `apply` changed, for logs and tests.
@@ -108,6 +125,11 @@ pub struct ApplyStats {
     pub endpoints_removed: usize,
     /// Tracked connections of removed pods' addresses, forgotten.
     pub connections_forgotten: usize,
+    /// Pod addresses whose identity was written or removed.
+    pub identities_written: usize,
+    /// Rule sets written again under a new id, unchanged, because an address they
+    /// allowed now has an identity they allow less: their connections are decided again.
+    pub rule_sets_renewed: usize,
     /// Pods whose new rule set did not fit in the maps: they keep their last complete
     /// state (or, when new, allow nothing in the isolated direction) until it does.
     pub overflowed: Vec<ObjectRef>,
@@ -161,7 +183,18 @@ pub struct Programmer<M: MapOps> {
     node_addrs: BTreeSet<Addr>,
     /// Entries of an adopted earlier run's rule sets, deleted once nothing points at them.
     leftover_peers: Vec<(PeerKey, u8)>,
+    leftover_identity_peers: Vec<IdentityKey>,
     leftover_portsets: Vec<u32>,
+    /// Identity ids are never reused (no stale entry can alias a new identity).
+    identity_ids: BTreeMap<Arc<Identity>, IdentityId>,
+    next_identity: IdentityId,
+    /// What `IDENTITIES` holds.
+    addresses: BTreeMap<Addr, IdentityId>,
+    /// The identity a removed address last had: should a new pod take the address with
+    /// an identity that some rule set allows less, that set is renewed.
+    retired_addresses: BTreeMap<Addr, IdentityId>,
+    /// Earlier versions of renewed rule sets, deleted once no endpoint points at them.
+    superseded: Vec<LoadedSet>,
 }
 
 impl<M: MapOps> Programmer<M> {
@@ -201,7 +234,18 @@ impl<M: MapOps> Programmer<M> {
         self.ifaces = e.ifaces.into_iter().collect();
         self.services = e.services.into_iter().collect();
         self.node_addrs = e.node_addrs.into_iter().collect();
+        let max_identity = e
+            .identities
+            .iter()
+            .map(|(_, i)| *i)
+            .chain(e.identity_peers.iter().map(|k| k.identity))
+            .max()
+            .unwrap_or(0);
+        // New identity ids never alias what the earlier run's rule sets name.
+        self.next_identity = self.next_identity.max(max_identity.saturating_add(1));
+        self.addresses = e.identities.into_iter().collect();
         self.leftover_peers = e.peers;
+        self.leftover_identity_peers = e.identity_peers;
         self.leftover_portsets = e.portsets;
         Ok(self.endpoints.len())
     }
@@ -224,7 +268,14 @@ impl<M: MapOps> Programmer<M> {
             services: BTreeSet::new(),
             node_addrs: BTreeSet::new(),
             leftover_peers: Vec::new(),
+            leftover_identity_peers: Vec::new(),
             leftover_portsets: Vec::new(),
+            identity_ids: BTreeMap::new(),
+            // 0 is never an identity.
+            next_identity: 1,
+            addresses: BTreeMap::new(),
+            retired_addresses: BTreeMap::new(),
+            superseded: Vec::new(),
         }
     }
 
@@ -249,27 +300,42 @@ impl<M: MapOps> Programmer<M> {
     ) -> Result<ApplyStats, MapError> {
         let mut stats = ApplyStats::default();
 
-        // 1. New rule sets, in full, before anything points at them. A set that does not
-        // fit is left out (None); the pods that need it are handled below.
-        let mut set_ids: Vec<Option<u32>> = Vec::with_capacity(plan.rule_sets.len());
+        // 1. Identities get ids; new rule sets are written in full before anything points
+        // at them. A set that does not fit is left out; the pods that need it are handled
+        // below.
+        for identity in plan.identities.values() {
+            if !self.identity_ids.contains_key(identity) {
+                self.identity_ids
+                    .insert(identity.clone(), self.next_identity);
+                self.next_identity = self
+                    .next_identity
+                    .checked_add(1)
+                    .ok_or(MapError::IdsExhausted("identities"))?;
+            }
+        }
         for set in &plan.rule_sets {
-            if let Some(loaded) = self.sets.get(set) {
-                set_ids.push(Some(loaded.id));
+            if self.sets.contains_key(set) {
                 continue;
             }
             match self.write_set(set) {
                 Ok(loaded) => {
                     stats.rule_sets_added += 1;
-                    stats.peer_entries_written += loaded.entries.len();
-                    set_ids.push(Some(loaded.id));
+                    stats.peer_entries_written += loaded.len();
                     self.sets.insert(set.clone(), loaded);
                 }
                 Err(e) => {
                     stats.overflow_error.get_or_insert_with(|| e.to_string());
-                    set_ids.push(None);
                 }
             }
         }
+        // 2. Addresses take their identities; a set that allowed an address more under its
+        // earlier identity is renewed, so its connections are decided again.
+        self.write_identities(plan, &mut stats)?;
+        let set_ids: Vec<Option<u32>> = plan
+            .rule_sets
+            .iter()
+            .map(|set| self.sets.get(set).map(|l| l.id))
+            .collect();
         // Isolated with nothing allowed: the fallback of a new pod whose set did not fit.
         // It has no entries, so it always fits.
         let deny_all = if set_ids.iter().any(Option::is_none) {
@@ -278,7 +344,7 @@ impl<M: MapOps> Programmer<M> {
             None
         };
 
-        // 2. Endpoints flip to their sets; veths learn their pod.
+        // 3. Endpoints flip to their sets; veths learn their pod.
         let mut want_endpoints = BTreeMap::new();
         let mut want_ifaces = BTreeMap::new();
         let mut live_pods = BTreeSet::new();
@@ -378,7 +444,7 @@ impl<M: MapOps> Programmer<M> {
             self.services.insert(*key);
         }
 
-        // 3. Whatever is no longer wanted.
+        // 4. Whatever is no longer wanted.
         for ifindex in self.ifaces.keys().copied().collect::<Vec<_>>() {
             if !want_ifaces.contains_key(&ifindex) {
                 self.maps.del_iface(ifindex)?;
@@ -433,16 +499,122 @@ impl<M: MapOps> Programmer<M> {
                 stats.rule_sets_removed += 1;
             }
         }
+        for loaded in std::mem::take(&mut self.superseded) {
+            if in_use.contains(&loaded.id) {
+                self.superseded.push(loaded);
+            } else {
+                self.delete_set(loaded)?;
+            }
+        }
         self.delete_leftovers(&in_use)?;
+        self.forget_unused_identities();
         Ok(stats)
+    }
+
+    /// Makes `IDENTITIES` hold the plan's addresses, and renews every rule set that
+    /// allowed an address something its new identity is not allowed (a pod relabelled,
+    /// or a new pod on a removed pod's address): established connections are only
+    /// re-decided when the set id of their pod changes.
+    fn write_identities(&mut self, plan: &Plan, stats: &mut ApplyStats) -> Result<(), MapError> {
+        let mut want: BTreeMap<Addr, IdentityId> = BTreeMap::new();
+        for (ip, identity) in &plan.identities {
+            if let Some(id) = self.identity_ids.get(identity) {
+                want.insert(addr_of(*ip), *id);
+            }
+        }
+        let mut moved: BTreeSet<(IdentityId, IdentityId)> = BTreeSet::new();
+        for (addr, id) in &want {
+            let before = self
+                .addresses
+                .get(addr)
+                .or_else(|| self.retired_addresses.get(addr))
+                .copied();
+            if self.addresses.get(addr) != Some(id) {
+                self.maps.set_identity(*addr, *id)?;
+                self.addresses.insert(*addr, *id);
+                stats.identities_written += 1;
+            }
+            self.retired_addresses.remove(addr);
+            if let Some(old) = before
+                && old != *id
+            {
+                moved.insert((old, *id));
+            }
+        }
+        for (addr, id) in self.addresses.clone() {
+            if !want.contains_key(&addr) {
+                self.maps.del_identity(addr)?;
+                self.addresses.remove(&addr);
+                self.retired_addresses.insert(addr, id);
+                stats.identities_written += 1;
+            }
+        }
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let renew: Vec<RuleSet> = self
+            .sets
+            .iter()
+            .filter(|(_, l)| {
+                moved.iter().any(|(old, new)| {
+                    let before = l.peers.get(old);
+                    before.is_some() && before != l.peers.get(new)
+                })
+            })
+            .map(|(s, _)| s.clone())
+            .collect();
+        for set in renew {
+            match self.write_set(&set) {
+                Ok(loaded) => {
+                    stats.rule_sets_renewed += 1;
+                    stats.peer_entries_written += loaded.len();
+                    if let Some(old) = self.sets.insert(set, loaded) {
+                        self.superseded.push(old);
+                    }
+                }
+                // The set keeps its id: new connections follow the new identity, but
+                // established ones are not decided again until it fits.
+                Err(e) => {
+                    stats.overflow_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Identities no address has and no rule set names (their ids are not reused).
+    fn forget_unused_identities(&mut self) {
+        let named: BTreeSet<IdentityId> = self
+            .addresses
+            .values()
+            .copied()
+            .chain(self.sets.values().flat_map(|l| l.peers.keys().copied()))
+            .chain(self.superseded.iter().flat_map(|l| l.peers.keys().copied()))
+            .collect();
+        self.identity_ids.retain(|_, id| named.contains(id));
     }
 
     /// An adopted run's entries whose rule set no endpoint uses any more.
     fn delete_leftovers(&mut self, in_use: &BTreeSet<u32>) -> Result<(), MapError> {
-        if self.leftover_peers.is_empty() && self.leftover_portsets.is_empty() {
+        if self.leftover_peers.is_empty()
+            && self.leftover_identity_peers.is_empty()
+            && self.leftover_portsets.is_empty()
+        {
             return Ok(());
         }
         let mine: BTreeSet<u32> = self.sets.values().map(|l| l.id).collect();
+        let mut kept_identity_peers = Vec::new();
+        for key in std::mem::take(&mut self.leftover_identity_peers) {
+            if mine.contains(&key.ruleset) {
+                continue;
+            }
+            if in_use.contains(&key.ruleset) {
+                kept_identity_peers.push(key);
+            } else {
+                self.maps.del_identity_peer(key)?;
+            }
+        }
+        self.leftover_identity_peers = kept_identity_peers;
         let mut kept = Vec::new();
         for (key, len) in std::mem::take(&mut self.leftover_peers) {
             let set = u32::from_be_bytes(key.ruleset_be);
@@ -456,7 +628,7 @@ impl<M: MapOps> Programmer<M> {
             }
         }
         self.leftover_peers = kept;
-        if self.leftover_peers.is_empty() {
+        if self.leftover_peers.is_empty() && self.leftover_identity_peers.is_empty() {
             let mine: BTreeSet<u32> = self.portsets.values().map(|(id, _)| *id).collect();
             for id in std::mem::take(&mut self.leftover_portsets) {
                 if !mine.contains(&id) {
@@ -528,29 +700,56 @@ impl<M: MapOps> Programmer<M> {
         self.maps.set_next_ruleset_id(id.saturating_add(1))?;
         let mut loaded = LoadedSet {
             id,
-            entries: Vec::with_capacity(set.entries.len()),
+            peers: BTreeMap::new(),
+            blocks: Vec::with_capacity(set.blocks.len()),
         };
-        for (prefix, spec) in &set.entries {
-            let written = self.portset_for(spec).and_then(|portset| {
-                let key = PeerKey::new(id, prefix.addr());
-                self.maps
-                    .set_peer(key, prefix.bits(), portset)
-                    .map(|()| (key, prefix.bits(), portset))
-            });
-            match written {
-                Ok(entry) => loaded.entries.push(entry),
-                Err(e) => {
-                    // Nothing points at this id yet: take back what was written.
-                    let _ = self.delete_set(loaded);
-                    return Err(e);
-                }
-            }
+        let written = self.write_entries(set, &mut loaded);
+        if let Err(e) = written {
+            // Nothing points at this id yet: take back what was written.
+            let _ = self.delete_set(loaded);
+            return Err(e);
         }
         Ok(loaded)
     }
 
+    fn write_entries(&mut self, set: &RuleSet, loaded: &mut LoadedSet) -> Result<(), MapError> {
+        for (identity, spec) in &set.peers {
+            // Every identity of the plan got an id in `apply`; one without is not allowed.
+            let Some(identity) = self.identity_ids.get(identity).copied() else {
+                continue;
+            };
+            let portset = self.portset_for(spec)?;
+            let key = IdentityKey {
+                ruleset: loaded.id,
+                identity,
+            };
+            if let Err(e) = self.maps.set_identity_peer(key, portset) {
+                self.release_portset(portset)?;
+                return Err(e);
+            }
+            loaded.peers.insert(identity, portset);
+        }
+        for (prefix, spec) in &set.blocks {
+            let portset = self.portset_for(spec)?;
+            let key = PeerKey::new(loaded.id, prefix.addr());
+            if let Err(e) = self.maps.set_peer(key, prefix.bits(), portset) {
+                self.release_portset(portset)?;
+                return Err(e);
+            }
+            loaded.blocks.push((key, prefix.bits(), portset));
+        }
+        Ok(())
+    }
+
     fn delete_set(&mut self, loaded: LoadedSet) -> Result<(), MapError> {
-        for (key, len, portset) in &loaded.entries {
+        for (identity, portset) in &loaded.peers {
+            self.maps.del_identity_peer(IdentityKey {
+                ruleset: loaded.id,
+                identity: *identity,
+            })?;
+            self.release_portset(*portset)?;
+        }
+        for (key, len, portset) in &loaded.blocks {
             self.maps.del_peer(*key, *len)?;
             self.release_portset(*portset)?;
         }

@@ -82,7 +82,7 @@ fn maps_decide_like_the_plan() {
             for port in [79, 80, 81] {
                 let want = ep
                     .ingress
-                    .is_none_or(|r| plan.rule_set(r).allows(*peer, Protocol::Tcp, port));
+                    .is_none_or(|r| plan.allows(r, *peer, Protocol::Tcp, port));
                 assert_eq!(
                     m.allows(info.ingress_set, *peer, Protocol::Tcp, port),
                     want,
@@ -130,7 +130,7 @@ fn a_changed_rule_set_is_written_under_a_new_id_and_the_old_one_removed() {
     let m = p.maps();
     let new_set = m.endpoints[&addr_of("10.244.1.3".parse().unwrap())].ingress_set;
     assert_ne!(old_set, new_set);
-    assert!(m.exact.keys().all(|(id, _)| *id != old_set.to_be_bytes()));
+    assert!(m.by_identity.keys().all(|k| k.ruleset != old_set));
     assert!(m.cidr.keys().all(|(id, _, _)| *id != old_set.to_be_bytes()));
     let client: IpAddr = "10.244.1.2".parse().unwrap();
     assert!(m.allows(new_set, client, Protocol::Tcp, 8080));
@@ -147,7 +147,8 @@ fn removing_everything_leaves_empty_maps() {
     p.apply(&compile::Plan::default(), &BTreeMap::new())
         .unwrap();
     let m = p.maps();
-    assert!(m.exact.is_empty() && m.cidr.is_empty() && m.portsets.is_empty());
+    assert!(m.by_identity.is_empty() && m.cidr.is_empty() && m.portsets.is_empty());
+    assert!(m.identities.is_empty());
     assert!(m.endpoints.is_empty() && m.ifaces.is_empty() && m.services.is_empty());
     assert!(p.endpoint_ids().is_empty());
 }
@@ -255,11 +256,7 @@ fn a_restarted_programmer_adopts_and_replaces_without_a_gap() {
     assert!(m.allows(now.ingress_set, client, Protocol::Tcp, 8080));
     assert!(!m.allows(now.ingress_set, client, Protocol::Tcp, 80));
     // Nothing of the old rule set is left.
-    assert!(
-        m.exact
-            .keys()
-            .all(|(id, _)| *id != old.ingress_set.to_be_bytes())
-    );
+    assert!(m.by_identity.keys().all(|k| k.ruleset != old.ingress_set));
     assert!(
         m.cidr
             .keys()
@@ -280,11 +277,114 @@ fn a_restarted_programmer_adopts_and_replaces_without_a_gap() {
             .allows(again.ingress_set, client, Protocol::Tcp, 8080)
     );
     assert_eq!(
-        third.maps().exact.len() + third.maps().cidr.len(),
+        third.maps().by_identity.len() + third.maps().cidr.len(),
         m_len(&plan2)
     );
 }
 
 fn m_len(plan: &compile::Plan) -> usize {
-    plan.rule_sets.iter().map(|s| s.entries.len()).sum()
+    plan.rule_sets.iter().map(|s| s.len()).sum()
+}
+
+fn remote_client(s: &mut ClusterState, name: &str, ip: &str, app: &str) {
+    s.pods.insert(
+        ObjectRef::new("default", name),
+        PodInfo {
+            labels: [("app".to_string(), app.to_string())].into(),
+            node: Some("n2".into()),
+            host_network: false,
+            terminated: false,
+            ips: vec![ip.parse().unwrap()],
+            ports: vec![ContainerPort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Protocol::Tcp,
+            }],
+        },
+    );
+}
+
+fn server_set(p: &Programmer<MemoryMaps>) -> u32 {
+    p.maps().endpoints[&addr_of("10.244.1.3".parse().unwrap())].ingress_set
+}
+
+#[test]
+fn a_pod_like_others_is_one_identity_write() {
+    let mut s = state(80);
+    let plan = compile::compile(&s, "n1");
+    let mut p = Programmer::new(MemoryMaps::default(), 100);
+    p.apply(&plan, &ifindexes(&plan)).unwrap();
+    let set = server_set(&p);
+    let writes = p.maps().writes;
+
+    // Another client on another node: same labels and ports as the local one.
+    remote_client(&mut s, "d", "10.244.2.9", "client");
+    let plan = compile::compile(&s, "n1");
+    let stats = p.apply(&plan, &ifindexes(&plan)).unwrap();
+    assert_eq!(stats.identities_written, 1);
+    assert_eq!(stats.rule_sets_added + stats.rule_sets_renewed, 0);
+    assert_eq!(p.maps().writes - writes, 1, "{stats:?}");
+    assert_eq!(server_set(&p), set, "no endpoint flips");
+    let d: IpAddr = "10.244.2.9".parse().unwrap();
+    assert!(p.maps().allows(set, d, Protocol::Tcp, 80));
+}
+
+#[test]
+fn a_peer_relabelled_out_of_a_rule_renews_the_rule_set() {
+    let mut s = state(80);
+    remote_client(&mut s, "d", "10.244.2.9", "client");
+    let plan = compile::compile(&s, "n1");
+    let mut p = Programmer::new(MemoryMaps::default(), 100);
+    p.apply(&plan, &ifindexes(&plan)).unwrap();
+    let before = server_set(&p);
+
+    // The remote client takes labels no rule allows: the rule set's content is the same
+    // (it names identities), but connections it allowed to that address must be decided
+    // again, so the server moves to a new id of the same set.
+    remote_client(&mut s, "d", "10.244.2.9", "other");
+    let plan = compile::compile(&s, "n1");
+    let stats = p.apply(&plan, &ifindexes(&plan)).unwrap();
+    assert_eq!(stats.rule_sets_renewed, 1, "{stats:?}");
+    let after = server_set(&p);
+    assert_ne!(after, before);
+    let d: IpAddr = "10.244.2.9".parse().unwrap();
+    let a: IpAddr = "10.244.1.2".parse().unwrap();
+    assert!(!p.maps().allows(after, d, Protocol::Tcp, 80));
+    assert!(p.maps().allows(after, a, Protocol::Tcp, 80));
+    // The earlier version is gone from the maps.
+    assert!(p.maps().by_identity.keys().all(|k| k.ruleset != before));
+
+    // Relabelled into a rule: nothing is taken away, nothing is renewed.
+    remote_client(&mut s, "d", "10.244.2.9", "client");
+    let plan = compile::compile(&s, "n1");
+    let stats = p.apply(&plan, &ifindexes(&plan)).unwrap();
+    assert_eq!(stats.rule_sets_renewed, 0, "{stats:?}");
+    assert_eq!(server_set(&p), after);
+    assert!(p.maps().allows(after, d, Protocol::Tcp, 80));
+}
+
+#[test]
+fn a_new_pod_on_a_removed_pods_address_renews_what_allowed_the_old_one() {
+    let mut s = state(80);
+    remote_client(&mut s, "d", "10.244.2.9", "client");
+    let plan = compile::compile(&s, "n1");
+    let mut p = Programmer::new(MemoryMaps::default(), 100);
+    p.apply(&plan, &ifindexes(&plan)).unwrap();
+    let first = server_set(&p);
+
+    s.pods.remove(&ObjectRef::new("default", "d"));
+    let plan = compile::compile(&s, "n1");
+    let stats = p.apply(&plan, &ifindexes(&plan)).unwrap();
+    assert_eq!(stats.rule_sets_renewed, 0, "a removal alone renews nothing");
+    let d: IpAddr = "10.244.2.9".parse().unwrap();
+    assert!(!p.maps().allows(first, d, Protocol::Tcp, 80));
+
+    // The address comes back on a pod no rule allows: the connections the old pod had
+    // must not carry over to it.
+    remote_client(&mut s, "e", "10.244.2.9", "other");
+    let plan = compile::compile(&s, "n1");
+    let stats = p.apply(&plan, &ifindexes(&plan)).unwrap();
+    assert_eq!(stats.rule_sets_renewed, 1, "{stats:?}");
+    assert_ne!(server_set(&p), first);
+    assert!(!p.maps().allows(server_set(&p), d, Protocol::Tcp, 80));
 }

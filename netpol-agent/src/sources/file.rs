@@ -308,7 +308,7 @@ spec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}
         let web = &plan.endpoints[0];
         for dir in [web.ingress, web.egress] {
             let set = plan.rule_set(dir.expect("isolated"));
-            assert!(set.entries.is_empty(), "allows nothing");
+            assert!(set.is_empty(), "allows nothing");
         }
         // Without a name there is nothing to stand in for: the load fails.
         let d = folder(&[("anon.yaml", "kind: NetworkPolicy\nspec: {podSelector: 7}\n")]);

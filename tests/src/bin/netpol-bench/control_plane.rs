@@ -79,6 +79,7 @@ fn measure(generator: Generator, pods: usize) -> Result<Vec<Entry>> {
         conntrack_entries: 1024,
         conntrack_new_entries: 1024,
         peer_entries: 262_144,
+        identity_entries: 131_072,
         cidr_entries: 1024,
         service_entries: 1024,
         portset_entries: 4096,

@@ -180,6 +180,7 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
         conntrack_entries: 65_536,
         conntrack_new_entries: 65_536,
         peer_entries: 1024,
+        identity_entries: 4096,
         cidr_entries: 16_384,
         service_entries: 1024,
         portset_entries: 1024,
