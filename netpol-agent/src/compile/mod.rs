@@ -9,7 +9,7 @@ pub mod ports;
 pub mod prefix;
 pub mod selector;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -175,7 +175,7 @@ struct PodIndex<'a> {
 
 impl<'a> PodIndex<'a> {
     fn new(state: &'a ClusterState) -> Self {
-        let mut identities: BTreeMap<SubjectKey<'a>, Arc<Identity>> = BTreeMap::new();
+        let mut identities: HashMap<SubjectKey<'a>, Arc<Identity>> = HashMap::new();
         let mut by_namespace: BTreeMap<&str, Vec<(Arc<Identity>, &PodInfo)>> = BTreeMap::new();
         let mut pods = Vec::new();
         let mut addresses = BTreeMap::new();
@@ -219,7 +219,7 @@ impl<'a> PodIndex<'a> {
 
 /// Everything about a local pod that its rule sets depend on: pods alike in these get
 /// the same sets, computed once (the replicas of a deployment, say).
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
+#[derive(PartialEq, Eq, Hash)]
 struct SubjectKey<'a> {
     namespace: &'a str,
     labels: &'a crate::state::Labels,
@@ -250,8 +250,8 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
     let mut rules = RuleCache::default();
     // Rule sets by the rules they unite (sorted, deduplicated indexes into `rules`).
     let mut unions: BTreeMap<Vec<usize>, RuleSetRef> = BTreeMap::new();
-    let mut subject_cache: BTreeMap<SubjectKey, (Option<RuleSetRef>, Option<RuleSetRef>)> =
-        BTreeMap::new();
+    let mut subject_cache: HashMap<SubjectKey, (Option<RuleSetRef>, Option<RuleSetRef>)> =
+        HashMap::new();
     let mut endpoints = Vec::new();
     for (pod_ref, pod) in &state.pods {
         if pod.node.as_deref() != Some(node) || !pod.is_policy_subject() {

@@ -303,16 +303,7 @@ impl<M: MapOps> Programmer<M> {
         // 1. Identities get ids; new rule sets are written in full before anything points
         // at them. A set that does not fit is left out; the pods that need it are handled
         // below.
-        for identity in plan.identities.values() {
-            if !self.identity_ids.contains_key(identity) {
-                self.identity_ids
-                    .insert(identity.clone(), self.next_identity);
-                self.next_identity = self
-                    .next_identity
-                    .checked_add(1)
-                    .ok_or(MapError::IdsExhausted("identities"))?;
-            }
-        }
+        let plan_ids = self.identity_ids_of(plan)?;
         for set in &plan.rule_sets {
             if self.sets.contains_key(set) {
                 continue;
@@ -330,7 +321,7 @@ impl<M: MapOps> Programmer<M> {
         }
         // 2. Addresses take their identities; a set that allowed an address more under its
         // earlier identity is renewed, so its connections are decided again.
-        self.write_identities(plan, &mut stats)?;
+        self.write_identities(plan, &plan_ids, &mut stats)?;
         let set_ids: Vec<Option<u32>> = plan
             .rule_sets
             .iter()
@@ -515,10 +506,15 @@ impl<M: MapOps> Programmer<M> {
     /// allowed an address something its new identity is not allowed (a pod relabelled,
     /// or a new pod on a removed pod's address): established connections are only
     /// re-decided when the set id of their pod changes.
-    fn write_identities(&mut self, plan: &Plan, stats: &mut ApplyStats) -> Result<(), MapError> {
+    fn write_identities(
+        &mut self,
+        plan: &Plan,
+        plan_ids: &HashMap<*const Identity, IdentityId>,
+        stats: &mut ApplyStats,
+    ) -> Result<(), MapError> {
         let mut want: BTreeMap<Addr, IdentityId> = BTreeMap::new();
         for (ip, identity) in &plan.identities {
-            if let Some(id) = self.identity_ids.get(identity) {
+            if let Some(id) = plan_ids.get(&Arc::as_ptr(identity)) {
                 want.insert(addr_of(*ip), *id);
             }
         }
@@ -541,13 +537,17 @@ impl<M: MapOps> Programmer<M> {
                 moved.insert((old, *id));
             }
         }
-        for (addr, id) in self.addresses.clone() {
-            if !want.contains_key(&addr) {
-                self.maps.del_identity(addr)?;
-                self.addresses.remove(&addr);
-                self.retired_addresses.insert(addr, id);
-                stats.identities_written += 1;
-            }
+        let gone: Vec<(Addr, IdentityId)> = self
+            .addresses
+            .iter()
+            .filter(|(a, _)| !want.contains_key(a))
+            .map(|(a, i)| (*a, *i))
+            .collect();
+        for (addr, id) in gone {
+            self.maps.del_identity(addr)?;
+            self.addresses.remove(&addr);
+            self.retired_addresses.insert(addr, id);
+            stats.identities_written += 1;
         }
         if moved.is_empty() {
             return Ok(());
@@ -580,6 +580,34 @@ impl<M: MapOps> Programmer<M> {
             }
         }
         Ok(())
+    }
+
+    /// The id of every identity of the plan (new ones get one), by the plan's shared
+    /// `Arc`s: each distinct identity is looked up once, not once per address.
+    fn identity_ids_of(
+        &mut self,
+        plan: &Plan,
+    ) -> Result<HashMap<*const Identity, IdentityId>, MapError> {
+        let mut ids = HashMap::new();
+        for identity in plan.identities.values() {
+            let ptr = Arc::as_ptr(identity);
+            if ids.contains_key(&ptr) {
+                continue;
+            }
+            let id = match self.identity_ids.get(identity) {
+                Some(id) => *id,
+                None => {
+                    let id = self.next_identity;
+                    self.next_identity = id
+                        .checked_add(1)
+                        .ok_or(MapError::IdsExhausted("identities"))?;
+                    self.identity_ids.insert(identity.clone(), id);
+                    id
+                }
+            };
+            ids.insert(ptr, id);
+        }
+        Ok(ids)
     }
 
     /// Identities no address has and no rule set names (their ids are not reused).
