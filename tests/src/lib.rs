@@ -3,6 +3,7 @@
 pub mod apiserver;
 pub mod cases;
 pub mod conformance;
+pub mod decide;
 pub mod flood;
 pub mod generate;
 pub mod held;

@@ -7,8 +7,9 @@ use std::net::IpAddr;
 
 use netpol_agent::compile::compile;
 use netpol_agent::program::memory::MemoryMaps;
-use netpol_agent::program::{Programmer, addr_of};
-use netpol_agent::state::{ClusterState, Protocol};
+use netpol_agent::program::Programmer;
+use netpol_agent::state::ClusterState;
+use netpol_tests::decide::maps_decide;
 use netpol_tests::generate::{self, NODES, PROTOCOLS, Rng};
 use netpol_tests::reference::{self, End};
 
@@ -17,38 +18,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// The datapath's decision for a new connection: egress at the source's node, ingress at
-/// the destination's node, each read from that node's maps.
-fn maps_decide(
-    state: &ClusterState,
-    maps: &BTreeMap<&str, Programmer<MemoryMaps>>,
-    src: &End,
-    dst: &End,
-    protocol: Protocol,
-    port: u16,
-) -> bool {
-    let side = |end: &End| -> Option<(&Programmer<MemoryMaps>, IpAddr)> {
-        let End::Pod(r, ip) = end else { return None };
-        let node = state.pods[r].node.as_deref()?;
-        Some((maps.get(node)?, *ip))
-    };
-    let egress_ok = match side(src) {
-        Some((p, ip)) => match p.maps().endpoints.get(&addr_of(ip)) {
-            Some(ep) => p.maps().allows(ep.egress_set, dst.ip(), protocol, port),
-            None => true,
-        },
-        None => true,
-    };
-    let ingress_ok = match side(dst) {
-        Some((p, ip)) => match p.maps().endpoints.get(&addr_of(ip)) {
-            Some(ep) => p.maps().allows(ep.ingress_set, src.ip(), protocol, port),
-            None => true,
-        },
-        None => true,
-    };
-    egress_ok && ingress_ok
 }
 
 fn random_end(rng: &mut Rng, state: &ClusterState, v4: bool, outside_ok: bool) -> End {

@@ -122,12 +122,17 @@ impl Grant {
     }
 
     /// An IPv6 CIDR never covers IPv4 addresses, even `::/0`, which contains the mapped
-    /// space bit-wise.
+    /// space bit-wise, or `::ffff:10.0.0.0/104`, which lies inside it (IPv6 packets with
+    /// mapped addresses are dropped before any rule): such a block covers nothing.
     pub fn from_net(net: IpNet, except: Vec<Prefix>, ports: PortSpec) -> Self {
         let prefix = Prefix::from_net(net);
         let mut except = except;
         if net.addr().is_ipv6() && prefix.contains(&V4_SPACE) {
             except.push(V4_SPACE);
+        } else if net.addr().is_ipv6() && V4_SPACE.contains(&prefix) {
+            // Its own except: it adds nothing to any address, and is no hole either
+            // (an entry's ports are those of every grant that covers it).
+            except.push(prefix);
         }
         Grant {
             prefix,
@@ -330,6 +335,18 @@ mod tests {
             let fast = union(&grants);
             let reference = union_by_definition(&grants);
             assert_eq!(fast, reference, "grants: {grants:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_blocks_inside_the_mapped_space_cover_nothing() {
+        for cidr in ["::ffff:10.1.0.0/112", "::ffff:10.1.0.7/128"] {
+            let t = union(&[
+                Grant::from_net(net(cidr), vec![], PortSpec::All),
+                Grant::from_net(net("10.0.0.0/8"), vec![], tcp(80)),
+            ]);
+            assert!(!allows(&t, "10.1.0.7", 81), "{cidr}");
+            assert!(allows(&t, "10.1.0.7", 80), "{cidr}: no hole in 10.0.0.0/8");
         }
     }
 
