@@ -15,8 +15,8 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use netpol_agent::compile::{Plan, PolicyError, compile};
-use netpol_agent::program::memory::MemoryMaps;
 use netpol_agent::program::Programmer;
+use netpol_agent::program::memory::MemoryMaps;
 use netpol_agent::state::{ClusterState, ContainerPort, Labels, ObjectRef, PodInfo, Protocol};
 use netpol_tests::decide::maps_decide;
 use netpol_tests::generate::Rng;

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use netpol_agent::compile::compile;
-use netpol_agent::program::memory::MemoryMaps;
 use netpol_agent::program::Programmer;
+use netpol_agent::program::memory::MemoryMaps;
 use netpol_agent::state::ClusterState;
 use netpol_tests::decide::maps_decide;
 use netpol_tests::generate::{self, NODES, PROTOCOLS, Rng};
