@@ -89,3 +89,50 @@ fn compiled_maps_agree_with_the_reference_evaluator() {
     );
     println!("{compared} flows over {clusters} clusters agree ({allowed} allowed)");
 }
+
+/// A case the random clusters reach only by chance: ports one apart in one rule set
+/// (80 and 82) must not merge into a range that allows the port between them.
+#[test]
+fn ports_one_apart_stay_apart() {
+    use netpol_agent::state::{ObjectRef, PodInfo};
+    let mut state = ClusterState::default();
+    for (name, ip, app) in [("a", "10.0.0.1", "client"), ("b", "10.0.0.2", "server")] {
+        state.pods.insert(
+            ObjectRef::new("default", name),
+            PodInfo {
+                labels: [("app".to_string(), app.to_string())].into(),
+                node: Some(NODES[0].to_string()),
+                host_network: false,
+                terminated: false,
+                ips: vec![ip.parse().expect("address")],
+                ports: Vec::new(),
+            },
+        );
+    }
+    let policy = serde_json::json!({
+        "metadata": {"name": "p", "namespace": "default"},
+        "spec": {"podSelector": {"matchLabels": {"app": "server"}},
+                 "ingress": [{"ports": [{"port": 80}]}, {"ports": [{"port": 82}]}]}
+    });
+    state.policies.insert(
+        ObjectRef::new("default", "p"),
+        serde_json::from_value(policy).expect("policy"),
+    );
+    let plan = compile(&state, NODES[0]);
+    let mut p = Programmer::new(MemoryMaps::default(), 100);
+    p.apply(&plan, &BTreeMap::new()).expect("program");
+    let maps = BTreeMap::from([(NODES[0], p)]);
+    let client = End::Pod(
+        ObjectRef::new("default", "a"),
+        "10.0.0.1".parse().expect("ip"),
+    );
+    let server = End::Pod(
+        ObjectRef::new("default", "b"),
+        "10.0.0.2".parse().expect("ip"),
+    );
+    for port in [79, 80, 81, 82, 83] {
+        let want = reference::allowed(&state, &client, &server, PROTOCOLS[0], port);
+        let got = maps_decide(&state, &maps, &client, &server, PROTOCOLS[0], port);
+        assert_eq!(got, want, "TCP {port}");
+    }
+}

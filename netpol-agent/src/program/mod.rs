@@ -195,6 +195,10 @@ pub struct Programmer<M: MapOps> {
     retired_addresses: BTreeMap<Addr, IdentityId>,
     /// Earlier versions of renewed rule sets, deleted once no endpoint points at them.
     superseded: Vec<LoadedSet>,
+    /// Rule sets to write again under a new id (see `write_identities`).
+    pending_renewals: BTreeSet<RuleSet>,
+    /// What `IDENTITIES` held when adopted: identities keep those ids where they can.
+    adopted_identities: BTreeMap<Addr, IdentityId>,
 }
 
 impl<M: MapOps> Programmer<M> {
@@ -244,6 +248,7 @@ impl<M: MapOps> Programmer<M> {
         // New identity ids never alias what the earlier run's rule sets name.
         self.next_identity = self.next_identity.max(max_identity.saturating_add(1));
         self.addresses = e.identities.into_iter().collect();
+        self.adopted_identities = self.addresses.clone();
         self.leftover_peers = e.peers;
         self.leftover_identity_peers = e.identity_peers;
         self.leftover_portsets = e.portsets;
@@ -276,6 +281,8 @@ impl<M: MapOps> Programmer<M> {
             addresses: BTreeMap::new(),
             retired_addresses: BTreeMap::new(),
             superseded: Vec::new(),
+            pending_renewals: BTreeSet::new(),
+            adopted_identities: BTreeMap::new(),
         }
     }
 
@@ -294,6 +301,30 @@ impl<M: MapOps> Programmer<M> {
     /// Writes `plan`. `ifindexes` maps local pods to the host side of their veth; a pod
     /// without one is programmed by address only (enforced once its veth shows up).
     pub fn apply(
+        &mut self,
+        plan: &Plan,
+        ifindexes: &BTreeMap<ObjectRef, u32>,
+    ) -> Result<ApplyStats, MapError> {
+        let mut stats = self.apply_once(plan, ifindexes)?;
+        // A renewal that did not fit may fit now that stale sets are gone: once more, so
+        // a revocation does not wait for the next change.
+        if !self.pending_renewals.is_empty() && stats.rule_sets_removed > 0 {
+            let again = self.apply_once(plan, ifindexes)?;
+            stats.rule_sets_added += again.rule_sets_added;
+            stats.rule_sets_removed += again.rule_sets_removed;
+            stats.peer_entries_written += again.peer_entries_written;
+            stats.endpoints_written += again.endpoints_written;
+            stats.endpoints_removed += again.endpoints_removed;
+            stats.connections_forgotten += again.connections_forgotten;
+            stats.identities_written += again.identities_written;
+            stats.rule_sets_renewed += again.rule_sets_renewed;
+            stats.overflowed = again.overflowed;
+            stats.overflow_error = again.overflow_error;
+        }
+        Ok(stats)
+    }
+
+    fn apply_once(
         &mut self,
         plan: &Plan,
         ifindexes: &BTreeMap<ObjectRef, u32>,
@@ -506,6 +537,10 @@ impl<M: MapOps> Programmer<M> {
     /// allowed an address something its new identity is not allowed (a pod relabelled,
     /// or a new pod on a removed pod's address): established connections are only
     /// re-decided when the set id of their pod changes.
+    ///
+    /// The sets to renew are recorded before any write and kept until renewed, so a
+    /// failed write (a full map) delays a renewal but never loses it. An address whose
+    /// identity does not fit is left without one: pod-selector rules deny it.
     fn write_identities(
         &mut self,
         plan: &Plan,
@@ -518,25 +553,21 @@ impl<M: MapOps> Programmer<M> {
                 want.insert(addr_of(*ip), *id);
             }
         }
-        let mut moved: BTreeSet<(IdentityId, IdentityId)> = BTreeSet::new();
+        // (identity before, identity after; None: the address is left without one).
+        let mut moved: BTreeSet<(IdentityId, Option<IdentityId>)> = BTreeSet::new();
         for (addr, id) in &want {
             let before = self
                 .addresses
                 .get(addr)
-                .or_else(|| self.retired_addresses.get(addr))
-                .copied();
-            if self.addresses.get(addr) != Some(id) {
-                self.maps.set_identity(*addr, *id)?;
-                self.addresses.insert(*addr, *id);
-                stats.identities_written += 1;
-            }
-            self.retired_addresses.remove(addr);
+                .or_else(|| self.retired_addresses.get(addr));
             if let Some(old) = before
-                && old != *id
+                && old != id
             {
-                moved.insert((old, *id));
+                moved.insert((*old, Some(*id)));
             }
         }
+        self.note_renewals(&moved);
+        // Removals first: they make room.
         let gone: Vec<(Addr, IdentityId)> = self
             .addresses
             .iter()
@@ -549,21 +580,63 @@ impl<M: MapOps> Programmer<M> {
             self.retired_addresses.insert(addr, id);
             stats.identities_written += 1;
         }
-        if moved.is_empty() {
-            return Ok(());
+        let mut lost = BTreeSet::new();
+        for (addr, id) in &want {
+            if self.addresses.get(addr) == Some(id) {
+                continue;
+            }
+            match self.maps.set_identity(*addr, *id) {
+                Ok(()) => {
+                    self.addresses.insert(*addr, *id);
+                    self.retired_addresses.remove(addr);
+                }
+                Err(e) => {
+                    // Never left on its old identity: that could allow more.
+                    self.maps.del_identity(*addr)?;
+                    if let Some(old) = self.addresses.remove(addr) {
+                        self.retired_addresses.insert(*addr, old);
+                        lost.insert((old, None));
+                    }
+                    stats.overflow_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+            stats.identities_written += 1;
         }
-        let renew: Vec<RuleSet> = self
-            .sets
-            .iter()
-            .filter(|(_, l)| {
-                moved.iter().any(|(old, new)| {
-                    let before = l.peers.get(old);
-                    before.is_some() && before != l.peers.get(new)
-                })
-            })
-            .map(|(s, _)| s.clone())
-            .collect();
-        for set in renew {
+        self.note_renewals(&lost);
+        self.renew_pending(plan, stats);
+        Ok(())
+    }
+
+    /// Records the loaded sets that allowed an address more before a move.
+    fn note_renewals(&mut self, moved: &BTreeSet<(IdentityId, Option<IdentityId>)>) {
+        if moved.is_empty() {
+            return;
+        }
+        for (set, l) in &self.sets {
+            let less = moved.iter().any(|(old, new)| {
+                let before = l.peers.get(old);
+                before.is_some() && before != new.and_then(|n| l.peers.get(&n))
+            });
+            if less {
+                self.pending_renewals.insert(set.clone());
+            }
+        }
+    }
+
+    /// Writes each pending set again under a new id; what does not fit stays pending.
+    /// Sets the plan still wants go first: the others are on their way out (their pods
+    /// flip to new ids anyway), and must not take the room.
+    fn renew_pending(&mut self, plan: &Plan, stats: &mut ApplyStats) {
+        let wanted: BTreeSet<&RuleSet> = plan.rule_sets.iter().collect();
+        let (mut order, rest): (Vec<RuleSet>, Vec<RuleSet>) =
+            std::mem::take(&mut self.pending_renewals)
+                .into_iter()
+                .partition(|s| wanted.contains(s));
+        order.extend(rest);
+        for set in order {
+            if !self.sets.contains_key(&set) {
+                continue; // gone: its pods flip to other sets anyway
+            }
             match self.write_set(&set) {
                 Ok(loaded) => {
                     stats.rule_sets_renewed += 1;
@@ -572,24 +645,41 @@ impl<M: MapOps> Programmer<M> {
                         self.superseded.push(old);
                     }
                 }
-                // The set keeps its id: new connections follow the new identity, but
-                // established ones are not decided again until it fits.
                 Err(e) => {
                     stats.overflow_error.get_or_insert_with(|| e.to_string());
+                    self.pending_renewals.insert(set);
                 }
             }
         }
-        Ok(())
     }
 
     /// The id of every identity of the plan (new ones get one), by the plan's shared
-    /// `Arc`s: each distinct identity is looked up once, not once per address.
+    /// `Arc`s: each distinct identity is looked up once, not once per address. Rule sets
+    /// may name an identity no address has (yet): it gets an id too. After a restart, an
+    /// identity whose addresses all carry one adopted id keeps it, so the adopted rule
+    /// sets (which name adopted ids) keep deciding as before until pods flip.
     fn identity_ids_of(
         &mut self,
         plan: &Plan,
     ) -> Result<HashMap<*const Identity, IdentityId>, MapError> {
+        let mut adopted_of: HashMap<*const Identity, Option<IdentityId>> = HashMap::new();
+        if !self.adopted_identities.is_empty() {
+            for (ip, identity) in &plan.identities {
+                let carried = self.adopted_identities.get(&addr_of(*ip)).copied();
+                adopted_of
+                    .entry(Arc::as_ptr(identity))
+                    .and_modify(|c| {
+                        if *c != carried {
+                            *c = None;
+                        }
+                    })
+                    .or_insert(carried);
+            }
+        }
+        let mut taken: BTreeSet<IdentityId> = self.identity_ids.values().copied().collect();
+        let named = plan.rule_sets.iter().flat_map(|s| s.peers.keys());
         let mut ids = HashMap::new();
-        for identity in plan.identities.values() {
+        for identity in plan.identities.values().chain(named) {
             let ptr = Arc::as_ptr(identity);
             if ids.contains_key(&ptr) {
                 continue;
@@ -597,16 +687,29 @@ impl<M: MapOps> Programmer<M> {
             let id = match self.identity_ids.get(identity) {
                 Some(id) => *id,
                 None => {
-                    let id = self.next_identity;
-                    self.next_identity = id
-                        .checked_add(1)
-                        .ok_or(MapError::IdsExhausted("identities"))?;
+                    let reuse = adopted_of
+                        .get(&ptr)
+                        .copied()
+                        .flatten()
+                        .filter(|id| !taken.contains(id));
+                    let id = match reuse {
+                        Some(id) => id,
+                        None => {
+                            let id = self.next_identity;
+                            self.next_identity = id
+                                .checked_add(1)
+                                .ok_or(MapError::IdsExhausted("identities"))?;
+                            id
+                        }
+                    };
+                    taken.insert(id);
                     self.identity_ids.insert(identity.clone(), id);
                     id
                 }
             };
             ids.insert(ptr, id);
         }
+        self.adopted_identities.clear();
         Ok(ids)
     }
 
