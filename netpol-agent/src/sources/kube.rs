@@ -193,19 +193,20 @@ where
                     let _ = changed.try_send(());
                     continue;
                 }
+                // The agent is told either way (its status reports the versions it has
+                // seen applied); only a change of the state makes it compile.
                 Ok(Event::Apply(o)) => {
-                    if !take(&mut s, &o) {
-                        continue;
+                    if take(&mut s, &o) {
+                        s.revision += 1;
                     }
                 }
                 Ok(Event::Delete(o)) => {
-                    let removed = (ops.remove)(&mut s.state, &o);
+                    if (ops.remove)(&mut s.state, &o) {
+                        s.revision += 1;
+                    }
                     if let Some(v) = version_of(&o) {
                         let e = s.versions.entry(ops.kind).or_insert(0);
                         *e = (*e).max(v);
-                    }
-                    if !removed {
-                        continue;
                     }
                 }
                 Err(e) => {
@@ -214,7 +215,6 @@ where
                     continue;
                 }
             }
-            s.revision += 1;
             drop(s);
             let _ = changed.try_send(());
         }
