@@ -394,6 +394,32 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Opens client:`sport` -> `to`:80 (TCP, v4) on the client's veth `c`: the SYN passes
+    /// by policy, the SYN-ACK as tracked.
+    #[track_caller]
+    pub fn open_tcp_80(&mut self, c: u32, to: [u8; 4], sport: u16) {
+        self.expect(
+            "SYN",
+            Hook::FromPod,
+            c,
+            &v4(CLIENT4, to, TCP, &tcp(sport, 80, SYN)),
+            PASS,
+            "client",
+            Some(reason::ALLOW_POLICY),
+        );
+        self.expect(
+            "SYN-ACK",
+            Hook::ToPod,
+            c,
+            &v4(to, CLIENT4, TCP, &tcp(80, sport, SYN | ACK)),
+            PASS,
+            "client",
+            Some(reason::ALLOW_TRACKED),
+        );
+    }
+}
+
 pub fn v4a(o: [u8; 4]) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(o))
 }

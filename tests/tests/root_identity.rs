@@ -29,26 +29,9 @@ fn lab() -> (Lab, u32) {
     (lab, i[0])
 }
 
-/// Opens client:41000 -> `to`:80 and sees the reply.
+/// Opens client:41000 -> `to`:80, sees the reply, and acknowledges it.
 fn open(lab: &mut Lab, c: u32, to: [u8; 4]) {
-    lab.expect(
-        "SYN to a server",
-        Hook::FromPod,
-        c,
-        &v4(CLIENT4, to, TCP, &tcp(41000, 80, SYN)),
-        PASS,
-        "client",
-        Some(reason::ALLOW_POLICY),
-    );
-    lab.expect(
-        "SYN-ACK",
-        Hook::ToPod,
-        c,
-        &v4(to, CLIENT4, TCP, &tcp(80, 41000, SYN | ACK)),
-        PASS,
-        "client",
-        Some(reason::ALLOW_TRACKED),
-    );
+    lab.open_tcp_80(c, to, 41000);
     lab.expect(
         "ACK",
         Hook::FromPod,

@@ -85,28 +85,6 @@ fn try_apply(lab: &mut Lab) -> bool {
     lab.pr.apply(&plan, &lab.veths).is_ok()
 }
 
-/// Opens client:`sport` -> `to`:80 (v4) and sees it replied.
-fn open(lab: &mut Lab, c: u32, to: [u8; 4], sport: u16) {
-    lab.expect(
-        "SYN",
-        Hook::FromPod,
-        c,
-        &v4(CLIENT4, to, TCP, &tcp(sport, 80, SYN)),
-        PASS,
-        "client",
-        Some(reason::ALLOW_POLICY),
-    );
-    lab.expect(
-        "SYN-ACK",
-        Hook::ToPod,
-        c,
-        &v4(to, CLIENT4, TCP, &tcp(80, sport, SYN | ACK)),
-        PASS,
-        "client",
-        Some(reason::ALLOW_TRACKED),
-    );
-}
-
 /// Data on client:`sport` -> `to`:80.
 #[track_caller]
 fn data(lab: &mut Lab, what: &str, c: u32, to: [u8; 4], sport: u16, verdict: i32) {
@@ -193,7 +171,7 @@ fn root_identity_attack_finding_renew_that_did_not_fit_is_never_retried() {
     let mut lab = lab_sized(st, &[("client", i[0]), ("other", i[1])], |m| {
         m.peer_entries = 2
     });
-    open(&mut lab, i[0], SERVER4, 41000);
+    lab.open_tcp_80(i[0], SERVER4, 41000);
     relabel(&mut lab.state, "server", "nope");
     let _ = try_apply(&mut lab);
     // Room returns: the other pod's policy goes.
@@ -224,7 +202,7 @@ fn root_identity_attack_finding_identity_map_error_loses_the_renew() {
         .ips = vec![v4a(SERVER4)];
     // client (2) + server + other + replica = 5 addresses: full.
     let mut lab = lab_sized(st, &[("client", i[0])], |m| m.identity_entries = 5);
-    open(&mut lab, i[0], SERVER4, 41000);
+    lab.open_tcp_80(i[0], SERVER4, 41000);
     relabel(&mut lab.state, "server", "nope");
     add(
         &mut lab.state,
@@ -256,7 +234,7 @@ fn root_identity_attack_finding_full_identity_map_blocks_a_revocation_on_pod_chu
     let mut lab = lab_sized(servers_state(), &[("client", i[0])], |m| {
         m.identity_entries = 6
     });
-    open(&mut lab, i[0], SERVER4, 41000);
+    lab.open_tcp_80(i[0], SERVER4, 41000);
     // One remote pod replaced by another, and the client's egress revoked.
     del(&mut lab.state, "replica");
     add(
@@ -336,7 +314,7 @@ fn root_identity_attack_relabel_equal_keeps_less_drops() {
         remote(v4a(NEWCOMER4), &[("app", "server2")]),
     );
     let mut lab = lab_sized(st, &[("client", i[0])], |_| {});
-    open(&mut lab, i[0], SERVER4, 41000);
+    lab.open_tcp_80(i[0], SERVER4, 41000);
     let set = lab
         .pr
         .maps()
@@ -376,7 +354,7 @@ fn root_identity_attack_namespace_label_change_revokes() {
           "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"team": "a"}}, "podSelector": {"matchLabels": {"app": "server"}}}], "ports": [{"port": 80}]}]}"#,
     );
     let mut lab = lab_sized(st, &[("client", i[0])], |_| {});
-    open(&mut lab, i[0], REPLICA4, 41000);
+    lab.open_tcp_80(i[0], REPLICA4, 41000);
     lab.state.namespaces.insert(
         "default".into(),
         [("team".to_string(), "b".to_string())].into(),
@@ -519,7 +497,7 @@ fn root_identity_attack_dual_stack_address_lost_then_reused() {
 fn root_identity_attack_terminated_reuse_drops_same_identity_readd_keeps() {
     let i = netns(&["vc"]);
     let mut lab = lab_sized(servers_state(), &[("client", i[0])], |_| {});
-    open(&mut lab, i[0], REPLICA4, 41000);
+    lab.open_tcp_80(i[0], REPLICA4, 41000);
     let set = lab
         .pr
         .maps()

@@ -13,21 +13,7 @@ fn state(policy_port: u16) -> ClusterState {
         ("b", "10.244.1.3", "server"),
         ("c", "10.244.1.4", "server"),
     ] {
-        s.pods.insert(
-            ObjectRef::new("default", name),
-            PodInfo {
-                labels: [("app".to_string(), app.to_string())].into(),
-                node: Some("n1".into()),
-                host_network: false,
-                terminated: false,
-                ips: vec![ip.parse().unwrap()],
-                ports: vec![ContainerPort {
-                    name: Some("http".into()),
-                    port: 80,
-                    protocol: Protocol::Tcp,
-                }],
-            },
-        );
+        add_pod(&mut s, name, ip, app, "n1");
     }
     let p: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(&format!(
         r#"
@@ -286,12 +272,13 @@ fn m_len(plan: &compile::Plan) -> usize {
     plan.rule_sets.iter().map(|s| s.len()).sum()
 }
 
-fn remote_client(s: &mut ClusterState, name: &str, ip: &str, app: &str) {
+/// A pod of `default` with an `app` label and a named port "http" (TCP 80).
+fn add_pod(s: &mut ClusterState, name: &str, ip: &str, app: &str, node: &str) {
     s.pods.insert(
         ObjectRef::new("default", name),
         PodInfo {
             labels: [("app".to_string(), app.to_string())].into(),
-            node: Some("n2".into()),
+            node: Some(node.into()),
             host_network: false,
             terminated: false,
             ips: vec![ip.parse().unwrap()],
@@ -302,6 +289,10 @@ fn remote_client(s: &mut ClusterState, name: &str, ip: &str, app: &str) {
             }],
         },
     );
+}
+
+fn remote_client(s: &mut ClusterState, name: &str, ip: &str, app: &str) {
+    add_pod(s, name, ip, app, "n2");
 }
 
 fn server_set(p: &Programmer<MemoryMaps>) -> u32 {
