@@ -8,6 +8,7 @@ pub mod flood;
 pub mod generate;
 pub mod held;
 pub mod lab;
+pub mod netbench;
 pub mod rawtcp;
 pub mod reference;
 pub mod sandbox;

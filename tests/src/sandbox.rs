@@ -18,6 +18,7 @@
 //! died, by the next run.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -96,6 +97,9 @@ pub struct Config {
     /// Extra flags for every agent (a scenario's own, e.g. map sizes), before those of
     /// `NETPOL_SANDBOX_AGENT_ARGS`.
     pub agent_args: Vec<String>,
+    /// Whether to run agents at all (false: the same network with nothing enforced, as a
+    /// baseline for the network benchmarks).
+    pub agents: bool,
 }
 
 /// What to remove; shared with the Ctrl-C handler.
@@ -307,7 +311,9 @@ impl Sandbox {
         sb.build_network()?;
         sb.start_servers()?;
         sb.start_api()?;
-        sb.start_agents()?;
+        if cfg.agents {
+            sb.start_agents()?;
+        }
         sb.wait_applied(Duration::from_secs(20))?;
         Ok(sb)
     }
@@ -862,14 +868,19 @@ impl Sandbox {
         &self.dir
     }
 
-    fn probe_command(&self, pod: &str, args: &[&str]) -> Result<Command> {
+    /// `program args...` to run inside a pod's network namespace.
+    pub fn command_in(&self, pod: &str, program: &OsStr, args: &[&str]) -> Result<Command> {
         let place = self.pods.get(pod).ok_or_else(|| anyhow!("no pod {pod}"))?;
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &place.netns])
-            .arg(&self.cfg.probe)
+            .arg(program)
             .args(args)
             .stdin(Stdio::null());
         Ok(c)
+    }
+
+    fn probe_command(&self, pod: &str, args: &[&str]) -> Result<Command> {
+        self.command_in(pod, self.cfg.probe.as_os_str(), args)
     }
 
     /// Runs the probe tool inside a pod (`args` after the binary), waiting for it.
@@ -897,13 +908,21 @@ impl Sandbox {
 
     /// A process serving `args` (probe `serve ...`) inside a pod, for the sandbox's life.
     pub fn serve_in(&mut self, pod: &str, args: &[&str]) -> Result<()> {
-        let place = self.pods.get(pod).ok_or_else(|| anyhow!("no pod {pod}"))?;
         let mut all = vec![self.cfg.probe.to_string_lossy().to_string()];
         all.extend(args.iter().map(|a| a.to_string()));
-        let log = self
-            .dir
-            .join(format!("extra-{}.log", pod.replace('/', "-")));
-        let child = self.spawn_in(&place.netns.clone(), &all, &log)?;
+        self.run_in_background(pod, &all)
+    }
+
+    /// Any program (`argv`) inside a pod, for the sandbox's life; its output goes to a log
+    /// in the sandbox's folder.
+    pub fn run_in_background(&mut self, pod: &str, argv: &[String]) -> Result<()> {
+        let place = self.pods.get(pod).ok_or_else(|| anyhow!("no pod {pod}"))?;
+        let log = self.dir.join(format!(
+            "extra-{}-{}.log",
+            pod.replace('/', "-"),
+            self.servers.len()
+        ));
+        let child = self.spawn_in(&place.netns.clone(), argv, &log)?;
         self.servers.push(child);
         Ok(())
     }

@@ -12,7 +12,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use netpol_agent::state::{ClusterState, ContainerPort, Labels, ObjectRef, PodInfo, Protocol};
-use serde_json::json;
+use serde_json::{Value, json};
 
 pub const NODES: usize = 100;
 pub const POD_PER_NAMESPACE: usize = 100;
@@ -143,4 +143,37 @@ pub fn cluster(generator: Generator, pods: usize) -> Result<ClusterState, serde_
         s.policies.insert(policy_ref(d), p);
     }
     Ok(s)
+}
+
+/// The same cluster (without kube-dns) as API objects for the sandbox's API server, in
+/// creation order. Its addresses are moved to 10.64.0.0/10 and its nodes named
+/// `bulk-node-K`, so that nothing collides with the sandbox's own addresses and no pod is
+/// local to a sandbox node: agents index these pods as peers only.
+pub fn api_objects(generator: Generator, pods: usize) -> Vec<(crate::apiserver::Kind, Value)> {
+    use crate::apiserver::Kind;
+    let mut out = Vec::new();
+    for n in 0..pods.div_ceil(POD_PER_NAMESPACE) {
+        let name = format!("ns-{n}");
+        out.push((
+            Kind::Namespace,
+            json!({"metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}}),
+        ));
+    }
+    for i in 0..pods {
+        let p = pod(i, &app_of(i));
+        let ip = Ipv4Addr::new(10, 64 + (i >> 16) as u8, (i >> 8) as u8, i as u8).to_string();
+        let r = pod_ref(i);
+        out.push((
+            Kind::Pod,
+            json!({"metadata": {"name": r.name, "namespace": r.namespace, "labels": p.labels},
+                   "spec": {"nodeName": format!("bulk-node-{}", i % NODES),
+                            "containers": [{"name": "main", "image": "bulk",
+                                            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
+                   "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}),
+        ));
+    }
+    for d in 0..pods / REPLICAS {
+        out.push((Kind::NetworkPolicy, policy(generator, d, 8080)));
+    }
+    out
 }

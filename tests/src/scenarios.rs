@@ -315,7 +315,7 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "allowed" } else { "blocked" }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -327,11 +327,46 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// being updated (the agent reports the write's resourceVersion as applied) and to the
 /// first packet that gets the new verdict. Prints p50 and p99.
 pub fn latency(cfg: &Config, changes: usize) -> Result<()> {
-    let m = model(vec![
+    let mut sb = Sandbox::start(&client_server(&[("http", 80)]), cfg)?;
+    let p = propagation(&mut sb, changes)?;
+    println!("policy propagation over {changes} changes (allow/deny flips of one ingress rule):");
+    println!(
+        "  API write -> maps updated:        p50 {:6.2} ms   p99 {:6.2} ms   max {:6.2} ms",
+        percentile(&p.to_maps, 0.5),
+        percentile(&p.to_maps, 0.99),
+        percentile(&p.to_maps, 1.0)
+    );
+    println!(
+        "  API write -> first packet enforced: p50 {:6.2} ms   p99 {:6.2} ms   max {:6.2} ms",
+        percentile(&p.to_packet, 0.5),
+        percentile(&p.to_packet, 0.99),
+        percentile(&p.to_packet, 1.0)
+    );
+    println!(
+        "  (maps updated: the agent's status file shows the write's resourceVersion applied; polled every 0.2 ms. First packet: new TCP connections, 5 ms to count as blocked.)"
+    );
+    Ok(())
+}
+
+/// `client` (`app=client`, node-1) and `server` (`app=server`, node-2, serving TCP `ports`).
+pub fn client_server(ports: &[(&str, u16)]) -> Model {
+    model(vec![
         pod("client", "client", &[]),
-        pod("server", "server", &[("http", 80)]),
-    ]);
-    let mut sb = Sandbox::start(&m, cfg)?;
+        pod("server", "server", ports),
+    ])
+}
+
+/// Propagation times of one change each, in ms, sorted.
+pub struct Propagation {
+    /// API write -> the server's agent reports it applied.
+    pub to_maps: Vec<f64>,
+    /// API write -> the first new connection that gets the new verdict.
+    pub to_packet: Vec<f64>,
+}
+
+/// Flips policy `server-in` of a [`client_server`] sandbox `changes` times between
+/// admitting `app=client` and admitting nothing, and measures each change's propagation.
+pub fn propagation(sb: &mut Sandbox, changes: usize) -> Result<Propagation> {
     sb.apply(
         &[policy("server-in", ingress_from("server", None))],
         &BTreeMap::new(),
@@ -390,23 +425,7 @@ pub fn latency(cfg: &Config, changes: usize) -> Result<()> {
     for v in [&mut to_maps, &mut to_packet] {
         v.sort_by(f64::total_cmp);
     }
-    println!("policy propagation over {changes} changes (allow/deny flips of one ingress rule):");
-    println!(
-        "  API write -> maps updated:        p50 {:6.2} ms   p99 {:6.2} ms   max {:6.2} ms",
-        percentile(&to_maps, 0.5),
-        percentile(&to_maps, 0.99),
-        percentile(&to_maps, 1.0)
-    );
-    println!(
-        "  API write -> first packet enforced: p50 {:6.2} ms   p99 {:6.2} ms   max {:6.2} ms",
-        percentile(&to_packet, 0.5),
-        percentile(&to_packet, 0.99),
-        percentile(&to_packet, 1.0)
-    );
-    println!(
-        "  (maps updated: the agent's status file shows the write's resourceVersion applied; polled every 0.2 ms. First packet: new TCP connections, 5 ms to count as blocked.)"
-    );
-    Ok(())
+    Ok(Propagation { to_maps, to_packet })
 }
 
 /// Pods created and deleted at a steady rate for `seconds` while every live pod probes a

@@ -459,13 +459,20 @@ fn bench(json: Option<&Path>) -> Result<()> {
     require_root()?;
     prereqs()?;
     step("bench (release)");
+    // The network part runs the release agent and probe in the sandbox.
     sh(cargo().args([
         "build",
         "--release",
         "-p",
+        "netpol-agent",
+        "--bin",
+        "netpol-agent",
+        "-p",
         "netpol-tests",
         "--bin",
         "netpol-bench",
+        "--bin",
+        "netpol-probe",
     ]))?;
     let mut cmd = Command::new(root().join("target/release/netpol-bench"));
     if let Some(j) = json {

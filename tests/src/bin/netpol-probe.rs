@@ -113,6 +113,17 @@ enum Cmd {
         #[arg(long, default_value_t = 5000)]
         give_up_ms: u64,
     },
+    /// New TCP connections one after another for `duration_ms`, each opened, asked one
+    /// request, answered and closed (netperf's TCP_CRR). Prints a JSON summary with the
+    /// rate.
+    Crr {
+        #[arg(long)]
+        addr: IpAddr,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        duration_ms: u64,
+    },
     /// Connect `attempts` times, each from a new source port.
     Connect {
         #[arg(long)]
@@ -232,6 +243,11 @@ fn main() -> Result<()> {
             },
             Duration::from_millis(duration_ms),
         ),
+        Cmd::Crr {
+            addr,
+            port,
+            duration_ms,
+        } => crr(SocketAddr::new(addr, port), duration_ms),
         Cmd::Stream {
             addr,
             port,
@@ -506,6 +522,34 @@ fn udp_once(how: &Attempt) -> Result<String> {
 }
 
 use flood::retransmits;
+
+fn crr(target: SocketAddr, duration_ms: u64) -> Result<()> {
+    let timeout = Duration::from_secs(1);
+    let start = std::time::Instant::now();
+    let (mut done, mut failed) = (0u64, 0u64);
+    let mut error = None;
+    while start.elapsed() < Duration::from_millis(duration_ms) {
+        let one = traffic::tcp_connect(target, None, timeout).and_then(|s| {
+            let mut c = TcpConn::new(s)?;
+            c.request(0, timeout, 0)?;
+            c.close()
+        });
+        match one {
+            Ok(()) => done += 1,
+            Err(e) => {
+                failed += 1;
+                error = Some(format!("{e:#}"));
+            }
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let out = serde_json::json!({
+        "connections": done, "failed": failed, "seconds": seconds,
+        "per_second": done as f64 / seconds, "error": error,
+    });
+    println!("{out}");
+    Ok(())
+}
 
 fn stream(target: SocketAddr, interval_ms: u64, duration_ms: u64) -> Result<()> {
     use std::io::BufRead;

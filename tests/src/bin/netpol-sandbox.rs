@@ -94,6 +94,7 @@ fn main() -> Result<()> {
         probe_timeout: Duration::from_millis(cli.timeout_ms),
         family: sandbox::Family::parse(&cli.family)?,
         agent_args: Vec::new(),
+        agents: true,
     };
     match cli.cmd {
         Cmd::Conformance { cases } => {

@@ -17,6 +17,8 @@ use netpol_agent::program::kernel::KernelMaps;
 use netpol_common::{
     Addr, EndpointInfo, IFACE_HAS_V4, IfaceInfo, PROTO_TCP, PeerKey, PortRange, PortSet,
 };
+use netpol_tests::netbench;
+use netpol_tests::sandbox::{Config, Family};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -40,6 +42,27 @@ struct Args {
     /// Skip the control-plane part.
     #[arg(long)]
     no_control_plane: bool,
+    /// Skip the network part (the sandbox).
+    #[arg(long)]
+    no_network: bool,
+    /// The agent the network part runs (a release build; default: next to this binary).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// The probe tool the network part runs (default: next to this binary).
+    #[arg(long)]
+    probe: Option<PathBuf>,
+    /// Seconds per network measurement.
+    #[arg(long, default_value_t = 3)]
+    net_seconds: u64,
+    /// Network measurements per sandbox (with agents, without).
+    #[arg(long, default_value_t = 5)]
+    net_rounds: usize,
+    /// Policy changes measured for propagation.
+    #[arg(long, default_value_t = 100)]
+    net_changes: usize,
+    /// Pods in the API server during the propagation measurement.
+    #[arg(long, default_value_t = 10_000)]
+    net_pods: usize,
     /// Internal: run one control-plane case in this process and print its entries as
     /// JSON (each case runs in its own process, so its resident memory is its own).
     #[arg(long, hide = true, num_args = 2, value_names = ["GENERATOR", "PODS"])]
@@ -157,10 +180,13 @@ fn main() -> Result<()> {
     if !args.no_control_plane {
         control_plane::run_all(&args.cp_pods, &mut results)?;
     }
+    if !args.no_network {
+        network(&args, &mut results)?;
+    }
     println!("results:");
-    println!("  {:<34} {:>10}  unit", "name", "value");
+    println!("  {:<34} {:>12}  unit", "name", "value");
     for (name, value, unit) in &results {
-        println!("  {name:<34} {value:>10.1}  {unit}");
+        println!("  {name:<34} {value:>12.3}  {unit}");
     }
     if let Some(path) = &args.json {
         let entries: Vec<_> = results
@@ -171,6 +197,34 @@ fn main() -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         println!("written to {}", path.display());
     }
+    Ok(())
+}
+
+/// The sandbox's throughput, connection rate and propagation (see `netpol_tests::netbench`).
+fn network(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
+    let here = std::env::current_exe().context("locating netpol-bench")?;
+    let dir = here.parent().context("netpol-bench has no folder")?;
+    let path = |given: &Option<PathBuf>, name: &str| {
+        let p = given.clone().unwrap_or_else(|| dir.join(name));
+        p.canonicalize()
+            .with_context(|| format!("{} (build it: cargo build --release)", p.display()))
+    };
+    let cfg = Config {
+        agent: path(&args.agent, "netpol-agent")?,
+        probe: path(&args.probe, "netpol-probe")?,
+        attach_mode: "auto".into(),
+        probe_timeout: Duration::from_millis(1000),
+        family: Family::V4,
+        agent_args: Vec::new(),
+        agents: true,
+    };
+    let options = netbench::Options {
+        seconds: args.net_seconds,
+        rounds: args.net_rounds,
+        changes: args.net_changes,
+        pods: args.net_pods,
+    };
+    results.extend(netbench::run(&cfg, &options)?);
     Ok(())
 }
 
