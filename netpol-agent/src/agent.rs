@@ -48,6 +48,12 @@ pub struct Args {
     #[arg(long, conflicts_with = "policy_dir")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// How the API watchers list: `paged` (consistent, in pages; from the watch cache
+    /// since Kubernetes 1.31), `cached` (resourceVersion=0, one response per kind) or
+    /// `streaming` (WatchList; the API server must enable it).
+    #[arg(long, value_enum, default_value_t = kube_source::ListMode::Paged)]
+    pub list_mode: kube_source::ListMode,
+
     /// Interface where pod traffic leaves the node (repeatable). Default: the interfaces
     /// of the default routes.
     #[arg(long = "uplink")]
@@ -174,7 +180,7 @@ pub async fn run(args: Args) -> Result<()> {
         None => {
             let client = kube_source::client(args.kubeconfig.as_deref()).await?;
             info!("watching the API server");
-            Source::Kube(kube_source::start(client, tx))
+            Source::Kube(kube_source::start(client, args.list_mode, tx))
         }
     };
 

@@ -2,9 +2,11 @@
 //! same `ClusterState`.
 //!
 //! A watcher lists, then watches; when its watch ends, breaks or its resourceVersion is
-//! too old (410 Gone) it relists, and a relist replaces that kind's objects wholesale.
-//! While the API server is away, the watchers retry with backoff and the last known
-//! state stays enforced. Pods are trimmed to what policy needs as they arrive.
+//! too old (410 Gone) it relists, and a relist replaces that kind's objects wholesale
+//! (and costs no compile when it changes nothing). Objects are trimmed to what policy
+//! needs as they arrive, relists included, so a relist holds at most one kind twice in
+//! trimmed form and a page (`--list-mode`) of full objects. While the API server is
+//! away, the watchers retry with backoff and the last known state stays enforced.
 //!
 //! Services' EndpointSlices are not watched: egress is decided on the translated
 //! (backend) address, so the datapath needs only the Service addresses.
@@ -52,6 +54,32 @@ fn lock(s: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
     }
 }
 
+/// How the watchers list (first sync and every relist).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListMode {
+    /// Consistent lists in pages of 500: memory stays bounded by a page, and since
+    /// Kubernetes 1.31 (consistent reads from the watch cache) no list reaches etcd.
+    #[default]
+    Paged,
+    /// `resourceVersion=0`: served from the watch cache on every version, possibly a
+    /// little stale, and in one response (the whole kind at once).
+    Cached,
+    /// Streaming lists (`sendInitialEvents`, the WatchList feature): the initial state
+    /// arrives as watch events from the cache. The API server must have the feature on.
+    Streaming,
+}
+
+impl ListMode {
+    fn config(self) -> watcher::Config {
+        let c = watcher::Config::default();
+        match self {
+            ListMode::Paged => c.page_size(500),
+            ListMode::Cached => c.any_semantic(),
+            ListMode::Streaming => c.streaming_lists(),
+        }
+    }
+}
+
 /// How one kind enters and leaves the state.
 struct KindOps<K> {
     kind: &'static str,
@@ -59,14 +87,25 @@ struct KindOps<K> {
     upsert: fn(&mut ClusterState, &K) -> Result<bool, StateError>,
     /// Whether the state changed.
     remove: fn(&mut ClusterState, &K) -> bool,
-    clear: fn(&mut ClusterState),
+    /// Replaces this kind's objects with those of a relist; whether anything changed.
+    adopt: fn(&mut ClusterState, ClusterState) -> bool,
+    /// A field selector for the watch, if the kind has objects policy never reads.
+    fields: Option<&'static str>,
+}
+
+fn replace_all<T: PartialEq>(current: &mut T, listed: T) -> bool {
+    let changed = *current != listed;
+    *current = listed;
+    changed
 }
 
 /// Starts the watchers; `changed` gets a message after every change (bursts collapse).
-pub fn start(client: Client, changed: mpsc::Sender<()>) -> SharedState {
+pub fn start(client: Client, mode: ListMode, changed: mpsc::Sender<()>) -> SharedState {
     let shared: SharedState = Arc::default();
+    let config = mode.config();
     spawn(
         Api::<Namespace>::all(client.clone()),
+        config.clone(),
         KindOps {
             kind: "Namespace",
             upsert: |s, o| s.upsert_namespace(o),
@@ -76,40 +115,49 @@ pub fn start(client: Client, changed: mpsc::Sender<()>) -> SharedState {
                     .as_ref()
                     .is_some_and(|n| s.namespaces.remove(n).is_some())
             },
-            clear: |s| s.namespaces.clear(),
+            adopt: |s, l| replace_all(&mut s.namespaces, l.namespaces),
+            fields: None,
         },
         shared.clone(),
         changed.clone(),
     );
     spawn(
         Api::<Pod>::all(client.clone()),
+        config.clone(),
         KindOps {
             kind: "Pod",
             upsert: |s, o| s.upsert_pod(o),
             remove: |s, o| object_ref(&o.metadata).is_some_and(|r| s.pods.remove(&r).is_some()),
-            clear: |s| s.pods.clear(),
+            adopt: |s, l| replace_all(&mut s.pods, l.pods),
+            // A finished pod holds no address: the API server leaves it out, and sends a
+            // deletion when a pod finishes.
+            fields: Some("status.phase!=Succeeded,status.phase!=Failed"),
         },
         shared.clone(),
         changed.clone(),
     );
     spawn(
         Api::<Service>::all(client.clone()),
+        config.clone(),
         KindOps {
             kind: "Service",
             upsert: |s, o| s.upsert_service(o),
             remove: |s, o| object_ref(&o.metadata).is_some_and(|r| s.services.remove(&r).is_some()),
-            clear: |s| s.services.clear(),
+            adopt: |s, l| replace_all(&mut s.services, l.services),
+            fields: None,
         },
         shared.clone(),
         changed.clone(),
     );
     spawn(
         Api::<NetworkPolicy>::all(client),
+        config,
         KindOps {
             kind: "NetworkPolicy",
             upsert: |s, o| s.upsert_policy(o),
             remove: |s, o| object_ref(&o.metadata).is_some_and(|r| s.policies.remove(&r).is_some()),
-            clear: |s| s.policies.clear(),
+            adopt: |s, l| replace_all(&mut s.policies, l.policies),
+            fields: None,
         },
         shared.clone(),
         changed,
@@ -121,55 +169,69 @@ fn version_of<K: Resource>(o: &K) -> Option<u64> {
     o.meta().resource_version.as_deref()?.parse().ok()
 }
 
-fn spawn<K>(api: Api<K>, ops: KindOps<K>, shared: SharedState, changed: mpsc::Sender<()>)
-where
+fn name_of<K: Resource>(kind: &str, o: &K) -> String {
+    format!(
+        "{kind} {}",
+        object_ref(o.meta())
+            .map(|r| r.to_string())
+            .unwrap_or_default()
+    )
+}
+
+impl Shared {
+    fn saw_version(&mut self, kind: &'static str, v: Option<u64>) {
+        if let Some(v) = v {
+            let e = self.versions.entry(kind).or_insert(0);
+            *e = (*e).max(v);
+        }
+    }
+}
+
+/// A relist in progress: objects are trimmed into their own state as they arrive (the
+/// full objects are never held), and replace the kind's objects when the list is done.
+#[derive(Default)]
+struct Relist {
+    state: ClusterState,
+    rejected: BTreeMap<String, String>,
+    newest: Option<u64>,
+}
+
+fn spawn<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    ops: KindOps<K>,
+    shared: SharedState,
+    changed: mpsc::Sender<()>,
+) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     tokio::spawn(async move {
         let lister = api.clone();
-        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        let config = match ops.fields {
+            Some(f) => config.fields(f),
+            None => config,
+        };
+        let stream = watcher::watcher(api, config).default_backoff();
         futures::pin_mut!(stream);
-        let mut relist: Option<Vec<K>> = None;
+        let mut relist: Option<Relist> = None;
         while let Some(ev) = stream.next().await {
-            let mut s = lock(&shared);
-            let take = |s: &mut Shared, o: &K| {
-                let name = format!(
-                    "{} {}",
-                    ops.kind,
-                    object_ref(o.meta())
-                        .map(|r| r.to_string())
-                        .unwrap_or_default()
-                );
-                let changed = match (ops.upsert)(&mut s.state, o) {
-                    Ok(changed) => {
-                        s.rejected.remove(&name);
-                        changed
-                    }
-                    Err(e) => {
-                        warn!(object = %name, error = %e, "object not taken in");
-                        s.rejected.insert(name, e.to_string());
-                        false
-                    }
-                };
-                if let Some(v) = version_of(o) {
-                    let e = s.versions.entry(ops.kind).or_insert(0);
-                    *e = (*e).max(v);
-                }
-                changed
-            };
             match ev {
                 Ok(Event::Init) => {
-                    relist = Some(Vec::new());
+                    relist = Some(Relist::default());
                     continue;
                 }
                 Ok(Event::InitApply(o)) => {
-                    if let Some(buf) = relist.as_mut() {
-                        buf.push(o);
+                    if let Some(r) = relist.as_mut() {
+                        if let Err(e) = (ops.upsert)(&mut r.state, &o) {
+                            let name = name_of(ops.kind, &o);
+                            warn!(object = %name, error = %e, "object not taken in");
+                            r.rejected.insert(name, e.to_string());
+                        }
+                        r.newest = r.newest.max(version_of(&o));
                     }
                     continue;
                 }
                 Ok(Event::InitDone) => {
-                    drop(s);
                     // A (re)list shows no deletions, so the newest object version can be
                     // older than what the list covers: ask the collection's version.
                     let listed = lister
@@ -178,44 +240,52 @@ where
                         .ok()
                         .and_then(|l| l.metadata.resource_version)
                         .and_then(|v| v.parse::<u64>().ok());
+                    let r = relist.take().unwrap_or_default();
                     let mut s = lock(&shared);
-                    (ops.clear)(&mut s.state);
-                    for o in relist.take().unwrap_or_default() {
-                        take(&mut s, &o);
+                    let prefix = format!("{} ", ops.kind);
+                    s.rejected.retain(|name, _| !name.starts_with(&prefix));
+                    s.rejected.extend(r.rejected);
+                    if (ops.adopt)(&mut s.state, r.state) {
+                        s.revision += 1;
                     }
-                    s.revision += 1;
-                    if let Some(v) = listed {
-                        let e = s.versions.entry(ops.kind).or_insert(0);
-                        *e = (*e).max(v);
-                    }
+                    s.saw_version(ops.kind, r.newest);
+                    s.saw_version(ops.kind, listed);
                     s.synced.insert(ops.kind);
-                    drop(s);
-                    let _ = changed.try_send(());
-                    continue;
                 }
                 // The agent is told either way (its status reports the versions it has
                 // seen applied); only a change of the state makes it compile.
                 Ok(Event::Apply(o)) => {
-                    if take(&mut s, &o) {
-                        s.revision += 1;
+                    let mut s = lock(&shared);
+                    let name = name_of(ops.kind, &o);
+                    match (ops.upsert)(&mut s.state, &o) {
+                        Ok(changed) => {
+                            s.rejected.remove(&name);
+                            if changed {
+                                s.revision += 1;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(object = %name, error = %e, "object not taken in");
+                            s.rejected.insert(name, e.to_string());
+                        }
                     }
+                    s.saw_version(ops.kind, version_of(&o));
                 }
                 Ok(Event::Delete(o)) => {
+                    let mut s = lock(&shared);
                     if (ops.remove)(&mut s.state, &o) {
                         s.revision += 1;
                     }
-                    if let Some(v) = version_of(&o) {
-                        let e = s.versions.entry(ops.kind).or_insert(0);
-                        *e = (*e).max(v);
-                    }
+                    s.rejected.remove(&name_of(ops.kind, &o));
+                    s.saw_version(ops.kind, version_of(&o));
                 }
                 Err(e) => {
+                    let mut s = lock(&shared);
                     s.watch_errors += 1;
                     warn!(kind = ops.kind, error = %e, "watch failed; retrying, the last known state stays enforced");
                     continue;
                 }
             }
-            drop(s);
             let _ = changed.try_send(());
         }
     });
