@@ -24,6 +24,7 @@ use crate::status::{self, EndpointStatus, Shared, Status};
 #[command(
     name = "netpol-agent",
     version,
+    subcommand_negates_reqs = true,
     about = "Enforces Kubernetes NetworkPolicies on this node with eBPF (TC on pod veths and uplinks).",
     long_about = "Enforces Kubernetes NetworkPolicies on this node with eBPF.\n\n\
 It watches Namespaces, Pods, Services and NetworkPolicies on the API server (or reads them from \
@@ -35,8 +36,8 @@ Needs root (or CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_RESOURCE on older
 )]
 pub struct Args {
     /// Name of this node: pods whose spec.nodeName is this are enforced here.
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: String,
+    #[arg(long, env = "NODE_NAME", required = true)]
+    pub node_name: Option<String>,
 
     /// Read the cluster from this folder of Kubernetes YAML instead of the API server
     /// (demos, offline use).
@@ -98,6 +99,25 @@ pub struct Args {
 
     #[command(flatten)]
     pub map_sizes: MapSizes,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Uninstall: remove every program, link, filter and pin netpol made on this node
+    /// (in this network namespace), so that traffic flows as without netpol. Only for
+    /// removing netpol: a restarted or upgraded agent needs the pins to keep enforcing.
+    Cleanup {
+        /// The agent's --pin-dir.
+        #[arg(long, default_value = "/sys/fs/bpf/netpol")]
+        pin_dir: PathBuf,
+        /// After a successful cleanup, wait for SIGTERM (the uninstall DaemonSet's pods
+        /// stay ready to show that their node is done).
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 /// Where the cluster comes from.
@@ -108,6 +128,8 @@ enum Source {
 
 struct Agent {
     args: Args,
+    /// `--node-name`.
+    node: String,
     source: Source,
     datapath: Datapath,
     programmer: Programmer<KernelMaps>,
@@ -128,6 +150,7 @@ struct Agent {
 }
 
 pub async fn run(args: Args) -> Result<()> {
+    let node = args.node_name.clone().context("--node-name is required")?;
     let pin_dir = (!args.no_pin).then_some(args.pin_dir.as_path());
     let mut datapath = Datapath::load(args.attach_mode, &args.map_sizes, pin_dir)?;
     let mut programmer = Programmer::new(datapath.take_maps()?, sizes::COUNTERS);
@@ -156,10 +179,10 @@ pub async fn run(args: Args) -> Result<()> {
         .maps_mut()
         .set_uplinks(&uplink_indexes)
         .context("programming the uplinks")?;
-    info!(node = %args.node_name, mode = ?datapath.mode(), ?uplinks, "datapath loaded");
+    info!(node = %node, mode = ?datapath.mode(), ?uplinks, "datapath loaded");
 
     let status: Shared = Arc::new(Mutex::new(Status {
-        node: args.node_name.clone(),
+        node: node.clone(),
         attach_mode: format!("{:?}", datapath.mode()).to_lowercase(),
         uplinks: uplinks.clone(),
         ..Default::default()
@@ -185,6 +208,7 @@ pub async fn run(args: Args) -> Result<()> {
     };
 
     let mut agent = Agent {
+        node,
         programmer,
         first_programmed: false,
         source,
@@ -366,7 +390,7 @@ impl Agent {
             Some((key, plan)) if key == self.state_key => plan,
             _ => {
                 let started = std::time::Instant::now();
-                let plan = compile::compile(state, &self.args.node_name);
+                let plan = compile::compile(state, &self.node);
                 tracing::debug!(elapsed = ?started.elapsed(), "compiled");
                 plan
             }

@@ -591,6 +591,65 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Node `i`'s agent's pin directory.
+    pub fn pin_dir(&self, i: usize) -> PathBuf {
+        self.dir.join("bpf").join(node_name(i))
+    }
+
+    /// Runs `netpol-agent cleanup` in node `i`'s network namespace, as the uninstall
+    /// manifests do on a node; returns what it printed.
+    pub fn cleanup_node(&self, i: usize) -> Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.node_ns(i)])
+            .arg(&self.cfg.agent)
+            .arg("cleanup")
+            .arg("--pin-dir")
+            .arg(self.pin_dir(i))
+            .stdin(Stdio::null())
+            .output()
+            .context("running netpol-agent cleanup")?;
+        if !out.status.success() {
+            bail!(
+                "netpol-agent cleanup failed on node {i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// `tc filter` lines of node `i`'s interfaces that run a program of netpol's.
+    pub fn netpol_filters(&self, i: usize) -> Result<Vec<String>> {
+        let ns = self.node_ns(i);
+        let links = Command::new("ip")
+            .args(["-n", &ns, "-o", "link", "show"])
+            .output()
+            .context("listing node links")?;
+        let mut found = Vec::new();
+        for line in String::from_utf8_lossy(&links.stdout).lines() {
+            let Some(name) = line.split(": ").nth(1) else {
+                continue;
+            };
+            let name = name.split('@').next().unwrap_or(name);
+            for dir in ["ingress", "egress"] {
+                let out = Command::new("ip")
+                    .args([
+                        "netns", "exec", &ns, "tc", "filter", "show", "dev", name, dir,
+                    ])
+                    .output()
+                    .context("listing tc filters")?;
+                for f in String::from_utf8_lossy(&out.stdout).lines() {
+                    if ["from_pod", "to_pod", "uplink_egress"]
+                        .iter()
+                        .any(|p| f.contains(&format!("{p}:")) || f.contains(&format!(" {p} ")))
+                    {
+                        found.push(format!("{name} {dir}: {f}"));
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Starts node `i`'s agent again (after `kill_agent`), logging to a new file.
     pub fn restart_agent(&mut self, i: usize) -> Result<()> {
         let n = self.restarts;

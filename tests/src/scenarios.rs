@@ -901,3 +901,59 @@ pub fn flood(cfg: &Config, conntrack_entries: u32, seconds: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Uninstall: with a policy that blocks client->server, the agents are killed (the pins
+/// keep enforcing: still blocked), then `netpol-agent cleanup` runs on every node. After
+/// it no pin, netlink filter or TCX program of netpol's is left, the connection is
+/// allowed as without netpol, and a second cleanup finds nothing.
+pub fn cleanup(cfg: &Config) -> Result<()> {
+    let mut sb = Sandbox::start(&client_server(&[("http", 80)]), cfg)?;
+    sb.apply(
+        &[policy("server-in", ingress_from("server", None))],
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+    )?;
+    if connects(&sb, "default/client", "default/server", 80, 300)? {
+        bail!("client->server was allowed under a deny-all ingress policy");
+    }
+    let before: usize = (0..sb.node_count())
+        .map(|i| sb.netpol_filters(i).map(|f| f.len()))
+        .sum::<Result<usize>>()?;
+    for i in 0..sb.node_count() {
+        sb.kill_agent(i)?;
+    }
+    if connects(&sb, "default/client", "default/server", 80, 300)? {
+        bail!(
+            "client->server was allowed once the agents were killed: the pins should keep enforcing"
+        );
+    }
+    println!(
+        "  agents killed; the pins still enforce (client->server blocked); {before} netlink filters before cleanup"
+    );
+    for i in 0..sb.node_count() {
+        let said = sb.cleanup_node(i)?;
+        println!("  node-{}: {said}", i + 1);
+        if sb.pin_dir(i).exists() {
+            bail!("node-{}: {} still exists", i + 1, sb.pin_dir(i).display());
+        }
+        let left = sb.netpol_filters(i)?;
+        if !left.is_empty() {
+            bail!("node-{}: filters left after cleanup: {left:?}", i + 1);
+        }
+    }
+    if !connects(&sb, "default/client", "default/server", 80, 1000)? {
+        bail!("client->server is still blocked after cleanup");
+    }
+    println!("  after cleanup: client->server allowed, no pins, no filters of netpol's");
+    for i in 0..sb.node_count() {
+        let again = sb.cleanup_node(i)?;
+        if !again.starts_with("removed 0 pinned TCX links, 0 netlink filters, 0 pin directories") {
+            bail!(
+                "node-{}: a second cleanup still found something: {again}",
+                i + 1
+            );
+        }
+    }
+    println!("  a second cleanup finds nothing");
+    Ok(())
+}

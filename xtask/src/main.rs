@@ -170,30 +170,35 @@ fn validates(file: &Path) -> Result<bool> {
     Ok(out.status.success())
 }
 
-fn validate_manifests() -> Result<()> {
-    step("manifests: kubectl kustomize deploy/ | kubernetes-validate --strict");
+/// `kubectl kustomize DIR` (relative to the repository).
+fn kustomize(dir: &str) -> Result<String> {
     let out = Command::new("kubectl")
         .args(["kustomize"])
-        .arg(root().join("deploy"))
+        .arg(root().join(dir))
         .output()
         .context("running kubectl kustomize")?;
     if !out.status.success() {
         bail!(
-            "kubectl kustomize deploy/ failed: {}",
+            "kubectl kustomize {dir}/ failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn validate_manifests() -> Result<()> {
+    step("manifests: kubectl kustomize deploy/ | kubernetes-validate --strict");
     let dir = root().join("target/manifests");
     std::fs::create_dir_all(&dir)?;
+    let rendered_text = kustomize("deploy")?;
     let rendered = dir.join("rendered.yaml");
-    std::fs::write(&rendered, &out.stdout)?;
+    std::fs::write(&rendered, &rendered_text)?;
     if !validates(&rendered)? {
         bail!("the rendered manifests do not validate");
     }
     println!("rendered manifests: valid");
     // The check must be able to fail: the same manifests with one wrong field.
-    let text =
-        String::from_utf8_lossy(&out.stdout).replace("hostNetwork: true", "hostNetwork: \"yes\"");
+    let text = rendered_text.replace("hostNetwork: true", "hostNetwork: \"yes\"");
     let broken = dir.join("broken.yaml");
     std::fs::write(&broken, text)?;
     if validates(&broken)? {
@@ -202,6 +207,12 @@ fn validate_manifests() -> Result<()> {
         );
     }
     println!("the same manifests with hostNetwork: \"yes\": rejected, as they must be");
+    let uninstall = dir.join("uninstall.yaml");
+    std::fs::write(&uninstall, kustomize("deploy/uninstall")?)?;
+    if !validates(&uninstall)? {
+        bail!("the uninstall manifests do not validate");
+    }
+    println!("uninstall manifests: valid");
     for ex in case_files_with(&root().join("deploy/examples"), "yaml")? {
         if !validates(&ex)? {
             bail!("{} does not validate", ex.display());
@@ -420,6 +431,8 @@ fn test() -> Result<()> {
         ("auto", &["restart"][..]),
         ("netlink", &["restart"][..]),
         ("auto", &["api-faults"][..]),
+        ("auto", &["cleanup"][..]),
+        ("netlink", &["cleanup"][..]),
         ("auto", &["churn", "--seconds", "60"][..]),
         ("auto", &["flood"][..]),
     ] {

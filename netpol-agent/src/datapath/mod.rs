@@ -1,6 +1,7 @@
 //! The BPF object: loading it, handing its maps to the programmer, and attaching its
 //! classifiers to pod veths and uplinks.
 
+pub mod cleanup;
 pub mod kernel_conntrack;
 pub mod link_events;
 pub mod node_addrs;
@@ -134,6 +135,45 @@ impl Pins {
     fn netlink_records(&self) -> PathBuf {
         self.dir.join("netlink")
     }
+
+    /// The pinned TCX links: (interface, hook, pin).
+    fn pinned_links(&self) -> Vec<(String, Hook, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("links")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let (iface, prog) = name.rsplit_once('@')?;
+                let hook = Hook::ALL.into_iter().find(|h| h.program() == prog)?;
+                Some((iface.replace(':', "."), hook, e.path()))
+            })
+            .collect()
+    }
+
+    /// The recorded netlink filters: (interface, filter).
+    fn netlink_filters(&self) -> Vec<(String, NlFilter)> {
+        let Ok(entries) = std::fs::read_dir(self.netlink_records()) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let parts: Vec<&str> = name.split('@').collect();
+                let [iface, prog, prio, handle] = parts.as_slice() else {
+                    return None;
+                };
+                let filter = NlFilter {
+                    hook: Hook::ALL.into_iter().find(|h| h.program() == *prog)?,
+                    priority: prio.parse().ok()?,
+                    handle: handle.parse().ok()?,
+                };
+                Some((iface.replace(':', "."), filter))
+            })
+            .collect()
+    }
 }
 
 pub struct Datapath {
@@ -259,45 +299,16 @@ impl Datapath {
         let Some(pins) = self.pins.clone() else {
             return;
         };
-        if let Ok(entries) = std::fs::read_dir(pins.dir.join("links")) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().to_string();
-                let Some((iface, prog)) = name.rsplit_once('@') else {
-                    continue;
-                };
-                let iface = iface.replace(':', ".");
-                let iface = iface.as_str();
-                if let Some(hook) = Hook::ALL.into_iter().find(|h| h.program() == prog) {
-                    let a = self.links.entry(iface.to_string()).or_default();
-                    a.hooks.push(hook);
-                    a.adopted = true;
-                }
-            }
+        for (iface, hook, _) in pins.pinned_links() {
+            let a = self.links.entry(iface).or_default();
+            a.hooks.push(hook);
+            a.adopted = true;
         }
-        if let Ok(entries) = std::fs::read_dir(pins.netlink_records()) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().to_string();
-                let parts: Vec<&str> = name.split('@').collect();
-                let [iface, prog, prio, handle] = parts.as_slice() else {
-                    continue;
-                };
-                let (Some(hook), Ok(priority), Ok(handle)) = (
-                    Hook::ALL.into_iter().find(|h| h.program() == *prog),
-                    prio.parse::<u16>(),
-                    handle.parse::<u32>(),
-                ) else {
-                    continue;
-                };
-                let iface = iface.replace(':', ".");
-                let a = self.links.entry(iface.clone()).or_default();
-                a.hooks.push(hook);
-                a.adopted = true;
-                self.filters.entry(iface).or_default().push(NlFilter {
-                    hook,
-                    priority,
-                    handle,
-                });
-            }
+        for (iface, filter) in pins.netlink_filters() {
+            let a = self.links.entry(iface.clone()).or_default();
+            a.hooks.push(filter.hook);
+            a.adopted = true;
+            self.filters.entry(iface).or_default().push(filter);
         }
     }
 
@@ -551,9 +562,9 @@ impl Datapath {
     }
 }
 
-fn remove_filter(iface: &str, f: NlFilter) {
+/// Whether a filter was there to remove.
+fn remove_filter(iface: &str, f: NlFilter) -> bool {
     use aya::programs::tc::{SchedClassifierLink, TcHandle};
-    // Dropping a link made from the recorded details detaches that filter.
     match SchedClassifierLink::attached(
         iface,
         f.hook.attach_type(),
@@ -561,8 +572,17 @@ fn remove_filter(iface: &str, f: NlFilter) {
         TcHandle::from(f.handle),
         None,
     ) {
-        Ok(link) => drop(link),
-        Err(e) => tracing::debug!(iface, error = %e, "old filter already gone"),
+        Ok(link) => match aya::programs::links::Link::detach(link) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(iface, error = %e, "old filter already gone");
+                false
+            }
+        },
+        Err(e) => {
+            tracing::debug!(iface, error = %e, "old filter's interface is gone");
+            false
+        }
     }
 }
 

@@ -77,6 +77,9 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// Uninstall: agents killed under a deny policy, then `netpol-agent cleanup` on every
+    /// node: nothing of netpol's remains and traffic flows as without it.
+    Cleanup,
     /// Remove namespaces left behind by sandbox runs that were killed.
     Clean,
 }
@@ -115,6 +118,12 @@ fn main() -> Result<()> {
             println!("api-faults: watch drops, 410 Gone, 500s and stalls during policy changes");
             scenarios::api_faults(&cfg)?;
             println!("api-faults: passed");
+            Ok(())
+        }
+        Cmd::Cleanup => {
+            println!("cleanup: netpol-agent cleanup removes everything netpol made on a node");
+            scenarios::cleanup(&cfg)?;
+            println!("cleanup: passed");
             Ok(())
         }
         Cmd::Latency { changes } => scenarios::latency(&cfg, changes),

@@ -94,7 +94,9 @@ fn measure(generator: Generator, pods: usize) -> Result<Vec<Entry>> {
     let mut step = |state: &ClusterState| -> Result<f64> {
         let t = Instant::now();
         let plan = compile(state, LOCAL_NODE);
+        let tc = t.elapsed();
         programmer.apply(&plan, &no_ifaces)?;
+        eprintln!("TIMING compile {:?} apply {:?}", tc, t.elapsed() - tc);
         Ok(t.elapsed().as_secs_f64() * 1000.0)
     };
     let mut out: Vec<Entry> = Vec::new();
