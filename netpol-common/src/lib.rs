@@ -37,6 +37,8 @@ pub mod names {
     pub const PROG_UPLINK: &str = "uplink_egress";
     /// Does nothing: the baseline of the datapath benchmarks.
     pub const PROG_EMPTY: &str = "empty";
+    /// Ends the TC chain with "pass"; only the attach-order tests load it.
+    pub const PROG_PASS_STOP: &str = "pass_stop";
 }
 
 /// Version of the map layout (the types in this crate). Pins live under a directory named

@@ -380,6 +380,14 @@ pub fn empty(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Ends the TC chain with "pass". Never loaded by the agent: the attach-order tests
+/// stand it in for another tool's classifier, which would let everything through if it
+/// ran before netpol's.
+#[classifier]
+pub fn pass_stop(_ctx: TcContext) -> i32 {
+    0 // TC_ACT_OK
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -294,13 +294,23 @@ pub struct Lab {
 impl Lab {
     /// `veths`: (pod name in `default`, ifindex of its host-side veth).
     pub fn new(state: ClusterState, veths: &[(&str, u32)], node: &[IpAddr]) -> Lab {
+        Self::with_mode(state, veths, node, AttachMode::Auto)
+    }
+
+    /// `new`, attaching (when a test attaches) in `mode`.
+    pub fn with_mode(
+        state: ClusterState,
+        veths: &[(&str, u32)],
+        node: &[IpAddr],
+        mode: AttachMode,
+    ) -> Lab {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(
             unsafe { libc::geteuid() },
             0,
             "root_attack tests load BPF: run as root"
         );
-        let mut dp = Datapath::load(AttachMode::Auto, &small_maps(), None).expect("load BPF");
+        let mut dp = Datapath::load(mode, &small_maps(), None).expect("load BPF");
         let maps = dp.take_maps().expect("maps");
         let pr = Programmer::new(maps, sizes::COUNTERS);
         let mut lab = Lab {

@@ -21,7 +21,8 @@ use netpol_common::{names, sizes};
 use crate::program::kernel::KernelMaps;
 
 /// The object built by build.rs from `netpol-ebpf`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpol"));
+/// The BPF object, as built (tests load parts of it on their own).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpol"));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
@@ -469,7 +470,7 @@ impl Datapath {
             && path.exists()
         {
             match PinnedLink::from_pin(path) {
-                Ok(pinned) => {
+                Ok(pinned) if first_is_ours(iface, hook) => {
                     let link = SchedClassifierLink::try_from(FdLink::from(pinned))
                         .context("pinned link is not a TC link")?;
                     let id = prog
@@ -479,13 +480,35 @@ impl Datapath {
                     let _fd: FdLink = prog.take_link(id)?.try_into()?;
                     return Ok(());
                 }
+                Ok(pinned) => {
+                    // Another program was put in front of the earlier run's since: attach
+                    // ours in front, then let the old link go (one of them enforces
+                    // throughout; the old one still runs the earlier run's program).
+                    tracing::warn!(
+                        iface,
+                        program = hook.program(),
+                        "another TCX program runs before netpol's; attaching again in front of it"
+                    );
+                    let options = TcAttachOptions::TcxOrder(LinkOrder::first());
+                    let id = prog.attach_with_options(iface, hook.attach_type(), options)?;
+                    let new: FdLink = prog.take_link(id)?.try_into()?;
+                    let old = pinned
+                        .unpin()
+                        .with_context(|| format!("unpinning {}", path.display()))?;
+                    new.pin(path)
+                        .with_context(|| format!("pinning {}", path.display()))?;
+                    drop(old);
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::warn!(pin = %path.display(), error = %e, "unusable pin; attaching anew");
                     let _ = std::fs::remove_file(path);
                 }
             }
         }
-        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+        // First: a program before ours that ends the chain ("pass") would skip
+        // enforcement. Ours passes with TCX_NEXT, so the programs after it still run.
+        let options = TcAttachOptions::TcxOrder(LinkOrder::first());
         let id = prog.attach_with_options(iface, hook.attach_type(), options)?;
         let link = prog.take_link(id)?;
         match pin {
@@ -646,6 +669,17 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
         .ok_or_else(|| anyhow!("program {name} missing"))?
         .try_into()
         .with_context(|| format!("program {name} is not a classifier"))
+}
+
+/// Whether the first TCX program of the hook is netpol's (by name: an earlier run's
+/// program is another instance of ours). True when that cannot be told.
+fn first_is_ours(iface: &str, hook: Hook) -> bool {
+    match SchedClassifier::query_tcx(iface, hook.attach_type()) {
+        Ok((_, programs)) => programs
+            .first()
+            .is_none_or(|p| p.name_as_str() == Some(hook.program())),
+        Err(_) => true,
+    }
 }
 
 fn tcx_supported() -> bool {
