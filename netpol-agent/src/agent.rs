@@ -130,6 +130,8 @@ struct Agent {
     args: Args,
     /// `--node-name`.
     node: String,
+    /// Remembers the last compile, so changes elsewhere in the cluster cost little.
+    compiler: compile::Compiler,
     source: Source,
     datapath: Datapath,
     programmer: Programmer<KernelMaps>,
@@ -209,6 +211,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     let mut agent = Agent {
         node,
+        compiler: compile::Compiler::default(),
         programmer,
         first_programmed: false,
         source,
@@ -390,7 +393,7 @@ impl Agent {
             Some((key, plan)) if key == self.state_key => plan,
             _ => {
                 let started = std::time::Instant::now();
-                let plan = compile::compile(state, &self.node);
+                let plan = self.compiler.compile(state, &self.node);
                 tracing::debug!(elapsed = ?started.elapsed(), "compiled");
                 plan
             }

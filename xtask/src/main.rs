@@ -502,6 +502,18 @@ fn case_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// (file, original text, mutated text, what the mutation breaks)
 const MUTANTS: &[(&str, &str, &str, &str)] = &[
     (
+        "netpol-agent/src/compile/incremental.rs",
+        "if have == 0 || have + d <= 0 {",
+        "if have == 0 {",
+        "the incremental compile keeps rule sets naming an identity that is gone",
+    ),
+    (
+        "netpol-agent/src/compile/incremental.rs",
+        "if before.is_some_and(local) || after.is_some_and(local) {",
+        "if after.is_some_and(local) {",
+        "a pod leaving this node keeps its endpoint in the incremental plan",
+    ),
+    (
         "netpol-agent/src/compile/prefix.rs",
         "if g.prefix.contains(&p) && !g.except.iter().any(|e| e.contains(&p)) {",
         "if g.prefix.contains(&p) {",
@@ -599,6 +611,8 @@ fn mutants() -> Result<()> {
                     "netpol-tests",
                     "--test",
                     "compile_vs_reference",
+                    "--test",
+                    "compile_incremental",
                 ])
                 .args(extra)
                 .env("AYA_BUILD_SKIP", "1")

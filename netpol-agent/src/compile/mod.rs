@@ -5,6 +5,7 @@
 //! rules look like, and a rule that cannot be compiled allows nothing (it is dropped and
 //! reported in `Plan::errors`).
 
+pub mod incremental;
 pub mod ports;
 pub mod prefix;
 pub mod selector;
@@ -19,6 +20,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::state::{ClusterState, ObjectRef, PodInfo, Protocol};
+pub use incremental::Compiler;
 use ports::{PortSpec, Ports};
 use prefix::{Grant, Prefix};
 use selector::Selector;
@@ -171,11 +173,13 @@ struct PodIndex<'a> {
     by_namespace: BTreeMap<&'a str, Vec<(Arc<Identity>, &'a PodInfo)>>,
     pods: Vec<&'a PodInfo>,
     addresses: BTreeMap<IpAddr, Arc<Identity>>,
+    /// Every identity, with how many pods have it.
+    identities: HashMap<SubjectKey<'a>, (Arc<Identity>, usize)>,
 }
 
 impl<'a> PodIndex<'a> {
     fn new(state: &'a ClusterState) -> Self {
-        let mut identities: HashMap<SubjectKey<'a>, Arc<Identity>> = HashMap::new();
+        let mut identities: HashMap<SubjectKey<'a>, (Arc<Identity>, usize)> = HashMap::new();
         let mut by_namespace: BTreeMap<&str, Vec<(Arc<Identity>, &PodInfo)>> = BTreeMap::new();
         let mut pods = Vec::new();
         let mut addresses = BTreeMap::new();
@@ -189,15 +193,18 @@ impl<'a> PodIndex<'a> {
                 labels: &pod.labels,
                 ports: &pod.ports,
             };
-            let identity = match identities.get(&key) {
-                Some(i) => i.clone(),
+            let identity = match identities.get_mut(&key) {
+                Some((i, n)) => {
+                    *n += 1;
+                    i.clone()
+                }
                 None => {
                     let i = Arc::new(Identity {
                         namespace: r.namespace.clone(),
                         labels: pod.labels.clone(),
                         ports: pod.ports.clone(),
                     });
-                    identities.insert(key, i.clone());
+                    identities.insert(key, (i.clone(), 1));
                     by_namespace
                         .entry(r.namespace.as_str())
                         .or_default()
@@ -213,6 +220,7 @@ impl<'a> PodIndex<'a> {
             by_namespace,
             pods,
             addresses,
+            identities,
         }
     }
 }
@@ -228,6 +236,11 @@ struct SubjectKey<'a> {
 }
 
 pub fn compile(state: &ClusterState, node: &str) -> Plan {
+    compile_counting(state, node).0
+}
+
+/// `compile`, and how many pods have each identity of the plan's universe.
+fn compile_counting(state: &ClusterState, node: &str) -> (Plan, Vec<(Arc<Identity>, usize)>) {
     let mut errors = Vec::new();
     let policies: Vec<CompiledPolicy> = state
         .policies
@@ -361,7 +374,19 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
         }
     }
 
-    let service_ports = state
+    let counts = index.identities.into_values().collect();
+    let plan = Plan {
+        endpoints,
+        rule_sets,
+        service_ports: service_ports(state),
+        identities: index.addresses,
+        errors,
+    };
+    (plan, counts)
+}
+
+fn service_ports(state: &ClusterState) -> BTreeSet<ServicePort> {
+    state
         .services
         .values()
         .flat_map(|s| {
@@ -373,14 +398,7 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
                 })
             })
         })
-        .collect();
-    Plan {
-        endpoints,
-        rule_sets,
-        service_ports,
-        identities: index.addresses,
-        errors,
-    }
+        .collect()
 }
 
 /// Validates what decides which pods a policy isolates. A policy whose own selector or

@@ -1,0 +1,168 @@
+//! The incremental compiler (`Compiler`) against the plain one (`compile`): after every
+//! step of random change sequences, the two plans are equal. The sequences move pods
+//! between nodes, relabel them (often to another pod's labels, so that identities are
+//! shared), reuse each other's addresses, end, and come and go, with an occasional
+//! policy or namespace change. The test also checks that the incremental path was taken
+//! often, so it cannot pass by always compiling in full.
+//! NETPOL_INCR_SEED / NETPOL_INCR_SEQUENCES / NETPOL_INCR_STEPS replay or scale it.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use netpol_agent::compile::{Compiler, compile};
+use netpol_agent::state::{ClusterState, ObjectRef, PodInfo};
+use netpol_tests::generate::{self, NODES, Rng};
+use netpol_tests::scale::{self, Generator};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn random_pod<'a>(rng: &mut Rng, s: &'a ClusterState) -> Option<(&'a ObjectRef, &'a PodInfo)> {
+    let n = s.pods.len();
+    (n > 0).then(|| s.pods.iter().nth(rng.below(n))).flatten()
+}
+
+/// One random change; returns what it did, for the failure message.
+fn mutate(rng: &mut Rng, s: &mut ClusterState, nodes: &[&str], step: usize) -> String {
+    let Some((r, p)) = random_pod(rng, s) else {
+        return "nothing".into();
+    };
+    let (r, mut p) = (r.clone(), p.clone());
+    let other = random_pod(rng, s).map(|(r, p)| (r.clone(), p.clone()));
+    let what = match rng.below(10) {
+        0 => {
+            s.pods.remove(&r);
+            return format!("delete {r}");
+        }
+        1 => {
+            let name = ObjectRef::new(r.namespace.clone(), format!("copy-{step}"));
+            if rng.chance(50) {
+                p.ips = vec![IpAddr::V4(Ipv4Addr::new(
+                    10,
+                    99,
+                    (step >> 8) as u8,
+                    step as u8,
+                ))];
+            }
+            p.node = Some(rng.pick(nodes).to_string());
+            s.pods.insert(name.clone(), p);
+            return format!("add {name} (a copy of {r})");
+        }
+        2 => {
+            p.node = Some(rng.pick(nodes).to_string());
+            "move"
+        }
+        3 | 4 => {
+            if let Some((_, o)) = &other {
+                p.labels = o.labels.clone();
+                p.ports = o.ports.clone();
+            }
+            "take another pod's labels and ports"
+        }
+        5 => {
+            if let Some((_, o)) = &other {
+                p.ips = o.ips.clone();
+            }
+            "take another pod's addresses"
+        }
+        6 => {
+            p.terminated = !p.terminated;
+            "toggle terminated"
+        }
+        7 => {
+            p.host_network = !p.host_network;
+            "toggle host network"
+        }
+        8 => {
+            p.labels
+                .insert("extra".into(), format!("v{}", rng.below(2)));
+            "relabel"
+        }
+        _ => {
+            if rng.chance(50) {
+                if let Some(l) = s.namespaces.values_mut().next() {
+                    l.insert("team".into(), format!("t{}", rng.below(2)));
+                }
+                return "namespace relabelled".into();
+            }
+            if let Some(pol) = s.policies.values_mut().next()
+                && let Some(spec) = pol.spec.as_mut()
+            {
+                spec.ingress = None;
+            }
+            return "a policy's ingress rules removed".into();
+        }
+    };
+    s.pods.insert(r.clone(), p);
+    format!("{what}: {r}")
+}
+
+fn check_sequence(
+    mut s: ClusterState,
+    node: &str,
+    nodes: &[&str],
+    rng: &mut Rng,
+    steps: usize,
+    label: &str,
+) -> (usize, usize) {
+    let mut compiler = Compiler::default();
+    let mut history = Vec::new();
+    let (mut incremental, mut total) = (0, 0);
+    for step in 0..steps {
+        let got = compiler.compile(&s, node);
+        let want = compile(&s, node);
+        assert!(
+            got == want,
+            "{label}, step {step}: the incremental plan differs from a full compile\nchanges so far: {history:#?}\nincremental: {got:#?}\nfull: {want:#?}"
+        );
+        if compiler.last_was_incremental {
+            incremental += 1;
+        }
+        total += 1;
+        history.push(mutate(rng, &mut s, nodes, step));
+    }
+    (incremental, total)
+}
+
+#[test]
+fn incremental_equals_full_on_generated_clusters() {
+    let seed = env_or("NETPOL_INCR_SEED", 1);
+    let sequences = env_or("NETPOL_INCR_SEQUENCES", 300);
+    let steps = env_or("NETPOL_INCR_STEPS", 40) as usize;
+    let (mut incremental, mut total) = (0, 0);
+    for i in 0..sequences {
+        let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(i));
+        let s = generate::cluster(&mut rng);
+        let label = format!("NETPOL_INCR_SEED={seed}, sequence {i}");
+        let (a, b) = check_sequence(s, NODES[0], &NODES, &mut rng, steps, &label);
+        incremental += a;
+        total += b;
+    }
+    println!("{incremental} of {total} plans were incremental");
+    // The first plan of each sequence is always full; most changes are not local.
+    assert!(
+        incremental * 8 >= total,
+        "only {incremental} of {total} plans took the incremental path"
+    );
+}
+
+#[test]
+fn incremental_equals_full_on_a_synthetic_cluster() {
+    let seed = env_or("NETPOL_INCR_SEED", 1);
+    for generator in [Generator::Narrow, Generator::Broad] {
+        let mut rng = Rng::new(seed);
+        let s = scale::cluster(generator, 600).expect("cluster");
+        let nodes: Vec<String> = (0..5).map(|n| format!("node-{n}")).collect();
+        let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        let label = format!("{} 600, NETPOL_INCR_SEED={seed}", generator.name());
+        let (incremental, total) =
+            check_sequence(s, scale::LOCAL_NODE, &nodes, &mut rng, 60, &label);
+        assert!(
+            incremental * 3 >= total,
+            "{label}: only {incremental} of {total} plans took the incremental path"
+        );
+    }
+}
