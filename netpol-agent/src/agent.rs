@@ -399,6 +399,10 @@ impl Agent {
             }
         };
         self.reconcile_plan(&plan, reload);
+        // After the maps are written: what makes the next change cheap.
+        if let Some(state) = &self.state {
+            self.compiler.remember(state, &plan);
+        }
         self.plan = Some((self.state_key.clone(), plan));
     }
 

@@ -6,6 +6,8 @@
 //! the addresses that changed hands are updated: O(changed pods), not O(cluster).
 //! Anything else compiles in full. Either way the plan equals what [`compile`] returns
 //! (`tests/tests/compile_incremental.rs` checks that on random change sequences).
+//!
+//! [`compile`]: super::compile
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -20,9 +22,13 @@ use crate::state::{ClusterState, Labels, ObjectRef, PodInfo};
 /// A change of more pods than this share of the cluster compiles in full (cheaper).
 const MAX_CHANGED_SHARE: usize = 8;
 
+type IdentityCounts = Vec<(Arc<Identity>, usize)>;
+
 #[derive(Default)]
 pub struct Compiler {
     memo: Option<Memo>,
+    /// A full compile's node and identity counts, until `remember` makes them a memo.
+    pending: Option<(String, IdentityCounts)>,
     /// How the last `compile` went: true when it reused the rule sets.
     pub last_was_incremental: bool,
 }
@@ -53,7 +59,20 @@ impl Compiler {
             return memo.plan.clone();
         }
         self.last_was_incremental = false;
+        self.memo = None;
         let (plan, counts) = compile_counting(state, node);
+        self.pending = Some((node.to_string(), counts));
+        plan
+    }
+
+    /// Keeps what a full compile of `state` into `plan` needs for the next change to be
+    /// incremental. It copies the state, so the agent calls it after the maps are
+    /// written: bookkeeping, not part of a change's way to the datapath. Without it the
+    /// next compile is a full one.
+    pub fn remember(&mut self, state: &ClusterState, plan: &Plan) {
+        let Some((node, counts)) = self.pending.take() else {
+            return;
+        };
         let mut holders: HashMap<IpAddr, u32> = HashMap::new();
         for p in state.pods.values().filter(|p| p.is_policy_subject()) {
             for ip in &p.ips {
@@ -61,7 +80,7 @@ impl Compiler {
             }
         }
         self.memo = Some(Memo {
-            node: node.to_string(),
+            node,
             namespaces: state.namespaces.clone(),
             policies: state.policies.clone(),
             pods: state.pods.clone(),
@@ -70,7 +89,6 @@ impl Compiler {
             address_dependent: state.policies.values().any(names_a_port_on_egress),
             plan: plan.clone(),
         });
-        plan
     }
 }
 
