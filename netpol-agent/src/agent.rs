@@ -147,6 +147,9 @@ struct Agent {
     plan: Option<(String, compile::Plan)>,
     versions: BTreeMap<String, u64>,
     first_programmed: bool,
+    /// Isolated local pods without a hooked veth: since when, and whether that was
+    /// logged.
+    unhooked_since: BTreeMap<ObjectRef, (std::time::Instant, bool)>,
     status: Shared,
     uplinks: Vec<String>,
 }
@@ -214,6 +217,7 @@ pub async fn run(args: Args) -> Result<()> {
         compiler: compile::Compiler::default(),
         programmer,
         first_programmed: false,
+        unhooked_since: BTreeMap::new(),
         source,
         datapath,
         state: None,
@@ -498,7 +502,13 @@ impl Agent {
                 }
                 let overflow_error = stats.overflow_error.clone();
                 let changed = wrote || reload;
-                let endpoints = self.endpoint_status(plan, &ifaces);
+                let hooked: BTreeMap<ObjectRef, String> = ifaces
+                    .iter()
+                    .filter(|(pod, _)| ready_ifaces.contains_key(*pod))
+                    .map(|(pod, (name, _))| (pod.clone(), name.clone()))
+                    .collect();
+                self.report_unhooked(plan, &hooked);
+                let endpoints = self.endpoint_status(plan, &hooked);
                 let digest = self.digest.clone();
                 let versions = self.versions.clone();
                 self.update_status(|s| {
@@ -597,10 +607,36 @@ impl Agent {
         }
     }
 
+    /// Warns once about each isolated pod whose veth has stayed unfound or unhooked for
+    /// a while (a new pod's veth may appear after its API object): its own traffic and
+    /// what reaches it from other nodes are not enforced. `/status` (an endpoint without
+    /// an interface) and `netpol_endpoints_unhooked` show every such pod at once.
+    fn report_unhooked(&mut self, plan: &compile::Plan, hooked: &BTreeMap<ObjectRef, String>) {
+        const GRACE: Duration = Duration::from_secs(10);
+        let now = std::time::Instant::now();
+        let mut still = BTreeMap::new();
+        for ep in &plan.endpoints {
+            if hooked.contains_key(&ep.pod) || (ep.ingress.is_none() && ep.egress.is_none()) {
+                continue;
+            }
+            let (since, warned) = self
+                .unhooked_since
+                .get(&ep.pod)
+                .copied()
+                .unwrap_or((now, false));
+            let warn_now = !warned && now.duration_since(since) >= GRACE;
+            if warn_now {
+                warn!(pod = %ep.pod, ips = ?ep.ips, "pod isolated by policy has no hooked veth: its own traffic and traffic from other nodes are not enforced (see /status)");
+            }
+            still.insert(ep.pod.clone(), (since, warned || warn_now));
+        }
+        self.unhooked_since = still;
+    }
+
     fn endpoint_status(
         &self,
         plan: &compile::Plan,
-        ifaces: &BTreeMap<ObjectRef, (String, u32)>,
+        hooked: &BTreeMap<ObjectRef, String>,
     ) -> Vec<EndpointStatus> {
         let ids = self.programmer.endpoint_ids();
         plan.endpoints
@@ -609,7 +645,7 @@ impl Agent {
                 pod: ep.pod.to_string(),
                 id: ids.get(&ep.pod).copied().unwrap_or(0),
                 ips: ep.ips.iter().map(|i| i.to_string()).collect(),
-                interface: ifaces.get(&ep.pod).map(|(n, _)| n.clone()),
+                interface: hooked.get(&ep.pod).cloned(),
                 ingress_isolated: ep.ingress.is_some(),
                 egress_isolated: ep.egress.is_some(),
                 packets: BTreeMap::new(),

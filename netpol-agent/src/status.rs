@@ -109,6 +109,19 @@ impl Status {
             self.endpoints.len(),
             self.rule_sets
         );
+        let unhooked = |isolated: bool| {
+            self.endpoints
+                .iter()
+                .filter(|e| e.interface.is_none())
+                .filter(|e| (e.ingress_isolated || e.egress_isolated) == isolated)
+                .count()
+        };
+        let _ = writeln!(
+            out,
+            "# HELP netpol_endpoints_unhooked Local pods whose veth is not found or not hooked (isolated: policy isolates them, so their own traffic and traffic from other nodes are not enforced).\n# TYPE netpol_endpoints_unhooked gauge\nnetpol_endpoints_unhooked{{isolated=\"true\"}} {}\nnetpol_endpoints_unhooked{{isolated=\"false\"}} {}",
+            unhooked(true),
+            unhooked(false)
+        );
         out
     }
 
@@ -178,5 +191,41 @@ pub async fn serve(listener: TcpListener, status: Shared) {
             );
             let _ = sock.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(pod: &str, interface: Option<&str>, isolated: bool) -> EndpointStatus {
+        EndpointStatus {
+            pod: pod.into(),
+            interface: interface.map(str::to_string),
+            ingress_isolated: isolated,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unhooked_pods_are_counted_by_isolation() {
+        let s = Status {
+            endpoints: vec![
+                endpoint("default/a", Some("veth1"), true),
+                endpoint("default/b", None, true),
+                endpoint("default/c", None, false),
+                endpoint("default/d", None, true),
+            ],
+            ..Default::default()
+        };
+        let text = s.prometheus();
+        assert!(
+            text.contains("netpol_endpoints_unhooked{isolated=\"true\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netpol_endpoints_unhooked{isolated=\"false\"} 1\n"),
+            "{text}"
+        );
     }
 }
