@@ -608,8 +608,8 @@ impl Agent {
     }
 
     /// Warns once about each isolated pod whose veth has stayed unfound or unhooked for
-    /// a while (a new pod's veth may appear after its API object): its own traffic and
-    /// what reaches it from other nodes are not enforced. `/status` (an endpoint without
+    /// a while (a new pod's veth may appear after its API object): nothing judges what
+    /// reaches it. `/status` (an endpoint without
     /// an interface) and `netpol_endpoints_unhooked` show every such pod at once.
     fn report_unhooked(&mut self, plan: &compile::Plan, hooked: &BTreeMap<ObjectRef, String>) {
         const GRACE: Duration = Duration::from_secs(10);
@@ -626,7 +626,7 @@ impl Agent {
                 .unwrap_or((now, false));
             let warn_now = !warned && now.duration_since(since) >= GRACE;
             if warn_now {
-                warn!(pod = %ep.pod, ips = ?ep.ips, "pod isolated by policy has no hooked veth: its own traffic and traffic from other nodes are not enforced (see /status)");
+                warn!(pod = %ep.pod, ips = ?ep.ips, "pod isolated by policy has no hooked veth: what reaches it is not judged (see /status)");
             }
             still.insert(ep.pod.clone(), (since, warned || warn_now));
         }

@@ -118,7 +118,7 @@ impl Status {
         };
         let _ = writeln!(
             out,
-            "# HELP netpol_endpoints_unhooked Local pods whose veth is not found or not hooked (isolated: policy isolates them, so their own traffic and traffic from other nodes are not enforced).\n# TYPE netpol_endpoints_unhooked gauge\nnetpol_endpoints_unhooked{{isolated=\"true\"}} {}\nnetpol_endpoints_unhooked{{isolated=\"false\"}} {}",
+            "# HELP netpol_endpoints_unhooked Local pods whose veth is not found or not hooked (isolated: policy isolates them, and what reaches them is not judged).\n# TYPE netpol_endpoints_unhooked gauge\nnetpol_endpoints_unhooked{{isolated=\"true\"}} {}\nnetpol_endpoints_unhooked{{isolated=\"false\"}} {}",
             unhooked(true),
             unhooked(false)
         );
