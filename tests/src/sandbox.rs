@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use crate::apiserver::{ApiServer, Kind};
 use crate::cases::{Labels, Model};
 
+pub mod cni;
 mod network;
 mod probes;
 
@@ -100,6 +101,9 @@ pub struct Config {
     /// Whether to run agents at all (false: the same network with nothing enforced, as a
     /// baseline for the network benchmarks).
     pub agents: bool,
+    /// The CNI plugin that networks the pods; None: the sandbox's own plumbing (veths
+    /// and /32 host routes, as kindnet makes them).
+    pub cni: Option<cni::Plugin>,
 }
 
 /// What to remove; shared with the Ctrl-C handler.
@@ -379,6 +383,11 @@ impl Sandbox {
             .delete(Kind::Pod, ns, name)
             .ok_or_else(|| anyhow!("pod {key} is not on the API server"))?;
         if let Some(place) = self.pods.remove(key) {
+            if let Some(plugin) = self.cfg.cni
+                && let Err(e) = self.run_cni(plugin, "DEL", place.node, &place.netns, place.v4)
+            {
+                eprintln!("  {e:#}");
+            }
             let _ = Command::new("ip")
                 .args(["netns", "del", &place.netns])
                 .status();

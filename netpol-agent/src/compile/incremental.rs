@@ -16,19 +16,17 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Identity, Plan, compile_counting, service_ports};
+use super::{Identity, Plan, compile, service_ports};
 use crate::state::{ClusterState, Labels, ObjectRef, PodInfo};
 
 /// A change of more pods than this share of the cluster compiles in full (cheaper).
 const MAX_CHANGED_SHARE: usize = 8;
 
-type IdentityCounts = Vec<(Arc<Identity>, usize)>;
-
 #[derive(Default)]
 pub struct Compiler {
     memo: Option<Memo>,
-    /// A full compile's node and identity counts, until `remember` makes them a memo.
-    pending: Option<(String, IdentityCounts)>,
+    /// The node of the last full compile, until `remember` makes a memo of it.
+    pending: Option<String>,
     /// How the last `compile` went: true when it reused the rule sets.
     pub last_was_incremental: bool,
 }
@@ -60,31 +58,48 @@ impl Compiler {
         }
         self.last_was_incremental = false;
         self.memo = None;
-        let (plan, counts) = compile_counting(state, node);
-        self.pending = Some((node.to_string(), counts));
-        plan
+        self.pending = Some(node.to_string());
+        compile(state, node)
     }
 
-    /// Keeps what a full compile of `state` into `plan` needs for the next change to be
-    /// incremental. It copies the state, so the agent calls it after the maps are
-    /// written: bookkeeping, not part of a change's way to the datapath. Without it the
-    /// next compile is a full one.
+    /// Keeps what the next change needs to be incremental, after a full compile of
+    /// `state` into `plan` (the pair `compile` just took and returned; everything is
+    /// recomputed from the two, so a memo never mixes states). It copies the state, so
+    /// the agent calls it after the maps are written: bookkeeping, not part of a
+    /// change's way to the datapath. Without it the next compile is a full one.
     pub fn remember(&mut self, state: &ClusterState, plan: &Plan) {
-        let Some((node, counts)) = self.pending.take() else {
+        let Some(node) = self.pending.take() else {
             return;
         };
+        // The plan's own identity values, so that identities stay shared.
+        let named = plan.rule_sets.iter().flat_map(|s| s.peers.keys());
+        let arcs: HashMap<&Identity, &Arc<Identity>> = plan
+            .identities
+            .values()
+            .chain(named)
+            .map(|a| (&**a, a))
+            .collect();
+        let mut counts: HashMap<Identity, usize> = HashMap::new();
         let mut holders: HashMap<IpAddr, u32> = HashMap::new();
-        for p in state.pods.values().filter(|p| p.is_policy_subject()) {
+        for (r, p) in state.pods.iter().filter(|(_, p)| p.is_policy_subject()) {
+            *counts.entry(identity_of(r, p)).or_default() += 1;
             for ip in &p.ips {
                 *holders.entry(*ip).or_default() += 1;
             }
         }
+        let identities = counts
+            .into_iter()
+            .map(|(id, n)| match arcs.get(&id) {
+                Some(a) => ((*a).clone(), n),
+                None => (Arc::new(id), n),
+            })
+            .collect();
         self.memo = Some(Memo {
             node,
             namespaces: state.namespaces.clone(),
             policies: state.policies.clone(),
             pods: state.pods.clone(),
-            identities: counts.into_iter().collect(),
+            identities,
             holders,
             address_dependent: state.policies.values().any(names_a_port_on_egress),
             plan: plan.clone(),

@@ -173,13 +173,11 @@ struct PodIndex<'a> {
     by_namespace: BTreeMap<&'a str, Vec<(Arc<Identity>, &'a PodInfo)>>,
     pods: Vec<&'a PodInfo>,
     addresses: BTreeMap<IpAddr, Arc<Identity>>,
-    /// Every identity, with how many pods have it.
-    identities: HashMap<SubjectKey<'a>, (Arc<Identity>, usize)>,
 }
 
 impl<'a> PodIndex<'a> {
     fn new(state: &'a ClusterState) -> Self {
-        let mut identities: HashMap<SubjectKey<'a>, (Arc<Identity>, usize)> = HashMap::new();
+        let mut identities: HashMap<SubjectKey<'a>, Arc<Identity>> = HashMap::new();
         let mut by_namespace: BTreeMap<&str, Vec<(Arc<Identity>, &PodInfo)>> = BTreeMap::new();
         let mut pods = Vec::new();
         let mut addresses = BTreeMap::new();
@@ -193,18 +191,15 @@ impl<'a> PodIndex<'a> {
                 labels: &pod.labels,
                 ports: &pod.ports,
             };
-            let identity = match identities.get_mut(&key) {
-                Some((i, n)) => {
-                    *n += 1;
-                    i.clone()
-                }
+            let identity = match identities.get(&key) {
+                Some(i) => i.clone(),
                 None => {
                     let i = Arc::new(Identity {
                         namespace: r.namespace.clone(),
                         labels: pod.labels.clone(),
                         ports: pod.ports.clone(),
                     });
-                    identities.insert(key, (i.clone(), 1));
+                    identities.insert(key, i.clone());
                     by_namespace
                         .entry(r.namespace.as_str())
                         .or_default()
@@ -220,7 +215,6 @@ impl<'a> PodIndex<'a> {
             by_namespace,
             pods,
             addresses,
-            identities,
         }
     }
 }
@@ -236,11 +230,6 @@ struct SubjectKey<'a> {
 }
 
 pub fn compile(state: &ClusterState, node: &str) -> Plan {
-    compile_counting(state, node).0
-}
-
-/// `compile`, and how many pods have each identity of the plan's universe.
-fn compile_counting(state: &ClusterState, node: &str) -> (Plan, Vec<(Arc<Identity>, usize)>) {
     let mut errors = Vec::new();
     let policies: Vec<CompiledPolicy> = state
         .policies
@@ -374,15 +363,13 @@ fn compile_counting(state: &ClusterState, node: &str) -> (Plan, Vec<(Arc<Identit
         }
     }
 
-    let counts = index.identities.into_values().collect();
-    let plan = Plan {
+    Plan {
         endpoints,
         rule_sets,
         service_ports: service_ports(state),
         identities: index.addresses,
         errors,
-    };
-    (plan, counts)
+    }
 }
 
 fn service_ports(state: &ClusterState) -> BTreeSet<ServicePort> {

@@ -188,6 +188,9 @@ pub struct Datapath {
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
+/// The netlink filter preference netpol's filters take: the first.
+const NETLINK_PRIORITY: u16 = 1;
+
 fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
@@ -527,11 +530,45 @@ impl Datapath {
     /// so there is always one in place. Filters outlive the process by design.
     fn attach_netlink(&mut self, iface: &str, hook: Hook) -> Result<()> {
         let prog = classifier(&mut self.ebpf, hook.program())?;
-        let id = prog.attach_with_options(
+        // Preference 1 runs first: the kernel's automatic preference would put us behind
+        // any filter below 32768. Within one preference the newest bpf filter runs first.
+        // A filter of another kind already holding 1 refuses ours there: then the
+        // automatic preference, behind it, and a warning.
+        let first = NlOptions {
+            priority: NETLINK_PRIORITY,
+            ..NlOptions::default()
+        };
+        let id = match prog.attach_with_options(
             iface,
             hook.attach_type(),
-            TcAttachOptions::Netlink(NlOptions::default()),
-        )?;
+            TcAttachOptions::Netlink(first),
+        ) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(
+                    iface,
+                    program = hook.program(),
+                    error = %e,
+                    "cannot attach at preference {NETLINK_PRIORITY}: a filter of another tool holds it and runs before netpol's"
+                );
+                prog.attach_with_options(
+                    iface,
+                    hook.attach_type(),
+                    TcAttachOptions::Netlink(NlOptions::default()),
+                )?
+            }
+        };
+        if tcx_supported()
+            && let Ok((_, before)) = SchedClassifier::query_tcx(iface, hook.attach_type())
+            && !before.is_empty()
+        {
+            tracing::warn!(
+                iface,
+                program = hook.program(),
+                tcx_programs = before.len(),
+                "TCX programs run before netlink filters and one that ends the chain skips netpol's: use --attach-mode tcx (or auto) on this kernel"
+            );
+        }
         let link = prog.take_link(id)?;
         let new = NlFilter {
             hook,

@@ -89,6 +89,9 @@ struct KindOps<K> {
     remove: fn(&mut ClusterState, &K) -> bool,
     /// Replaces this kind's objects with those of a relist; whether anything changed.
     adopt: fn(&mut ClusterState, ClusterState) -> bool,
+    /// Copies an object's entry, if any, from the live state into a relist's: a relisted
+    /// object that is rejected keeps its last good version, as on a watch update.
+    carry: fn(&ClusterState, &mut ClusterState, &K),
     /// A field selector for the watch, if the kind has objects policy never reads.
     fields: Option<&'static str>,
 }
@@ -116,6 +119,13 @@ pub fn start(client: Client, mode: ListMode, changed: mpsc::Sender<()>) -> Share
                     .is_some_and(|n| s.namespaces.remove(n).is_some())
             },
             adopt: |s, l| replace_all(&mut s.namespaces, l.namespaces),
+            carry: |live, relisted, o| {
+                if let Some(n) = o.metadata.name.as_ref()
+                    && let Some(l) = live.namespaces.get(n)
+                {
+                    relisted.namespaces.insert(n.clone(), l.clone());
+                }
+            },
             fields: None,
         },
         shared.clone(),
@@ -129,6 +139,13 @@ pub fn start(client: Client, mode: ListMode, changed: mpsc::Sender<()>) -> Share
             upsert: |s, o| s.upsert_pod(o),
             remove: |s, o| object_ref(&o.metadata).is_some_and(|r| s.pods.remove(&r).is_some()),
             adopt: |s, l| replace_all(&mut s.pods, l.pods),
+            carry: |live, relisted, o| {
+                if let Some(r) = object_ref(&o.metadata)
+                    && let Some(v) = live.pods.get(&r)
+                {
+                    relisted.pods.insert(r, v.clone());
+                }
+            },
             // A finished pod holds no address: the API server leaves it out, and sends a
             // deletion when a pod finishes.
             fields: Some("status.phase!=Succeeded,status.phase!=Failed"),
@@ -144,6 +161,13 @@ pub fn start(client: Client, mode: ListMode, changed: mpsc::Sender<()>) -> Share
             upsert: |s, o| s.upsert_service(o),
             remove: |s, o| object_ref(&o.metadata).is_some_and(|r| s.services.remove(&r).is_some()),
             adopt: |s, l| replace_all(&mut s.services, l.services),
+            carry: |live, relisted, o| {
+                if let Some(r) = object_ref(&o.metadata)
+                    && let Some(v) = live.services.get(&r)
+                {
+                    relisted.services.insert(r, v.clone());
+                }
+            },
             fields: None,
         },
         shared.clone(),
@@ -157,6 +181,13 @@ pub fn start(client: Client, mode: ListMode, changed: mpsc::Sender<()>) -> Share
             upsert: |s, o| s.upsert_policy(o),
             remove: |s, o| object_ref(&o.metadata).is_some_and(|r| s.policies.remove(&r).is_some()),
             adopt: |s, l| replace_all(&mut s.policies, l.policies),
+            carry: |live, relisted, o| {
+                if let Some(r) = object_ref(&o.metadata)
+                    && let Some(v) = live.policies.get(&r)
+                {
+                    relisted.policies.insert(r, v.clone());
+                }
+            },
             fields: None,
         },
         shared.clone(),
@@ -189,11 +220,23 @@ impl Shared {
 
 /// A relist in progress: objects are trimmed into their own state as they arrive (the
 /// full objects are never held), and replace the kind's objects when the list is done.
-#[derive(Default)]
-struct Relist {
+struct Relist<K> {
     state: ClusterState,
     rejected: BTreeMap<String, String>,
+    /// The rejected objects themselves (few): they keep their last good version.
+    rejected_objects: Vec<K>,
     newest: Option<u64>,
+}
+
+impl<K> Default for Relist<K> {
+    fn default() -> Self {
+        Relist {
+            state: ClusterState::default(),
+            rejected: BTreeMap::new(),
+            rejected_objects: Vec::new(),
+            newest: None,
+        }
+    }
 }
 
 fn spawn<K>(
@@ -213,7 +256,7 @@ fn spawn<K>(
         };
         let stream = watcher::watcher(api, config).default_backoff();
         futures::pin_mut!(stream);
-        let mut relist: Option<Relist> = None;
+        let mut relist: Option<Relist<K>> = None;
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(Event::Init) => {
@@ -222,18 +265,22 @@ fn spawn<K>(
                 }
                 Ok(Event::InitApply(o)) => {
                     if let Some(r) = relist.as_mut() {
+                        r.newest = r.newest.max(version_of(&o));
                         if let Err(e) = (ops.upsert)(&mut r.state, &o) {
                             let name = name_of(ops.kind, &o);
                             warn!(object = %name, error = %e, "object not taken in");
                             r.rejected.insert(name, e.to_string());
+                            r.rejected_objects.push(o);
                         }
-                        r.newest = r.newest.max(version_of(&o));
                     }
                     continue;
                 }
                 Ok(Event::InitDone) => {
                     // A (re)list shows no deletions, so the newest object version can be
                     // older than what the list covers: ask the collection's version.
+                    // (That version can be a little newer than the list's snapshot: the
+                    // status may then report a version whose last changes are still on
+                    // their way through the watch. Enforcement is not affected.)
                     let listed = lister
                         .list(&kube::api::ListParams::default().limit(1))
                         .await
@@ -245,7 +292,11 @@ fn spawn<K>(
                     let prefix = format!("{} ", ops.kind);
                     s.rejected.retain(|name, _| !name.starts_with(&prefix));
                     s.rejected.extend(r.rejected);
-                    if (ops.adopt)(&mut s.state, r.state) {
+                    let mut listed_state = r.state;
+                    for o in &r.rejected_objects {
+                        (ops.carry)(&s.state, &mut listed_state, o);
+                    }
+                    if (ops.adopt)(&mut s.state, listed_state) {
                         s.revision += 1;
                     }
                     s.saw_version(ops.kind, r.newest);

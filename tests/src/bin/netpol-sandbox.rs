@@ -28,6 +28,10 @@ struct Cli {
     /// a case embedded in fd00:4::/96).
     #[arg(long, default_value = "ipv4")]
     family: String,
+    /// The CNI plugin that networks the pods: none (the sandbox's own veths and /32
+    /// routes) or ptp (Debian's containernetworking-plugins, with host-local IPAM).
+    #[arg(long, default_value = "none")]
+    cni: String,
     /// How long a probe waits for an answer before calling the connection blocked.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
@@ -98,6 +102,7 @@ fn main() -> Result<()> {
         family: sandbox::Family::parse(&cli.family)?,
         agent_args: Vec::new(),
         agents: true,
+        cni: sandbox::cni::Plugin::parse(&cli.cni)?,
     };
     match cli.cmd {
         Cmd::Conformance { cases } => {

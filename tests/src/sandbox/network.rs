@@ -289,6 +289,24 @@ impl Sandbox {
         let node_ns = self.node_ns(node);
         let pns = self.netns(&format!("p{k}"));
         self.add_netns(&pns)?;
+        if let Some(plugin) = self.cfg.cni {
+            let result = self.run_cni(plugin, "ADD", node, &pns, addr)?;
+            let want = self.fam().addr(addr).to_string();
+            let got: Vec<&str> = result["ips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["address"].as_str())
+                .collect();
+            if !got
+                .iter()
+                .any(|a| a.split('/').next() == Some(want.as_str()))
+            {
+                bail!("the CNI plugin gave {key} {got:?}, not {want}");
+            }
+            self.place_pod(key, k, node, addr, pns);
+            return Ok(());
+        }
         let host_if = format!("vp{k}");
         veth((&host_if, &node_ns, Some(GW_MAC)), ("eth0", &pns, None))?;
         ip(&node_ns, &["link", "set", &host_if, "up"])?;
@@ -319,17 +337,21 @@ impl Sandbox {
             Family::V6 => GW_IP6,
         };
         ip(&pns, &["route", "add", "default", "via", gw, "dev", "eth0"])?;
+        self.place_pod(key, k, node, addr, pns);
+        Ok(())
+    }
+
+    fn place_pod(&mut self, key: &str, k: usize, node: usize, addr: Ipv4Addr, netns: String) {
         self.pods.insert(
             key.to_string(),
             PodPlace {
-                netns: pns,
+                netns,
                 v4: addr,
                 ip: self.fam().addr(addr),
                 node,
             },
         );
         self.next_index = self.next_index.max(k + 1);
-        Ok(())
     }
 
     fn add_service_addresses(&mut self) -> Result<()> {

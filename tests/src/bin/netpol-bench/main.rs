@@ -217,6 +217,7 @@ fn network(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
         family: Family::V4,
         agent_args: Vec::new(),
         agents: true,
+        cni: None,
     };
     let options = netbench::Options {
         seconds: args.net_seconds,
