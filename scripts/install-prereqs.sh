@@ -7,7 +7,7 @@ set -euo pipefail
 log() { printf '[prereqs] %s\n' "$*" >&2; }
 
 LLVM_BIN=/usr/lib/llvm-22/bin
-APT_PKGS=(llvm-22-dev libpolly-22-dev nftables iproute2 musl-tools python3-venv iperf3)
+APT_PKGS=(llvm-22-dev libpolly-22-dev nftables iproute2 musl-tools python3-venv iperf3 containernetworking-plugins)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do

@@ -41,10 +41,15 @@ enum Task {
         /// Address family of the sandbox: ipv4 or ipv6.
         #[arg(long, default_value = "ipv4")]
         family: String,
+        /// What networks the pods: none (the sandbox's own veths and /32 routes) or ptp
+        /// (the reference CNI plugin, invoked as a container runtime does).
+        #[arg(long, default_value = "none")]
+        cni: String,
     },
     /// Everything CI runs: formatting, clippy, unit, property and crafted-packet tests,
     /// the mutation check, every conformance case in the sandbox (IPv4 with TCX and
-    /// netlink attachment, IPv6), and the restart, API-fault and churn scenarios.
+    /// netlink attachment, IPv6, and both families with the ptp CNI plugin), and the
+    /// sandbox scenarios.
     Test,
     /// Policy propagation latency in the sandbox (root): API write -> maps updated, and
     /// -> first packet with the new verdict, over N changes; prints p50 and p99.
@@ -343,6 +348,7 @@ fn main() -> Result<()> {
             cases,
             attach_mode,
             family,
+            cni,
         } => {
             let cases: Vec<String> = cases
                 .iter()
@@ -352,7 +358,7 @@ fn main() -> Result<()> {
                         .map(|p| p.to_string_lossy().to_string())
                 })
                 .collect::<Result<_>>()?;
-            let mut args = vec!["conformance", "--cases"];
+            let mut args = vec!["--cni", cni.as_str(), "conformance", "--cases"];
             args.extend(cases.iter().map(String::as_str));
             sandbox(&args, &attach_mode, &family)
         }
@@ -427,6 +433,18 @@ fn test() -> Result<()> {
             .args(["conformance", "--cases"])
             .args(&cases))?;
     }
+    // The same cases, and the real-network ones, with pods networked by the reference
+    // ptp CNI plugin (invoked as a container runtime invokes it), in both families.
+    let realnet = case_files(&realnet_cases()?)?;
+    for family in ["ipv4", "ipv6"] {
+        step(&format!(
+            "conformance in the sandbox (root): {family}, pods networked by the ptp CNI plugin"
+        ));
+        sh(sandbox_cmd(&bins, "auto", family)
+            .args(["--cni", "ptp", "conformance", "--cases"])
+            .args(&cases)
+            .args(&realnet))?;
+    }
     for (mode, scenario) in [
         ("auto", &["restart"][..]),
         ("netlink", &["restart"][..]),
@@ -444,7 +462,6 @@ fn test() -> Result<()> {
     }
     // Last, the real-network cases (nodes, stray segments, held connections, fragments and
     // path MTU), timed: they must keep CI short.
-    let realnet = case_files(&realnet_cases()?)?;
     let mut failed = Vec::new();
     for (mode, family) in [("auto", "ipv4"), ("auto", "ipv6"), ("netlink", "ipv4")] {
         step(&format!(
