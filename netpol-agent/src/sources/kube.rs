@@ -134,22 +134,7 @@ pub fn start(client: Client, mode: ListMode, changed: mpsc::Sender<()>) -> Share
     spawn(
         Api::<Pod>::all(client.clone()),
         config.clone(),
-        KindOps {
-            kind: "Pod",
-            upsert: |s, o| s.upsert_pod(o),
-            remove: |s, o| object_ref(&o.metadata).is_some_and(|r| s.pods.remove(&r).is_some()),
-            adopt: |s, l| replace_all(&mut s.pods, l.pods),
-            carry: |live, relisted, o| {
-                if let Some(r) = object_ref(&o.metadata)
-                    && let Some(v) = live.pods.get(&r)
-                {
-                    relisted.pods.insert(r, v.clone());
-                }
-            },
-            // A finished pod holds no address: the API server leaves it out, and sends a
-            // deletion when a pod finishes.
-            fields: Some("status.phase!=Succeeded,status.phase!=Failed"),
-        },
+        pod_ops(),
         shared.clone(),
         changed.clone(),
     );
@@ -196,6 +181,25 @@ pub fn start(client: Client, mode: ListMode, changed: mpsc::Sender<()>) -> Share
     shared
 }
 
+fn pod_ops() -> KindOps<Pod> {
+    KindOps {
+        kind: "Pod",
+        upsert: |s, o| s.upsert_pod(o),
+        remove: |s, o| object_ref(&o.metadata).is_some_and(|r| s.pods.remove(&r).is_some()),
+        adopt: |s, l| replace_all(&mut s.pods, l.pods),
+        carry: |live, relisted, o| {
+            if let Some(r) = object_ref(&o.metadata)
+                && let Some(v) = live.pods.get(&r)
+            {
+                relisted.pods.insert(r, v.clone());
+            }
+        },
+        // A finished pod holds no address: the API server leaves it out, and sends a
+        // deletion when a pod finishes.
+        fields: Some("status.phase!=Succeeded,status.phase!=Failed"),
+    }
+}
+
 fn version_of<K: Resource>(o: &K) -> Option<u64> {
     o.meta().resource_version.as_deref()?.parse().ok()
 }
@@ -239,6 +243,89 @@ impl<K> Default for Relist<K> {
     }
 }
 
+/// One kind's watcher events, applied to the shared state. Pure: the tests drive it.
+struct KindWatch<K> {
+    ops: KindOps<K>,
+    relist: Option<Relist<K>>,
+}
+
+impl<K: Resource> KindWatch<K> {
+    fn new(ops: KindOps<K>) -> Self {
+        KindWatch { ops, relist: None }
+    }
+
+    /// Takes one event; `listed` is the collection's version, asked at `InitDone`.
+    /// Returns whether the agent is to be told (it is told of every update, so its status
+    /// reports the versions it has seen applied; only a change of the state makes it
+    /// compile).
+    fn handle(&mut self, shared: &SharedState, ev: Event<K>, listed: Option<u64>) -> bool {
+        let ops = &self.ops;
+        match ev {
+            Event::Init => {
+                self.relist = Some(Relist::default());
+                false
+            }
+            Event::InitApply(o) => {
+                if let Some(r) = self.relist.as_mut() {
+                    r.newest = r.newest.max(version_of(&o));
+                    if let Err(e) = (ops.upsert)(&mut r.state, &o) {
+                        let name = name_of(ops.kind, &o);
+                        warn!(object = %name, error = %e, "object not taken in");
+                        r.rejected.insert(name, e.to_string());
+                        r.rejected_objects.push(o);
+                    }
+                }
+                false
+            }
+            Event::InitDone => {
+                let r = self.relist.take().unwrap_or_default();
+                let mut s = lock(shared);
+                let prefix = format!("{} ", ops.kind);
+                s.rejected.retain(|name, _| !name.starts_with(&prefix));
+                s.rejected.extend(r.rejected);
+                let mut listed_state = r.state;
+                for o in &r.rejected_objects {
+                    (ops.carry)(&s.state, &mut listed_state, o);
+                }
+                if (ops.adopt)(&mut s.state, listed_state) {
+                    s.revision += 1;
+                }
+                s.saw_version(ops.kind, r.newest);
+                s.saw_version(ops.kind, listed);
+                s.synced.insert(ops.kind);
+                true
+            }
+            Event::Apply(o) => {
+                let mut s = lock(shared);
+                let name = name_of(ops.kind, &o);
+                match (ops.upsert)(&mut s.state, &o) {
+                    Ok(changed) => {
+                        s.rejected.remove(&name);
+                        if changed {
+                            s.revision += 1;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(object = %name, error = %e, "object not taken in");
+                        s.rejected.insert(name, e.to_string());
+                    }
+                }
+                s.saw_version(ops.kind, version_of(&o));
+                true
+            }
+            Event::Delete(o) => {
+                let mut s = lock(shared);
+                if (ops.remove)(&mut s.state, &o) {
+                    s.revision += 1;
+                }
+                s.rejected.remove(&name_of(ops.kind, &o));
+                s.saw_version(ops.kind, version_of(&o));
+                true
+            }
+        }
+    }
+}
+
 fn spawn<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -254,90 +341,37 @@ fn spawn<K>(
             Some(f) => config.fields(f),
             None => config,
         };
+        let kind = ops.kind;
+        let mut watch = KindWatch::new(ops);
         let stream = watcher::watcher(api, config).default_backoff();
         futures::pin_mut!(stream);
-        let mut relist: Option<Relist<K>> = None;
         while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(Event::Init) => {
-                    relist = Some(Relist::default());
-                    continue;
-                }
-                Ok(Event::InitApply(o)) => {
-                    if let Some(r) = relist.as_mut() {
-                        r.newest = r.newest.max(version_of(&o));
-                        if let Err(e) = (ops.upsert)(&mut r.state, &o) {
-                            let name = name_of(ops.kind, &o);
-                            warn!(object = %name, error = %e, "object not taken in");
-                            r.rejected.insert(name, e.to_string());
-                            r.rejected_objects.push(o);
-                        }
-                    }
-                    continue;
-                }
-                Ok(Event::InitDone) => {
-                    // A (re)list shows no deletions, so the newest object version can be
-                    // older than what the list covers: ask the collection's version.
-                    // (That version can be a little newer than the list's snapshot: the
-                    // status may then report a version whose last changes are still on
-                    // their way through the watch. Enforcement is not affected.)
-                    let listed = lister
-                        .list(&kube::api::ListParams::default().limit(1))
-                        .await
-                        .ok()
-                        .and_then(|l| l.metadata.resource_version)
-                        .and_then(|v| v.parse::<u64>().ok());
-                    let r = relist.take().unwrap_or_default();
-                    let mut s = lock(&shared);
-                    let prefix = format!("{} ", ops.kind);
-                    s.rejected.retain(|name, _| !name.starts_with(&prefix));
-                    s.rejected.extend(r.rejected);
-                    let mut listed_state = r.state;
-                    for o in &r.rejected_objects {
-                        (ops.carry)(&s.state, &mut listed_state, o);
-                    }
-                    if (ops.adopt)(&mut s.state, listed_state) {
-                        s.revision += 1;
-                    }
-                    s.saw_version(ops.kind, r.newest);
-                    s.saw_version(ops.kind, listed);
-                    s.synced.insert(ops.kind);
-                }
-                // The agent is told either way (its status reports the versions it has
-                // seen applied); only a change of the state makes it compile.
-                Ok(Event::Apply(o)) => {
-                    let mut s = lock(&shared);
-                    let name = name_of(ops.kind, &o);
-                    match (ops.upsert)(&mut s.state, &o) {
-                        Ok(changed) => {
-                            s.rejected.remove(&name);
-                            if changed {
-                                s.revision += 1;
-                            }
-                        }
-                        Err(e) => {
-                            warn!(object = %name, error = %e, "object not taken in");
-                            s.rejected.insert(name, e.to_string());
-                        }
-                    }
-                    s.saw_version(ops.kind, version_of(&o));
-                }
-                Ok(Event::Delete(o)) => {
-                    let mut s = lock(&shared);
-                    if (ops.remove)(&mut s.state, &o) {
-                        s.revision += 1;
-                    }
-                    s.rejected.remove(&name_of(ops.kind, &o));
-                    s.saw_version(ops.kind, version_of(&o));
-                }
+            let ev = match ev {
+                Ok(ev) => ev,
                 Err(e) => {
-                    let mut s = lock(&shared);
-                    s.watch_errors += 1;
-                    warn!(kind = ops.kind, error = %e, "watch failed; retrying, the last known state stays enforced");
+                    lock(&shared).watch_errors += 1;
+                    warn!(kind, error = %e, "watch failed; retrying, the last known state stays enforced");
                     continue;
                 }
+            };
+            // A (re)list shows no deletions, so the newest object version can be older
+            // than what the list covers: ask the collection's version. (That version can
+            // be a little newer than the list's snapshot: the status may then report a
+            // version whose last changes are still on their way through the watch.
+            // Enforcement is not affected.)
+            let listed = if matches!(ev, Event::InitDone) {
+                lister
+                    .list(&kube::api::ListParams::default().limit(1))
+                    .await
+                    .ok()
+                    .and_then(|l| l.metadata.resource_version)
+                    .and_then(|v| v.parse::<u64>().ok())
+            } else {
+                None
+            };
+            if watch.handle(&shared, ev, listed) {
+                let _ = changed.try_send(());
             }
-            let _ = changed.try_send(());
         }
     });
 }
@@ -359,4 +393,102 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Clie
             .context("no Kubernetes configuration (in-cluster, KUBECONFIG or ~/.kube/config); pass --kubeconfig or --policy-dir")?,
     };
     Client::try_from(config).context("creating the Kubernetes client")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ObjectRef;
+
+    fn pod(name: &str, ip: &str, app: &str, rv: u64) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": rv.to_string(),
+                         "labels": {"app": app}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+        }))
+        .expect("a pod")
+    }
+
+    fn relist(w: &mut KindWatch<Pod>, shared: &SharedState, pods: Vec<Pod>, listed: u64) {
+        w.handle(shared, Event::Init, None);
+        for p in pods {
+            w.handle(shared, Event::InitApply(p), None);
+        }
+        assert!(w.handle(shared, Event::InitDone, Some(listed)));
+    }
+
+    fn revision(shared: &SharedState) -> u64 {
+        lock(shared).revision
+    }
+
+    fn app_of(shared: &SharedState, name: &str) -> Option<String> {
+        lock(shared)
+            .state
+            .pods
+            .get(&ObjectRef::new("default", name))
+            .and_then(|p| p.labels.get("app").cloned())
+    }
+
+    #[test]
+    fn a_relist_that_changes_nothing_costs_no_compile() {
+        let shared = SharedState::default();
+        let mut w = KindWatch::new(pod_ops());
+        relist(&mut w, &shared, vec![pod("a", "10.0.0.1", "web", 5)], 7);
+        assert_eq!(revision(&shared), 1);
+        assert!(lock(&shared).synced.contains("Pod"));
+        assert_eq!(lock(&shared).versions.get("Pod"), Some(&7));
+        relist(&mut w, &shared, vec![pod("a", "10.0.0.1", "web", 5)], 9);
+        assert_eq!(revision(&shared), 1, "the same objects again: no compile");
+        // A relist without `a`: it is gone, and that is a change.
+        relist(&mut w, &shared, vec![pod("b", "10.0.0.2", "db", 8)], 10);
+        assert_eq!(revision(&shared), 2);
+        assert_eq!(app_of(&shared, "a"), None);
+        assert_eq!(app_of(&shared, "b").as_deref(), Some("db"));
+    }
+
+    #[test]
+    fn updates_that_change_nothing_tell_the_agent_without_a_compile() {
+        let shared = SharedState::default();
+        let mut w = KindWatch::new(pod_ops());
+        relist(&mut w, &shared, vec![pod("a", "10.0.0.1", "web", 5)], 5);
+        assert!(w.handle(&shared, Event::Apply(pod("a", "10.0.0.1", "web", 6)), None));
+        assert_eq!(revision(&shared), 1);
+        assert_eq!(lock(&shared).versions.get("Pod"), Some(&6));
+        assert!(w.handle(&shared, Event::Apply(pod("a", "10.0.0.1", "api", 7)), None));
+        assert_eq!(revision(&shared), 2);
+        assert!(w.handle(&shared, Event::Delete(pod("a", "10.0.0.1", "api", 8)), None));
+        assert_eq!(revision(&shared), 3);
+        assert_eq!(app_of(&shared, "a"), None);
+    }
+
+    /// A rejected object keeps its last good version whether the bad one comes by watch
+    /// or by relist, and its rejection is reported until a good version or its deletion.
+    #[test]
+    fn a_rejected_object_keeps_its_last_good_version_on_watch_and_relist() {
+        let shared = SharedState::default();
+        let mut w = KindWatch::new(pod_ops());
+        relist(&mut w, &shared, vec![pod("a", "10.0.0.1", "web", 5)], 5);
+        w.handle(&shared, Event::Apply(pod("a", "not-an-ip", "api", 6)), None);
+        assert_eq!(app_of(&shared, "a").as_deref(), Some("web"));
+        assert!(lock(&shared).rejected.contains_key("Pod default/a"));
+
+        relist(&mut w, &shared, vec![pod("a", "not-an-ip", "api", 6)], 6);
+        assert_eq!(
+            app_of(&shared, "a").as_deref(),
+            Some("web"),
+            "a relist dropped the last good version of a rejected object"
+        );
+        assert!(lock(&shared).rejected.contains_key("Pod default/a"));
+
+        relist(&mut w, &shared, vec![pod("a", "10.0.0.1", "api", 7)], 7);
+        assert_eq!(app_of(&shared, "a").as_deref(), Some("api"));
+        assert!(lock(&shared).rejected.is_empty());
+        w.handle(&shared, Event::Apply(pod("a", "bad", "x", 8)), None);
+        w.handle(&shared, Event::Delete(pod("a", "bad", "x", 9)), None);
+        assert!(
+            lock(&shared).rejected.is_empty(),
+            "a deleted object is not reported"
+        );
+    }
 }
