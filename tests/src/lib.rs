@@ -1,6 +1,7 @@
 //! Test support for netpol: the conformance case format, a sandbox cluster built from
 //! network namespaces (needs root), and the runner that checks cases on real packets.
 pub mod apiserver;
+pub mod attach;
 pub mod cases;
 pub mod conformance;
 pub mod decide;

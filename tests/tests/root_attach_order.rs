@@ -6,82 +6,25 @@
 //! namespace made here and removed on drop. Packets go from the pod to an address of the
 //! node's namespace only.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::Command;
-use std::time::Duration;
 
 use aya::programs::tc::{NlOptions, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use netpol_tests::attach::{attach_pass_stop, delivered, pod_behind_v0};
 use netpol_tests::lab::*;
 
-/// A named network namespace, deleted on drop.
-struct PodNetns(String);
-
-impl Drop for PodNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// Runs `f` on a thread inside the named network namespace.
-fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let ns = std::fs::File::open(format!("/run/netns/{name}")).expect("open netns");
-            // SAFETY: setns on a valid fd affects only this (new) thread.
-            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
-}
-
-/// Whether a datagram from the pod reaches the node's listener.
-fn delivered(pod: &str, listener: &UdpSocket, n: u8) -> bool {
-    let to = listener.local_addr().expect("listener address");
-    in_netns(pod, || {
-        let s = UdpSocket::bind("0.0.0.0:0").expect("bind in pod");
-        s.send_to(&[n], to).expect("send from pod");
-    });
-    let mut buf = [0u8; 8];
-    loop {
-        match listener.recv_from(&mut buf) {
-            // An earlier probe's datagram, late: not this one.
-            Ok((1, _)) if buf[0] != n => continue,
-            Ok(_) => return true,
-            Err(_) => return false,
-        }
-    }
-}
-
-/// The other tool's classifier: `pass_stop` from a separate load of the object.
+/// The other tool's classifier, at the end (TCX) or at the kernel's automatic
+/// preference (netlink).
 fn attach_other(iface: &str, mode: AttachMode) -> aya::Ebpf {
     attach_other_at(iface, mode, LinkOrder::default())
 }
 
 fn attach_other_at(iface: &str, mode: AttachMode, at: LinkOrder) -> aya::Ebpf {
-    let mut ebpf = aya::EbpfLoader::new()
-        .load(netpol_agent::datapath::OBJECT)
-        .expect("load the object");
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(netpol_common::names::PROG_PASS_STOP)
-        .expect("pass_stop")
-        .try_into()
-        .expect("classifier");
-    prog.load().expect("load pass_stop");
     let options = match mode {
-        AttachMode::Netlink => {
-            let _ = aya::programs::tc::qdisc_add_clsact(iface);
-            TcAttachOptions::Netlink(NlOptions::default())
-        }
+        AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
         _ => TcAttachOptions::TcxOrder(at),
     };
-    prog.attach_with_options(iface, TcAttachType::Ingress, options)
-        .expect("attach pass_stop");
-    ebpf
+    attach_pass_stop(iface, options)
 }
 
 /// The programs on `iface`'s ingress, in the order they run.
@@ -114,29 +57,7 @@ fn order(iface: &str, mode: AttachMode) -> Vec<String> {
 }
 
 fn run(mode: AttachMode, tag: &str) {
-    let ifs = netns(&["v0"]);
-    let pod = PodNetns(format!("np-order-{}-{tag}", std::process::id()));
-    sh(&["ip", "netns", "add", &pod.0], None);
-    sh(&["ip", "link", "set", "v0p", "netns", &pod.0], None);
-    sh(&["ip", "addr", "add", "10.1.0.1/24", "dev", "v0"], None);
-    sh(&["ip", "link", "set", "v0", "up"], None);
-    sh(&["ip", "link", "set", "lo", "up"], None);
-    sh(&["ip", "addr", "add", "10.2.0.5/32", "dev", "lo"], None);
-    for args in [
-        &["addr", "add", "10.1.0.2/24", "dev", "v0p"][..],
-        &["link", "set", "v0p", "up"],
-        &["link", "set", "lo", "up"],
-        &["route", "add", "default", "via", "10.1.0.1"],
-    ] {
-        let mut all = vec!["ip", "-n", &pod.0];
-        all.extend_from_slice(args);
-        sh(&all, None);
-    }
-    let listener = UdpSocket::bind(SocketAddr::from((Y4, 40000))).expect("listener");
-    listener
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("timeout");
-
+    let (v0, pod, listener) = pod_behind_v0(&format!("order-{tag}"));
     let _other = attach_other("v0", mode);
     assert!(
         delivered(&pod.0, &listener, 1),
@@ -145,7 +66,7 @@ fn run(mode: AttachMode, tag: &str) {
 
     let mut s = base();
     set_policy(&mut s, "client-egress", CLIENT_EGRESS_NONE);
-    let mut lab = Lab::with_mode(s, &[("client", ifs[0])], &[v4a(NODE4)], mode);
+    let mut lab = Lab::with_mode(s, &[("client", v0)], &[v4a(NODE4)], mode);
     lab.dp.attach_pod("v0").expect("attach netpol");
     let ran = order("v0", mode);
     assert_eq!(
