@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::compile;
-use crate::datapath::{self, AttachMode, Datapath, MapSizes, routes};
+use crate::datapath::{self, AttachMode, Datapath, MapSizes, pod_links, routes};
 use crate::program::{Programmer, kernel::KernelMaps};
 use crate::sources::file;
 use crate::sources::kube as kube_source;
@@ -152,6 +152,12 @@ struct Agent {
     unhooked_since: BTreeMap<ObjectRef, (std::time::Instant, bool)>,
     status: Shared,
     uplinks: Vec<String>,
+    /// Each pod's veth at the last reconcile: it keeps the pod should another veth claim
+    /// the same address later.
+    hooked_before: BTreeMap<ObjectRef, String>,
+    /// Veths held drop-all, with the pods whose addresses they claim.
+    quarantined: BTreeMap<String, std::collections::BTreeSet<ObjectRef>>,
+    quarantined_index: std::collections::BTreeSet<u32>,
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -227,6 +233,9 @@ pub async fn run(args: Args) -> Result<()> {
         versions: BTreeMap::new(),
         status,
         uplinks,
+        hooked_before: BTreeMap::new(),
+        quarantined: BTreeMap::new(),
+        quarantined_index: Default::default(),
         args,
     };
     let (link_tx, mut link_changes) = mpsc::channel::<()>(1);
@@ -410,27 +419,81 @@ impl Agent {
         self.plan = Some((self.state_key.clone(), plan));
     }
 
-    /// Attaches, programs and reports `plan`.
-    fn reconcile_plan(&mut self, plan: &compile::Plan, reload: bool) {
-        let host_routes = match routes::host_routes() {
+    /// The veth of each local pod that has one (see `datapath::pod_links`); veths that
+    /// claim a pod they cannot be given go to `self.quarantined`. `None` when the kernel
+    /// could not be read (nothing changes then).
+    fn find_pod_veths(&mut self, plan: &compile::Plan) -> Option<BTreeMap<ObjectRef, (String, u32)>> {
+        let read = || -> std::io::Result<_> {
+            let links = pod_links::links()?;
+            Ok((routes::host_routes()?, pod_links::pod_links(&links)?, links))
+        };
+        let (host_routes, veths, links) = match read() {
             Ok(r) => r,
             Err(e) => {
-                error!(error = %e, "reading routes");
-                return;
+                error!(error = %e, "reading links, addresses and routes");
+                return None;
             }
         };
-        let mut ifaces: BTreeMap<ObjectRef, (String, u32)> = BTreeMap::new();
-        for ep in &plan.endpoints {
-            let Some(name) = ep.ips.iter().find_map(|ip| host_routes.get(ip)) else {
-                continue;
-            };
-            match datapath::ifindex(name) {
+        let pods: Vec<(ObjectRef, Vec<std::net::IpAddr>)> = plan
+            .endpoints
+            .iter()
+            .map(|ep| (ep.pod.clone(), ep.ips.clone()))
+            .collect();
+        let found = pod_links::resolve(&pods, &host_routes, &veths, &self.hooked_before);
+        let index: BTreeMap<&str, u32> = links.iter().map(|l| (l.name.as_str(), l.index)).collect();
+        let mut ifaces = BTreeMap::new();
+        for (pod, name) in found.hooked {
+            match index.get(name.as_str()).copied().map(Ok).unwrap_or_else(|| datapath::ifindex(&name)) {
                 Ok(idx) => {
-                    ifaces.insert(ep.pod.clone(), (name.clone(), idx));
+                    ifaces.insert(pod, (name, idx));
                 }
-                Err(e) => warn!(pod = %ep.pod, iface = %name, error = %e, "interface vanished"),
+                Err(e) => warn!(%pod, iface = %name, error = %e, "interface vanished"),
             }
         }
+        if found.quarantined != self.quarantined {
+            for (name, pods) in &found.quarantined {
+                if self.quarantined.get(name) != Some(pods) {
+                    let pods: Vec<String> = pods.iter().map(ToString::to_string).collect();
+                    warn!(iface = %name, ?pods, "veth claims the address of a pod it cannot be matched to (a pod that sets its own addresses, or an old pod's namespace still holding a reused address): everything it carries is dropped until the claim is resolved");
+                }
+            }
+            for name in self.quarantined.keys() {
+                if !found.quarantined.contains_key(name) {
+                    info!(iface = %name, "veth no longer quarantined");
+                }
+            }
+        }
+        self.quarantined = found
+            .quarantined
+            .into_iter()
+            .filter_map(|(name, pods)| index.get(name.as_str()).map(|_| (name, pods)))
+            .collect();
+        self.quarantined_index = self
+            .quarantined
+            .keys()
+            .filter_map(|n| index.get(n.as_str()).copied())
+            .collect();
+        Some(ifaces)
+    }
+
+    /// Quarantined veths get netpol's programs (they drop what such a veth carries once
+    /// the maps say so).
+    fn hold_quarantined(&mut self) {
+        for name in self.quarantined.keys() {
+            if !self.datapath.is_attached(name)
+                && let Err(e) = self.datapath.attach_pod(name)
+            {
+                error!(iface = %name, error = format!("{e:#}"), "attaching a quarantined veth failed");
+            }
+        }
+        self.programmer.quarantine(self.quarantined_index.clone());
+    }
+
+    /// Attaches, programs and reports `plan`.
+    fn reconcile_plan(&mut self, plan: &compile::Plan, reload: bool) {
+        let Some(ifaces) = self.find_pod_veths(plan) else {
+            return;
+        };
         // Attach before programming the interface map, detach after: a veth never runs
         // our program without knowing its pod... and never keeps it after the pod is gone.
         let mut ready_ifaces = BTreeMap::new();
@@ -446,6 +509,7 @@ impl Agent {
             }
             ready_ifaces.insert(pod.clone(), *idx);
         }
+        self.hold_quarantined();
         self.program_node_addresses();
         let fresh = self.programmer.newly_isolated(plan);
         if !fresh.is_empty() {
@@ -456,6 +520,7 @@ impl Agent {
             .values()
             .map(|(n, _)| n.as_str())
             .chain(self.uplinks.iter().map(String::as_str))
+            .chain(self.quarantined.keys().map(String::as_str))
             .collect();
         let gone: Vec<String> = self
             .datapath
@@ -508,6 +573,12 @@ impl Agent {
                     .map(|(pod, (name, _))| (pod.clone(), name.clone()))
                     .collect();
                 self.report_unhooked(plan, &hooked);
+                self.hooked_before = hooked.clone();
+                let quarantined: BTreeMap<String, Vec<String>> = self
+                    .quarantined
+                    .iter()
+                    .map(|(n, pods)| (n.clone(), pods.iter().map(ToString::to_string).collect()))
+                    .collect();
                 let endpoints = self.endpoint_status(plan, &hooked);
                 let digest = self.digest.clone();
                 let versions = self.versions.clone();
@@ -518,6 +589,7 @@ impl Agent {
                     s.ready = true;
                     s.program_error = None;
                     s.policy_errors = plan.errors.iter().map(|e| e.to_string()).collect();
+                    s.quarantined_interfaces = quarantined;
                     s.rule_sets = plan.rule_sets.len();
                     s.endpoints = endpoints;
                     s.overflow_events += u64::from(!overflowed.is_empty() && overflow_changed);

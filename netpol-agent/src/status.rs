@@ -51,6 +51,9 @@ pub struct Status {
     pub overflow_events: u64,
     pub rule_sets: usize,
     pub uplinks: Vec<String>,
+    /// Veths that claim a local pod's address but cannot be matched to it (interface ->
+    /// the pods they claim): netpol drops everything they carry.
+    pub quarantined_interfaces: BTreeMap<String, Vec<String>>,
     pub endpoints: Vec<EndpointStatus>,
 }
 
@@ -121,6 +124,11 @@ impl Status {
             "# HELP netpol_endpoints_unhooked Local pods whose veth is not found or not hooked (isolated: policy isolates them, and what reaches them is not judged).\n# TYPE netpol_endpoints_unhooked gauge\nnetpol_endpoints_unhooked{{isolated=\"true\"}} {}\nnetpol_endpoints_unhooked{{isolated=\"false\"}} {}",
             unhooked(true),
             unhooked(false)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP netpol_interfaces_quarantined Veths that claim a local pod's address but cannot be matched to it; everything they carry is dropped.\n# TYPE netpol_interfaces_quarantined gauge\nnetpol_interfaces_quarantined {}",
+            self.quarantined_interfaces.len()
         );
         out
     }

@@ -5,6 +5,7 @@ pub mod cleanup;
 pub mod kernel_conntrack;
 pub mod link_events;
 pub mod node_addrs;
+pub mod pod_links;
 pub mod routes;
 
 use std::collections::BTreeMap;

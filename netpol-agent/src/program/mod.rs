@@ -199,6 +199,10 @@ pub struct Programmer<M: MapOps> {
     pending_renewals: BTreeSet<RuleSet>,
     /// What `IDENTITIES` held when adopted: identities keep those ids where they can.
     adopted_identities: BTreeMap<Addr, IdentityId>,
+    /// Veths whose pod cannot be told (see `datapath::pod_links`): they drop everything.
+    quarantined: BTreeSet<u32>,
+    /// The rule set of quarantined veths: an id of its own that never gets an entry.
+    quarantine_set: Option<u32>,
 }
 
 impl<M: MapOps> Programmer<M> {
@@ -283,7 +287,17 @@ impl<M: MapOps> Programmer<M> {
             superseded: Vec::new(),
             pending_renewals: BTreeSet::new(),
             adopted_identities: BTreeMap::new(),
+            quarantined: BTreeSet::new(),
+            quarantine_set: None,
         }
+    }
+
+    /// Veths that carry a claim on a pod's address but cannot be given a pod: from the
+    /// next `apply` on, they know no address and allow nothing, so all they carry is
+    /// dropped (counted on endpoint 0) except neighbour discovery from link-local
+    /// addresses. A veth that is also some pod's in the next plan is that pod's.
+    pub fn quarantine(&mut self, ifindexes: BTreeSet<u32>) {
+        self.quarantined = ifindexes;
     }
 
     pub fn maps(&self) -> &M {
@@ -443,6 +457,25 @@ impl<M: MapOps> Programmer<M> {
             }
             if let Some(ifindex) = ifindexes.get(&ep.pod) {
                 want_ifaces.insert(*ifindex, iface);
+            }
+        }
+        if !self.quarantined.is_empty() {
+            let deny = match self.quarantine_set {
+                Some(id) => id,
+                None => {
+                    let id = self.set_ids.take()?;
+                    // A later run never hands this id to a real set.
+                    self.maps.set_next_ruleset_id(id.saturating_add(1))?;
+                    *self.quarantine_set.insert(id)
+                }
+            };
+            for ifindex in &self.quarantined {
+                want_ifaces.entry(*ifindex).or_insert(IfaceInfo {
+                    endpoint_id: 0,
+                    ingress_set: deny,
+                    egress_set: deny,
+                    ..Default::default()
+                });
             }
         }
         for (addr, info) in &want_endpoints {
