@@ -2,7 +2,7 @@
 
 use netpol_common::{Addr, IFACE_HAS_V4, IFACE_HAS_V6, IfaceInfo};
 
-use crate::maps::is_node;
+use crate::maps::{endpoint, is_node};
 use crate::parse::{self, Icmp, Packet};
 
 #[inline(always)]
@@ -44,11 +44,16 @@ pub fn own_target(iface: &IfaceInfo, p: &Packet) -> bool {
     u128::from_be_bytes(t.0) == 0 || own_address(iface, t) || parse::is_link_local_or_unspecified(t)
 }
 
-/// Where neighbour discovery may go: link-scope multicast, link-local addresses, or the
-/// node (the pod's only neighbour on a routed veth). Anything else is judged by policy.
+/// Where neighbour discovery may go: link-scope multicast, link-local addresses, the
+/// node (a routed veth's only neighbour), or another pod of this node (its neighbour on a
+/// bridged CNI: answers to its solicitations, reachability probes). Anything else, a
+/// remote or external address above all, is judged by policy.
 #[inline(always)]
 pub fn on_link(dst: &Addr) -> bool {
-    is_link_multicast(dst) || parse::is_link_local_or_unspecified(dst) || is_node(dst)
+    is_link_multicast(dst)
+        || parse::is_link_local_or_unspecified(dst)
+        || is_node(dst)
+        || endpoint(dst).is_some()
 }
 
 /// Neighbour discovery towards a pod, as only its link can send it.

@@ -1108,9 +1108,9 @@ fn root_attack2_fin_and_rst_openings_leave_closing_entries() {
     );
 }
 
-/// Neighbour discovery: NS/NA pass only towards link-scope multicast, link-local or node
-/// addresses; the same messages to an off-link address are judged by egress, and an NA
-/// naming another pod's address is spoofing.
+/// Neighbour discovery: NS/NA pass only towards link-scope multicast, link-local, node
+/// or local pod addresses (a bridged pod's neighbours); the same messages to an off-link
+/// address are judged by egress, and an NA naming another pod's address is spoofing.
 #[test]
 fn root_attack2_neighbour_discovery_destinations() {
     let mut s = base();
@@ -1121,6 +1121,7 @@ fn root_attack2_neighbour_discovery_destinations() {
         ("NS to the node's address", ip6("fd00:1::1")),
         ("NS to a link-local address", ip6("fe80::1")),
         ("NS to the solicited-node group", ip6("ff02::1:ff00:1")),
+        ("NS to a pod of the node (its neighbour on a bridge)", ip6("fd00:1::3")),
     ] {
         lab.expect(
             what,
@@ -1140,6 +1141,15 @@ fn root_attack2_neighbour_discovery_destinations() {
         DROP,
         "client",
         Some(reason::DROP_EGRESS),
+    );
+    lab.expect(
+        "NA for its own address to a pod of the node, answering its solicitation",
+        Hook::FromPod,
+        1,
+        &v6(me, ip6("fd00:1::3"), ICMPV6, 255, &nd(136, me, 0x60)),
+        PASS,
+        "client",
+        Some(reason::ALLOW_NEIGHBOUR),
     );
     lab.expect(
         "NA for its own address to an off-link address",

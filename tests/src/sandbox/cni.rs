@@ -22,6 +22,9 @@ pub enum Plugin {
     /// A veth per pod, routed: the node holds a /32 host route to each pod (kindnet's
     /// shape).
     Ptp,
+    /// A veth per pod on a node bridge (`cni0`) that holds the gateway address: pods of
+    /// a node share one L2 segment and the node has no route per pod (flannel's shape).
+    Bridge,
 }
 
 impl Plugin {
@@ -29,13 +32,15 @@ impl Plugin {
         match s {
             "none" | "" => Ok(None),
             "ptp" => Ok(Some(Plugin::Ptp)),
-            other => bail!("unknown CNI plugin {other:?} (expected none or ptp)"),
+            "bridge" => Ok(Some(Plugin::Bridge)),
+            other => bail!("unknown CNI plugin {other:?} (expected none, ptp or bridge)"),
         }
     }
 
     fn name(self) -> &'static str {
         match self {
             Plugin::Ptp => "ptp",
+            Plugin::Bridge => "bridge",
         }
     }
 }
@@ -52,7 +57,7 @@ impl Sandbox {
             Family::V4 => "0.0.0.0/0",
             Family::V6 => "::/0",
         };
-        json!({
+        let mut config = json!({
             "cniVersion": "1.0.0",
             "name": "sandbox",
             "type": plugin.name(),
@@ -64,7 +69,16 @@ impl Sandbox {
                              "gateway": gateway}]],
                 "routes": [{"dst": default}],
             },
-        })
+        });
+        if plugin == Plugin::Bridge {
+            // As flannel configures it: the bridge is the pods' gateway, a pod reaches
+            // itself through its Service (hairpin), and masquerading is kube-proxy's.
+            config["bridge"] = json!("cni0");
+            config["isGateway"] = json!(true);
+            config["ipMasq"] = json!(false);
+            config["hairpinMode"] = json!(true);
+        }
+        config
     }
 
     /// Runs the plugin for `command` (ADD, DEL) on the pod whose network namespace is
