@@ -422,7 +422,10 @@ impl Agent {
     /// The veth of each local pod that has one (see `datapath::pod_links`); veths that
     /// claim a pod they cannot be given go to `self.quarantined`. `None` when the kernel
     /// could not be read (nothing changes then).
-    fn find_pod_veths(&mut self, plan: &compile::Plan) -> Option<BTreeMap<ObjectRef, (String, u32)>> {
+    fn find_pod_veths(
+        &mut self,
+        plan: &compile::Plan,
+    ) -> Option<BTreeMap<ObjectRef, (String, u32)>> {
         let read = || -> std::io::Result<_> {
             let links = pod_links::links()?;
             Ok((routes::host_routes()?, pod_links::pod_links(&links)?, links))
@@ -443,7 +446,12 @@ impl Agent {
         let index: BTreeMap<&str, u32> = links.iter().map(|l| (l.name.as_str(), l.index)).collect();
         let mut ifaces = BTreeMap::new();
         for (pod, name) in found.hooked {
-            match index.get(name.as_str()).copied().map(Ok).unwrap_or_else(|| datapath::ifindex(&name)) {
+            match index
+                .get(name.as_str())
+                .copied()
+                .map(Ok)
+                .unwrap_or_else(|| datapath::ifindex(&name))
+            {
                 Ok(idx) => {
                     ifaces.insert(pod, (name, idx));
                 }

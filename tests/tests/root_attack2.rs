@@ -1121,7 +1121,10 @@ fn root_attack2_neighbour_discovery_destinations() {
         ("NS to the node's address", ip6("fd00:1::1")),
         ("NS to a link-local address", ip6("fe80::1")),
         ("NS to the solicited-node group", ip6("ff02::1:ff00:1")),
-        ("NS to a pod of the node (its neighbour on a bridge)", ip6("fd00:1::3")),
+        (
+            "NS to a pod of the node (its neighbour on a bridge)",
+            ip6("fd00:1::3"),
+        ),
     ] {
         lab.expect(
             what,

@@ -48,7 +48,12 @@ fn root_bridged_pods_found_by_their_peers_addresses() {
         sh(&["ip", "addr", "add", "10.1.0.1/24", "dev", "br0"], None);
         sh(&["ip", "link", "set", "br0", "up"], None);
         // Not a pod's: its peer is in the same namespace.
-        sh(&["ip", "link", "add", "lv0", "type", "veth", "peer", "name", "lv1"], None);
+        sh(
+            &[
+                "ip", "link", "add", "lv0", "type", "veth", "peer", "name", "lv1",
+            ],
+            None,
+        );
         let _a = bridged_pod(1, &["10.1.0.2/24", "fd00::2/64"]);
         let _b = bridged_pod(2, &["10.1.0.3/24"]);
 
@@ -98,18 +103,36 @@ fn root_bridged_pods_found_by_their_peers_addresses() {
         // Should c drop its own address and keep a's only, nothing tells a new a from c:
         // both veths are held.
         sh(&["ip", "-n", &c_ns.0, "addr", "flush", "dev", "eth0"], None);
-        sh(&["ip", "-n", &c_ns.0, "addr", "add", "10.1.0.2/24", "dev", "eth0"], None);
+        sh(
+            &[
+                "ip",
+                "-n",
+                &c_ns.0,
+                "addr",
+                "add",
+                "10.1.0.2/24",
+                "dev",
+                "eth0",
+            ],
+            None,
+        );
         let veths = pod_links::pod_links(&pod_links::links().expect("links")).expect("peers");
         let held = pod_links::resolve(&pods_c, &BTreeMap::new(), &veths, &BTreeMap::new());
         assert!(!held.hooked.contains_key(&pod("a")));
         assert_eq!(
-            held.quarantined.keys().map(String::as_str).collect::<Vec<_>>(),
+            held.quarantined
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
             vec!["hv1", "hv3"]
         );
         let kept = pod_links::resolve(&pods_c, &BTreeMap::new(), &veths, &later.hooked);
         assert_eq!(kept.hooked[&pod("a")], "hv1");
         assert_eq!(
-            kept.quarantined.keys().map(String::as_str).collect::<Vec<_>>(),
+            kept.quarantined
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
             vec!["hv3"]
         );
     })

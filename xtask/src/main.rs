@@ -41,15 +41,15 @@ enum Task {
         /// Address family of the sandbox: ipv4 or ipv6.
         #[arg(long, default_value = "ipv4")]
         family: String,
-        /// What networks the pods: none (the sandbox's own veths and /32 routes) or ptp
-        /// (the reference CNI plugin, invoked as a container runtime does).
+        /// What networks the pods: none (the sandbox's own veths and /32 routes), ptp or
+        /// bridge (the reference CNI plugins, invoked as a container runtime does).
         #[arg(long, default_value = "none")]
         cni: String,
     },
     /// Everything CI runs: formatting, clippy, unit, property and crafted-packet tests,
     /// the mutation check, every conformance case in the sandbox (IPv4 with TCX and
-    /// netlink attachment, IPv6, and both families with the ptp CNI plugin), and the
-    /// sandbox scenarios.
+    /// netlink attachment, IPv6, and both families with the ptp and the bridge CNI
+    /// plugins), and the sandbox scenarios.
     Test,
     /// Policy propagation latency in the sandbox (root): API write -> maps updated, and
     /// -> first packet with the new verdict, over N changes; prints p50 and p99.
@@ -434,14 +434,20 @@ fn test() -> Result<()> {
             .args(&cases))?;
     }
     // The same cases, and the real-network ones, with pods networked by the reference
-    // ptp CNI plugin (invoked as a container runtime invokes it), in both families.
+    // CNI plugins (invoked as a container runtime invokes them), routed (ptp) and bridged,
+    // in both families.
     let realnet = case_files(&realnet_cases()?)?;
-    for family in ["ipv4", "ipv6"] {
+    for (plugin, family) in [
+        ("ptp", "ipv4"),
+        ("ptp", "ipv6"),
+        ("bridge", "ipv4"),
+        ("bridge", "ipv6"),
+    ] {
         step(&format!(
-            "conformance in the sandbox (root): {family}, pods networked by the ptp CNI plugin"
+            "conformance in the sandbox (root): {family}, pods networked by the {plugin} CNI plugin"
         ));
         sh(sandbox_cmd(&bins, "auto", family)
-            .args(["--cni", "ptp", "conformance", "--cases"])
+            .args(["--cni", plugin, "conformance", "--cases"])
             .args(&cases)
             .args(&realnet))?;
     }

@@ -394,10 +394,7 @@ mod tests {
         let links = [link("veth9", &["10.244.1.10", "10.244.1.11"])];
         let r = resolve(&pods, &BTreeMap::new(), &links, &BTreeMap::new());
         assert!(r.hooked.is_empty());
-        assert_eq!(
-            r.quarantined["veth9"],
-            BTreeSet::from([pod("a"), pod("b")])
-        );
+        assert_eq!(r.quarantined["veth9"], BTreeSet::from([pod("a"), pod("b")]));
     }
 
     #[test]
@@ -411,7 +408,10 @@ mod tests {
     #[test]
     fn veths_claiming_nothing_known_are_left_alone() {
         let pods = vec![(pod("a"), vec![ip("10.244.1.10")])];
-        let links = [link("veth1", &["10.244.1.10"]), link("veth2", &["10.244.1.99"])];
+        let links = [
+            link("veth1", &["10.244.1.10"]),
+            link("veth2", &["10.244.1.99"]),
+        ];
         let r = resolve(&pods, &BTreeMap::new(), &links, &BTreeMap::new());
         assert_eq!(r.hooked.len(), 1);
         assert!(r.quarantined.is_empty());

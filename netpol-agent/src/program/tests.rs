@@ -379,3 +379,38 @@ fn a_new_pod_on_a_removed_pods_address_renews_what_allowed_the_old_one() {
     assert_ne!(server_set(&p), first);
     assert!(!p.maps().allows(server_set(&p), d, Protocol::Tcp, 80));
 }
+
+#[test]
+fn quarantined_veths_know_no_address_and_allow_nothing() {
+    let plan = compile::compile(&state(80), "n1");
+    let mut p = Programmer::new(MemoryMaps::default(), 100);
+    let pods = ifindexes(&plan);
+    let a_veth = pods[&ObjectRef::new("default", "a")];
+    // 99 claims a pod it cannot have; a's own veth is listed too, and stays a's.
+    p.quarantine(BTreeSet::from([99, a_veth]));
+    p.apply(&plan, &pods).unwrap();
+    let held = p.maps().ifaces[&99];
+    assert_eq!((held.flags, held.endpoint_id), (0, 0));
+    assert_eq!(held.ingress_set, held.egress_set);
+    assert_ne!(held.ingress_set, RULESET_ALLOW_ALL);
+    let peers: [IpAddr; 3] = [
+        "10.244.1.2".parse().unwrap(),
+        "10.244.1.3".parse().unwrap(),
+        "192.0.2.1".parse().unwrap(),
+    ];
+    for peer in peers {
+        for port in [53, 80, 443] {
+            assert!(!p.maps().allows(held.ingress_set, peer, Protocol::Tcp, port));
+            assert!(!p.maps().allows(held.ingress_set, peer, Protocol::Udp, port));
+        }
+    }
+    assert_ne!(p.maps().ifaces[&a_veth].endpoint_id, 0, "a's veth is a's");
+    assert!(
+        p.maps().next_ruleset_id > held.ingress_set,
+        "a later run never reuses it"
+    );
+    // Resolved: the veth is forgotten at the next apply.
+    p.quarantine(BTreeSet::new());
+    p.apply(&plan, &pods).unwrap();
+    assert!(!p.maps().ifaces.contains_key(&99));
+}

@@ -29,7 +29,7 @@ struct Cli {
     #[arg(long, default_value = "ipv4")]
     family: String,
     /// The CNI plugin that networks the pods: none (the sandbox's own veths and /32
-    /// routes) or ptp (Debian's containernetworking-plugins, with host-local IPAM).
+    /// routes), ptp (routed) or bridge (bridged), Debian's containernetworking-plugins with host-local IPAM.
     #[arg(long, default_value = "none")]
     cni: String,
     /// How long a probe waits for an answer before calling the connection blocked.
