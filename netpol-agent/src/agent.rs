@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::compile;
-use crate::datapath::{self, AttachMode, Datapath, MapSizes, pod_links, routes};
+use crate::datapath::{self, AttachMode, Datapath, MapSizes, pod_links, routes, uplinks};
 use crate::program::{Programmer, kernel::KernelMaps};
 use crate::sources::file;
 use crate::sources::kube as kube_source;
@@ -29,7 +29,7 @@ use crate::status::{self, EndpointStatus, Shared, Status};
     long_about = "Enforces Kubernetes NetworkPolicies on this node with eBPF.\n\n\
 It watches Namespaces, Pods, Services and NetworkPolicies on the API server (or reads them from \
 --policy-dir, a folder of YAML), compiles the policies for the pods of --node-name, attaches TC programs to the host side of those \
-pods' veths (found from their host routes) and to the uplinks, and programs the BPF maps. \
+pods' veths (found from the kernel's links: veths whose peer is in a pod's namespace) and to the uplinks, and programs the BPF maps. \
 It follows every change as it happens. A source or policy it cannot read never opens traffic: \
 the last good state stays enforced, and errors are reported in the log, /metrics and /status.\n\n\
 Needs root (or CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_RESOURCE on older kernels)."
@@ -55,8 +55,9 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = kube_source::ListMode::Paged)]
     pub list_mode: kube_source::ListMode,
 
-    /// Interface where pod traffic leaves the node (repeatable). Default: the interfaces
-    /// of the default routes.
+    /// Interface where pod traffic leaves the node (repeatable; Ethernet devices only).
+    /// Default: every interface a route of the main table leaves by (IPv4 and IPv6),
+    /// except pod veths, their bridges and loopback, followed as routes change.
     #[arg(long = "uplink")]
     pub uplinks: Vec<String>,
 
@@ -158,6 +159,10 @@ struct Agent {
     /// Veths held drop-all, with the pods whose addresses they claim.
     quarantined: BTreeMap<String, std::collections::BTreeSet<ObjectRef>>,
     quarantined_index: std::collections::BTreeSet<u32>,
+    /// Interfaces routes leave by that cannot be uplinks, and why (logged once).
+    refused_uplinks: BTreeMap<String, String>,
+    /// `UPLINKS` holds `uplinks` (not what an earlier run left).
+    uplinks_known: bool,
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -174,11 +179,13 @@ pub async fn run(args: Args) -> Result<()> {
             );
         }
     }
-    let uplinks = if args.uplinks.is_empty() {
-        routes::default_route_interfaces().context("reading default routes")?
-    } else {
-        args.uplinks.clone()
-    };
+    // Configured uplinks are fixed and checked now; found ones follow the routes (see
+    // `Agent::refresh_uplinks`).
+    let uplinks = args.uplinks.clone();
+    if !uplinks.is_empty() {
+        let links = pod_links::links().context("reading the links")?;
+        uplinks::check_configured(&links, &uplinks).map_err(anyhow::Error::msg)?;
+    }
     let mut uplink_indexes = std::collections::BTreeSet::new();
     for up in &uplinks {
         datapath
@@ -186,11 +193,13 @@ pub async fn run(args: Args) -> Result<()> {
             .with_context(|| format!("uplink {up}"))?;
         uplink_indexes.insert(datapath::ifindex(up).with_context(|| format!("uplink {up}"))?);
     }
-    programmer
-        .maps_mut()
-        .set_uplinks(&uplink_indexes)
-        .context("programming the uplinks")?;
-    info!(node = %node, mode = ?datapath.mode(), ?uplinks, "datapath loaded");
+    if !uplinks.is_empty() {
+        programmer
+            .maps_mut()
+            .set_uplinks(&uplink_indexes)
+            .context("programming the uplinks")?;
+    }
+    info!(node = %node, mode = ?datapath.mode(), configured_uplinks = ?uplinks, "datapath loaded");
 
     let status: Shared = Arc::new(Mutex::new(Status {
         node: node.clone(),
@@ -236,6 +245,8 @@ pub async fn run(args: Args) -> Result<()> {
         hooked_before: BTreeMap::new(),
         quarantined: BTreeMap::new(),
         quarantined_index: Default::default(),
+        refused_uplinks: BTreeMap::new(),
+        uplinks_known: false,
         args,
     };
     let (link_tx, mut link_changes) = mpsc::channel::<()>(1);
@@ -425,15 +436,14 @@ impl Agent {
     fn find_pod_veths(
         &mut self,
         plan: &compile::Plan,
+        links: &[pod_links::Link],
     ) -> Option<BTreeMap<ObjectRef, (String, u32)>> {
-        let read = || -> std::io::Result<_> {
-            let links = pod_links::links()?;
-            Ok((routes::host_routes()?, pod_links::pod_links(&links)?, links))
-        };
-        let (host_routes, veths, links) = match read() {
+        let read =
+            || -> std::io::Result<_> { Ok((routes::host_routes()?, pod_links::pod_links(links)?)) };
+        let (host_routes, veths) = match read() {
             Ok(r) => r,
             Err(e) => {
-                error!(error = %e, "reading links, addresses and routes");
+                error!(error = %e, "reading pod addresses and routes");
                 return None;
             }
         };
@@ -484,6 +494,66 @@ impl Agent {
         Some(ifaces)
     }
 
+    /// Without `--uplink`: hooks every interface routes leave the node by (see
+    /// `datapath::uplinks`), as they come and go (a tunnel device made after netpol
+    /// started included).
+    fn refresh_uplinks(
+        &mut self,
+        links: &[pod_links::Link],
+        pods: &BTreeMap<ObjectRef, (String, u32)>,
+    ) {
+        if !self.args.uplinks.is_empty() {
+            return;
+        }
+        let pod_veths: std::collections::BTreeSet<&str> = pods
+            .values()
+            .map(|(n, _)| n.as_str())
+            .chain(self.quarantined.keys().map(String::as_str))
+            .collect();
+        let found = match uplinks::route_interfaces() {
+            Ok(r) => uplinks::pick(links, &r, &pod_veths),
+            Err(e) => {
+                error!(error = %e, "reading routes for the uplinks");
+                return;
+            }
+        };
+        for (name, why) in &found.refused {
+            if self.refused_uplinks.get(name) != Some(why) {
+                warn!(iface = %name, "not hooked as an uplink: {why}");
+            }
+        }
+        self.refused_uplinks = found.refused;
+        let mut hooked = Vec::new();
+        let mut indexes = std::collections::BTreeSet::new();
+        for up in found.uplinks {
+            let Some(l) = links.iter().find(|l| l.name == up) else {
+                continue;
+            };
+            if !self.datapath.is_attached(&up) {
+                match self.datapath.attach_uplink(&up) {
+                    Ok(()) => info!(iface = %up, "uplink attached"),
+                    Err(e) => {
+                        error!(iface = %up, error = format!("{e:#}"), "attaching an uplink failed");
+                        continue;
+                    }
+                }
+            }
+            indexes.insert(l.index);
+            hooked.push(up);
+        }
+        if hooked == self.uplinks && self.uplinks_known {
+            return;
+        }
+        if let Err(e) = self.programmer.maps_mut().set_uplinks(&indexes) {
+            error!(error = %e, "programming the uplinks");
+            return;
+        }
+        info!(uplinks = ?hooked, "uplinks");
+        self.uplinks_known = true;
+        self.uplinks = hooked.clone();
+        self.update_status(|s| s.uplinks = hooked);
+    }
+
     /// Quarantined veths get netpol's programs (they drop what such a veth carries once
     /// the maps say so).
     fn hold_quarantined(&mut self) {
@@ -499,9 +569,17 @@ impl Agent {
 
     /// Attaches, programs and reports `plan`.
     fn reconcile_plan(&mut self, plan: &compile::Plan, reload: bool) {
-        let Some(ifaces) = self.find_pod_veths(plan) else {
+        let links = match pod_links::links() {
+            Ok(l) => l,
+            Err(e) => {
+                error!(error = %e, "reading links");
+                return;
+            }
+        };
+        let Some(ifaces) = self.find_pod_veths(plan, &links) else {
             return;
         };
+        self.refresh_uplinks(&links, &ifaces);
         // Attach before programming the interface map, detach after: a veth never runs
         // our program without knowing its pod... and never keeps it after the pod is gone.
         let mut ready_ifaces = BTreeMap::new();

@@ -561,8 +561,6 @@ impl Sandbox {
             node.clone(),
             "--kubeconfig".into(),
             self.kubeconfig.to_string_lossy().to_string(),
-            "--uplink".into(),
-            "nl0".into(),
             "--status-file".into(),
             self.dir
                 .join(format!("status-{node}.json"))
@@ -577,10 +575,6 @@ impl Sandbox {
                 .to_string_lossy()
                 .to_string(),
         ];
-        if i == 0 {
-            args.push("--uplink".into());
-            args.push("ext0".into());
-        }
         args.extend(self.cfg.agent_args.iter().cloned());
         // For experiments: extra agent flags, space-separated.
         if let Ok(extra) = std::env::var("NETPOL_SANDBOX_AGENT_ARGS") {

@@ -7,6 +7,8 @@ pub mod link_events;
 pub mod node_addrs;
 pub mod pod_links;
 pub mod routes;
+mod rtnl;
+pub mod uplinks;
 
 use std::collections::BTreeMap;
 use std::io;

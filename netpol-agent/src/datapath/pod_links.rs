@@ -15,15 +15,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::IpAddr;
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use super::rtnl::dump;
+use crate::state::ObjectRef;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
-
-use crate::state::ObjectRef;
 
 /// A link of this namespace, as far as hooking it goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +30,8 @@ pub struct Link {
     pub ethernet: bool,
     /// A veth whose peer is in another namespace: `(namespace id, peer's ifindex)`.
     pub peer: Option<(i32, u32)>,
+    /// The bridge (or other master) it is a port of.
+    pub controller: Option<u32>,
 }
 
 /// A pod's veth: the host side, and the global addresses its peer holds.
@@ -62,11 +60,13 @@ fn link_of(m: &LinkMessage) -> Link {
     let mut veth = false;
     let mut peer_index = None;
     let mut peer_ns = None;
+    let mut controller = None;
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => name = n.clone(),
             LinkAttribute::Link(i) => peer_index = Some(*i),
             LinkAttribute::LinkNetNsId(ns) => peer_ns = Some(*ns),
+            LinkAttribute::Controller(c) => controller = Some(*c),
             LinkAttribute::LinkInfo(infos) => {
                 veth |= infos
                     .iter()
@@ -83,6 +83,7 @@ fn link_of(m: &LinkMessage) -> Link {
             (true, Some(ns), Some(i)) if ns >= 0 => Some((ns, i)),
             _ => None,
         },
+        controller,
     }
 }
 
@@ -155,47 +156,6 @@ fn addresses_in(ns: i32) -> io::Result<Vec<(u32, IpAddr)>> {
         )));
     }
     Ok(out)
-}
-
-/// Sends one dump request on NETLINK_ROUTE and hands every answer to `each`.
-fn dump(request: RouteNetlinkMessage, mut each: impl FnMut(RouteNetlinkMessage)) -> io::Result<()> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    // Without strict checking, dumps ignore the attributes that scope them (the target
-    // namespace among them).
-    socket.set_netlink_get_strict_chk(true)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(request));
-    msg.finalize();
-    let mut buf = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    socket.send(&buf, 0)?;
-    loop {
-        let (data, _) = socket.recv_from_full()?;
-        let mut offset = 0;
-        while offset < data.len() {
-            let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let len = parsed.header.length as usize;
-            if len == 0 {
-                return Ok(());
-            }
-            offset += len;
-            match parsed.payload {
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) => {
-                    return Err(match e.code {
-                        Some(c) => io::Error::from_raw_os_error(-c.get()),
-                        None => io::Error::other("rtnetlink dump: error without a code"),
-                    });
-                }
-                NetlinkPayload::InnerMessage(m) => each(m),
-                _ => {}
-            }
-        }
-    }
 }
 
 /// How pods were matched to veths.

@@ -1,6 +1,7 @@
-//! Which interface leads to a pod: the CNI installs a host route to each pod address via
-//! the host side of its veth (kindnet, Calico, flannel's bridge aside). Read from the
-//! kernel's route tables in /proc, which are per network namespace.
+//! Host routes: a routed CNI (ptp, kindnet, Calico) installs one to each pod address via
+//! the host side of its veth. Only the node can write them, so they are the strongest
+//! evidence of which veth is whose (see `pod_links`). Read from the kernel's route tables
+//! in /proc, which are per network namespace.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -12,22 +13,6 @@ pub fn host_routes() -> std::io::Result<BTreeMap<IpAddr, String>> {
     if let Ok(v6) = std::fs::read_to_string("/proc/net/ipv6_route") {
         out.extend(parse_v6(&v6));
     }
-    Ok(out)
-}
-
-/// Interfaces that carry a default route: the uplinks when none are configured.
-pub fn default_route_interfaces() -> std::io::Result<Vec<String>> {
-    let text = std::fs::read_to_string("/proc/net/route")?;
-    let mut out: Vec<String> = text
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 8 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_string())
-        })
-        .collect();
-    out.sort();
-    out.dedup();
     Ok(out)
 }
 
