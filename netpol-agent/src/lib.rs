@@ -6,6 +6,7 @@
 //! * [`datapath`] loads the BPF object and attaches it to pod veths and uplinks.
 //! * [`agent`] is the loop that runs them; [`status`] reports what it enforces.
 pub mod agent;
+pub mod cni;
 pub mod compile;
 pub mod datapath;
 pub mod program;

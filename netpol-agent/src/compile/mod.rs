@@ -5,6 +5,7 @@
 //! rules look like, and a rule that cannot be compiled allows nothing (it is dropped and
 //! reported in `Plan::errors`).
 
+pub mod held;
 pub mod incremental;
 pub mod ports;
 pub mod prefix;
