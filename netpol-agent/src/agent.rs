@@ -12,6 +12,7 @@ use netpol_common::{reason, sizes};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use crate::cni;
 use crate::compile;
 use crate::datapath::{self, AttachMode, Datapath, MapSizes, pod_links, routes, uplinks};
 use crate::program::{Programmer, kernel::KernelMaps};
@@ -98,6 +99,21 @@ pub struct Args {
     #[arg(long)]
     pub strict_node_traffic: bool,
 
+    /// Unix socket where netpol's chained CNI plugin (`netpol-cni`) asks the agent to
+    /// enforce a new pod before its containers start. `none`: no socket.
+    #[arg(long, default_value = crate::cni::protocol::DEFAULT_SOCKET)]
+    pub cni_socket: PathBuf,
+
+    /// The node's CNI bin directory: the agent installs `netpol-cni` there (with
+    /// --cni-conf-dir).
+    #[arg(long, requires = "cni_conf_dir")]
+    pub cni_bin_dir: Option<PathBuf>,
+
+    /// The node's CNI configuration directory: the agent keeps `netpol-cni` last in the
+    /// plugins of the conf list the runtime uses (the pod network's daemon may rewrite it).
+    #[arg(long, requires = "cni_bin_dir")]
+    pub cni_conf_dir: Option<PathBuf>,
+
     #[command(flatten)]
     pub map_sizes: MapSizes,
 
@@ -163,6 +179,14 @@ struct Agent {
     refused_uplinks: BTreeMap<String, String>,
     /// `UPLINKS` holds `uplinks` (not what an earlier run left).
     uplinks_known: bool,
+    /// Pods the CNI plugin announced (see `crate::cni`), until their DEL.
+    cni_pods: BTreeMap<ObjectRef, CniPod>,
+}
+
+/// What the CNI plugin said about a pod: its addresses and node-side interfaces.
+struct CniPod {
+    ips: Vec<std::net::IpAddr>,
+    host_interfaces: Vec<String>,
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -247,12 +271,25 @@ pub async fn run(args: Args) -> Result<()> {
         quarantined_index: Default::default(),
         refused_uplinks: BTreeMap::new(),
         uplinks_known: false,
+        cni_pods: BTreeMap::new(),
         args,
     };
     let (link_tx, mut link_changes) = mpsc::channel::<()>(1);
     if let Err(e) = datapath::link_events::subscribe(link_tx) {
         warn!(error = %e, "no link events; new pods are found by the periodic resync only");
     }
+    let (cni_tx, mut cni_requests) = mpsc::channel::<cni::server::Incoming>(64);
+    if agent.args.cni_socket.as_os_str() != "none" {
+        match cni::server::bind(&agent.args.cni_socket) {
+            Ok(listener) => {
+                tokio::spawn(cni::server::serve(listener, cni_tx));
+            }
+            Err(e) => {
+                warn!(socket = %agent.args.cni_socket.display(), error = %e, "no CNI socket: new pods are enforced once the API and the kernel show them")
+            }
+        }
+    }
+    agent.install_cni();
     agent.reconcile(true);
 
     let mut resync = tokio::time::interval(Duration::from_millis(agent.args.resync_ms.max(50)));
@@ -266,7 +303,11 @@ pub async fn run(args: Args) -> Result<()> {
         tokio::select! {
             Some(()) = changes.recv() => agent.reconcile(true),
             Some(()) = link_changes.recv() => agent.reconcile(false),
-            _ = resync.tick() => agent.reconcile(false),
+            Some(incoming) = cni_requests.recv() => agent.cni_request(incoming),
+            _ = resync.tick() => {
+                agent.install_cni();
+                agent.reconcile(false);
+            }
             _ = sweep.tick() => agent.sweep_conntrack(),
             _ = report.tick() => {
                 ticks += 1;
@@ -412,6 +453,9 @@ impl Agent {
         if reload || self.state.is_none() {
             self.load();
         }
+        if self.patch_cni_addresses() {
+            self.plan = None;
+        }
         let Some(state) = &self.state else { return };
         let plan = match self.plan.take() {
             Some((key, plan)) if key == self.state_key => plan,
@@ -422,12 +466,142 @@ impl Agent {
                 plan
             }
         };
-        self.reconcile_plan(&plan, reload);
+        let held = self.hold_unknown_pods(&plan, state);
+        self.reconcile_plan(held.as_ref().unwrap_or(&plan), reload);
         // After the maps are written: what makes the next change cheap.
         if let Some(state) = &self.state {
             self.compiler.remember(state, &plan);
         }
         self.plan = Some((self.state_key.clone(), plan));
+    }
+
+    /// A pod the CNI plugin announced is often in the API view already, without its
+    /// addresses (the kubelet reports them later): it takes the plugin's, so its own rules
+    /// apply from its first packet. Returns whether the state changed.
+    fn patch_cni_addresses(&mut self) -> bool {
+        let Some(state) = self.state.as_mut() else {
+            return false;
+        };
+        let mut changed = false;
+        for (pod, c) in &self.cni_pods {
+            if let Some(info) = state.pods.get_mut(pod)
+                && info.ips.is_empty()
+                && !info.host_network
+                && !info.terminated
+                && info.node.as_deref() == Some(self.node.as_str())
+            {
+                info.ips = c.ips.clone();
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// `plan` with the pods the CNI plugin announced that the API view does not have yet,
+    /// held (see `compile::held`); `None` when there are none.
+    fn hold_unknown_pods(
+        &self,
+        plan: &compile::Plan,
+        state: &ClusterState,
+    ) -> Option<compile::Plan> {
+        let unknown: Vec<(ObjectRef, Vec<std::net::IpAddr>)> = self
+            .cni_pods
+            .iter()
+            .filter(|(pod, _)| !state.pods.contains_key(*pod))
+            .map(|(pod, c)| (pod.clone(), c.ips.clone()))
+            .collect();
+        if unknown.is_empty() {
+            return None;
+        }
+        let mut held = plan.clone();
+        compile::held::hold(&mut held, state, &unknown);
+        Some(held)
+    }
+
+    /// A request of the CNI plugin: ADD enforces the pod before the runtime goes on, DEL
+    /// forgets it, CHECK says whether it is enforced.
+    fn cni_request(&mut self, incoming: cni::server::Incoming) {
+        use cni::protocol::{Op, Reply};
+        let r = incoming.request;
+        let pod = ObjectRef::new(&r.namespace, &r.name);
+        match r.op {
+            Op::Add => {
+                self.cni_pods.insert(
+                    pod.clone(),
+                    CniPod {
+                        ips: r.ips,
+                        host_interfaces: r.host_interfaces,
+                    },
+                );
+                self.plan = None;
+                // The freshest API view: the pod's labels may have just arrived.
+                self.reconcile(true);
+            }
+            Op::Del => {
+                if self.cni_pods.remove(&pod).is_some() {
+                    self.plan = None;
+                    self.reconcile(false);
+                }
+                let _ = incoming.reply.send(Reply {
+                    enforced: false,
+                    message: "forgotten".into(),
+                });
+                return;
+            }
+            Op::Check => {}
+        }
+        let known = self
+            .state
+            .as_ref()
+            .is_some_and(|s| s.pods.contains_key(&pod));
+        let reply = match self.hooked_before.get(&pod) {
+            Some(iface) if known => Reply {
+                enforced: true,
+                message: format!("enforced on {iface}"),
+            },
+            Some(iface) => Reply {
+                enforced: true,
+                message: format!(
+                    "held on {iface}: not in the agent's API view yet, so it allows nothing in the directions its namespace's policies isolate until it is"
+                ),
+            },
+            None if self.state.is_none() => Reply {
+                enforced: false,
+                message: "the agent has not synced with the API server yet".into(),
+            },
+            None => Reply {
+                enforced: false,
+                message: "its veth was not found".into(),
+            },
+        };
+        info!(%pod, op = ?r.op, enforced = reply.enforced, "CNI: {}", reply.message);
+        let _ = incoming.reply.send(reply);
+    }
+
+    /// With --cni-bin-dir and --cni-conf-dir: `netpol-cni` installed and chained.
+    fn install_cni(&mut self) {
+        let (Some(bin), Some(conf)) = (&self.args.cni_bin_dir, &self.args.cni_conf_dir) else {
+            return;
+        };
+        let plugin = std::env::current_exe().map(|p| p.with_file_name(cni::install::PLUGIN_TYPE));
+        let result = plugin.and_then(|p| {
+            let copied = cni::install::install_binary(&p, bin)?;
+            let socket = self.args.cni_socket.to_string_lossy();
+            Ok((copied, cni::install::ensure_chained(conf, &socket)?))
+        });
+        match result {
+            Ok((copied, chained)) => {
+                if copied {
+                    info!(dir = %bin.display(), "netpol-cni installed");
+                }
+                if let Some(list) = chained {
+                    info!(conf_list = %list.display(), "netpol-cni chained");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "installing netpol-cni; new pods are enforced once the API and the kernel show them")
+            }
+        }
     }
 
     /// The veth of each local pod that has one (see `datapath::pod_links`); veths that
@@ -452,7 +626,12 @@ impl Agent {
             .iter()
             .map(|ep| (ep.pod.clone(), ep.ips.clone()))
             .collect();
-        let found = pod_links::resolve(&pods, &host_routes, &veths, &self.hooked_before);
+        let declared: BTreeMap<ObjectRef, Vec<String>> = self
+            .cni_pods
+            .iter()
+            .map(|(pod, c)| (pod.clone(), c.host_interfaces.clone()))
+            .collect();
+        let found = pod_links::resolve(&pods, &host_routes, &veths, &self.hooked_before, &declared);
         let index: BTreeMap<&str, u32> = links.iter().map(|l| (l.name.as_str(), l.index)).collect();
         let mut ifaces = BTreeMap::new();
         for (pod, name) in found.hooked {

@@ -10,6 +10,7 @@ pub mod generate;
 pub mod held;
 pub mod lab;
 pub mod netbench;
+pub mod pod_start;
 pub mod rawtcp;
 pub mod reference;
 pub mod sandbox;

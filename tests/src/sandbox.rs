@@ -371,6 +371,37 @@ impl Sandbox {
         Ok((rv, written))
     }
 
+    /// A pod as the API server has it once scheduled to node `node` and before the
+    /// kubelet reports its address: labels, node, no IP. Returns the resourceVersion.
+    pub fn announce_pod(&mut self, def: &crate::cases::PodDef, node: usize) -> Result<u64> {
+        let key = format!("{}/{}", def.ns, def.name);
+        self.pod_labels.insert(key, def.labels.clone());
+        self.api.apply(
+            Kind::Pod,
+            json!({"metadata": {"name": def.name, "namespace": def.ns, "labels": def.labels},
+                   "spec": {"nodeName": node_name(node),
+                            "containers": [{"name": "main", "image": "sandbox"}]},
+                   "status": {"phase": "Pending"}}),
+        )
+    }
+
+    /// Networks a pod as the runtime does (the CNI conf list, netpol's plugin included),
+    /// without telling the API server: when this returns, the pod's network exists and
+    /// its containers would start. `report_pod` then does what the kubelet does.
+    pub fn start_pod(&mut self, def: &crate::cases::PodDef, node: usize, host: u8) -> Result<()> {
+        let key = format!("{}/{}", def.ns, def.name);
+        let k = self.next_index;
+        self.plumb_pod(&key, k, node, Ipv4Addr::new(10, 244, node as u8 + 1, host))?;
+        self.pod_labels.insert(key, def.labels.clone());
+        self.model.pods.push(def.clone());
+        Ok(())
+    }
+
+    /// The kubelet's report of a started pod: running, with its address.
+    pub fn report_pod(&mut self, def: &crate::cases::PodDef) -> Result<u64> {
+        self.api.apply(Kind::Pod, self.pod_object(def))
+    }
+
     /// Deletes a pod: its API object first (as the kubelet would report it), then its
     /// namespace, which takes the veth and its route with it. Returns the deletion's
     /// resourceVersion.
@@ -384,7 +415,7 @@ impl Sandbox {
             .ok_or_else(|| anyhow!("pod {key} is not on the API server"))?;
         if let Some(place) = self.pods.remove(key) {
             if let Some(plugin) = self.cfg.cni
-                && let Err(e) = self.run_cni(plugin, "DEL", place.node, &place.netns, place.v4)
+                && let Err(e) = self.run_cni(plugin, "DEL", place.node, key, &place.netns, place.v4)
             {
                 eprintln!("  {e:#}");
             }
@@ -574,6 +605,13 @@ impl Sandbox {
                 .join(&node)
                 .to_string_lossy()
                 .to_string(),
+            "--cni-socket".into(),
+            // For showing what the plugin is for: agents that never hear from it.
+            if std::env::var_os("NETPOL_SANDBOX_NO_CNI_SOCKET").is_some() {
+                "none".into()
+            } else {
+                self.cni_socket(i).to_string_lossy().to_string()
+            },
         ];
         args.extend(self.cfg.agent_args.iter().cloned());
         // For experiments: extra agent flags, space-separated.

@@ -12,14 +12,14 @@ use crate::apiserver::Kind;
 use crate::cases::{Labels, Model, PodDef, PortDef};
 use crate::sandbox::{Config, Sandbox};
 
-fn labels(pairs: &[(&str, &str)]) -> Labels {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
-fn pod(name: &str, app: &str, ports: &[(&str, u16)]) -> PodDef {
+pub(crate) fn pod(name: &str, app: &str, ports: &[(&str, u16)]) -> PodDef {
     PodDef {
         ns: "default".into(),
         name: name.into(),
@@ -37,7 +37,7 @@ fn pod(name: &str, app: &str, ports: &[(&str, u16)]) -> PodDef {
 }
 
 /// Pods alternate between the two nodes in this order.
-fn model(pods: Vec<PodDef>) -> Model {
+pub(crate) fn model(pods: Vec<PodDef>) -> Model {
     Model {
         namespaces: BTreeMap::from([(
             "default".to_string(),
@@ -51,12 +51,12 @@ fn model(pods: Vec<PodDef>) -> Model {
     }
 }
 
-fn policy(name: &str, spec: Value) -> Value {
+pub(crate) fn policy(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
            "metadata": {"name": name, "namespace": "default"}, "spec": spec})
 }
 
-fn ingress_from(app_selected: &str, from_app: Option<&str>) -> Value {
+pub(crate) fn ingress_from(app_selected: &str, from_app: Option<&str>) -> Value {
     match from_app {
         Some(app) => json!({"podSelector": {"matchLabels": {"app": app_selected}},
                             "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": app}}}]}]}),

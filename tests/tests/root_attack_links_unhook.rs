@@ -36,7 +36,10 @@ fn bridged_pod(tag: &str, k: usize, addr: &str) -> PodNetns {
         None,
     );
     sh(&["ip", "link", "set", &host, "master", "br0", "up"], None);
-    sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", "eth0"], None);
+    sh(
+        &["ip", "-n", &ns.0, "addr", "add", addr, "dev", "eth0"],
+        None,
+    );
     sh(&["ip", "-n", &ns.0, "link", "set", "eth0", "up"], None);
     sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"], None);
     ns
@@ -92,14 +95,11 @@ fn start_agent(tag: &str) -> Agent {
 fn interface_of(agent: &Agent, ip: &str) -> Option<String> {
     let s = std::fs::read_to_string(agent.1.join("status.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&s).ok()?;
-    v["endpoints"]
-        .as_array()?
-        .iter()
-        .find(|e| {
-            e["ips"]
-                .as_array()
-                .is_some_and(|ips| ips.iter().any(|i| i == ip))
-        })?["interface"]
+    v["endpoints"].as_array()?.iter().find(|e| {
+        e["ips"]
+            .as_array()
+            .is_some_and(|ips| ips.iter().any(|i| i == ip))
+    })?["interface"]
         .as_str()
         .map(String::from)
 }
@@ -169,7 +169,16 @@ fn root_attack_links_pod_dropping_its_address_escapes_its_egress_policy() {
         // a (NET_ADMIN in its own namespace) trades its address for one no pod has.
         sh(&["ip", "-n", &a.0, "addr", "flush", "dev", "eth0"], None);
         sh(
-            &["ip", "-n", &a.0, "addr", "add", "10.1.0.50/24", "dev", "eth0"],
+            &[
+                "ip",
+                "-n",
+                &a.0,
+                "addr",
+                "add",
+                "10.1.0.50/24",
+                "dev",
+                "eth0",
+            ],
             None,
         );
         // A few resyncs.

@@ -84,7 +84,13 @@ fn root_bridged_pods_found_by_their_peers_addresses() {
             (pod("a"), vec![ip("10.1.0.2"), ip("fd00::2")]),
             (pod("b"), vec![ip("10.1.0.3")]),
         ];
-        let first = pod_links::resolve(&pods, &BTreeMap::new(), &veths, &BTreeMap::new());
+        let first = pod_links::resolve(
+            &pods,
+            &BTreeMap::new(),
+            &veths,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         assert_eq!(first.hooked[&pod("a")], "hv1");
         assert_eq!(first.hooked[&pod("b")], "hv2");
 
@@ -92,11 +98,23 @@ fn root_bridged_pods_found_by_their_peers_addresses() {
         let c_ns = bridged_pod(3, &["10.1.0.4/24", "10.1.0.2/24"]);
         let veths = pod_links::pod_links(&pod_links::links().expect("links")).expect("peers");
         let pods_c = [pods.clone(), vec![(pod("c"), vec![ip("10.1.0.4")])]].concat();
-        let later = pod_links::resolve(&pods_c, &BTreeMap::new(), &veths, &first.hooked);
+        let later = pod_links::resolve(
+            &pods_c,
+            &BTreeMap::new(),
+            &veths,
+            &first.hooked,
+            &BTreeMap::new(),
+        );
         assert_eq!(later.hooked[&pod("a")], "hv1", "a keeps its veth");
         assert_eq!(later.hooked[&pod("c")], "hv3");
         // Had a been new, c's veth would still lose: it claims two pods.
-        let fresh = pod_links::resolve(&pods_c, &BTreeMap::new(), &veths, &BTreeMap::new());
+        let fresh = pod_links::resolve(
+            &pods_c,
+            &BTreeMap::new(),
+            &veths,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         assert_eq!(fresh.hooked, later.hooked);
         assert!(fresh.quarantined.is_empty());
 
@@ -117,7 +135,13 @@ fn root_bridged_pods_found_by_their_peers_addresses() {
             None,
         );
         let veths = pod_links::pod_links(&pod_links::links().expect("links")).expect("peers");
-        let held = pod_links::resolve(&pods_c, &BTreeMap::new(), &veths, &BTreeMap::new());
+        let held = pod_links::resolve(
+            &pods_c,
+            &BTreeMap::new(),
+            &veths,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         assert!(!held.hooked.contains_key(&pod("a")));
         assert_eq!(
             held.quarantined
@@ -126,7 +150,13 @@ fn root_bridged_pods_found_by_their_peers_addresses() {
                 .collect::<Vec<_>>(),
             vec!["hv1", "hv3"]
         );
-        let kept = pod_links::resolve(&pods_c, &BTreeMap::new(), &veths, &later.hooked);
+        let kept = pod_links::resolve(
+            &pods_c,
+            &BTreeMap::new(),
+            &veths,
+            &later.hooked,
+            &BTreeMap::new(),
+        );
         assert_eq!(kept.hooked[&pod("a")], "hv1");
         assert_eq!(
             kept.quarantined

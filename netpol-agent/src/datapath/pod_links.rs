@@ -169,12 +169,15 @@ pub struct Resolution {
 }
 
 /// Matches `pods` (each with its addresses) to veths. `routes` are the node's host routes
-/// (address -> interface), `links` the pods' veths, `before` the last resolution's veths.
+/// (address -> interface), `links` the pods' veths, `before` the last resolution's veths,
+/// `declared` the node-side interfaces the CNI plugin reported for a pod (the runtime's
+/// word, above every other evidence).
 pub fn resolve(
     pods: &[(ObjectRef, Vec<IpAddr>)],
     routes: &BTreeMap<IpAddr, String>,
     links: &[PodLink],
     before: &BTreeMap<ObjectRef, String>,
+    declared: &BTreeMap<ObjectRef, Vec<String>>,
 ) -> Resolution {
     let veths: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
     let mut claimants: BTreeMap<IpAddr, BTreeSet<&str>> = BTreeMap::new();
@@ -192,7 +195,19 @@ pub fn resolve(
     }
     let mut chosen: BTreeMap<&ObjectRef, &str> = BTreeMap::new();
     for (pod, ips) in pods {
-        let by_route = ips.iter().find_map(|ip| routes.get(ip)).map(String::as_str);
+        // A bridge plugin reports its bridge beside the veth: only a pod veth counts.
+        let by_cni = declared.get(pod).and_then(|names| {
+            let mut v = names
+                .iter()
+                .map(String::as_str)
+                .filter(|n| veths.contains(n));
+            match (v.next(), v.next()) {
+                (Some(one), None) => Some(one),
+                _ => None,
+            }
+        });
+        let by_route =
+            by_cni.or_else(|| ips.iter().find_map(|ip| routes.get(ip)).map(String::as_str));
         let candidates: BTreeSet<&str> = ips
             .iter()
             .filter_map(|ip| claimants.get(ip))
@@ -274,11 +289,32 @@ mod tests {
             link("veth1", &["10.244.1.10", "fd00::a"]),
             link("veth2", &["10.244.1.11"]),
         ];
-        let r = resolve(&pods, &BTreeMap::new(), &links, &BTreeMap::new());
+        let r = resolve(
+            &pods,
+            &BTreeMap::new(),
+            &links,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         assert_eq!(r.hooked.len(), 2);
         assert_eq!(r.hooked[&pod("a")], "veth1");
         assert_eq!(r.hooked[&pod("b")], "veth2");
         assert!(r.quarantined.is_empty());
+    }
+
+    #[test]
+    fn the_cni_plugins_word_outweighs_routes_and_claims() {
+        let pods = vec![(pod("new"), vec![ip("10.244.1.10")])];
+        let links = [
+            link("veth1", &["10.244.1.10"]),
+            link("veth9", &["10.244.1.10"]),
+        ];
+        let routes = BTreeMap::from([(ip("10.244.1.10"), "veth9".to_string())]);
+        let declared =
+            BTreeMap::from([(pod("new"), vec!["cni0".to_string(), "veth1".to_string()])]);
+        let r = resolve(&pods, &routes, &links, &BTreeMap::new(), &declared);
+        assert_eq!(r.hooked[&pod("new")], "veth1");
+        assert_eq!(r.quarantined.keys().collect::<Vec<_>>(), vec!["veth9"]);
     }
 
     #[test]
@@ -291,7 +327,7 @@ mod tests {
             link("veth1", &["10.244.1.10"]),
             link("veth9", &["10.244.1.10"]),
         ];
-        let r = resolve(&pods, &routes, &links, &BTreeMap::new());
+        let r = resolve(&pods, &routes, &links, &BTreeMap::new(), &BTreeMap::new());
         assert_eq!(r.hooked[&pod("victim")], "veth1");
         assert_eq!(
             r.quarantined,
@@ -310,7 +346,7 @@ mod tests {
             link("veth9", &["10.244.1.20", "10.244.1.10"]),
         ];
         let before = BTreeMap::from([(pod("victim"), "veth1".to_string())]);
-        let r = resolve(&pods, &BTreeMap::new(), &links, &before);
+        let r = resolve(&pods, &BTreeMap::new(), &links, &before, &BTreeMap::new());
         assert_eq!(r.hooked[&pod("victim")], "veth1");
         // The attacker keeps its own pod: its veth drops the victim's address as spoofed.
         assert_eq!(r.hooked[&pod("attacker")], "veth9");
@@ -327,7 +363,13 @@ mod tests {
             link("veth1", &["10.244.1.10"]),
             link("veth9", &["10.244.1.20", "10.244.1.10"]),
         ];
-        let r = resolve(&pods, &BTreeMap::new(), &links, &BTreeMap::new());
+        let r = resolve(
+            &pods,
+            &BTreeMap::new(),
+            &links,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         assert_eq!(r.hooked[&pod("new")], "veth1");
         assert_eq!(r.hooked[&pod("attacker")], "veth9");
         assert!(r.quarantined.is_empty());
@@ -340,7 +382,13 @@ mod tests {
             link("veth1", &["10.244.1.10"]),
             link("veth9", &["10.244.1.10"]),
         ];
-        let r = resolve(&pods, &BTreeMap::new(), &links, &BTreeMap::new());
+        let r = resolve(
+            &pods,
+            &BTreeMap::new(),
+            &links,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         assert!(r.hooked.is_empty());
         assert_eq!(r.quarantined.len(), 2);
     }
@@ -352,7 +400,13 @@ mod tests {
             (pod("b"), vec![ip("10.244.1.11")]),
         ];
         let links = [link("veth9", &["10.244.1.10", "10.244.1.11"])];
-        let r = resolve(&pods, &BTreeMap::new(), &links, &BTreeMap::new());
+        let r = resolve(
+            &pods,
+            &BTreeMap::new(),
+            &links,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         assert!(r.hooked.is_empty());
         assert_eq!(r.quarantined["veth9"], BTreeSet::from([pod("a"), pod("b")]));
     }
@@ -361,7 +415,7 @@ mod tests {
     fn a_route_to_a_link_without_a_peer_still_hooks() {
         let pods = vec![(pod("a"), vec![ip("10.244.1.10")])];
         let routes = BTreeMap::from([(ip("10.244.1.10"), "vp0".to_string())]);
-        let r = resolve(&pods, &routes, &[], &BTreeMap::new());
+        let r = resolve(&pods, &routes, &[], &BTreeMap::new(), &BTreeMap::new());
         assert_eq!(r.hooked[&pod("a")], "vp0");
     }
 
@@ -372,7 +426,13 @@ mod tests {
             link("veth1", &["10.244.1.10"]),
             link("veth2", &["10.244.1.99"]),
         ];
-        let r = resolve(&pods, &BTreeMap::new(), &links, &BTreeMap::new());
+        let r = resolve(
+            &pods,
+            &BTreeMap::new(),
+            &links,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         assert_eq!(r.hooked.len(), 1);
         assert!(r.quarantined.is_empty());
     }

@@ -84,6 +84,13 @@ enum Cmd {
     /// Uninstall: agents killed under a deny policy, then `netpol-agent cleanup` on every
     /// node: nothing of netpol's remains and traffic flows as without it.
     Cleanup,
+    /// Pods started as a runtime starts them (netpol's chained CNI plugin last) and
+    /// probed the moment their network exists: no first packet may contradict the policy.
+    /// Needs --cni.
+    PodStart {
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+    },
     /// Remove namespaces left behind by sandbox runs that were killed.
     Clean,
 }
@@ -123,6 +130,38 @@ fn main() -> Result<()> {
             println!("api-faults: watch drops, 410 Gone, 500s and stalls during policy changes");
             scenarios::api_faults(&cfg)?;
             println!("api-faults: passed");
+            Ok(())
+        }
+        Cmd::PodStart { pods } => {
+            let plugin = cfg
+                .cni
+                .map(|p| format!("{p:?}").to_lowercase())
+                .unwrap_or_default();
+            println!(
+                "pod-start: {pods} pods started by the {plugin} CNI plugin and netpol-cni, probed the moment their network exists"
+            );
+            let r = netpol_tests::pod_start::pod_start(&cfg, pods)?;
+            println!(
+                "pod-start: {} pods started, {} first packets judged, {} contradicted the policy; {} allowed first packets of pods the agents did not know yet were held",
+                r.starts,
+                r.judged,
+                r.contradictions.len(),
+                r.held
+            );
+            println!(
+                "pod-start: CNI ADD (pod network plugin + netpol-cni) p50 {:.1} ms, max {:.1} ms",
+                r.add_p50_ms, r.add_max_ms
+            );
+            for c in &r.contradictions {
+                println!("  contradiction: {c}");
+            }
+            if !r.contradictions.is_empty() {
+                anyhow::bail!(
+                    "pod-start: {} first packets contradicted the policy",
+                    r.contradictions.len()
+                );
+            }
+            println!("pod-start: passed");
             Ok(())
         }
         Cmd::Cleanup => {

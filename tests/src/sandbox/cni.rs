@@ -45,6 +45,10 @@ impl Plugin {
     }
 }
 
+fn plugin_path(plugin: Plugin) -> std::path::PathBuf {
+    std::path::Path::new(CNI_PATH).join(plugin.name())
+}
+
 impl Sandbox {
     /// The network configuration for a pod at `addr` on node `node`.
     fn cni_config(&self, plugin: Plugin, node: usize, addr: Ipv4Addr) -> Value {
@@ -81,33 +85,80 @@ impl Sandbox {
         config
     }
 
-    /// Runs the plugin for `command` (ADD, DEL) on the pod whose network namespace is
-    /// `pod_ns`, from node `node`'s namespace. Returns the plugin's result (ADD).
+    /// Where node `node`'s agent listens for netpol's CNI plugin.
+    pub(super) fn cni_socket(&self, node: usize) -> std::path::PathBuf {
+        self.dir()
+            .join(format!("cni-{}.sock", super::node_name(node)))
+    }
+
+    /// Runs the conf list for `command` (ADD, DEL) on pod `key`, whose network namespace
+    /// is `pod_ns`, from node `node`'s namespace: the pod network's plugin, then netpol's
+    /// chained plugin (`netpol-cni`, beside the agent binary) with the first one's result
+    /// as `prevResult`; DEL runs them in reverse. Returns the chain's result (ADD).
     pub(super) fn run_cni(
         &self,
         plugin: Plugin,
         command: &str,
         node: usize,
+        key: &str,
         pod_ns: &str,
         addr: Ipv4Addr,
     ) -> Result<Value> {
         let config = self.cni_config(plugin, node, addr);
+        let netpol = self.cfg.agent.with_file_name("netpol-cni");
+        let chained = |prev: &Value| {
+            let mut c = json!({"cniVersion": "1.0.0", "name": "sandbox", "type": "netpol-cni",
+                "socket": self.cni_socket(node)});
+            if !prev.is_null() {
+                c["prevResult"] = prev.clone();
+            }
+            c
+        };
+        if command == "DEL" {
+            // Best effort: a missing agent or binary never stops a pod's removal.
+            if let Err(e) =
+                self.exec_plugin(&netpol, command, node, key, pod_ns, &chained(&Value::Null))
+            {
+                eprintln!("  {e:#}");
+            }
+            return self.exec_plugin(&plugin_path(plugin), command, node, key, pod_ns, &config);
+        }
+        let first = self.exec_plugin(&plugin_path(plugin), command, node, key, pod_ns, &config)?;
+        self.exec_plugin(&netpol, command, node, key, pod_ns, &chained(&first))
+    }
+
+    fn exec_plugin(
+        &self,
+        binary: &std::path::Path,
+        command: &str,
+        node: usize,
+        key: &str,
+        pod_ns: &str,
+        config: &Value,
+    ) -> Result<Value> {
+        let (ns, name) = key
+            .split_once('/')
+            .ok_or_else(|| anyhow!("bad pod {key}"))?;
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.node_ns(node)])
-            .arg(format!("{CNI_PATH}/{}", plugin.name()))
+            .arg(binary)
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", pod_ns)
             .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", CNI_PATH)
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| {
                 format!(
-                    "running the {} CNI plugin (scripts/install-prereqs.sh installs containernetworking-plugins)",
-                    plugin.name()
+                    "running the CNI plugin {} (scripts/install-prereqs.sh installs containernetworking-plugins)",
+                    binary.display()
                 )
             })?;
         child
@@ -118,7 +169,8 @@ impl Sandbox {
         let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!(
-                "CNI {command} of {pod_ns} failed: {} {}",
+                "CNI {command} of {key} by {} failed: {} {}",
+                binary.display(),
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );

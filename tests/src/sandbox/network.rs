@@ -290,7 +290,7 @@ impl Sandbox {
         let pns = self.netns(&format!("p{k}"));
         self.add_netns(&pns)?;
         if let Some(plugin) = self.cfg.cni {
-            let result = self.run_cni(plugin, "ADD", node, &pns, addr)?;
+            let result = self.run_cni(plugin, "ADD", node, key, &pns, addr)?;
             let want = self.fam().addr(addr).to_string();
             let got: Vec<&str> = result["ips"]
                 .as_array()
