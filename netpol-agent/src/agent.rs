@@ -134,6 +134,14 @@ pub enum Command {
         /// stay ready to show that their node is done).
         #[arg(long)]
         wait: bool,
+        /// Also take `netpol-cni` out of the conf lists of this CNI configuration
+        /// directory (the agent's --cni-conf-dir).
+        #[arg(long)]
+        cni_conf_dir: Option<PathBuf>,
+        /// Also remove `netpol-cni` from this CNI bin directory (the agent's
+        /// --cni-bin-dir); after --cni-conf-dir, so no runtime looks for it.
+        #[arg(long)]
+        cni_bin_dir: Option<PathBuf>,
     },
 }
 

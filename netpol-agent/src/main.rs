@@ -11,7 +11,17 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    if let Some(agent::Command::Cleanup { pin_dir, wait }) = &args.command {
+    if let Some(agent::Command::Cleanup {
+        pin_dir,
+        wait,
+        cni_conf_dir,
+        cni_bin_dir,
+    }) = &args.command
+    {
+        if let Err(e) = unchain_cni(cni_conf_dir.as_deref(), cni_bin_dir.as_deref()) {
+            tracing::error!("cleanup: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
         return match netpol_agent::datapath::cleanup::cleanup(pin_dir) {
             Ok(r) => {
                 println!(
@@ -42,6 +52,34 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The CNI side of an uninstall: the conf lists first, so no runtime runs the plugin
+/// while it is removed.
+fn unchain_cni(
+    conf_dir: Option<&std::path::Path>,
+    bin_dir: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use netpol_agent::cni::install;
+    if let Some(dir) = conf_dir {
+        for list in install::unchain(dir)
+            .with_context(|| format!("unchaining netpol-cni in {}", dir.display()))?
+        {
+            println!("removed netpol-cni from {}", list.display());
+        }
+    }
+    if let Some(dir) = bin_dir {
+        match std::fs::remove_file(dir.join(install::PLUGIN_TYPE)) {
+            Ok(()) => println!("removed {}", dir.join(install::PLUGIN_TYPE).display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("removing netpol-cni from {}", dir.display()));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn wait_for_termination() {

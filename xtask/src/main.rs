@@ -93,6 +93,22 @@ enum Task {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// A sandbox scenario (root) by name, with its own flags after `--`: pod-start,
+    /// restart, api-faults, churn, flood, cleanup, latency. E.g. `cargo xtask scenario
+    /// pod-start --cni bridge -- --pods 100`.
+    Scenario {
+        name: String,
+        /// The CNI plugin that networks the pods: none, ptp or bridge (pod-start needs
+        /// one; default ptp there, none elsewhere).
+        #[arg(long)]
+        cni: Option<String>,
+        #[arg(long, default_value = "ipv4")]
+        family: String,
+        #[arg(long, default_value = "auto")]
+        attach_mode: String,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Remove sandbox namespaces left behind by killed runs.
     Clean,
 }
@@ -384,6 +400,19 @@ fn main() -> Result<()> {
             "ipv4",
         ),
         Task::Clean => sandbox(&["clean"], "auto", "ipv4"),
+        Task::Scenario {
+            name,
+            cni,
+            family,
+            attach_mode,
+            args,
+        } => {
+            let cni =
+                cni.unwrap_or_else(|| if name == "pod-start" { "ptp" } else { "none" }.to_string());
+            let mut all = vec!["--cni", cni.as_str(), name.as_str()];
+            all.extend(args.iter().map(String::as_str));
+            sandbox(&all, &attach_mode, &family)
+        }
         Task::Bench { json } => bench(json.as_deref()),
         Task::ValidateManifests => {
             test_tools()?;
@@ -450,6 +479,20 @@ fn test() -> Result<()> {
             .args(["--cni", plugin, "conformance", "--cases"])
             .args(&cases)
             .args(&realnet))?;
+    }
+    // New pods enforced from their first packet (netpol's chained CNI plugin), with both
+    // kinds of pod network.
+    for plugin in ["ptp", "bridge"] {
+        step(&format!(
+            "scenario in the sandbox (root): pod-start, 100 pods by the {plugin} CNI plugin"
+        ));
+        sh(sandbox_cmd(&bins, "auto", "ipv4").args([
+            "--cni",
+            plugin,
+            "pod-start",
+            "--pods",
+            "100",
+        ]))?;
     }
     for (mode, scenario) in [
         ("auto", &["restart"][..]),
