@@ -189,6 +189,8 @@ struct Agent {
     uplinks_known: bool,
     /// Pods the CNI plugin announced (see `crate::cni`), until their DEL.
     cni_pods: BTreeMap<ObjectRef, CniPod>,
+    /// `hooked_before` starts from what an earlier run pinned (read once).
+    adopted_veths_read: bool,
 }
 
 /// What the CNI plugin said about a pod: its addresses and node-side interfaces.
@@ -280,6 +282,7 @@ pub async fn run(args: Args) -> Result<()> {
         refused_uplinks: BTreeMap::new(),
         uplinks_known: false,
         cni_pods: BTreeMap::new(),
+        adopted_veths_read: false,
         args,
     };
     let (link_tx, mut link_changes) = mpsc::channel::<()>(1);
@@ -634,6 +637,10 @@ impl Agent {
             .iter()
             .map(|ep| (ep.pod.clone(), ep.ips.clone()))
             .collect();
+        if !self.adopted_veths_read {
+            self.adopted_veths_read = true;
+            self.hooked_before = self.adopted_veths(plan, links);
+        }
         let declared: BTreeMap<ObjectRef, Vec<String>> = self
             .cni_pods
             .iter()
@@ -739,6 +746,40 @@ impl Agent {
         self.uplinks_known = true;
         self.uplinks = hooked.clone();
         self.update_status(|s| s.uplinks = hooked);
+    }
+
+    /// The veths an earlier run had matched to pods (its pinned `IFACES`, by the pod's
+    /// addresses): what a restarted agent knows of who held which veth, so that a claim
+    /// made while it was down wins nothing.
+    fn adopted_veths(
+        &self,
+        plan: &compile::Plan,
+        links: &[pod_links::Link],
+    ) -> BTreeMap<ObjectRef, String> {
+        use netpol_common::{IFACE_HAS_V4, IFACE_HAS_V6};
+        let by_addr: BTreeMap<netpol_common::Addr, &ObjectRef> = plan
+            .endpoints
+            .iter()
+            .flat_map(|ep| {
+                ep.ips
+                    .iter()
+                    .map(move |ip| (crate::program::addr_of(*ip), &ep.pod))
+            })
+            .collect();
+        let mut out = BTreeMap::new();
+        for (ifindex, info) in self.programmer.ifaces() {
+            let Some(link) = links.iter().find(|l| l.index == *ifindex) else {
+                continue;
+            };
+            let addrs = [
+                (info.flags & IFACE_HAS_V4 != 0).then_some(info.addr4),
+                (info.flags & IFACE_HAS_V6 != 0).then_some(info.addr6),
+            ];
+            if let Some(pod) = addrs.into_iter().flatten().find_map(|a| by_addr.get(&a)) {
+                out.insert((*pod).clone(), link.name.clone());
+            }
+        }
+        out
     }
 
     /// Quarantined veths get netpol's programs (they drop what such a veth carries once

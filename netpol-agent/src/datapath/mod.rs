@@ -4,6 +4,7 @@
 pub mod cleanup;
 pub mod kernel_conntrack;
 pub mod link_events;
+pub mod nexthops;
 pub mod node_addrs;
 pub mod pod_links;
 pub mod routes;

@@ -221,14 +221,18 @@ pub fn resolve(
             .collect();
         // A route to a link that is not a pod veth (a CNI whose pod link has no peer in
         // another namespace) is the only evidence there is.
-        let pick = match by_route {
+        // A veth belongs to one pod for its whole life: the one it held stays its own,
+        // whatever addresses the pod puts on it since (else a pod could unhook itself by
+        // changing its address).
+        let kept = before
+            .get(pod)
+            .map(String::as_str)
+            .filter(|b| veths.contains(b));
+        let pick = match by_route.or(kept) {
             Some(r) => Some(r),
             None if candidates.len() == 1 => candidates.first().copied(),
             None if honest.len() == 1 => Some(honest[0]),
-            None => before
-                .get(pod)
-                .map(String::as_str)
-                .filter(|b| candidates.contains(b)),
+            None => None,
         };
         if let Some(v) = pick {
             claimed_by.entry(v).or_default().insert(pod);
@@ -373,6 +377,20 @@ mod tests {
         assert_eq!(r.hooked[&pod("new")], "veth1");
         assert_eq!(r.hooked[&pod("attacker")], "veth9");
         assert!(r.quarantined.is_empty());
+    }
+
+    #[test]
+    fn a_pod_that_drops_its_address_keeps_its_veth() {
+        let pods = vec![(pod("a"), vec![ip("10.244.1.10")])];
+        let before = BTreeMap::from([(pod("a"), "veth1".to_string())]);
+        for claims in [&[][..], &["10.244.1.50"], &["10.244.9.9", "10.244.1.51"]] {
+            let links = [link("veth1", claims)];
+            let r = resolve(&pods, &BTreeMap::new(), &links, &before, &BTreeMap::new());
+            assert_eq!(r.hooked[&pod("a")], "veth1", "{claims:?}");
+        }
+        // Until the veth is gone.
+        let r = resolve(&pods, &BTreeMap::new(), &[], &before, &BTreeMap::new());
+        assert!(r.hooked.is_empty());
     }
 
     #[test]

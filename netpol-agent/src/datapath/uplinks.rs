@@ -1,5 +1,5 @@
 //! Where pod traffic leaves the node, when no `--uplink` is given: every interface that a
-//! route of the main table (IPv4 and IPv6) towards a network leaves by, default routes
+//! route (any table but `local`, IPv4 and IPv6) towards a network leaves by, default routes
 //! and routes towards other nodes' pods (a VXLAN device, a second NIC) alike. Host routes
 //! (/32, /128) are how a routed CNI reaches its pods, so they do not count, and neither do
 //! the pods' own links: their veths, and the bridges those are ports of. (Being a veth
@@ -9,23 +9,27 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
-};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::pod_links::Link;
 use super::rtnl::dump;
 
-/// The interface index of every main-table unicast route's way out, both families.
+/// The interface index of every unicast route's way out, in every routing table but
+/// `local` (policy routing sends pods out by tables of their own, as the AWS VPC CNI
+/// does for secondary interfaces), both families; routes through nexthop objects
+/// included.
 pub fn route_interfaces() -> io::Result<BTreeSet<u32>> {
     let mut out = BTreeSet::new();
+    let mut via_objects = BTreeSet::new();
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut req = RouteMessage::default();
         req.header.address_family = family;
         let got = dump(RouteNetlinkMessage::GetRoute(req), |msg| {
             if let RouteNetlinkMessage::NewRoute(m) = msg {
-                out.extend(ways_out(&m));
+                let (ways, object) = ways_out(&m);
+                out.extend(ways);
+                via_objects.extend(object);
             }
         });
         match got {
@@ -37,10 +41,19 @@ pub fn route_interfaces() -> io::Result<BTreeSet<u32>> {
             Err(e) => return Err(e),
         }
     }
+    if !via_objects.is_empty() {
+        let objects = super::nexthops::dump()?;
+        out.extend(
+            via_objects
+                .iter()
+                .flat_map(|id| super::nexthops::interfaces(&objects, *id)),
+        );
+    }
     Ok(out)
 }
 
-fn ways_out(m: &RouteMessage) -> Vec<u32> {
+/// The interfaces a route leaves by, and the nexthop object it uses, if any.
+fn ways_out(m: &RouteMessage) -> (Vec<u32>, Option<u32>) {
     let table = m
         .attributes
         .iter()
@@ -49,8 +62,8 @@ fn ways_out(m: &RouteMessage) -> Vec<u32> {
             _ => None,
         })
         .unwrap_or(u32::from(m.header.table));
-    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || m.header.kind != RouteType::Unicast {
-        return Vec::new();
+    if table == u32::from(RT_TABLE_LOCAL) || m.header.kind != RouteType::Unicast {
+        return (Vec::new(), None);
     }
     let host_route = match m.header.address_family {
         AddressFamily::Inet => m.header.destination_prefix_length == 32,
@@ -67,17 +80,26 @@ fn ways_out(m: &RouteMessage) -> Vec<u32> {
             _ => false,
         });
     if link_local {
-        return Vec::new();
+        return (Vec::new(), None);
     }
-    m.attributes
+    let ways = m
+        .attributes
         .iter()
         .flat_map(|a| match a {
             RouteAttribute::Oif(i) => vec![*i],
             RouteAttribute::MultiPath(hops) => hops.iter().map(|h| h.interface_index).collect(),
             _ => Vec::new(),
         })
-        .collect()
+        .collect();
+    let object = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::NhId(id) => Some(*id),
+        _ => None,
+    });
+    (ways, object)
 }
+
+/// `RT_TABLE_LOCAL`: the node's own addresses, never a way out.
+const RT_TABLE_LOCAL: u8 = 255;
 
 /// The uplinks found, and the interfaces refused (name -> why).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

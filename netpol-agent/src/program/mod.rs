@@ -312,6 +312,11 @@ impl<M: MapOps> Programmer<M> {
         &self.endpoint_ids
     }
 
+    /// What `IFACES` holds (an adopted earlier run's entries until the first `apply`).
+    pub fn ifaces(&self) -> &BTreeMap<u32, IfaceInfo> {
+        &self.ifaces
+    }
+
     /// Writes `plan`. `ifindexes` maps local pods to the host side of their veth; a pod
     /// without one is programmed by address only (enforced once its veth shows up).
     pub fn apply(
