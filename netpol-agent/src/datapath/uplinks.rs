@@ -118,7 +118,13 @@ pub fn pick(links: &[Link], route_ifs: &BTreeSet<u32>, pod_veths: &BTreeSet<&str
         .collect();
     let mut out = Found::default();
     for l in links {
-        if !route_ifs.contains(&l.index)
+        // A pod bridge's other ports (a NIC enslaved to it) carry pod traffic out of the
+        // node without any route naming them.
+        let bridge_port_out = l
+            .controller
+            .is_some_and(|c| pod_bridges.contains(&c) && route_ifs.contains(&c))
+            && l.peer.is_none();
+        if !(route_ifs.contains(&l.index) || bridge_port_out)
             || l.name == "lo"
             || pod_veths.contains(l.name.as_str())
             || pod_bridges.contains(&l.index)
@@ -186,10 +192,14 @@ mod tests {
             link(6, "wg0", false),
             link(7, "eth1", true),
             ptp,
+            link(9, "eth2", true),
         ];
         let routes = BTreeSet::from([1, 2, 3, 4, 6, 8]);
+        let mut links = links;
+        // eth2 is a port of the pods' bridge cni0.
+        links[8].controller = Some(4);
         let f = pick(&links, &routes, &BTreeSet::from(["veth2"]));
-        assert_eq!(f.uplinks, vec!["eth0", "flannel.1"]);
+        assert_eq!(f.uplinks, vec!["eth0", "flannel.1", "eth2"]);
         assert_eq!(f.refused.keys().collect::<Vec<_>>(), vec!["wg0"]);
     }
 
