@@ -46,6 +46,21 @@ fn root_uplinks_follow_the_routes_of_both_families() {
             ],
             None,
         );
+        // One address out through a gateway: a way out too, unlike a CNI's route to a pod.
+        sh(
+            &[
+                "ip",
+                "route",
+                "add",
+                "203.0.113.9/32",
+                "via",
+                "10.77.0.1",
+                "dev",
+                "spare",
+                "onlink",
+            ],
+            None,
+        );
         // The pods' bridge and veth: never uplinks.
         sh(&["ip", "link", "add", "br0", "type", "bridge"], None);
         sh(&["ip", "addr", "add", "10.1.0.1/24", "dev", "br0"], None);
@@ -68,7 +83,11 @@ fn root_uplinks_follow_the_routes_of_both_families() {
         let links = pod_links::links().expect("links");
         let routes = uplinks::route_interfaces().expect("routes");
         let found = uplinks::pick(&links, &routes, &BTreeSet::new());
-        assert_eq!(found.uplinks, vec!["up0", "up1"], "{links:?} {routes:?}");
+        assert_eq!(
+            found.uplinks,
+            vec!["up0", "up1", "spare"],
+            "{links:?} {routes:?}"
+        );
         assert_eq!(
             found
                 .refused

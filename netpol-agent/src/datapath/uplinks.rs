@@ -65,10 +65,16 @@ fn ways_out(m: &RouteMessage) -> (Vec<u32>, Option<u32>) {
     if table == u32::from(RT_TABLE_LOCAL) || m.header.kind != RouteType::Unicast {
         return (Vec::new(), None);
     }
-    let host_route = match m.header.address_family {
-        AddressFamily::Inet => m.header.destination_prefix_length == 32,
-        _ => m.header.destination_prefix_length == 128,
-    };
+    // A CNI's route to one pod is direct; a host route through a gateway leaves the node.
+    let via_gateway = m
+        .attributes
+        .iter()
+        .any(|a| matches!(a, RouteAttribute::Gateway(_) | RouteAttribute::Via(_)));
+    let host_route = !via_gateway
+        && match m.header.address_family {
+            AddressFamily::Inet => m.header.destination_prefix_length == 32,
+            _ => m.header.destination_prefix_length == 128,
+        };
     // Every IPv6 interface has a route to fe80::/64 (IPv4's 169.254/16 is alike): the
     // link itself, not a way out of the node.
     let link_local = host_route
