@@ -193,11 +193,20 @@ struct Agent {
     adopted_veths_read: bool,
 }
 
-/// What the CNI plugin said about a pod: its addresses and node-side interfaces.
+/// What the CNI plugin said about a pod's current sandbox: its addresses and node-side
+/// interfaces.
 struct CniPod {
+    /// The sandbox (CNI_CONTAINERID): a DEL of another sandbox of the pod leaves it.
+    container_id: String,
     ips: Vec<std::net::IpAddr>,
     host_interfaces: Vec<String>,
+    added: std::time::Instant,
+    /// The API view has had the pod: once it no longer does, the pod is gone.
+    seen_in_api: bool,
 }
+
+/// An announced pod the API view never shows is forgotten after this (its DEL was lost).
+const CNI_UNSEEN_FOR: Duration = Duration::from_secs(600);
 
 pub async fn run(args: Args) -> Result<()> {
     let node = args.node_name.clone().context("--node-name is required")?;
@@ -486,21 +495,37 @@ impl Agent {
         self.plan = Some((self.state_key.clone(), plan));
     }
 
-    /// A pod the CNI plugin announced is often in the API view already, without its
-    /// addresses (the kubelet reports them later): it takes the plugin's, so its own rules
-    /// apply from its first packet. Returns whether the state changed.
+    /// The runtime of this node runs the plugin, so an announced pod is here, with the
+    /// addresses of its current sandbox: the API view's pod takes this node and those
+    /// addresses (it may lag: no node yet, no address yet, or an earlier sandbox's), so
+    /// its own rules apply from its first packet. Entries of pods the API view has had
+    /// and deleted, or never shows, are dropped. Returns whether the state changed.
     fn patch_cni_addresses(&mut self) -> bool {
         let Some(state) = self.state.as_mut() else {
             return false;
         };
         let mut changed = false;
-        for (pod, c) in &self.cni_pods {
-            if let Some(info) = state.pods.get_mut(pod)
-                && info.ips.is_empty()
-                && !info.host_network
-                && !info.terminated
-                && info.node.as_deref() == Some(self.node.as_str())
-            {
+        self.cni_pods.retain(|pod, c| match state.pods.get(pod) {
+            None if c.seen_in_api => false,
+            None if c.added.elapsed() > CNI_UNSEEN_FOR => {
+                warn!(%pod, "announced by the CNI plugin but never seen in the API: forgotten");
+                false
+            }
+            _ => true,
+        });
+        for (pod, c) in self.cni_pods.iter_mut() {
+            let Some(info) = state.pods.get_mut(pod) else {
+                continue;
+            };
+            c.seen_in_api = true;
+            if info.host_network || info.terminated {
+                continue;
+            }
+            if info.node.as_deref() != Some(self.node.as_str()) {
+                info.node = Some(self.node.clone());
+                changed = true;
+            }
+            if info.ips != c.ips {
                 info.ips = c.ips.clone();
                 changed = true;
             }
@@ -515,10 +540,15 @@ impl Agent {
         plan: &compile::Plan,
         state: &ClusterState,
     ) -> Option<compile::Plan> {
-        let unknown: Vec<(ObjectRef, Vec<std::net::IpAddr>)> = self
+        // Newest first: of two announced pods with one address, the later one has it.
+        let mut unknown: Vec<(&ObjectRef, &CniPod)> = self
             .cni_pods
             .iter()
             .filter(|(pod, _)| !state.pods.contains_key(*pod))
+            .collect();
+        unknown.sort_by_key(|(_, c)| std::cmp::Reverse(c.added));
+        let unknown: Vec<(ObjectRef, Vec<std::net::IpAddr>)> = unknown
+            .into_iter()
             .map(|(pod, c)| (pod.clone(), c.ips.clone()))
             .collect();
         if unknown.is_empty() {
@@ -540,18 +570,23 @@ impl Agent {
                 self.cni_pods.insert(
                     pod.clone(),
                     CniPod {
+                        container_id: r.container_id,
                         ips: r.ips,
                         host_interfaces: r.host_interfaces,
+                        added: std::time::Instant::now(),
+                        seen_in_api: false,
                     },
                 );
-                self.plan = None;
-                // The freshest API view: the pod's labels may have just arrived.
-                self.reconcile(true);
+                self.reload_fresh();
             }
             Op::Del => {
-                if self.cni_pods.remove(&pod).is_some() {
-                    self.plan = None;
-                    self.reconcile(false);
+                let current = self
+                    .cni_pods
+                    .get(&pod)
+                    .is_some_and(|c| r.container_id.is_empty() || c.container_id == r.container_id);
+                if current {
+                    self.cni_pods.remove(&pod);
+                    self.reload_fresh();
                 }
                 let _ = incoming.reply.send(Reply {
                     enforced: false,
@@ -589,6 +624,14 @@ impl Agent {
         let _ = incoming.reply.send(reply);
     }
 
+    /// Reconciles from a fresh copy of the source's state (the freshest API view, and
+    /// none of the addresses patched in for announcements since changed).
+    fn reload_fresh(&mut self) {
+        self.state_key.clear();
+        self.plan = None;
+        self.reconcile(true);
+    }
+
     /// With --cni-bin-dir and --cni-conf-dir: `netpol-cni` installed and chained.
     fn install_cni(&mut self) {
         let (Some(bin), Some(conf)) = (&self.args.cni_bin_dir, &self.args.cni_conf_dir) else {
@@ -600,7 +643,7 @@ impl Agent {
             let socket = self.args.cni_socket.to_string_lossy();
             Ok((copied, cni::install::ensure_chained(conf, &socket)?))
         });
-        match result {
+        let error = match result {
             Ok((copied, chained)) => {
                 if copied {
                     info!(dir = %bin.display(), "netpol-cni installed");
@@ -608,10 +651,15 @@ impl Agent {
                 if let Some(list) = chained {
                     info!(conf_list = %list.display(), "netpol-cni chained");
                 }
+                None
             }
-            Err(e) => {
-                warn!(error = %e, "installing netpol-cni; new pods are enforced once the API and the kernel show them")
+            Err(e) => Some(e.to_string()),
+        };
+        if error != self.snapshot().cni_install_error {
+            if let Some(e) = &error {
+                warn!(error = %e, "installing netpol-cni; new pods are enforced once the API and the kernel show them");
             }
+            self.update_status(|s| s.cni_install_error = error);
         }
     }
 

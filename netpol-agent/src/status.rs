@@ -54,6 +54,9 @@ pub struct Status {
     /// Veths that claim a local pod's address but cannot be matched to it (interface ->
     /// the pods they claim): netpol drops everything they carry.
     pub quarantined_interfaces: BTreeMap<String, Vec<String>>,
+    /// Why netpol-cni could not be installed or chained (--cni-conf-dir): new pods are
+    /// then enforced only once the API and the kernel show them.
+    pub cni_install_error: Option<String>,
     pub endpoints: Vec<EndpointStatus>,
 }
 

@@ -1,6 +1,6 @@
 //! Puts `netpol-cni` into the node's CNI configuration: the binary into the CNI bin
 //! directory, and an entry at the end of the plugin list of the conf list the runtime
-//! uses (the first `.conflist` by name, as the runtime picks it). The pod network's own
+//! uses (see `runtime_conf`). The pod network's own
 //! daemon may rewrite its conf list at any time, so the agent checks again on every
 //! resync; uninstalling takes the entry out again.
 
@@ -22,28 +22,58 @@ pub fn install_binary(binary: &Path, bin_dir: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
-/// The conf list the runtime uses: the first `.conflist` of `conf_dir` by name.
-pub fn conf_list(conf_dir: &Path) -> io::Result<Option<PathBuf>> {
-    let mut lists: Vec<PathBuf> = std::fs::read_dir(conf_dir)?
+/// The network configuration the runtime uses, as libcni picks it: the first file by
+/// name among `.conf`, `.conflist` and `.json` that can be read and holds a network (a
+/// conf list without plugins, or an unreadable file, is skipped, as runtimes skip them).
+/// Returns the file and whether it is a conf list.
+pub fn runtime_conf(conf_dir: &Path) -> io::Result<Option<(PathBuf, Value, bool)>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(conf_dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "conflist"))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "conf" || x == "conflist" || x == "json")
+        })
         .collect();
-    lists.sort();
-    Ok(lists.into_iter().next())
+    files.sort();
+    for path in files {
+        let value = match read_json(&path) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "CNI configuration skipped (as the runtime skips it)");
+                continue;
+            }
+        };
+        let is_list = path.extension().is_some_and(|x| x == "conflist");
+        let holds_network = if is_list {
+            value["plugins"].as_array().is_some_and(|p| !p.is_empty())
+        } else {
+            value["type"].is_string()
+        };
+        if holds_network {
+            return Ok(Some((path, value, is_list)));
+        }
+    }
+    Ok(None)
 }
 
-/// Makes `netpol-cni` the last plugin of the conf list in `conf_dir`. Returns the file
-/// when it was changed.
+/// Makes `netpol-cni` the last plugin of the conf list the runtime uses (see
+/// `runtime_conf`). Returns the file when it was changed; an error when the runtime's
+/// configuration is a single plugin (`.conf`), where nothing can be chained.
 pub fn ensure_chained(conf_dir: &Path, socket: &str) -> io::Result<Option<PathBuf>> {
-    let Some(path) = conf_list(conf_dir)? else {
+    let Some((path, mut list, is_list)) = runtime_conf(conf_dir)? else {
         return Ok(None);
     };
-    let mut list = read_json(&path)?;
-    let Some(plugins) = list["plugins"].as_array_mut() else {
+    if !is_list {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{}: no plugins list", path.display()),
+            format!(
+                "{} is the runtime's network configuration and a single plugin, not a conf list: netpol-cni cannot be chained there",
+                path.display()
+            ),
         ));
+    }
+    let Some(plugins) = list["plugins"].as_array_mut() else {
+        return Ok(None);
     };
     let entry = json!({"type": PLUGIN_TYPE, "socket": socket});
     if plugins.last() == Some(&entry) {
@@ -55,7 +85,8 @@ pub fn ensure_chained(conf_dir: &Path, socket: &str) -> io::Result<Option<PathBu
     Ok(Some(path))
 }
 
-/// Takes `netpol-cni` out of every conf list of `conf_dir`. Returns the files changed.
+/// Takes `netpol-cni` out of every conf list of `conf_dir`; files that cannot be read are
+/// none of netpol's and are left alone. Returns the files changed.
 pub fn unchain(conf_dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut changed = Vec::new();
     for entry in std::fs::read_dir(conf_dir)? {
@@ -63,7 +94,9 @@ pub fn unchain(conf_dir: &Path) -> io::Result<Vec<PathBuf>> {
         if path.extension().is_none_or(|x| x != "conflist") {
             continue;
         }
-        let mut list = read_json(&path)?;
+        let Ok(mut list) = read_json(&path) else {
+            continue;
+        };
         let Some(plugins) = list["plugins"].as_array_mut() else {
             continue;
         };
@@ -74,6 +107,7 @@ pub fn unchain(conf_dir: &Path) -> io::Result<Vec<PathBuf>> {
             changed.push(path);
         }
     }
+    changed.sort();
     Ok(changed)
 }
 

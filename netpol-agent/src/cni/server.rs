@@ -23,18 +23,35 @@ const MAX_LINE: u64 = 64 * 1024;
 /// The plugin gives up sooner; this only bounds a stuck connection.
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
-/// Binds `path` for root only, replacing a socket an earlier run left.
+/// Binds `path` for root only, replacing a socket an earlier run left. A directory it
+/// has to make is root's only; one that exists is left as it is (it may be shared, like
+/// `/run`), and anything at `path` that is not a socket is refused, not deleted.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
+    use std::os::unix::fs::FileTypeExt;
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
+    // Never reachable by others, not even between bind and chmod.
+    // SAFETY: umask only changes this process's file creation mask; restored below.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }

@@ -22,10 +22,10 @@ pub fn namespace_isolates(state: &ClusterState, namespace: &str) -> BTreeSet<Dir
 }
 
 /// Adds `pods` (each with its addresses) to `plan`, held as described above. A pod the
-/// plan already has, or one with an address a planned pod holds, is left out: the plan's
-/// view wins.
+/// plan already has, or one with an address a planned pod (or one held before it in
+/// `pods`) holds, is left out: the plan's view wins, then the order of `pods`.
 pub fn hold(plan: &mut Plan, state: &ClusterState, pods: &[(ObjectRef, Vec<IpAddr>)]) {
-    let taken: BTreeSet<IpAddr> = plan
+    let mut taken: BTreeSet<IpAddr> = plan
         .endpoints
         .iter()
         .flat_map(|e| e.ips.iter().copied())
@@ -37,6 +37,7 @@ pub fn hold(plan: &mut Plan, state: &ClusterState, pods: &[(ObjectRef, Vec<IpAdd
         let Err(at) = plan.endpoints.binary_search_by(|e| e.pod.cmp(pod)) else {
             continue;
         };
+        taken.extend(ips.iter().copied());
         let isolates = namespace_isolates(state, &pod.namespace);
         let mut deny = || {
             let empty = RuleSet::default();
