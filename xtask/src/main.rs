@@ -9,6 +9,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod kernels;
 mod kind;
 
 #[derive(Parser)]
@@ -108,6 +109,13 @@ enum Task {
         attach_mode: String,
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// The crafted-packet datapath tests on Debian's kernels under qemu (root; no KVM
+    /// needed, slow without): bullseye's 5.10 and bookworm's 6.1, or those named.
+    Kernels {
+        /// Only these (5.10, 6.1).
+        #[arg(long = "kernel")]
+        only: Vec<String>,
     },
     /// Remove sandbox namespaces left behind by killed runs.
     Clean,
@@ -400,6 +408,11 @@ fn main() -> Result<()> {
             "ipv4",
         ),
         Task::Clean => sandbox(&["clean"], "auto", "ipv4"),
+        Task::Kernels { only } => {
+            require_root()?;
+            prereqs()?;
+            kernels::kernels(&only)
+        }
         Task::Scenario {
             name,
             cni,
