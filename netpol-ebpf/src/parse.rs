@@ -203,10 +203,12 @@ fn parse_v6(ctx: &TcContext, p: &mut Packet) -> Parsed {
     if hdr[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let (Some(src), Some(dst)) = (
-        load::<[u8; 16]>(ctx, ETH_HLEN + 8),
-        load::<[u8; 16]>(ctx, ETH_HLEN + 24),
-    ) else {
+    // One load at a time: a tuple of both made older verifiers (5.10, 6.1) see a read of
+    // a stack slot that the failed load's path never wrote.
+    let Some(src) = load::<[u8; 16]>(ctx, ETH_HLEN + 8) else {
+        return Parsed::Malformed;
+    };
+    let Some(dst) = load::<[u8; 16]>(ctx, ETH_HLEN + 24) else {
         return Parsed::Malformed;
     };
     p.src = Addr(src);
@@ -371,11 +373,13 @@ fn quoted(ctx: &TcContext, p: &mut Packet, off: usize) -> bool {
         p.t_src = Addr::from_v4([q[16], q[17], q[18], q[19]]);
         (q[9], off + ihl)
     } else {
-        let (Some(q), Some(s), Some(d)) = (
-            load::<[u8; 8]>(ctx, off),
-            load::<[u8; 16]>(ctx, off + 8),
-            load::<[u8; 16]>(ctx, off + 24),
-        ) else {
+        let Some(q) = load::<[u8; 8]>(ctx, off) else {
+            return false;
+        };
+        let Some(s) = load::<[u8; 16]>(ctx, off + 8) else {
+            return false;
+        };
+        let Some(d) = load::<[u8; 16]>(ctx, off + 24) else {
             return false;
         };
         p.t_dst = Addr(s);
