@@ -26,7 +26,10 @@ fn load<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     let start = ctx.data();
     let end = ctx.data_end();
     let len = core::mem::size_of::<T>();
-    if off <= MAX_DIRECT_OFFSET && start + off + len <= end {
+    if off > MAX_DIRECT_OFFSET {
+        return ctx.load::<T>(off).ok();
+    }
+    if start + off + len <= end {
         // SAFETY: the bytes lie between data and data_end, checked just above.
         return Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
     }
