@@ -9,6 +9,8 @@
 /// drift apart.
 pub mod names {
     pub const IFACES: &str = "IFACES";
+    /// The same `IfaceInfo`s in an array indexed by ifindex (see `IfaceSlot`).
+    pub const IFACE_SLOTS: &str = "IFACE_SLOTS";
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const SERVICES: &str = "SERVICES";
     /// Peer pods by identity: (rule set, identity) -> ports.
@@ -43,11 +45,13 @@ pub mod names {
 
 /// Version of the map layout (the types in this crate). Pins live under a directory named
 /// after it, so an agent whose maps differ never adopts maps it cannot read.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Default map sizes; the agent can override them at load time.
 pub mod sizes {
     pub const IFACES: u32 = 4096;
+    /// A power of two: the slot of a veth is its ifindex modulo this.
+    pub const IFACE_SLOTS: u32 = 16_384;
     pub const ENDPOINTS: u32 = 8192;
     pub const SERVICES: u32 = 16384;
     pub const PEERS_BY_IDENTITY: u32 = 262_144;
@@ -127,6 +131,32 @@ pub struct IfaceInfo {
     pub ingress_set: u32,
     pub egress_set: u32,
 }
+
+/// A slot of the `IFACE_SLOTS` array: the programs find a veth's `IfaceInfo` there by
+/// indexing (`ifindex % sizes::IFACE_SLOTS`) instead of hashing, the largest cost of the
+/// established path. `IFACES` (a hash) stays the full record: a veth whose slot another
+/// veth holds (ifindexes grow with every veth a node ever made) is found there.
+///
+/// Array slots are written in place, so a program may read a slot while the agent writes
+/// it. The agent never changes `ifindex` and `info` in one write (see
+/// `program::kernel::KernelMaps::set_iface`): a reader sees an owner with its complete
+/// info, or no owner (and looks in `IFACES`).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct IfaceSlot {
+    /// The veth holding the slot; 0 (never an ifindex) when none does.
+    pub ifindex: u32,
+    pub info: IfaceInfo,
+}
+
+impl IfaceSlot {
+    /// The slot a veth would hold.
+    pub const fn index_of(ifindex: u32) -> u32 {
+        ifindex % sizes::IFACE_SLOTS
+    }
+}
+
+const _: () = assert!(sizes::IFACE_SLOTS.is_power_of_two());
 
 pub const IFACE_HAS_V4: u32 = 1;
 pub const IFACE_HAS_V6: u32 = 2;
@@ -511,6 +541,7 @@ mod user {
     // an explicit `_pad` field), so any byte pattern the kernel hands back is valid.
     unsafe impl aya::Pod for Addr {}
     unsafe impl aya::Pod for IfaceInfo {}
+    unsafe impl aya::Pod for IfaceSlot {}
     unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for IdentityKey {}
@@ -532,6 +563,7 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Addr>() == 16);
     assert!(size_of::<IfaceInfo>() == 48);
+    assert!(size_of::<IfaceSlot>() == 52);
     assert!(size_of::<PeerKey>() == 20);
     assert!(size_of::<IdentityKey>() == 8);
     assert!(size_of::<CtKey>() == 40);

@@ -16,14 +16,18 @@
 #![no_std]
 #![no_main]
 
+mod clock;
+mod fast;
 mod fragments;
 mod maps;
+mod mark;
 mod neighbour;
 mod parse;
 mod service;
 mod verdict;
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use fast::Side;
 use fragments::{AT_FROM_POD, AT_TO_POD, AT_UPLINK, fragment_ports, record_first_fragment};
 use maps::{count, endpoint, iface_of, is_node, is_service, scratch, sets_of};
 use neighbour::{link_message, not_for, own_address, own_neighbour_message, own_target};
@@ -66,8 +70,21 @@ fn not_ip(iface: &IfaceInfo, sets: Sets, parsed: &Parsed, sent: bool) -> i32 {
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
     let Some(iface) = iface_of(&ctx) else {
+        mark::set(&ctx, false);
         return TC_ACT_UNSPEC; // not a veth of a pod we enforce (yet)
     };
+    if fast::established(&ctx, iface, Side::Sends) {
+        mark::set(&ctx, true);
+        return TC_ACT_UNSPEC;
+    }
+    mark::set(&ctx, false);
+    from_pod_full(&ctx, iface)
+}
+
+/// Everything but the established path. A function of its own (a BPF subprogram), so
+/// its stack and the established path's are never live together.
+#[inline(never)]
+fn from_pod_full(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
     let sets = Sets {
         ingress: iface.ingress_set,
         egress: iface.egress_set,
@@ -75,9 +92,9 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     let Some(p) = scratch() else {
         return TC_ACT_UNSPEC;
     };
-    match parse::parse(&ctx, p) {
+    match parse::parse(ctx, p) {
         Parsed::Ip => {}
-        other => return not_ip(&iface, sets, &other, true),
+        other => return not_ip(iface, sets, &other, true),
     }
     let id = iface.endpoint_id;
     if p.v4_in_v6 {
@@ -86,18 +103,21 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     if p.icmp == Icmp::Router {
         return verdict(id, reason::DROP_ROUTER);
     }
-    if own_neighbour_message(&iface, p) {
+    if own_neighbour_message(iface, p) {
         return verdict(id, reason::ALLOW_NEIGHBOUR);
     }
     // Claiming another's address is spoofing, whatever the pod's policy.
-    if p.icmp == Icmp::Neighbour && !own_target(&iface, p) {
+    if p.icmp == Icmp::Neighbour && !own_target(iface, p) {
         return verdict(id, reason::DROP_SPOOFED);
     }
-    if !own_address(&iface, &p.src) {
+    if !own_address(iface, &p.src) {
         return verdict(id, reason::DROP_SPOOFED);
     }
     let (who, why) = sent_by_pod(p, id, sets);
     record_first_fragment(p, why, AT_FROM_POD);
+    if mark::final_at_sender(why) {
+        mark::set(ctx, true);
+    }
     verdict(who, why)
 }
 
@@ -176,6 +196,15 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     let Some(iface) = iface_of(&ctx) else {
         return TC_ACT_UNSPEC;
     };
+    if fast::established(&ctx, iface, Side::Receives) {
+        return TC_ACT_UNSPEC;
+    }
+    to_pod_full(&ctx, iface)
+}
+
+/// Everything but the established path (see `from_pod_full`).
+#[inline(never)]
+fn to_pod_full(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
     let sets = Sets {
         ingress: iface.ingress_set,
         egress: iface.egress_set,
@@ -183,9 +212,9 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     let Some(p) = scratch() else {
         return TC_ACT_UNSPEC;
     };
-    match parse::parse(&ctx, p) {
+    match parse::parse(ctx, p) {
         Parsed::Ip => {}
-        other => return not_ip(&iface, sets, &other, false),
+        other => return not_ip(iface, sets, &other, false),
     }
     let id = iface.endpoint_id;
     if p.v4_in_v6 {
@@ -195,7 +224,7 @@ pub fn to_pod(ctx: TcContext) -> i32 {
         return verdict(id, reason::ALLOW_NEIGHBOUR);
     }
     // Someone else's packet (flooded by a bridge): never judged with this pod's rules.
-    if not_for(&iface, p) {
+    if not_for(iface, p) {
         return if sets.isolated() {
             verdict(id, reason::DROP_MISDELIVERED)
         } else {
@@ -293,6 +322,9 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
 /// whose egress was not decided at the pod's veth (Service traffic) are decided here.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
+    if mark::is_decided(&ctx) {
+        return TC_ACT_UNSPEC; // decided at the pod's veth
+    }
     let Some(p) = scratch() else {
         return TC_ACT_UNSPEC;
     };
@@ -368,7 +400,7 @@ fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
 #[inline(always)]
 fn came_from(sender: &netpol_common::EndpointInfo, came_in: u32) -> bool {
     // SAFETY (both lookups): plain-data values.
-    match unsafe { maps::IFACES.get(came_in) } {
+    match maps::iface(came_in) {
         Some(i) => i.endpoint_id == sender.id,
         None => unsafe { maps::UPLINKS.get(came_in) }.is_none(),
     }

@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use netpol_common::{
     Addr, Counters, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts, IdentityId, IdentityKey,
-    IfaceInfo, PeerKey, PortSet, ServiceFlow, ServiceFlowKey, ServiceKey, meta, reason, sizes,
+    IfaceInfo, IfaceSlot, PeerKey, PortSet, ServiceFlow, ServiceFlowKey, ServiceKey, meta, reason,
+    sizes,
 };
 
 use crate::parse::Packet;
@@ -15,6 +16,9 @@ use crate::verdict::Sets;
 
 #[map]
 pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(sizes::IFACES, 0);
+/// `IFACES` by ifindex, without hashing (see `IfaceSlot`).
+#[map]
+pub static IFACE_SLOTS: Array<IfaceSlot> = Array::with_max_entries(sizes::IFACE_SLOTS, 0);
 #[map]
 pub static ENDPOINTS: HashMap<Addr, EndpointInfo> = HashMap::with_max_entries(sizes::ENDPOINTS, 0);
 #[map]
@@ -118,7 +122,23 @@ pub fn scratch() -> Option<&'static mut Packet> {
 }
 
 #[inline(always)]
-pub fn iface_of(ctx: &TcContext) -> Option<IfaceInfo> {
-    // SAFETY: plain-data value, copied out.
-    unsafe { IFACES.get(ifindex(ctx)) }.copied()
+pub fn iface_of(ctx: &TcContext) -> Option<&'static IfaceInfo> {
+    iface(ifindex(ctx))
+}
+
+/// The pod veth `ifindex`: its slot when it holds one (an indexed load), else `IFACES`.
+/// Ifindex 0 (a packet the node itself sent has no ingress interface) is nobody's, and
+/// the owner of a free slot.
+#[inline(always)]
+pub fn iface(ifindex: u32) -> Option<&'static IfaceInfo> {
+    if ifindex == 0 {
+        return None;
+    }
+    if let Some(slot) = IFACE_SLOTS.get(IfaceSlot::index_of(ifindex))
+        && slot.ifindex == ifindex
+    {
+        return Some(&slot.info);
+    }
+    // SAFETY: plain-data value in the map, valid for this program run.
+    unsafe { IFACES.get(ifindex) }
 }

@@ -6,12 +6,13 @@
 //! looks like: a TCP segment without an entry is judged as an opening, whatever its
 //! flags, and never as a reply.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::maps::lpm_trie::Key;
 use netpol_common::{
     Addr, CT_UNDECIDED, CtEntry, CtKey, IdentityKey, PORTSET_ALL, PORTSET_NONE, PROTO_TCP, PeerKey,
     RULESET_ALLOW_ALL, RULESET_ID_BITS, ct_flag, ct_lifetime_ns, reason,
 };
 
+use crate::clock::now;
 use crate::maps::{CONNTRACK, CONNTRACK_NEW, IDENTITIES, PEERS_BY_IDENTITY, PEERS_CIDR, PORTSETS};
 use crate::parse::{Icmp, Packet, TCP_FIN, TCP_RST};
 
@@ -84,19 +85,13 @@ fn opens(p: &Packet) -> bool {
     p.tcp_open() || p.icmp == Icmp::EchoRequest
 }
 
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: no preconditions.
-    unsafe { bpf_ktime_get_ns() }
-}
-
 /// A tracked connection found for a packet.
 pub struct Hit {
     pub key: CtKey,
     pub entry: *mut CtEntry,
     /// The packet travels from the connection's opener to its acceptor.
     pub from_opener: bool,
-    /// `bpf_ktime_get_ns` at the lookup (one clock read per packet).
+    /// `clock::now()` at the lookup (one clock read per packet).
     pub now: u64,
     /// The entry sits in `CONNTRACK_NEW` (no reply yet).
     pub unreplied: bool,

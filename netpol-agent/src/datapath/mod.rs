@@ -243,7 +243,9 @@ impl Datapath {
             }
         };
         let mut loader = EbpfLoader::new();
+        let coarse_clock = u8::from(kernel_at_least(5, 11));
         loader
+            .override_global("COARSE_CLOCK", &coarse_clock, true)
             .map_max_entries(names::CONNTRACK, sizes.conntrack_entries)
             .map_max_entries(names::CONNTRACK_NEW, sizes.conntrack_new_entries)
             .map_max_entries(names::PEERS_BY_IDENTITY, sizes.peer_entries)
@@ -253,6 +255,7 @@ impl Datapath {
             .map_max_entries(names::PORTSETS, sizes.portset_entries);
         let map_names = [
             names::IFACES,
+            names::IFACE_SLOTS,
             names::ENDPOINTS,
             names::SERVICES,
             names::PEERS_BY_IDENTITY,
@@ -391,8 +394,9 @@ impl Datapath {
                 .take_map(name)
                 .ok_or_else(|| anyhow!("map {name} missing from the BPF object"))
         };
-        Ok(KernelMaps {
+        let mut maps = KernelMaps {
             ifaces: HashMap::try_from(take(names::IFACES)?)?,
+            iface_slots: aya::maps::Array::try_from(take(names::IFACE_SLOTS)?)?,
             endpoints: HashMap::try_from(take(names::ENDPOINTS)?)?,
             services: HashMap::try_from(take(names::SERVICES)?)?,
             node_addrs: HashMap::try_from(take(names::NODE_ADDRS)?)?,
@@ -406,7 +410,10 @@ impl Datapath {
             peers_cidr: LpmTrie::try_from(take(names::PEERS_CIDR)?)?,
             portsets: HashMap::try_from(take(names::PORTSETS)?)?,
             counters: PerCpuArray::try_from(take(names::COUNTERS)?)?,
-        })
+        };
+        maps.sync_iface_slots()
+            .context("giving adopted veths their IFACE_SLOTS slots")?;
+        Ok(maps)
     }
 
     pub fn attach_pod(&mut self, iface: &str) -> Result<()> {
@@ -724,8 +731,13 @@ fn first_is_ours(iface: &str, hook: Hook) -> bool {
 }
 
 fn tcx_supported() -> bool {
+    kernel_at_least(6, 6)
+}
+
+/// False when the version cannot be read: the older kernel's path works everywhere.
+fn kernel_at_least(major: u8, minor: u8) -> bool {
     match aya::util::KernelVersion::current() {
-        Ok(v) => v >= aya::util::KernelVersion::new(6, 6, 0),
+        Ok(v) => v >= aya::util::KernelVersion::new(major, minor, 0),
         Err(_) => false,
     }
 }

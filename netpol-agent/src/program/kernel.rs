@@ -3,8 +3,8 @@
 use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
 use netpol_common::{
-    Addr, Counters, CtEntry, CtKey, EndpointInfo, IdentityId, IdentityKey, IfaceInfo, PeerKey,
-    PortSet, ServiceFlow, ServiceFlowKey, ServiceKey, meta, names,
+    Addr, Counters, CtEntry, CtKey, EndpointInfo, IdentityId, IdentityKey, IfaceInfo, IfaceSlot,
+    PeerKey, PortSet, ServiceFlow, ServiceFlowKey, ServiceKey, meta, names,
 };
 
 use super::seed::Seeds;
@@ -12,6 +12,8 @@ use super::{MapError, MapOps, lpm_len};
 
 pub struct KernelMaps {
     pub ifaces: HashMap<MapData, u32, IfaceInfo>,
+    /// The same, indexed by ifindex for the programs' established path.
+    pub iface_slots: Array<MapData, IfaceSlot>,
     pub endpoints: HashMap<MapData, Addr, EndpointInfo>,
     pub services: HashMap<MapData, ServiceKey, u32>,
     pub node_addrs: HashMap<MapData, Addr, u32>,
@@ -29,6 +31,36 @@ pub struct KernelMaps {
     pub peers_cidr: LpmTrie<MapData, PeerKey, u32>,
     pub portsets: HashMap<MapData, u32, PortSet>,
     pub counters: PerCpuArray<MapData, Counters>,
+}
+
+impl KernelMaps {
+    fn slot(&self, index: u32) -> Result<IfaceSlot, MapError> {
+        self.iface_slots
+            .get(&index, 0)
+            .map_err(op(names::IFACE_SLOTS, "read"))
+    }
+
+    fn write_slot(&mut self, index: u32, ifindex: u32, info: IfaceInfo) -> Result<(), MapError> {
+        self.iface_slots
+            .set(index, IfaceSlot { ifindex, info }, 0)
+            .map_err(op(names::IFACE_SLOTS, "write"))
+    }
+
+    /// Gives every `IFACES` entry whose slot is free, or holds an older copy of it, its
+    /// slot: after an agent stopped between the steps of `set_iface`.
+    pub fn sync_iface_slots(&mut self) -> Result<(), MapError> {
+        let mut entries = Vec::new();
+        for kv in self.ifaces.iter() {
+            entries.push(kv.map_err(op(names::IFACES, "read"))?);
+        }
+        for (ifindex, info) in entries {
+            let slot = self.slot(IfaceSlot::index_of(ifindex))?;
+            if slot.ifindex == 0 || (slot.ifindex == ifindex && slot.info != info) {
+                self.set_iface(ifindex, info)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn op(map: &'static str, op: &'static str) -> impl Fn(aya::maps::MapError) -> MapError {
@@ -94,12 +126,39 @@ impl MapOps for KernelMaps {
     fn del_endpoint(&mut self, addr: Addr) -> Result<(), MapError> {
         gone_ok(self.endpoints.remove(&addr)).map_err(op(names::ENDPOINTS, "remove"))
     }
+    /// `IFACES` first (the full record), then the veth's slot if it holds it or it is
+    /// free. A slot is never written with a new owner and new info at once: it is retired
+    /// (owner 0, info unchanged), given the new info (owner still 0), then published
+    /// (info unchanged): a program reading it meanwhile sees a whole entry or none. An
+    /// agent stopped between two steps leaves a retired slot, so programs use `IFACES`.
     fn set_iface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<(), MapError> {
+        let index = IfaceSlot::index_of(ifindex);
+        let slot = self.slot(index)?;
+        let ours = slot.ifindex == ifindex;
+        if ours && slot.info == info {
+            return self
+                .ifaces
+                .insert(ifindex, info, 0)
+                .map_err(op(names::IFACES, "insert"));
+        }
+        if ours {
+            self.write_slot(index, 0, slot.info)?;
+        }
         self.ifaces
             .insert(ifindex, info, 0)
-            .map_err(op(names::IFACES, "insert"))
+            .map_err(op(names::IFACES, "insert"))?;
+        if ours || slot.ifindex == 0 {
+            self.write_slot(index, 0, info)?;
+            self.write_slot(index, ifindex, info)?;
+        }
+        Ok(())
     }
     fn del_iface(&mut self, ifindex: u32) -> Result<(), MapError> {
+        let index = IfaceSlot::index_of(ifindex);
+        let slot = self.slot(index)?;
+        if slot.ifindex == ifindex {
+            self.write_slot(index, 0, slot.info)?;
+        }
         gone_ok(self.ifaces.remove(&ifindex)).map_err(op(names::IFACES, "remove"))
     }
     fn set_service(&mut self, key: ServiceKey) -> Result<(), MapError> {
