@@ -1,17 +1,18 @@
-//! The established path: a TCP or UDP packet of a replied connection, whose side the
-//! hook judges was allowed under the pod's current rule set, is decided from its headers
-//! and one conntrack lookup, before the full parse. Its justification is the same as the
-//! full path's `allow_tracked`: the entry a rule created.
+//! The established path: a TCP or UDP packet of a replied connection is decided from its
+//! headers, read in place, and one conntrack lookup, before the full parse. At a pod's
+//! veth it passes when the side the hook judges was allowed under the pod's current rule
+//! set (the full path's `allow_tracked`, justified by the entry a rule created); at an
+//! uplink when the connection's opener needs no check there.
 //!
 //! Anything else goes the full way: fragments, IPv4 options, IPv6 extension headers,
-//! TCP segments with SYN, FIN or RST (they change or start a connection), Service
-//! connections, connections whose opener's egress is decided after translation, entries
-//! under an old rule set, expired entries, addresses that are not the pod's own. The full
-//! path would decide each of those exactly as it does without this one.
+//! TCP segments with SYN, FIN or RST (they change or start a connection), unreplied,
+//! closing, expired and Service connections, openers whose egress is decided after
+//! translation, entries under an old rule set, addresses that are not the pod's own. The
+//! full path decides each of those exactly as it would without this one.
 
 use aya_ebpf::programs::TcContext;
 use netpol_common::{
-    Addr, CtKey, IFACE_HAS_V4, IFACE_HAS_V6, IfaceInfo, PROTO_TCP, PROTO_UDP, ct_flag,
+    Addr, CtEntry, CtKey, IFACE_HAS_V4, IFACE_HAS_V6, IfaceInfo, PROTO_TCP, PROTO_UDP, ct_flag,
     ct_lifetime_ns, reason,
 };
 
@@ -247,8 +248,44 @@ fn key_of(t: &Tuple) -> (CtKey, bool) {
     )
 }
 
-/// True when the packet passed as `allow_tracked` (counted); false when the full path
-/// must decide it.
+/// A live replied connection the packet belongs to.
+struct Found {
+    entry: &'static mut CtEntry,
+    /// The packet travels from the connection's opener to its acceptor.
+    from_opener: bool,
+    /// `clock::now()` at the lookup.
+    now: u64,
+    idle: u64,
+}
+
+/// The packet's entry in `CONNTRACK`, when it is replied, not closing, not a Service's
+/// and not expired (the full path deletes expired entries).
+#[inline(always)]
+fn replied(t: &Tuple) -> Option<Found> {
+    let (key, src_is_a) = key_of(t);
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: the pointer comes from the map and is valid for this program run; racing
+    // writers only store whole fields.
+    let e = unsafe { &mut *entry };
+    let flags = e.flags;
+    if flags & SLOW_FLAGS != 0 || flags & ct_flag::REPLIED == 0 {
+        return None;
+    }
+    let now = crate::clock::now();
+    let idle = now.saturating_sub(e.last_seen_ns);
+    if idle > ct_lifetime_ns(t.proto, flags) {
+        return None;
+    }
+    Some(Found {
+        from_opener: src_is_a == (flags & ct_flag::OPENER_B == 0),
+        entry: e,
+        now,
+        idle,
+    })
+}
+
+/// At a pod's veth: true when the packet passed as `allow_tracked` (counted); false when
+/// the full path must decide it.
 #[inline(always)]
 pub fn established(ctx: &TcContext, iface: &IfaceInfo, side: Side) -> bool {
     let Some(t) = tuple(ctx) else {
@@ -263,40 +300,40 @@ pub fn established(ctx: &TcContext, iface: &IfaceInfo, side: Side) -> bool {
     if !is_own(iface, own, t.v4) {
         return false;
     }
-    let (key, src_is_a) = key_of(&t);
-    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
+    let Some(f) = replied(&t) else {
         return false;
     };
-    // SAFETY: the pointer comes from the map and is valid for this program run; racing
-    // writers only store whole fields.
-    let e = unsafe { &mut *entry };
-    let flags = e.flags;
-    if flags & SLOW_FLAGS != 0 || flags & ct_flag::REPLIED == 0 {
-        return false;
-    }
-    let from_opener = src_is_a == (flags & ct_flag::OPENER_B == 0);
     // A local opener whose egress was decided after translation is checked at the
     // receiver's veth: the full path does that.
-    if side == Side::Receives && from_opener && flags & ct_flag::DEFERRED_EGRESS != 0 {
+    if side == Side::Receives && f.from_opener && f.entry.flags & ct_flag::DEFERRED_EGRESS != 0 {
         return false;
     }
-    let i_am_opener = (side == Side::Sends) == from_opener;
+    let i_am_opener = (side == Side::Sends) == f.from_opener;
     let (stored, current) = if i_am_opener {
-        (e.opener_set, iface.egress_set)
+        (f.entry.opener_set, iface.egress_set)
     } else {
-        (e.acceptor_set, iface.ingress_set)
+        (f.entry.acceptor_set, iface.ingress_set)
     };
     if stored != current {
         return false;
     }
-    let now = crate::clock::now();
-    let idle = now.saturating_sub(e.last_seen_ns);
-    if idle > ct_lifetime_ns(t.proto, flags) {
-        return false;
-    }
-    if idle > 1_000_000_000 {
-        e.last_seen_ns = now;
+    if f.idle > 1_000_000_000 {
+        f.entry.last_seen_ns = f.now;
     }
     count(iface.endpoint_id, reason::ALLOW_TRACKED);
     true
+}
+
+/// At an uplink: true when the packet belongs to a live replied connection whose
+/// opener's egress needs no check here (passes uncounted, as the full path passes it);
+/// false when the full path must look at it.
+#[inline(always)]
+pub fn tracked_at_uplink(ctx: &TcContext) -> bool {
+    let Some(t) = tuple(ctx) else {
+        return false;
+    };
+    match replied(&t) {
+        Some(f) => !(f.from_opener && f.entry.flags & ct_flag::DEFERRED_EGRESS != 0),
+        None => false,
+    }
 }

@@ -20,7 +20,6 @@ mod clock;
 mod fast;
 mod fragments;
 mod maps;
-mod mark;
 mod neighbour;
 mod parse;
 mod service;
@@ -70,14 +69,11 @@ fn not_ip(iface: &IfaceInfo, sets: Sets, parsed: &Parsed, sent: bool) -> i32 {
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
     let Some(iface) = iface_of(&ctx) else {
-        mark::set(&ctx, false);
         return TC_ACT_UNSPEC; // not a veth of a pod we enforce (yet)
     };
     if fast::established(&ctx, iface, Side::Sends) {
-        mark::set(&ctx, true);
         return TC_ACT_UNSPEC;
     }
-    mark::set(&ctx, false);
     from_pod_full(&ctx, iface)
 }
 
@@ -115,9 +111,6 @@ fn from_pod_full(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
     }
     let (who, why) = sent_by_pod(p, id, sets);
     record_first_fragment(p, why, AT_FROM_POD);
-    if mark::final_at_sender(why) {
-        mark::set(ctx, true);
-    }
     verdict(who, why)
 }
 
@@ -322,13 +315,22 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
 /// whose egress was not decided at the pod's veth (Service traffic) are decided here.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
-    if mark::is_decided(&ctx) {
-        return TC_ACT_UNSPEC; // decided at the pod's veth
+    // A packet of a tracked connection after translation: a local pod's egress was
+    // decided where the entry was made (its veth, or here for a deferred opener, whose
+    // packets the full path checks again).
+    if fast::tracked_at_uplink(&ctx) {
+        return TC_ACT_UNSPEC;
     }
+    uplink_full(&ctx)
+}
+
+/// Everything but tracked connections (see `from_pod_full`).
+#[inline(never)]
+fn uplink_full(ctx: &TcContext) -> i32 {
     let Some(p) = scratch() else {
         return TC_ACT_UNSPEC;
     };
-    let Parsed::Ip = parse::parse(&ctx, p) else {
+    let Parsed::Ip = parse::parse(ctx, p) else {
         return TC_ACT_UNSPEC;
     };
     if p.icmp == Icmp::Error || p.v4_in_v6 {

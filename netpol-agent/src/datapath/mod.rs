@@ -681,7 +681,9 @@ impl Datapath {
     ) -> Result<(i32, std::time::Duration)> {
         // At an uplink the tests stand the pod's veth in for where the packet came from;
         // at a receiver's veth the sender's veth is not known (0: the node, or a bridge).
-        let came_in = if hook == Hook::ToPod { 0 } else { ifindex };
+        // `from_pod` never reads it: left 0, as older kernels (5.10) require (their test
+        // run refuses a context with `ingress_ifindex` set).
+        let came_in = if hook == Hook::Uplink { ifindex } else { 0 };
         self.test_run_from(hook, packet, repeat, ifindex, came_in)
     }
 
