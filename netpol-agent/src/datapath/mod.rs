@@ -188,6 +188,9 @@ pub struct Datapath {
     links: BTreeMap<String, Attached>,
     /// Our netlink filters by interface (persisted next to the pins).
     filters: BTreeMap<String, Vec<NlFilter>>,
+    /// This kernel's BPF_PROG_TEST_RUN refuses a context that sets `ingress_ifindex`
+    /// (5.10 does); learnt at the first test run that needs it.
+    test_run_no_ingress: bool,
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -299,6 +302,7 @@ impl Datapath {
             pins,
             links: BTreeMap::new(),
             filters: BTreeMap::new(),
+            test_run_no_ingress: false,
         };
         dp.adopt_attachments();
         Ok(dp)
@@ -682,9 +686,24 @@ impl Datapath {
         // At an uplink the tests stand the pod's veth in for where the packet came from;
         // at a receiver's veth the sender's veth is not known (0: the node, or a bridge).
         // `from_pod` never reads it: left 0, as older kernels (5.10) require (their test
-        // run refuses a context with `ingress_ifindex` set).
-        let came_in = if hook == Hook::Uplink { ifindex } else { 0 };
-        self.test_run_from(hook, packet, repeat, ifindex, came_in)
+        // run refuses a context with `ingress_ifindex` set). On those kernels an uplink's
+        // packet comes from the node (0), which the uplink takes as it takes the sender's
+        // own veth; a test that needs another origin calls `test_run_from`, which fails.
+        if hook != Hook::Uplink {
+            return self.test_run_from(hook, packet, repeat, ifindex, 0);
+        }
+        if !self.test_run_no_ingress {
+            match self.test_run_from(hook, packet, repeat, ifindex, ifindex) {
+                Err(e) if is_einval(&e) => {
+                    let r = self.test_run_from(hook, packet, repeat, ifindex, 0)?;
+                    // Only `ingress_ifindex` differed: the kernel refuses it.
+                    self.test_run_no_ingress = true;
+                    return Ok(r);
+                }
+                other => return other,
+            }
+        }
+        self.test_run_from(hook, packet, repeat, ifindex, 0)
     }
 
     /// `test_run_on`, for a packet that entered the node through `ingress_ifindex` (0:
@@ -712,6 +731,13 @@ impl Datapath {
             .with_context(|| format!("BPF_PROG_TEST_RUN of {}", hook.program()))?;
         Ok((r.return_value as i32, r.duration))
     }
+}
+
+fn is_einval(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EINVAL))
+    })
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
