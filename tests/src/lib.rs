@@ -2,6 +2,7 @@
 //! network namespaces (needs root), and the runner that checks cases on real packets.
 pub mod apiserver;
 pub mod attach;
+pub mod bridged;
 pub mod cases;
 pub mod conformance;
 pub mod decide;

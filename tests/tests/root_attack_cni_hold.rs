@@ -16,45 +16,13 @@
 //!    nor held: its ADD leaves it unenforced from its first packet, while a pod the view
 //!    lacks entirely is held.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::time::Duration;
 
 use netpol_agent::cni::plugin::ask_agent;
 use netpol_agent::cni::protocol::{Op, Reply, Request};
-use netpol_tests::attach::{PodNetns, in_netns};
-use netpol_tests::lab::{netns, sh};
-
-struct Agent(Child, PathBuf);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-fn bridged_pod(tag: &str, k: usize, addr: &str) -> PodNetns {
-    let ns = PodNetns(format!("np-acni-{tag}{k}-{}", std::process::id()));
-    let host = format!("hv{k}");
-    sh(&["ip", "netns", "add", &ns.0], None);
-    sh(
-        &[
-            "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
-        ],
-        None,
-    );
-    sh(&["ip", "link", "set", &host, "master", "br0", "up"], None);
-    sh(
-        &["ip", "-n", &ns.0, "addr", "add", addr, "dev", "eth0"],
-        None,
-    );
-    sh(&["ip", "-n", &ns.0, "link", "set", "eth0", "up"], None);
-    sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"], None);
-    ns
-}
+use netpol_tests::bridged::{Agent, bridged_pod, listener, node, reaches, test_dir, wait_for};
 
 const BASE: &str = r#"
 apiVersion: v1
@@ -76,53 +44,19 @@ spec:
 "#;
 
 fn start_agent(tag: &str, extra: &str, port: u16) -> Agent {
-    let dir = std::env::temp_dir().join(format!("np-acni-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("policy")).expect("dir");
-    std::fs::write(dir.join("policy/state.yaml"), format!("{BASE}{extra}")).expect("state");
-    let agent = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/netpol-agent");
-    let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-    let child = Command::new(agent)
-        .args(["--node-name", "n1", "--no-pin", "--resync-ms", "100"])
-        .arg("--policy-dir")
-        .arg(dir.join("policy"))
-        .arg("--status-file")
-        .arg(dir.join("status.json"))
-        .arg("--cni-socket")
-        .arg(dir.join("sock/cni.sock"))
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("agent");
-    Agent(child, dir)
-}
-
-fn status(agent: &Agent) -> Option<serde_json::Value> {
-    let s = std::fs::read_to_string(agent.1.join("status.json")).ok()?;
-    serde_json::from_str(&s).ok()
-}
-
-fn interface_of(agent: &Agent, ip: &str) -> Option<String> {
-    status(agent)?["endpoints"].as_array()?.iter().find(|e| {
-        e["ips"]
-            .as_array()
-            .is_some_and(|ips| ips.iter().any(|i| i == ip))
-    })?["interface"]
-        .as_str()
-        .map(String::from)
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let dir = test_dir("acni", tag);
+    let args = [
+        "--no-pin".to_string(),
+        "--cni-socket".to_string(),
+        dir.join("sock/cni.sock").to_string_lossy().into_owned(),
+        "--metrics-addr".to_string(),
+        format!("127.0.0.1:{port}"),
+    ];
+    Agent::start(dir, true, &format!("{BASE}{extra}"), &args)
 }
 
 fn cni(agent: &Agent, op: Op, name: &str, cid: &str, ip: &str, veth: &str) -> Reply {
-    let socket: &Path = &agent.1.join("sock/cni.sock");
+    let socket: &Path = &agent.dir.join("sock/cni.sock");
     wait_for("the CNI socket", || socket.exists());
     let r = Request {
         op,
@@ -135,54 +69,16 @@ fn cni(agent: &Agent, op: Op, name: &str, cid: &str, ip: &str, veth: &str) -> Re
     ask_agent(socket, Duration::from_secs(5), &r).expect("the agent answers")
 }
 
-fn listener(pod: &str, at: &str) -> UdpSocket {
-    let at: SocketAddr = at.parse().unwrap();
-    in_netns(pod, || {
-        let s = UdpSocket::bind(at).expect("listener");
-        s.set_read_timeout(Some(Duration::from_millis(700)))
-            .expect("timeout");
-        s
-    })
-}
-
-/// Whether datagram `n` from `pod` reaches `listener` (three tries: ARP first).
-fn reaches(pod: &str, listener: &UdpSocket, n: u8) -> bool {
-    let to = listener.local_addr().unwrap();
-    for _ in 0..3 {
-        in_netns(pod, || {
-            let s = UdpSocket::bind("0.0.0.0:0").expect("bind in pod");
-            let _ = s.send_to(&[n], to);
-        });
-        let mut buf = [0u8; 8];
-        loop {
-            match listener.recv_from(&mut buf) {
-                Ok((1, _)) if buf[0] != n => continue,
-                Ok(_) => return true,
-                Err(_) => break,
-            }
-        }
-    }
-    false
-}
-
-fn node() {
-    netns(&[]);
-    sh(&["ip", "link", "set", "lo", "up"], None);
-    sh(&["ip", "link", "add", "br0", "type", "bridge"], None);
-    sh(&["ip", "addr", "add", "10.1.0.1/24", "dev", "br0"], None);
-    sh(&["ip", "link", "set", "br0", "up"], None);
-}
-
 #[test]
 fn root_attack_cni_del_of_an_old_sandbox_lifts_the_hold_of_the_new_one() {
     std::thread::spawn(|| {
         node();
-        let a = bridged_pod("d", 1, "10.1.0.2/24");
+        let a = bridged_pod("acni", "d", 1, &["10.1.0.2/24"]);
         // The pod's second sandbox (the first, container "old", is gone).
-        let n = bridged_pod("d", 5, "10.1.0.5/24");
+        let n = bridged_pod("acni", "d", 5, &["10.1.0.5/24"]);
         let agent = start_agent("d", "", 19971);
         wait_for("a hooked", || {
-            interface_of(&agent, "10.1.0.2").as_deref() == Some("hv1")
+            agent.interface_of("10.1.0.2").as_deref() == Some("hv1")
         });
         let r = cni(&agent, Op::Add, "n", "new", "10.1.0.5", "hv5");
         assert!(r.enforced, "setup: the ADD holds n: {}", r.message);
@@ -194,7 +90,7 @@ fn root_attack_cni_del_of_an_old_sandbox_lifts_the_hold_of_the_new_one() {
         // The runtime repeats DEL for the pod's earlier sandbox.
         cni(&agent, Op::Del, "n", "old", "10.1.1.99", "hv-gone");
         std::thread::sleep(Duration::from_millis(800));
-        let iface = interface_of(&agent, "10.1.0.5");
+        let iface = agent.interface_of("10.1.0.5");
         let passed = reaches(&a.0, &l, 2);
         drop(agent);
         assert!(
@@ -212,11 +108,11 @@ fn root_attack_cni_del_of_an_old_sandbox_lifts_the_hold_of_the_new_one() {
 fn root_attack_cni_pod_known_but_not_bound_here_is_neither_held_nor_enforced() {
     std::thread::spawn(|| {
         node();
-        let a = bridged_pod("b", 1, "10.1.0.2/24");
+        let a = bridged_pod("acni", "b", 1, &["10.1.0.2/24"]);
         // Created in the API, but the agent's view has not seen its binding to n1 yet.
-        let u = bridged_pod("b", 6, "10.1.0.6/24");
+        let u = bridged_pod("acni", "b", 6, &["10.1.0.6/24"]);
         // Unknown to the API view: held (the control).
-        let h = bridged_pod("b", 7, "10.1.0.7/24");
+        let h = bridged_pod("acni", "b", 7, &["10.1.0.7/24"]);
         let agent = start_agent(
             "b",
             r#"
@@ -229,7 +125,7 @@ spec: {containers: [{name: c, image: x}]}
             19972,
         );
         wait_for("a hooked", || {
-            interface_of(&agent, "10.1.0.2").as_deref() == Some("hv1")
+            agent.interface_of("10.1.0.2").as_deref() == Some("hv1")
         });
         let held = cni(&agent, Op::Add, "h", "c7", "10.1.0.7", "hv7");
         assert!(held.enforced, "setup: h is held: {}", held.message);
@@ -262,9 +158,9 @@ spec: {containers: [{name: c, image: x}]}
 fn root_attack_cni_new_sandbox_address_loses_to_the_stale_api_address() {
     std::thread::spawn(|| {
         node();
-        let _a = bridged_pod("s", 1, "10.1.0.2/24");
+        let _a = bridged_pod("acni", "s", 1, &["10.1.0.2/24"]);
         // k's new sandbox: 10.1.0.9 (its first one had 10.1.0.8, still in the API view).
-        let k = bridged_pod("s", 9, "10.1.0.9/24");
+        let k = bridged_pod("acni", "s", 9, &["10.1.0.9/24"]);
         let agent = start_agent(
             "s",
             r#"
@@ -278,7 +174,7 @@ status: {podIP: 10.1.0.8}
             19973,
         );
         wait_for("a hooked", || {
-            interface_of(&agent, "10.1.0.2").as_deref() == Some("hv1")
+            agent.interface_of("10.1.0.2").as_deref() == Some("hv1")
         });
         // The node itself listens (pod <-> own node always passes).
         let l = UdpSocket::bind("10.1.0.1:5000").expect("node listener");
@@ -286,7 +182,7 @@ status: {podIP: 10.1.0.8}
             .expect("timeout");
         assert!(reaches(&k.0, &l, 1), "setup: k reaches its own node");
         let r = cni(&agent, Op::Add, "k", "new", "10.1.0.9", "hv9");
-        let iface = interface_of(&agent, "10.1.0.8");
+        let iface = agent.interface_of("10.1.0.8");
         let passed = reaches(&k.0, &l, 2);
         drop(agent);
         assert!(

@@ -9,28 +9,18 @@
 //! pinned IFACES map): both veths claim the victim alone, both are quarantined, and the
 //! victim, which no policy isolates, drops everything.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use netpol_tests::attach::{PodNetns, in_netns};
-use netpol_tests::lab::{netns, sh};
-
-struct Agent(Child, std::path::PathBuf);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use netpol_tests::bridged::{Agent, bridged_pod, listener, node, reaches, test_dir, wait_for};
+use netpol_tests::lab::sh;
 
 /// The test's directory with a private bpffs for the agent's pins; both gone on drop.
 struct Dir(std::path::PathBuf);
 
 impl Dir {
     fn new(tag: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("np-alr-{tag}-{}", std::process::id()));
+        let dir = test_dir("alr", tag);
         std::fs::create_dir_all(dir.join("bpf")).expect("dir");
         sh(
             &[
@@ -54,26 +44,6 @@ impl Drop for Dir {
             .status();
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn bridged_pod(tag: &str, k: usize, addr: &str) -> PodNetns {
-    let ns = PodNetns(format!("np-alr-{tag}{k}-{}", std::process::id()));
-    let host = format!("hv{k}");
-    sh(&["ip", "netns", "add", &ns.0], None);
-    sh(
-        &[
-            "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
-        ],
-        None,
-    );
-    sh(&["ip", "link", "set", &host, "master", "br0", "up"], None);
-    sh(
-        &["ip", "-n", &ns.0, "addr", "add", addr, "dev", "eth0"],
-        None,
-    );
-    sh(&["ip", "-n", &ns.0, "link", "set", "eth0", "up"], None);
-    sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"], None);
-    ns
 }
 
 const STATE: &str = r#"
@@ -100,97 +70,29 @@ spec: {nodeName: n1, containers: [{name: c, image: x}]}
 status: {podIP: 10.1.0.9}
 "#;
 
-fn start_agent(tag: &str) -> Agent {
-    let dir = std::env::temp_dir().join(format!("np-alr-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("policy")).expect("dir");
-    std::fs::write(dir.join("policy/state.yaml"), STATE).expect("state");
-    let agent = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/netpol-agent");
-    let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-    let child = Command::new(agent)
-        .args(["--node-name", "n1", "--resync-ms", "100"])
-        .arg("--pin-dir")
-        .arg(dir.join("bpf/netpol"))
-        .arg("--policy-dir")
-        .arg(dir.join("policy"))
-        .arg("--status-file")
-        .arg(dir.join("status.json"))
-        .args(["--metrics-addr", "127.0.0.1:19965"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("agent");
-    Agent(child, dir)
-}
-
-/// The interface the agent's status gives the pod with address `ip`.
-fn interface_of(agent: &Agent, ip: &str) -> Option<String> {
-    let s = std::fs::read_to_string(agent.1.join("status.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&s).ok()?;
-    v["endpoints"].as_array()?.iter().find(|e| {
-        e["ips"]
-            .as_array()
-            .is_some_and(|ips| ips.iter().any(|i| i == ip))
-    })?["interface"]
-        .as_str()
+/// The agent on `dir` (which the test owns: its bpffs holds the pins across restarts).
+fn start_agent(dir: &Dir) -> Agent {
+    let mut args = ["--metrics-addr", "127.0.0.1:19965", "--pin-dir"]
         .map(String::from)
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn listener(pod: &str, at: &str) -> UdpSocket {
-    let at: SocketAddr = at.parse().unwrap();
-    in_netns(pod, || {
-        let s = UdpSocket::bind(at).expect("listener");
-        s.set_read_timeout(Some(Duration::from_millis(700)))
-            .expect("timeout");
-        s
-    })
-}
-
-/// Whether datagram `n` from `pod` reaches `listener` (three tries: ARP first).
-fn reaches(pod: &str, listener: &UdpSocket, n: u8) -> bool {
-    let to = listener.local_addr().unwrap();
-    for _ in 0..3 {
-        in_netns(pod, || {
-            let s = UdpSocket::bind("0.0.0.0:0").expect("bind in pod");
-            let _ = s.send_to(&[n], to);
-        });
-        let mut buf = [0u8; 8];
-        loop {
-            match listener.recv_from(&mut buf) {
-                Ok((1, _)) if buf[0] != n => continue,
-                Ok(_) => return true,
-                Err(_) => break,
-            }
-        }
-    }
-    false
+        .to_vec();
+    args.push(dir.0.join("bpf/netpol").to_string_lossy().into_owned());
+    Agent::start(dir.0.clone(), false, STATE, &args)
 }
 
 #[test]
 fn root_attack_links_restart_cuts_off_a_pod_whose_address_is_squatted() {
     std::thread::spawn(|| {
-        netns(&[]);
-        sh(&["ip", "link", "set", "lo", "up"], None);
-        sh(&["ip", "link", "add", "br0", "type", "bridge"], None);
-        sh(&["ip", "addr", "add", "10.1.0.1/24", "dev", "br0"], None);
-        sh(&["ip", "link", "set", "br0", "up"], None);
-        let _dir = Dir::new("r");
-        let a = bridged_pod("r", 1, "10.1.0.2/24");
-        let b = bridged_pod("r", 2, "10.1.0.3/24");
-        let m = bridged_pod("r", 3, "10.1.0.9/24");
-        let agent = start_agent("r");
+        node();
+        let dir = Dir::new("r");
+        let a = bridged_pod("alr", "r", 1, &["10.1.0.2/24"]);
+        let b = bridged_pod("alr", "r", 2, &["10.1.0.3/24"]);
+        let m = bridged_pod("alr", "r", 3, &["10.1.0.9/24"]);
+        let agent = start_agent(&dir);
         wait_for("a hooked on hv1", || {
-            interface_of(&agent, "10.1.0.2").as_deref() == Some("hv1")
+            agent.interface_of("10.1.0.2").as_deref() == Some("hv1")
         });
         wait_for("m hooked on hv3", || {
-            interface_of(&agent, "10.1.0.9").as_deref() == Some("hv3")
+            agent.interface_of("10.1.0.9").as_deref() == Some("hv3")
         });
         // m (NET_ADMIN in its own namespace) squats on a's address, and on it only.
         sh(&["ip", "-n", &m.0, "addr", "flush", "dev", "eth0"], None);
@@ -209,7 +111,7 @@ fn root_attack_links_restart_cuts_off_a_pod_whose_address_is_squatted() {
         );
         std::thread::sleep(Duration::from_millis(1000));
         let l = listener(&a.0, "10.1.0.2:5000");
-        assert_eq!(interface_of(&agent, "10.1.0.2").as_deref(), Some("hv1"));
+        assert_eq!(agent.interface_of("10.1.0.2").as_deref(), Some("hv1"));
         // No policy: b reaches a (m's ARP answers for a's address are dropped as spoofed).
         assert!(
             reaches(&b.0, &l, 1),
@@ -219,12 +121,12 @@ fn root_attack_links_restart_cuts_off_a_pod_whose_address_is_squatted() {
         // The agent restarts (an upgrade, a crash): it adopts its pins, and forgets which
         // veth held a.
         drop(agent);
-        let status = _dir.0.join("status.json");
+        let status = dir.0.join("status.json");
         let _ = std::fs::remove_file(&status);
-        let agent = start_agent("r");
+        let agent = start_agent(&dir);
         wait_for("the restarted agent's first status", || status.exists());
         std::thread::sleep(Duration::from_millis(1000));
-        let iface = interface_of(&agent, "10.1.0.2");
+        let iface = agent.interface_of("10.1.0.2");
         let reached = reaches(&b.0, &l, 2);
         drop(agent);
         assert!(

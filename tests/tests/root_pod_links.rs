@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use netpol_agent::datapath::pod_links::{self, PodLink};
 use netpol_agent::state::ObjectRef;
-use netpol_tests::attach::PodNetns;
-use netpol_tests::lab::{netns, sh};
+use netpol_tests::bridged::{bridged_pod, node};
+use netpol_tests::lab::sh;
 
 fn pod(name: &str) -> ObjectRef {
     ObjectRef {
@@ -21,32 +21,10 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("address")
 }
 
-/// Pod `k` behind host veth `hv{k}` on bridge `br0`, holding `addrs` on its `eth0`.
-fn bridged_pod(k: usize, addrs: &[&str]) -> PodNetns {
-    let ns = PodNetns(format!("np-links-{k}-{}", std::process::id()));
-    let host = format!("hv{k}");
-    sh(&["ip", "netns", "add", &ns.0], None);
-    sh(
-        &[
-            "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
-        ],
-        None,
-    );
-    sh(&["ip", "link", "set", &host, "master", "br0", "up"], None);
-    for a in addrs {
-        sh(&["ip", "-n", &ns.0, "addr", "add", a, "dev", "eth0"], None);
-    }
-    sh(&["ip", "-n", &ns.0, "link", "set", "eth0", "up"], None);
-    ns
-}
-
 #[test]
 fn root_bridged_pods_found_by_their_peers_addresses() {
     std::thread::spawn(|| {
-        netns(&[]);
-        sh(&["ip", "link", "add", "br0", "type", "bridge"], None);
-        sh(&["ip", "addr", "add", "10.1.0.1/24", "dev", "br0"], None);
-        sh(&["ip", "link", "set", "br0", "up"], None);
+        node();
         // Not a pod's: its peer is in the same namespace.
         sh(
             &[
@@ -54,8 +32,8 @@ fn root_bridged_pods_found_by_their_peers_addresses() {
             ],
             None,
         );
-        let _a = bridged_pod(1, &["10.1.0.2/24", "fd00::2/64"]);
-        let _b = bridged_pod(2, &["10.1.0.3/24"]);
+        let _a = bridged_pod("links", "", 1, &["10.1.0.2/24", "fd00::2/64"]);
+        let _b = bridged_pod("links", "", 2, &["10.1.0.3/24"]);
 
         let links = pod_links::links().expect("links");
         let with_peer: BTreeSet<&str> = links
@@ -95,7 +73,7 @@ fn root_bridged_pods_found_by_their_peers_addresses() {
         assert_eq!(first.hooked[&pod("b")], "hv2");
 
         // A third pod, with NET_ADMIN, puts a's address on its own interface.
-        let c_ns = bridged_pod(3, &["10.1.0.4/24", "10.1.0.2/24"]);
+        let c_ns = bridged_pod("links", "", 3, &["10.1.0.4/24", "10.1.0.2/24"]);
         let veths = pod_links::pod_links(&pod_links::links().expect("links")).expect("peers");
         let pods_c = [pods.clone(), vec![(pod("c"), vec![ip("10.1.0.4")])]].concat();
         let later = pod_links::resolve(
