@@ -1,16 +1,27 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
-use netpol_agent::agent::{self, Args};
+use netpol_agent::agent::{self, Args, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
+/// Logs go to stderr, filtered by RUST_LOG (default `info`); colours only on a terminal
+/// (`kubectl logs` would show their escape codes).
+fn init_logging(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    init_logging(args.log_format);
     if let Some(agent::Command::Cleanup {
         pin_dir,
         wait,

@@ -24,6 +24,13 @@ use crate::sources::kube as kube_source;
 use crate::state::{ClusterState, ObjectRef};
 use crate::status::{self, EndpointStatus, Shared, Status};
 
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "netpol-agent",
@@ -39,6 +46,11 @@ the last good state stays enforced, and errors are reported in the log, /metrics
 Needs root (or CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_RESOURCE on older kernels)."
 )]
 pub struct Args {
+    /// Log lines as text, or as one JSON object each (for log pipelines). Text has
+    /// colours only when the log goes to a terminal.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
     /// Name of this node: pods whose spec.nodeName is this are enforced here.
     #[arg(long, env = "NODE_NAME", required = true)]
     pub node_name: Option<String>,
