@@ -253,7 +253,8 @@ pub async fn run(args: Args) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;
-    tokio::spawn(status::serve(listener, status.clone()));
+    let health = Arc::new(status::Health::default());
+    tokio::spawn(status::serve(listener, status.clone(), health.clone()));
 
     // Capacity 1: a burst of changes while a recompute runs costs one more recompute.
     let (tx, mut changes) = mpsc::channel::<()>(1);
@@ -298,6 +299,9 @@ pub async fn run(args: Args) -> Result<()> {
     if let Err(e) = datapath::link_events::subscribe(link_tx) {
         warn!(error = %e, "no link events; new pods are found by the periodic resync only");
     }
+    // Closed when the watcher's thread ends (or never started): /healthz says so.
+    health.set_link_events(!link_changes.is_closed());
+    health.beat(status::monotonic_ms());
     let (cni_tx, mut cni_requests) = mpsc::channel::<cni::server::Incoming>(64);
     if agent.args.cni_socket.as_os_str() != "none" {
         match cni::server::bind(&agent.args.cni_socket) {
@@ -330,6 +334,8 @@ pub async fn run(args: Args) -> Result<()> {
             }
             _ = sweep.tick() => agent.sweep_conntrack(),
             _ = report.tick() => {
+                health.beat(status::monotonic_ms());
+                health.set_link_events(!link_changes.is_closed());
                 ticks += 1;
                 agent.refresh_counters();
                 if counters_every > 0 && ticks.is_multiple_of(counters_every) {
