@@ -191,6 +191,8 @@ struct Agent {
     /// logged.
     unhooked_since: BTreeMap<ObjectRef, (std::time::Instant, bool)>,
     status: Shared,
+    /// Compile and apply durations for `/metrics`.
+    metrics: Arc<status::Metrics>,
     uplinks: Vec<String>,
     /// Each pod's veth at the last reconcile: it keeps the pod should another veth claim
     /// the same address later.
@@ -254,7 +256,13 @@ pub async fn run(args: Args) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;
     let health = Arc::new(status::Health::default());
-    tokio::spawn(status::serve(listener, status.clone(), health.clone()));
+    let metrics = Arc::new(status::Metrics::new(status.clone()));
+    tokio::spawn(status::serve(
+        listener,
+        status.clone(),
+        health.clone(),
+        metrics.clone(),
+    ));
 
     // Capacity 1: a burst of changes while a recompute runs costs one more recompute.
     let (tx, mut changes) = mpsc::channel::<()>(1);
@@ -285,6 +293,7 @@ pub async fn run(args: Args) -> Result<()> {
         plan: None,
         versions: BTreeMap::new(),
         status,
+        metrics,
         uplinks,
         hooked_before: BTreeMap::new(),
         quarantined: BTreeMap::new(),
@@ -489,6 +498,9 @@ impl Agent {
                 let started = std::time::Instant::now();
                 let plan = self.compiler.compile(state, &self.node);
                 tracing::debug!(elapsed = ?started.elapsed(), "compiled");
+                self.metrics
+                    .compile_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 plan
             }
         };
@@ -535,7 +547,11 @@ impl Agent {
         if !fresh.is_empty() {
             self.seed_connections(plan, &fresh);
         }
+        let started = std::time::Instant::now();
         let result = self.programmer.apply(plan, &ready_ifaces);
+        self.metrics
+            .apply_seconds
+            .observe(started.elapsed().as_secs_f64());
         let wanted: std::collections::BTreeSet<&str> = ifaces
             .values()
             .map(|(n, _)| n.as_str())

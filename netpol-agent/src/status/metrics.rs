@@ -1,0 +1,226 @@
+//! `/metrics`: the status snapshot's numbers, read at each scrape, and the durations the
+//! agent records, as OpenMetrics text (prometheus-client).
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use super::Shared;
+
+/// The agent's Prometheus metrics: the status snapshot's numbers, read at each scrape
+/// (`StatusMetrics`), and the durations the agent records.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Seconds per compile of the node's plan.
+    pub compile_seconds: Histogram,
+    /// Seconds per programming of the maps (the diff against what is loaded).
+    pub apply_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new(status: Shared) -> Metrics {
+        let mut registry = Registry::default();
+        // 1 ms to about 16 s.
+        let compile_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let apply_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register_with_unit(
+            "netpol_compile",
+            "Time to compile the node's plan from the cluster state",
+            Unit::Seconds,
+            compile_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "netpol_apply",
+            "Time to program the maps with a plan",
+            Unit::Seconds,
+            apply_seconds.clone(),
+        );
+        registry.register_collector(Box::new(StatusMetrics(status)));
+        Metrics {
+            registry,
+            compile_seconds,
+            apply_seconds,
+        }
+    }
+
+    /// The OpenMetrics text exposition (Prometheus reads it).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// The status snapshot's numbers as metrics, taken at each scrape.
+#[derive(Debug)]
+struct StatusMetrics(Shared);
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Collector for StatusMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = match self.0.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let mut packets = encoder.encode_descriptor(
+            "netpol_packets",
+            "Packets seen by netpol per local pod and verdict reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for ep in &s.endpoints {
+            let (ns, pod) = ep.pod.split_once('/').unwrap_or(("", &ep.pod));
+            for (why, n) in &ep.packets {
+                let labels = [("namespace", ns), ("pod", pod), ("reason", why.as_str())];
+                ConstCounter::new(*n).encode(packets.encode_family(&labels)?)?;
+            }
+        }
+        let e = &mut encoder;
+        gauge(
+            e,
+            "netpol_policy_errors",
+            "Policy rules that could not be compiled (they allow nothing)",
+            count(s.policy_errors.len()),
+        )?;
+        gauge(
+            e,
+            "netpol_source_error",
+            "1 while the policy source fails to load (the last good state is enforced)",
+            i64::from(s.source_error.is_some()),
+        )?;
+        gauge(
+            e,
+            "netpol_program_error",
+            "1 while programming the maps fails (the last good state is enforced)",
+            i64::from(s.program_error.is_some()),
+        )?;
+        gauge(
+            e,
+            "netpol_map_overflow_pods",
+            "Pods kept on their last state because their new rules do not fit in the maps",
+            count(s.overflowed_pods.len()),
+        )?;
+        counter(
+            e,
+            "netpol_map_overflow",
+            "Programmings that hit a full map",
+            s.overflow_events,
+        )?;
+        counter(
+            e,
+            "netpol_watch_errors",
+            "Failed API watches (each is retried)",
+            s.watch_errors,
+        )?;
+        counter(
+            e,
+            "netpol_generation",
+            "Successful programmings since start",
+            s.generation,
+        )?;
+        gauge(
+            e,
+            "netpol_endpoints",
+            "Local pods enforced",
+            count(s.endpoints.len()),
+        )?;
+        gauge(
+            e,
+            "netpol_rule_sets",
+            "Distinct rule sets loaded",
+            count(s.rule_sets),
+        )?;
+        let mut unhooked = e.encode_descriptor(
+            "netpol_endpoints_unhooked",
+            "Local pods whose veth is not found or not hooked (isolated: policy isolates them, and what reaches them is not judged)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for isolated in [true, false] {
+            let n = s
+                .endpoints
+                .iter()
+                .filter(|ep| ep.interface.is_none())
+                .filter(|ep| (ep.ingress_isolated || ep.egress_isolated) == isolated)
+                .count();
+            let labels = [("isolated", if isolated { "true" } else { "false" })];
+            ConstGauge::new(count(n)).encode(unhooked.encode_family(&labels)?)?;
+        }
+        gauge(
+            e,
+            "netpol_interfaces_quarantined",
+            "Veths that claim a local pod's address but cannot be matched to it; everything they carry is dropped",
+            count(s.quarantined_interfaces.len()),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::status::{Status, endpoint_for_tests as endpoint};
+
+    #[test]
+    fn unhooked_pods_are_counted_by_isolation() {
+        let s = Status {
+            endpoints: vec![
+                endpoint("default/a", Some("veth1"), true),
+                endpoint("default/b", None, true),
+                endpoint("default/c", None, false),
+                endpoint("default/d", None, true),
+            ],
+            ..Default::default()
+        };
+        let mut s = s;
+        s.endpoints[0].packets.insert("drop_egress".into(), 3);
+        let text = Metrics::new(Arc::new(Mutex::new(s)))
+            .encode()
+            .expect("encode");
+        assert!(
+            text.contains(
+                "netpol_packets_total{namespace=\"default\",pod=\"a\",reason=\"drop_egress\"} 3\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("netpol_endpoints_unhooked{isolated=\"true\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netpol_endpoints_unhooked{isolated=\"false\"} 1\n"),
+            "{text}"
+        );
+    }
+}
