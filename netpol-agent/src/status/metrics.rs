@@ -223,4 +223,64 @@ mod tests {
             "{text}"
         );
     }
+
+    /// The Grafana dashboard in `deploy/` is a dashboard (title, uid, panels with
+    /// positions and queries) and asks only for series the agent exposes.
+    #[test]
+    fn dashboard_queries_only_what_the_agent_exposes() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/netpol-dashboard.json"
+        );
+        let text = std::fs::read_to_string(path).expect("the dashboard");
+        let d: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+        assert!(
+            d["title"].is_string() && d["uid"].is_string(),
+            "title and uid"
+        );
+        assert!(d["schemaVersion"].is_u64(), "schemaVersion");
+        let mut status = Status {
+            endpoints: vec![endpoint("default/a", None, true)],
+            ..Default::default()
+        };
+        status.endpoints[0].packets.insert("drop_egress".into(), 1);
+        let exposed = Metrics::new(Arc::new(Mutex::new(status)))
+            .encode()
+            .expect("encode");
+        let names: std::collections::BTreeSet<&str> = exposed
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let panels = d["panels"].as_array().expect("panels");
+        assert!(!panels.is_empty());
+        for p in panels {
+            let title = p["title"].as_str().expect("a panel title");
+            assert!(
+                p["gridPos"]["w"].is_u64() && p["gridPos"]["h"].is_u64(),
+                "{title}"
+            );
+            let targets = p["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{title}: no query");
+            for t in targets {
+                let expr = t["expr"].as_str().expect("expr");
+                let mut rest = expr;
+                let mut found = 0;
+                while let Some(i) = rest.find("netpol_") {
+                    let tail = &rest[i..];
+                    let end = tail
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(tail.len());
+                    let name = &tail[..end];
+                    assert!(
+                        names.contains(name),
+                        "{title}: {name} is not exposed ({expr})"
+                    );
+                    found += 1;
+                    rest = &tail[end..];
+                }
+                assert!(found > 0, "{title}: {expr} asks for no netpol series");
+            }
+        }
+    }
 }
