@@ -247,6 +247,12 @@ pub async fn run(args: Args) -> Result<()> {
     info!(node = %node, mode = ?datapath.mode(), configured_uplinks = ?uplinks, "datapath loaded");
 
     let status: Shared = Arc::new(Mutex::new(Status {
+        map_capacity: args
+            .map_sizes
+            .capacities()
+            .into_iter()
+            .map(|(m, n)| (m.to_string(), u64::from(n)))
+            .collect(),
         node: node.clone(),
         attach_mode: format!("{:?}", datapath.mode()).to_lowercase(),
         uplinks: uplinks.clone(),
@@ -477,8 +483,20 @@ impl Agent {
     fn sweep_conntrack(&mut self) {
         let now = monotonic_ns();
         match self.programmer.maps_mut().sweep_conntrack(now) {
-            Ok((seen, 0)) => tracing::debug!(seen, "conntrack sweep"),
-            Ok((seen, deleted)) => info!(seen, deleted, "conntrack sweep removed idle connections"),
+            Ok(maps) => {
+                let deleted: usize = maps.iter().map(|m| m.2).sum();
+                let seen: usize = maps.iter().map(|m| m.1).sum();
+                if deleted > 0 {
+                    info!(seen, deleted, "conntrack sweep removed idle connections");
+                } else {
+                    tracing::debug!(seen, "conntrack sweep");
+                }
+                self.update_status(|s| {
+                    for (map, seen, deleted) in maps {
+                        s.map_entries.insert(map.into(), (seen - deleted) as u64);
+                    }
+                });
+            }
             Err(e) => warn!(error = %e, "conntrack sweep"),
         }
     }
@@ -618,6 +636,7 @@ impl Agent {
                 let endpoints = self.endpoint_status(plan, &hooked);
                 let digest = self.digest.clone();
                 let versions = self.versions.clone();
+                let occupancy = self.programmer.occupancy();
                 self.update_status(|s| {
                     s.applied_digest = digest;
                     s.applied_versions = versions;
@@ -631,6 +650,9 @@ impl Agent {
                     s.overflow_events += u64::from(!overflowed.is_empty() && overflow_changed);
                     s.overflowed_pods = overflowed;
                     s.overflow_error = overflow_error;
+                    for (map, n) in occupancy {
+                        s.map_entries.insert(map.into(), n as u64);
+                    }
                 });
                 self.refresh_counters();
                 if !self.first_programmed {

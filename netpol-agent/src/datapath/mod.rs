@@ -66,6 +66,24 @@ pub struct MapSizes {
     pub portset_entries: u32,
 }
 
+impl MapSizes {
+    /// Capacity of each map the agent reports on, by name.
+    pub fn capacities(&self) -> BTreeMap<&'static str, u32> {
+        BTreeMap::from([
+            (names::ENDPOINTS, sizes::ENDPOINTS),
+            (names::IFACES, sizes::IFACES),
+            (names::SERVICES, self.service_entries),
+            (names::NODE_ADDRS, sizes::NODE_ADDRS),
+            (names::IDENTITIES, self.identity_entries),
+            (names::PEERS_BY_IDENTITY, self.peer_entries),
+            (names::PEERS_CIDR, self.cidr_entries),
+            (names::PORTSETS, self.portset_entries),
+            (names::CONNTRACK, self.conntrack_entries),
+            (names::CONNTRACK_NEW, self.conntrack_new_entries),
+        ])
+    }
+}
+
 /// Where a classifier runs.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,

@@ -269,25 +269,31 @@ impl MapOps for KernelMaps {
 
 impl KernelMaps {
     /// Deletes conntrack entries idle for longer than their lifetime, as of `now_ns` on the
-    /// clock of `bpf_ktime_get_ns` (CLOCK_MONOTONIC), in both conntrack maps. Returns
-    /// (entries seen, deleted).
-    pub fn sweep_conntrack(&mut self, now_ns: u64) -> Result<(usize, usize), MapError> {
-        let (mut seen, mut deleted) = (0, 0);
-        for map in [&mut self.conntrack, &mut self.conntrack_new] {
+    /// clock of `bpf_ktime_get_ns` (CLOCK_MONOTONIC), in both conntrack maps. Returns,
+    /// per map, (its name, entries seen, deleted).
+    pub fn sweep_conntrack(
+        &mut self,
+        now_ns: u64,
+    ) -> Result<[(&'static str, usize, usize); 2], MapError> {
+        let mut out = [(names::CONNTRACK, 0, 0), (names::CONNTRACK_NEW, 0, 0)];
+        for (map, result) in [&mut self.conntrack, &mut self.conntrack_new]
+            .into_iter()
+            .zip(out.iter_mut())
+        {
             let mut expired = Vec::new();
             for (k, v) in map.iter().flatten() {
-                seen += 1;
+                result.1 += 1;
                 let idle = now_ns.saturating_sub(v.last_seen_ns);
                 if idle > netpol_common::ct_lifetime_ns(k.proto, v.flags) {
                     expired.push(k);
                 }
             }
             for k in &expired {
-                gone_ok(map.remove(k)).map_err(op(names::CONNTRACK, "remove"))?;
+                gone_ok(map.remove(k)).map_err(op(result.0, "remove"))?;
             }
-            deleted += expired.len();
+            result.2 = expired.len();
         }
-        Ok((seen, deleted))
+        Ok(out)
     }
 
     /// Adds seeded entries where the datapath has none yet (a live entry, in either

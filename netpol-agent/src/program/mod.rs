@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use netpol_common::{
     Addr, EndpointInfo, IFACE_HAS_V4, IFACE_HAS_V6, IdentityId, IdentityKey, IfaceInfo,
-    PORTSET_ALL, PORTSET_NONE, PeerKey, PortSet, RULESET_ALLOW_ALL, ServiceKey,
+    PORTSET_ALL, PORTSET_NONE, PeerKey, PortSet, RULESET_ALLOW_ALL, ServiceKey, names,
 };
 
 use crate::compile::ports::PortSpec;
@@ -315,6 +315,33 @@ impl<M: MapOps> Programmer<M> {
     /// What `IFACES` holds (an adopted earlier run's entries until the first `apply`).
     pub fn ifaces(&self) -> &BTreeMap<u32, IfaceInfo> {
         &self.ifaces
+    }
+
+    /// Entries this programmer has written in each map it owns, by map name (the
+    /// conntrack maps are the datapath's).
+    pub fn occupancy(&self) -> BTreeMap<&'static str, usize> {
+        let sets = self.sets.values().chain(&self.superseded);
+        let (mut by_identity, mut blocks) = (0, 0);
+        for set in sets {
+            by_identity += set.peers.len();
+            blocks += set.blocks.len();
+        }
+        BTreeMap::from([
+            (names::ENDPOINTS, self.endpoints.len()),
+            (names::IFACES, self.ifaces.len()),
+            (names::SERVICES, self.services.len()),
+            (names::NODE_ADDRS, self.node_addrs.len()),
+            (names::IDENTITIES, self.addresses.len()),
+            (
+                names::PEERS_BY_IDENTITY,
+                by_identity + self.leftover_identity_peers.len(),
+            ),
+            (names::PEERS_CIDR, blocks + self.leftover_peers.len()),
+            (
+                names::PORTSETS,
+                self.portsets.len() + self.leftover_portsets.len(),
+            ),
+        ])
     }
 
     /// Writes `plan`. `ifindexes` maps local pods to the host side of their veth; a pod

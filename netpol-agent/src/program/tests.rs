@@ -414,3 +414,29 @@ fn quarantined_veths_know_no_address_and_allow_nothing() {
     p.apply(&plan, &pods).unwrap();
     assert!(!p.maps().ifaces.contains_key(&99));
 }
+
+/// What `occupancy` reports is what the maps hold, also while an old rule set waits to
+/// be deleted after a policy change.
+#[test]
+fn occupancy_counts_what_the_maps_hold() {
+    let mut p = Programmer::new(MemoryMaps::default(), 100);
+    for port in [80, 8080] {
+        let plan = compile::compile(&state(port), "n1");
+        p.apply(&plan, &ifindexes(&plan)).unwrap();
+        let o = p.occupancy();
+        let m = p.maps();
+        for (map, held) in [
+            (names::ENDPOINTS, m.endpoints.len()),
+            (names::IFACES, m.ifaces.len()),
+            (names::SERVICES, m.services.len()),
+            (names::NODE_ADDRS, m.node_addrs.len()),
+            (names::IDENTITIES, m.identities.len()),
+            (names::PEERS_BY_IDENTITY, m.by_identity.len()),
+            (names::PEERS_CIDR, m.cidr.len()),
+            (names::PORTSETS, m.portsets.len()),
+        ] {
+            assert_eq!(o[map], held, "{map} after the policy on port {port}");
+        }
+        assert!(o[names::ENDPOINTS] > 0 && o[names::PORTSETS] > 0);
+    }
+}

@@ -175,6 +175,25 @@ impl Collector for StatusMetrics {
             let labels = [("isolated", if isolated { "true" } else { "false" })];
             ConstGauge::new(count(n)).encode(unhooked.encode_family(&labels)?)?;
         }
+        for (name, help, values) in [
+            (
+                "netpol_map_entries",
+                "Entries in each BPF map (conntrack maps: as of the last sweep)",
+                &s.map_entries,
+            ),
+            (
+                "netpol_map_capacity",
+                "Capacity of each BPF map",
+                &s.map_capacity,
+            ),
+        ] {
+            let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (map, n) in values {
+                let labels = [("map", map.as_str())];
+                let v = i64::try_from(*n).unwrap_or(i64::MAX);
+                ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+            }
+        }
         gauge(
             e,
             "netpol_interfaces_quarantined",
@@ -244,6 +263,8 @@ mod tests {
             ..Default::default()
         };
         status.endpoints[0].packets.insert("drop_egress".into(), 1);
+        status.map_entries.insert("CONNTRACK".into(), 1);
+        status.map_capacity.insert("CONNTRACK".into(), 2);
         let exposed = Metrics::new(Arc::new(Mutex::new(status)))
             .encode()
             .expect("encode");

@@ -63,6 +63,12 @@ pub struct Status {
     /// then enforced only once the API and the kernel show them.
     pub cni_install_error: Option<String>,
     pub endpoints: Vec<EndpointStatus>,
+    /// Entries in each map: what the agent wrote, and for the conntrack maps what the
+    /// last sweep left (every 30 s).
+    #[serde(default)]
+    pub map_entries: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub map_capacity: BTreeMap<String, u64>,
 }
 
 pub type Shared = Arc<Mutex<Status>>;
