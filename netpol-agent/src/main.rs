@@ -22,6 +22,9 @@ fn init_logging(format: LogFormat) {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
+    if let Some(agent::Command::Status { addr, output }) = &args.command {
+        return show_status(*addr, *output).await;
+    }
     if let Some(agent::Command::Cleanup {
         pin_dir,
         wait,
@@ -60,6 +63,35 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `netpol-agent status`.
+async fn show_status(
+    addr: std::net::SocketAddr,
+    output: netpol_agent::status::Format,
+) -> std::process::ExitCode {
+    use netpol_agent::status::{Format, Status, fetch, render};
+    let body = match fetch(addr).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("status: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if output == Format::Json {
+        println!("{body}");
+        return std::process::ExitCode::SUCCESS;
+    }
+    match serde_json::from_str::<Status>(&body) {
+        Ok(s) => {
+            print!("{}", render(&s));
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("status: the agent's answer is not a status: {e}");
             std::process::ExitCode::FAILURE
         }
     }

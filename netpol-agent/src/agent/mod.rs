@@ -158,6 +158,16 @@ pub enum Command {
         #[arg(long)]
         cni_bin_dir: Option<PathBuf>,
     },
+    /// What the agent running on this node enforces: pods, rule sets, map occupancy,
+    /// errors (read from its HTTP endpoint's /status).
+    Status {
+        /// The agent's --metrics-addr.
+        #[arg(long, default_value = "127.0.0.1:9964")]
+        addr: SocketAddr,
+        /// `text` (a summary) or `json` (the agent's whole status).
+        #[arg(short = 'o', long, value_enum, default_value_t = crate::status::Format::Text)]
+        output: crate::status::Format,
+    },
 }
 
 /// Where the cluster comes from.

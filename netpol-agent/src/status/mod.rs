@@ -2,8 +2,11 @@
 //! file, `/status`), metrics (`metrics`: `/metrics`, with prometheus-client) and a table
 //! (logs, demo); served with liveness and readiness by `http`.
 
+mod client;
 mod http;
 mod metrics;
+
+pub use client::{Format, fetch, render};
 
 pub use http::{Health, LOOP_STUCK_AFTER_MS, monotonic_ms, router, serve};
 pub use metrics::Metrics;
