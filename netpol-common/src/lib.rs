@@ -138,9 +138,10 @@ pub struct IfaceInfo {
 /// veth holds (ifindexes grow with every veth a node ever made) is found there.
 ///
 /// Array slots are written in place, so a program may read a slot while the agent writes
-/// it. The agent never changes `ifindex` and `info` in one write (see
-/// `program::kernel::KernelMaps::set_iface`): a reader sees an owner with its complete
-/// info, or no owner (and looks in `IFACES`).
+/// it. The agent never changes `ifindex` and `info` in one write, and gives a slot whose
+/// holder left no new info for a while (see `program::kernel::KernelMaps::set_iface`): a
+/// reader that found its veth as the owner reads that veth's info (old or new fields of
+/// it while the veth's rule sets change), or finds no owner and looks in `IFACES`.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct IfaceSlot {

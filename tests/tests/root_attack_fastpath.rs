@@ -1,10 +1,10 @@
-//! Attacks on the established path (`fast.rs`), IFACE_SLOTS lookups and the `tc_index`
-//! mark that lets `uplink_egress` skip what `from_pod` decided (commit 1b2072b).
-//! **Needs root.**
+//! Attacks on the established path (`fast.rs`) and IFACE_SLOTS lookups, from an attack
+//! review of commit 1b2072b. **Needs root.**
 //!
-//! Tests named `root_fastpath_finding_*` assert the CORRECT behaviour (DESIGN.md) and
-//! FAIL on the commit under review. The others pass: they pin the established path to the
-//! full path's decision for the same packet and map state.
+//! Tests named `root_fastpath_finding_*` are that review's findings: they failed on
+//! 1b2072b, whose `tc_index` mark let `uplink_egress` skip packets `from_pod` had passed
+//! before translation (the mark is gone since 91a65f9). The others pin the established
+//! path to the full path's decision for the same packet and map state.
 //!
 //! The BPF_PROG_TEST_RUN tests run in a network namespace of the test thread
 //! (`lab::netns`). The real-packet tests add two named namespaces (a pod and a "remote"
@@ -194,16 +194,15 @@ fn root_fastpath_uplink_still_decides_known_service_backend() {
     );
 }
 
-/// Finding. Spec (DESIGN.md, Services): "Egress policy must be decided on the backend
-/// actually chosen, after translation". Before 1b2072b the uplink judged every packet
-/// of a local pod that left the node untracked under its translated tuple, so a pod whose
-/// egress denies 10.0.0.0/8 could not reach 10.2.0.5 through an externalIP (or a
-/// LoadBalancer IP) that kube-proxy translates to it. Now `from_pod` passes
-/// 10.1.0.2 -> 203.0.113.10:8080 as `allow_policy` (the pre-translation address is
-/// allowed, and it is neither a ClusterIP in SERVICES nor a node address), marks it final
-/// in `tc_index`, and `uplink_egress` returns before looking at the translated packet.
-/// BPF_PROG_TEST_RUN shows that the uplink's own decision on the translated packet is
-/// DROP (drop_egress).
+/// Finding (fixed). Egress policy must be decided on the backend actually chosen, after
+/// translation: the uplink judges every packet of a local pod that leaves the node
+/// untracked under its translated tuple, so a pod whose egress denies 10.0.0.0/8 cannot
+/// reach 10.2.0.5 through an externalIP (or a LoadBalancer IP) that kube-proxy translates
+/// to it. `from_pod` passes 10.1.0.2 -> 203.0.113.10:8080 as `allow_policy` (the
+/// pre-translation address is allowed, and it is neither a ClusterIP in SERVICES nor a
+/// node address); 1b2072b marked that final in `tc_index` and `uplink_egress` returned
+/// before looking at the translated packet. BPF_PROG_TEST_RUN shows that the uplink's own
+/// decision on the translated packet is DROP (drop_egress).
 #[test]
 fn root_fastpath_finding_external_ip_translated_to_denied_backend_skips_uplink() {
     let mut r = rig("ext", CLIENT_EGRESS_NOT_INTERNAL);
@@ -228,15 +227,15 @@ fn root_fastpath_finding_external_ip_translated_to_denied_backend_skips_uplink()
     assert!(
         !got,
         "egress to 10.2.0.5 (denied) passed through externalIP 203.0.113.10: from_pod marked \
-         its allow_policy final (tc_index) and uplink_egress skipped the translated packet"
+         the uplink did not judge the translated packet"
     );
 }
 
 /// Finding, same mechanism: a ClusterIP kube-proxy translates before the agent has
-/// programmed it (both watch the API; kube-proxy is often first). Before 1b2072b the
-/// uplink still judged the backend; now the pod's veth marks the pass final and the
-/// connection reaches the denied backend, and stays tracked (non-Service entry) after the
-/// agent learns the Service.
+/// programmed it (both watch the API; kube-proxy is often first). The uplink judges the
+/// backend; under 1b2072b the pod's veth marked the pass final and the connection reached
+/// the denied backend, and stayed tracked (non-Service entry) after the agent learnt the
+/// Service.
 #[test]
 fn root_fastpath_finding_clusterip_not_yet_known_translated_to_denied_backend_skips_uplink() {
     let r = rig("new", CLIENT_EGRESS_NOT_PODS);
@@ -247,7 +246,7 @@ fn root_fastpath_finding_clusterip_not_yet_known_translated_to_denied_backend_sk
     assert!(
         !r.reaches_backend((NEW_SVC4, 53), 2),
         "egress to 10.2.0.5 (denied) passed through a ClusterIP the agent did not know yet: \
-         the pod's veth marked its allow_policy final and uplink_egress skipped it"
+         the uplink did not judge the translated packet"
     );
 }
 

@@ -117,7 +117,7 @@ fn root_colliding_veths_are_each_their_own_pod() {
 }
 
 #[test]
-fn root_freed_slot_is_nobodys_and_rules_follow_the_pod() {
+fn root_freed_slot_waits_then_goes_to_the_colliding_veth() {
     let (mut lab, ci, si) = colliding_lab();
     let holder = slot_of(&lab, ci).ifindex;
     let (gone, stays, stays_pod, stays_addr) = if holder == ci {
@@ -142,6 +142,26 @@ fn root_freed_slot_is_nobodys_and_rules_follow_the_pod() {
     };
     lab.expect(
         "the veth left",
+        Hook::FromPod,
+        stays,
+        &v4(stays_addr, [10, 9, 0, 1], TCP, &tcp(40000, 443, SYN)),
+        out.0,
+        stays_pod,
+        Some(out.1),
+    );
+    // Not at once: a program that found the gone veth in the slot may still read it.
+    lab.pr.maps_mut().sync_iface_slots().expect("sync");
+    assert_eq!(slot_of(&lab, gone).ifindex, 0, "the freed slot waits");
+    // A second later the veth that stayed gets it (the agent syncs every sweep).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    lab.pr.maps_mut().sync_iface_slots().expect("sync");
+    assert_eq!(
+        slot_of(&lab, stays).ifindex,
+        stays,
+        "the freed slot goes to the veth that collided with its holder"
+    );
+    lab.expect(
+        "the veth left, from its slot",
         Hook::FromPod,
         stays,
         &v4(stays_addr, [10, 9, 0, 1], TCP, &tcp(40000, 443, SYN)),

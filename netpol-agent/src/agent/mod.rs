@@ -161,8 +161,9 @@ pub enum Command {
     /// What the agent running on this node enforces: pods, rule sets, map occupancy,
     /// errors (read from its HTTP endpoint's /status).
     Status {
-        /// The agent's --metrics-addr.
-        #[arg(long, default_value = "127.0.0.1:9964")]
+        /// The agent's --metrics-addr (the DaemonSet sets NETPOL_STATUS_ADDR to it in the
+        /// agent's container).
+        #[arg(long, env = "NETPOL_STATUS_ADDR", default_value = "127.0.0.1:9964")]
         addr: SocketAddr,
         /// `text` (a summary) or `json` (the agent's whole status).
         #[arg(short = 'o', long, value_enum, default_value_t = crate::status::Format::Text)]
@@ -322,7 +323,7 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let (link_tx, mut link_changes) = mpsc::channel::<()>(1);
     if let Err(e) = datapath::link_events::subscribe(link_tx) {
-        warn!(error = %e, "no link events; new pods are found by the periodic resync only");
+        warn!(error = %e, "no link events: new pods are found by the periodic resync only, and /healthz fails (the liveness probe restarts the agent to try again)");
     }
     // Closed when the watcher's thread ends (or never started): /healthz says so.
     health.set_link_events(!link_changes.is_closed());
@@ -509,6 +510,10 @@ impl Agent {
             }
             Err(e) => warn!(error = %e, "conntrack sweep"),
         }
+        // Veths whose slot another veth held get it once that one is gone.
+        if let Err(e) = self.programmer.maps_mut().sync_iface_slots() {
+            warn!(error = %e, "giving pod veths their IFACE_SLOTS slots");
+        }
     }
 
     /// `reload`: read the source again (else only look for new or gone veths).
@@ -673,7 +678,14 @@ impl Agent {
             Err(e) => {
                 error!(error = %e, "programming the maps failed; the previous state stays enforced where it was not replaced");
                 let msg = e.to_string();
-                self.update_status(|s| s.program_error = Some(msg));
+                // What was written before the failure counts (a map filling up shows).
+                let occupancy = self.programmer.occupancy();
+                self.update_status(|s| {
+                    s.program_error = Some(msg);
+                    for (map, n) in occupancy {
+                        s.map_entries.insert(map.into(), n as u64);
+                    }
+                });
             }
         }
     }

@@ -53,7 +53,7 @@ pub fn subscribe(tx: mpsc::Sender<()>) -> io::Result<()> {
                     let e = io::Error::last_os_error();
                     // ENOBUFS: we missed some, which a reconcile covers anyway.
                     if e.raw_os_error() != Some(libc::ENOBUFS) && e.kind() != io::ErrorKind::Interrupted {
-                        tracing::error!(error = %e, "link events stopped; falling back to the periodic resync");
+                        tracing::error!(error = %e, "link events stopped; new pods are found by the periodic resync until the agent restarts, and /healthz fails");
                         break;
                     }
                 }

@@ -432,6 +432,7 @@ impl Datapath {
             peers_cidr: LpmTrie::try_from(take(names::PEERS_CIDR)?)?,
             portsets: HashMap::try_from(take(names::PORTSETS)?)?,
             counters: PerCpuArray::try_from(take(names::COUNTERS)?)?,
+            slots_retired: Default::default(),
         };
         maps.sync_iface_slots()
             .context("giving adopted veths their IFACE_SLOTS slots")?;

@@ -1,5 +1,7 @@
 //! `MapOps` on the maps of the loaded BPF object.
 
+use std::time::{Duration, Instant};
+
 use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
 use netpol_common::{
@@ -31,7 +33,13 @@ pub struct KernelMaps {
     pub peers_cidr: LpmTrie<MapData, PeerKey, u32>,
     pub portsets: HashMap<MapData, u32, PortSet>,
     pub counters: PerCpuArray<MapData, Counters>,
+    /// When each slot was last retired: a program that read the old owner just before
+    /// may still be reading its info, so the slot gets no new info for `SLOT_GRACE`.
+    pub slots_retired: std::collections::HashMap<u32, Instant>,
 }
+
+/// Far longer than any TC program run (microseconds, under RCU).
+const SLOT_GRACE: Duration = Duration::from_secs(1);
 
 impl KernelMaps {
     fn slot(&self, index: u32) -> Result<IfaceSlot, MapError> {
@@ -40,14 +48,21 @@ impl KernelMaps {
             .map_err(op(names::IFACE_SLOTS, "read"))
     }
 
+    fn retire_slot(&mut self, index: u32, info: IfaceInfo) -> Result<(), MapError> {
+        self.write_slot(index, 0, info)?;
+        self.slots_retired.insert(index, Instant::now());
+        Ok(())
+    }
+
     fn write_slot(&mut self, index: u32, ifindex: u32, info: IfaceInfo) -> Result<(), MapError> {
         self.iface_slots
             .set(index, IfaceSlot { ifindex, info }, 0)
             .map_err(op(names::IFACE_SLOTS, "write"))
     }
 
-    /// Gives every `IFACES` entry whose slot is free, or holds an older copy of it, its
-    /// slot: after an agent stopped between the steps of `set_iface`.
+    /// Gives every `IFACES` entry whose slot is free (and settled), or holds an older copy
+    /// of it, its slot: after an agent stopped between the steps of `set_iface`, and for
+    /// a veth whose slot its holder left (the agent calls this periodically).
     pub fn sync_iface_slots(&mut self) -> Result<(), MapError> {
         let mut entries = Vec::new();
         for kv in self.ifaces.iter() {
@@ -129,8 +144,13 @@ impl MapOps for KernelMaps {
     /// `IFACES` first (the full record), then the veth's slot if it holds it or it is
     /// free. A slot is never written with a new owner and new info at once: it is retired
     /// (owner 0, info unchanged), given the new info (owner still 0), then published
-    /// (info unchanged): a program reading it meanwhile sees a whole entry or none. An
-    /// agent stopped between two steps leaves a retired slot, so programs use `IFACES`.
+    /// (info unchanged). A program that checked the owner keeps reading the slot's info
+    /// for the rest of its run, so a retired slot gets no new info for `SLOT_GRACE`
+    /// (the veth waits in `IFACES`; `sync_iface_slots` gives it the slot later). The
+    /// holder's own new info (its rule sets) goes through the same steps at once: a
+    /// program that checked the owner before reads each field old or new, all of them
+    /// this veth's. An agent stopped between two steps leaves a retired slot, so
+    /// programs use `IFACES`.
     fn set_iface(&mut self, ifindex: u32, info: IfaceInfo) -> Result<(), MapError> {
         let index = IfaceSlot::index_of(ifindex);
         let slot = self.slot(index)?;
@@ -142,12 +162,16 @@ impl MapOps for KernelMaps {
                 .map_err(op(names::IFACES, "insert"));
         }
         if ours {
-            self.write_slot(index, 0, slot.info)?;
+            self.retire_slot(index, slot.info)?;
         }
         self.ifaces
             .insert(ifindex, info, 0)
             .map_err(op(names::IFACES, "insert"))?;
-        if ours || slot.ifindex == 0 {
+        let settled = self
+            .slots_retired
+            .get(&index)
+            .is_none_or(|t| t.elapsed() >= SLOT_GRACE);
+        if ours || (slot.ifindex == 0 && settled) {
             self.write_slot(index, 0, info)?;
             self.write_slot(index, ifindex, info)?;
         }
@@ -157,7 +181,7 @@ impl MapOps for KernelMaps {
         let index = IfaceSlot::index_of(ifindex);
         let slot = self.slot(index)?;
         if slot.ifindex == ifindex {
-            self.write_slot(index, 0, slot.info)?;
+            self.retire_slot(index, slot.info)?;
         }
         gone_ok(self.ifaces.remove(&ifindex)).map_err(op(names::IFACES, "remove"))
     }
@@ -270,19 +294,33 @@ impl MapOps for KernelMaps {
 impl KernelMaps {
     /// Deletes conntrack entries idle for longer than their lifetime, as of `now_ns` on the
     /// clock of `bpf_ktime_get_ns` (CLOCK_MONOTONIC), in both conntrack maps. Returns,
-    /// per map, (its name, entries seen, deleted).
+    /// per map, (its name, distinct entries seen, deleted). A walk of a map the datapath
+    /// changes meanwhile may visit a key twice (the kernel starts over when the key it
+    /// stood on is gone), hence the set; a read error ends the walk of that map, and is
+    /// returned once both maps are swept.
     pub fn sweep_conntrack(
         &mut self,
         now_ns: u64,
     ) -> Result<[(&'static str, usize, usize); 2], MapError> {
         let mut out = [(names::CONNTRACK, 0, 0), (names::CONNTRACK_NEW, 0, 0)];
+        let mut failed = None;
         for (map, result) in [&mut self.conntrack, &mut self.conntrack_new]
             .into_iter()
             .zip(out.iter_mut())
         {
+            let mut seen = std::collections::HashSet::new();
             let mut expired = Vec::new();
-            for (k, v) in map.iter().flatten() {
-                result.1 += 1;
+            for kv in map.iter() {
+                let (k, v) = match kv {
+                    Ok(kv) => kv,
+                    Err(e) => {
+                        failed = Some(op(result.0, "read")(e));
+                        break;
+                    }
+                };
+                if !seen.insert(k) {
+                    continue;
+                }
                 let idle = now_ns.saturating_sub(v.last_seen_ns);
                 if idle > netpol_common::ct_lifetime_ns(k.proto, v.flags) {
                     expired.push(k);
@@ -291,9 +329,13 @@ impl KernelMaps {
             for k in &expired {
                 gone_ok(map.remove(k)).map_err(op(result.0, "remove"))?;
             }
+            result.1 = seen.len();
             result.2 = expired.len();
         }
-        Ok(out)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// Adds seeded entries where the datapath has none yet (a live entry, in either
