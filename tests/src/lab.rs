@@ -478,15 +478,7 @@ pub fn conntrack_on(names: &[&str]) {
     );
 }
 
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use netpol_agent::datapath::monotonic_ns;
 
 pub fn flow(
     proto: u8,

@@ -380,17 +380,6 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Sends on `tx` whenever something in `dir` changes; bursts collapse into one message.
 fn watch_folder(dir: &std::path::Path, tx: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher> {
     use notify::Watcher;
@@ -478,7 +467,8 @@ impl Agent {
             .iter()
             .flat_map(|e| e.ips.iter().copied())
             .collect();
-        let seeds = crate::program::seed::seed_entries(&flows, fresh, &local, monotonic_ns());
+        let seeds =
+            crate::program::seed::seed_entries(&flows, fresh, &local, datapath::monotonic_ns());
         match self.programmer.maps_mut().seed_conntrack(&seeds) {
             Ok(added) => info!(
                 pods = fresh.len(),
@@ -492,7 +482,7 @@ impl Agent {
 
     /// Deletes idle connections past their lifetime (the datapath also ignores them).
     fn sweep_conntrack(&mut self) {
-        let now = monotonic_ns();
+        let now = datapath::monotonic_ns();
         match self.programmer.maps_mut().sweep_conntrack(now) {
             Ok(maps) => {
                 let deleted: usize = maps.iter().map(|m| m.2).sum();

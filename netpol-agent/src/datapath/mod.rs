@@ -781,6 +781,18 @@ fn tcx_supported() -> bool {
     kernel_at_least(6, 6)
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns` (conntrack times, and
+/// the agent's own liveness).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// False when the version cannot be read: the older kernel's path works everywhere.
 fn kernel_at_least(major: u8, minor: u8) -> bool {
     match aya::util::KernelVersion::current() {

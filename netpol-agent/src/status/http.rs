@@ -55,13 +55,7 @@ impl Health {
 
 /// CLOCK_MONOTONIC in milliseconds.
 pub fn monotonic_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+    crate::datapath::monotonic_ns() / 1_000_000
 }
 
 #[derive(Clone)]
