@@ -22,8 +22,34 @@ fn init_logging(format: LogFormat) {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
+    if let Some(agent::Command::Explain(a)) = &args.command {
+        return netpol_agent::explain::cli::main(a).await;
+    }
     if let Some(agent::Command::Status { addr, output }) = &args.command {
         return show_status(*addr, *output).await;
+    }
+    if let Some(agent::Command::Monitor {
+        addr,
+        pod,
+        verdict,
+        output,
+        once,
+    }) = &args.command
+    {
+        let filter = netpol_agent::events::follow::Filter {
+            pod: pod.clone(),
+            verdict: *verdict,
+        };
+        let json = *output == netpol_agent::status::Format::Json;
+        let followed =
+            netpol_agent::events::follow::follow(*addr, &filter, json, *once, |l| println!("{l}"));
+        return match followed.await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("monitor: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     if let Some(agent::Command::Cleanup {
         pin_dir,

@@ -26,6 +26,10 @@ pub mod names {
     pub const CONNTRACK_NEW: &str = "CONNTRACK_NEW";
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const SERVICE_FLOWS: &str = "SERVICE_FLOWS";
+    pub const SERVICE_FLOWS_NEW: &str = "SERVICE_FLOWS_NEW";
+    pub const EVENTS: &str = "EVENTS";
+    pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+    pub const EVENT_STATS: &str = "EVENT_STATS";
     pub const UPLINKS: &str = "UPLINKS";
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
     pub const META: &str = "META";
@@ -45,7 +49,7 @@ pub mod names {
 
 /// Version of the map layout (the types in this crate). Pins live under a directory named
 /// after it, so an agent whose maps differ never adopts maps it cannot read.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Default map sizes; the agent can override them at load time.
 pub mod sizes {
@@ -62,6 +66,7 @@ pub mod sizes {
     pub const CONNTRACK_NEW: u32 = 65_536;
     pub const FRAGMENTS: u32 = 8192;
     pub const SERVICE_FLOWS: u32 = 65_536;
+    pub const SERVICE_FLOWS_NEW: u32 = 16_384;
     pub const UPLINKS: u32 = 64;
     pub const NODE_ADDRS: u32 = 1024;
     /// Endpoint ids index the counters array, so this bounds the id space too.
@@ -419,22 +424,52 @@ pub struct ServiceFlowKey {
     pub _pad: u8,
 }
 
-/// Where a client's Service connection went: the Service port it asked for, the backend
-/// the translation chose (learnt where its egress was decided), and the client's egress
-/// rule set under which that backend was last allowed (`CT_UNDECIDED`: not yet). Replies
-/// from the Service address are checked against it, so they stop when the client's
-/// egress to that backend is revoked.
+/// A Service port or a backend: an address and a port (host order).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct ServiceTarget {
+    pub addr: Addr,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// How many Service ports, and how many backends, one client port's record holds.
+pub const SERVICE_FLOW_SLOTS: usize = 4;
+
+/// Where a local client's Service connections from one port went: the Service ports they
+/// asked for, every backend the translations chose (learnt where the client's egress was
+/// decided), and the client's egress rule set under which all those backends were last
+/// allowed (`CT_UNDECIDED`: check them again). A translated packet keeps the client's
+/// address and port but not the Service's, so when one port talks to several Services
+/// the record cannot tell which backend answers for which: a reply from any of its
+/// Services passes only while the client's egress allows every one of its backends.
+/// A reply with no record, or a record that overflowed, is dropped.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct ServiceFlow {
-    pub service: Addr,
-    pub backend: Addr,
-    pub service_port: u16,
-    pub backend_port: u16,
+    pub services: [ServiceTarget; SERVICE_FLOW_SLOTS],
+    pub backends: [ServiceTarget; SERVICE_FLOW_SLOTS],
     pub egress_set: u32,
-    /// The backend fields are set.
-    pub has_backend: u8,
-    pub _pad: [u8; 7],
+    pub services_len: u8,
+    pub backends_len: u8,
+    /// More backends were learnt than the record holds: its replies are dropped.
+    pub overflow: u8,
+    /// The backend of the latest translation refused the connection (its ingress): its
+    /// replies are dropped.
+    pub refused: u8,
+}
+
+impl ServiceFlow {
+    /// A record of one connection to `service`, no backend known yet.
+    pub fn new(service: ServiceTarget) -> Self {
+        let mut f = ServiceFlow {
+            egress_set: CT_UNDECIDED,
+            services_len: 1,
+            ..Default::default()
+        };
+        f.services[0] = service;
+        f
+    }
 }
 
 /// A fragmented datagram: later fragments carry no ports, so the first one records them.
@@ -498,7 +533,11 @@ pub mod reason {
     /// Dropped: a unicast packet for another address reached an isolated pod's veth (a
     /// bridge flooding frames, or a pod teaching it another pod's MAC address).
     pub const DROP_MISDELIVERED: usize = 15;
-    pub const COUNT: usize = 16;
+    /// Dropped: a Service connection that the datapath cannot record (its client port
+    /// already talks to as many Services as a record holds), so its replies could not be
+    /// checked.
+    pub const DROP_UNTRACKABLE: usize = 16;
+    pub const COUNT: usize = 17;
 
     pub const NAMES: [&str; COUNT] = [
         "allow_unisolated",
@@ -517,10 +556,66 @@ pub mod reason {
         "drop_fragment",
         "drop_address",
         "drop_misdelivered",
+        "drop_untrackable",
     ];
 
     /// Reasons at or above this one drop the packet.
     pub const FIRST_DROP: usize = DROP_EGRESS;
+}
+
+/// Verdict events (`EVENTS`, a ring buffer): which verdicts the programs report, set at
+/// load time.
+pub mod events {
+    pub const NONE: u8 = 0;
+    /// Drops only.
+    pub const DROPS: u8 = 1;
+    /// Drops, and openings a rule allowed (`allow_policy`); not every packet of a
+    /// tracked connection.
+    pub const DROPS_AND_ALLOWS: u8 = 2;
+    /// Bytes of the ring buffer.
+    pub const RING_BYTES: u32 = 256 * 1024;
+    /// Indexes of `EVENT_STATS` (per CPU).
+    pub const LOST: u32 = 0;
+    pub const SUPPRESSED: u32 = 1;
+    pub const STATS: u32 = 2;
+    /// Where a verdict was taken (`VerdictEvent::hook`).
+    pub const AT_FROM_POD: u8 = 0;
+    pub const AT_TO_POD: u8 = 1;
+    pub const AT_UPLINK: u8 = 2;
+    /// `VerdictEvent::flags`: the addresses and ports are the packet's (frames that are
+    /// not IP have none).
+    pub const HAS_TUPLE: u8 = 1;
+}
+
+/// One verdict, as the datapath reports it. Addresses and ports are the packet's as the
+/// hook saw it (before translation at a pod's veth for what it sends, after it for what
+/// it receives and at uplinks).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct VerdictEvent {
+    /// CLOCK_MONOTONIC (or coarser, see the programs' clock), nanoseconds.
+    pub time_ns: u64,
+    pub src: Addr,
+    pub dst: Addr,
+    /// The endpoint the verdict is counted on (0: none).
+    pub endpoint_id: u32,
+    pub ifindex: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub reason: u8,
+    pub hook: u8,
+    pub flags: u8,
+}
+
+/// A pod's budget of events (per CPU): a token bucket, so a pod that is being dropped in
+/// a flood reports a few events a second, not every packet.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct EventBudget {
+    pub refilled_ns: u64,
+    pub tokens: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -553,6 +648,9 @@ mod user {
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceFlowKey {}
     unsafe impl aya::Pod for ServiceFlow {}
+    unsafe impl aya::Pod for ServiceTarget {}
+    unsafe impl aya::Pod for VerdictEvent {}
+    unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragPorts {}
     unsafe impl aya::Pod for Counters {}
@@ -571,7 +669,10 @@ const _: () = {
     assert!(size_of::<CtEntry>() == 24);
     assert!(size_of::<ServiceKey>() == 20);
     assert!(size_of::<ServiceFlowKey>() == 20);
-    assert!(size_of::<ServiceFlow>() == 48);
+    assert!(size_of::<ServiceTarget>() == 20);
+    assert!(size_of::<VerdictEvent>() == 56);
+    assert!(size_of::<EventBudget>() == 16);
+    assert!(size_of::<ServiceFlow>() == 168);
     assert!(size_of::<FragKey>() == 40);
     assert!(size_of::<FragPorts>() == 8);
 };

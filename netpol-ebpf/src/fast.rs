@@ -317,6 +317,12 @@ pub fn established(ctx: &TcContext, iface: &IfaceInfo, side: Side) -> bool {
     if stored != current {
         return false;
     }
+    // A local pod's packet arriving here: its own side must still be decided under its
+    // current rules (a Service translation may land on an older connection's tuple).
+    if side == Side::Receives && !sender_current(&t.src, f.entry, f.from_opener, iface.endpoint_id)
+    {
+        return false;
+    }
     if f.idle > 1_000_000_000 {
         f.entry.last_seen_ns = f.now;
     }
@@ -333,7 +339,25 @@ pub fn tracked_at_uplink(ctx: &TcContext) -> bool {
         return false;
     };
     match replied(&t) {
-        Some(f) => !(f.from_opener && f.entry.flags & ct_flag::DEFERRED_EGRESS != 0),
+        Some(f) => {
+            !(f.from_opener && f.entry.flags & ct_flag::DEFERRED_EGRESS != 0)
+                && sender_current(&t.src, f.entry, f.from_opener, 0)
+        }
         None => false,
+    }
+}
+
+/// Is the sender not a local pod (or the receiving pod, endpoint `me`, itself: judged as
+/// the sender at its own veth; 0 at uplinks), or one whose side of the connection (egress
+/// as the opener, ingress as the acceptor) is still decided under its current rule set?
+#[inline(always)]
+fn sender_current(sender: &Words, entry: &CtEntry, from_opener: bool, me: u32) -> bool {
+    // SAFETY: `Addr` is 16 bytes aligned to 4, like `Words`.
+    let addr = unsafe { core::mem::transmute::<Words, Addr>(*sender) };
+    match crate::maps::endpoint(&addr) {
+        Some(ep) if ep.id == me => true,
+        Some(ep) if from_opener => ep.egress_set == entry.opener_set,
+        Some(ep) => ep.ingress_set == entry.acceptor_set,
+        None => true,
     }
 }

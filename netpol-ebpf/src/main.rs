@@ -17,6 +17,7 @@
 #![no_main]
 
 mod clock;
+mod events;
 mod fast;
 mod fragments;
 mod maps;
@@ -30,7 +31,7 @@ use fast::Side;
 use fragments::{AT_FROM_POD, AT_TO_POD, AT_UPLINK, fragment_ports, record_first_fragment};
 use maps::{count, endpoint, iface_of, is_node, is_service, scratch, sets_of};
 use neighbour::{link_message, not_for, own_address, own_neighbour_message, own_target};
-use netpol_common::{Addr, IFACE_HAS_V4, IfaceInfo, ct_flag, reason};
+use netpol_common::{Addr, IFACE_HAS_V4, IfaceInfo, ct_flag, events as ev, reason};
 use parse::{Icmp, Packet, Parsed};
 use verdict::{Judged, Sets, UNDECIDED};
 
@@ -47,21 +48,39 @@ fn verdict(id: u32, why: usize) -> i32 {
     }
 }
 
+/// Where a hook decides: for verdict events.
+#[derive(Clone, Copy)]
+struct At {
+    hook: u8,
+    ifindex: u32,
+}
+
+/// `verdict`, and the verdict event when events want it. `p`: the packet, once parsed
+/// as IP.
+#[inline(always)]
+fn decided(at: At, id: u32, why: usize, p: Option<&Packet>) -> i32 {
+    if events::wanted(why) {
+        events::report(id, why, at.hook, at.ifindex, p);
+    }
+    verdict(id, why)
+}
+
 /// What a frame that is not an IP packet gets at a pod's veth.
 #[inline(always)]
-fn not_ip(iface: &IfaceInfo, sets: Sets, parsed: &Parsed, sent: bool) -> i32 {
+fn not_ip(at: At, iface: &IfaceInfo, sets: Sets, parsed: &Parsed, sent: bool) -> i32 {
+    let id = iface.endpoint_id;
     match parsed {
         Parsed::Arp(spa) => {
             let own = iface.flags & IFACE_HAS_V4 != 0 && Addr::from_v4(*spa) == iface.addr4;
             if !sent || own || *spa == [0; 4] {
-                verdict(iface.endpoint_id, reason::ALLOW_NEIGHBOUR)
+                verdict(id, reason::ALLOW_NEIGHBOUR)
             } else {
-                verdict(iface.endpoint_id, reason::DROP_SPOOFED)
+                decided(at, id, reason::DROP_SPOOFED, None)
             }
         }
         _ if !sets.isolated() => TC_ACT_UNSPEC,
-        Parsed::OtherFrame => verdict(iface.endpoint_id, reason::DROP_FRAME),
-        _ => verdict(iface.endpoint_id, reason::DROP_MALFORMED),
+        Parsed::OtherFrame => decided(at, id, reason::DROP_FRAME, None),
+        _ => decided(at, id, reason::DROP_MALFORMED, None),
     }
 }
 
@@ -88,30 +107,30 @@ fn from_pod_full(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
     let Some(p) = scratch() else {
         return TC_ACT_UNSPEC;
     };
+    let at = At {
+        hook: ev::AT_FROM_POD,
+        ifindex: maps::ifindex(ctx),
+    };
     match parse::parse(ctx, p) {
         Parsed::Ip => {}
-        other => return not_ip(iface, sets, &other, true),
+        other => return not_ip(at, iface, sets, &other, true),
     }
     let id = iface.endpoint_id;
-    if p.v4_in_v6 {
-        return verdict(id, reason::DROP_ADDRESS);
-    }
-    if p.icmp == Icmp::Router {
-        return verdict(id, reason::DROP_ROUTER);
-    }
-    if own_neighbour_message(iface, p) {
-        return verdict(id, reason::ALLOW_NEIGHBOUR);
-    }
-    // Claiming another's address is spoofing, whatever the pod's policy.
-    if p.icmp == Icmp::Neighbour && !own_target(iface, p) {
-        return verdict(id, reason::DROP_SPOOFED);
-    }
-    if !own_address(iface, &p.src) {
-        return verdict(id, reason::DROP_SPOOFED);
-    }
-    let (who, why) = sent_by_pod(p, id, sets);
-    record_first_fragment(p, why, AT_FROM_POD);
-    verdict(who, why)
+    let why = if p.v4_in_v6 {
+        reason::DROP_ADDRESS
+    } else if p.icmp == Icmp::Router {
+        reason::DROP_ROUTER
+    } else if own_neighbour_message(iface, p) {
+        reason::ALLOW_NEIGHBOUR
+    } else if (p.icmp == Icmp::Neighbour && !own_target(iface, p)) || !own_address(iface, &p.src) {
+        // Claiming another's address is spoofing, whatever the pod's policy.
+        reason::DROP_SPOOFED
+    } else {
+        let (who, why) = sent_by_pod(p, id, sets);
+        record_first_fragment(p, why, AT_FROM_POD);
+        return decided(at, who, why, Some(p));
+    };
+    decided(at, id, why, Some(p))
 }
 
 /// Returns the endpoint to count on (the sender, or a local opener whose egress was
@@ -172,7 +191,12 @@ fn sent_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
         // isolated pod tracks the connection so they are known as replies.
         if sets.isolated() {
             verdict::track(p, UNDECIDED, UNDECIDED, ct_flag::SERVICE);
-            service::remember(p);
+            if !service::remember(p) {
+                if let Some(hit) = verdict::lookup(p) {
+                    verdict::forget(&hit);
+                }
+                return (id, reason::DROP_UNTRACKABLE);
+            }
         }
         return (id, reason::PASS_SERVICE);
     }
@@ -205,13 +229,17 @@ fn to_pod_full(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
     let Some(p) = scratch() else {
         return TC_ACT_UNSPEC;
     };
+    let at = At {
+        hook: ev::AT_TO_POD,
+        ifindex: maps::ifindex(ctx),
+    };
     match parse::parse(ctx, p) {
         Parsed::Ip => {}
-        other => return not_ip(iface, sets, &other, false),
+        other => return not_ip(at, iface, sets, &other, false),
     }
     let id = iface.endpoint_id;
     if p.v4_in_v6 {
-        return verdict(id, reason::DROP_ADDRESS);
+        return decided(at, id, reason::DROP_ADDRESS, Some(p));
     }
     if link_message(p) {
         return verdict(id, reason::ALLOW_NEIGHBOUR);
@@ -219,7 +247,7 @@ fn to_pod_full(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
     // Someone else's packet (flooded by a bridge): never judged with this pod's rules.
     if not_for(iface, p) {
         return if sets.isolated() {
-            verdict(id, reason::DROP_MISDELIVERED)
+            decided(at, id, reason::DROP_MISDELIVERED, Some(p))
         } else {
             TC_ACT_UNSPEC
         };
@@ -228,7 +256,7 @@ fn to_pod_full(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
     let came_in = unsafe { (*ctx.skb.skb).ingress_ifindex };
     let (who, why) = received_by_pod(p, id, sets, came_in);
     record_first_fragment(p, why, AT_TO_POD);
-    verdict(who, why)
+    decided(at, who, why, Some(p))
 }
 
 /// Returns the endpoint to count on (the receiver, or a local sender whose egress was
@@ -268,12 +296,16 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
     if let Some(hit) = verdict::lookup(p)
         && verdict::usable(&hit, p)
     {
-        if hit.from_opener
-            && verdict::flags(&hit) & ct_flag::DEFERRED_EGRESS != 0
-            && let Some(sender) = endpoint(&p.t_src)
-            && let Some(r) = verdict::judge_deferred_opener(&hit, p, sets_of(&sender))
+        // (The pod itself sending to itself was judged as the sender at its own veth.)
+        if let Some(sender) = endpoint(&p.t_src)
+            && sender.id != id
         {
-            return (sender.id, r);
+            if !came_from(&sender, came_in) {
+                return (sender.id, reason::DROP_SPOOFED);
+            }
+            if let Some(r) = local_sender_on_entry(&hit, p, &sender) {
+                return (sender.id, r);
+            }
         }
         return (id, verdict::judge_tracked(&hit, p, me));
     }
@@ -294,7 +326,7 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
         let r = verdict::egress_opening(ss, p);
         if r >= reason::FIRST_DROP {
             // Its replies, from the Service address, must meet the same refusal.
-            service::learn_backend(p, UNDECIDED);
+            service::learn_backend(p, UNDECIDED, true);
             return (s.id, r);
         }
         opener_set = ss.egress;
@@ -305,8 +337,14 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
     if why < reason::FIRST_DROP && track {
         verdict::track(p, opener_set, sets.ingress, flags);
     }
-    if why < reason::FIRST_DROP && sender.is_some() {
-        service::learn_backend(p, opener_set);
+    if sender.is_some() {
+        if why < reason::FIRST_DROP {
+            service::learn_backend(p, opener_set, true);
+        } else {
+            // Refused here: whatever this backend sends back through the Service is
+            // not a reply of an allowed connection.
+            service::refuse(p);
+        }
     }
     (id, why)
 }
@@ -346,7 +384,11 @@ fn uplink_full(ctx: &TcContext) -> i32 {
         }
         Some((id, why)) => {
             record_first_fragment(p, why, AT_UPLINK);
-            verdict(id, why)
+            let at = At {
+                hook: ev::AT_UPLINK,
+                ifindex: maps::ifindex(ctx),
+            };
+            decided(at, id, why, Some(p))
         }
     }
 }
@@ -360,16 +402,11 @@ fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
         && let Some(hit) = verdict::lookup(p)
         && verdict::usable(&hit, p)
     {
-        // Replies of a local acceptor, and openers decided at their own veth, were
-        // decided there.
-        if !hit.from_opener || verdict::flags(&hit) & ct_flag::DEFERRED_EGRESS == 0 {
-            return None;
-        }
         let sender = endpoint(&p.src)?;
         if !came_from(&sender, came_in) {
             return Some((sender.id, reason::DROP_SPOOFED));
         }
-        return verdict::judge_deferred_opener(&hit, p, sets_of(&sender)).map(|r| (sender.id, r));
+        return local_sender_on_entry(&hit, p, &sender).map(|r| (sender.id, r));
     }
     // Not a local pod, or already masqueraded: nothing of ours to decide.
     let sender = endpoint(&p.src)?;
@@ -385,15 +422,38 @@ fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
     let why = verdict::egress_opening(sets, p);
     if why < reason::FIRST_DROP && sets.isolated() {
         verdict::track(p, sets.egress, UNDECIDED, ct_flag::DEFERRED_EGRESS);
-        service::learn_backend(p, sets.egress);
+        service::learn_backend(p, sets.egress, true);
     } else if why >= reason::FIRST_DROP {
         // Its replies, from the Service address, must meet the same refusal.
-        service::learn_backend(p, UNDECIDED);
+        service::learn_backend(p, UNDECIDED, true);
     }
     if why == reason::ALLOW_UNISOLATED {
         return None;
     }
     Some((sender.id, why))
+}
+
+/// A local pod's packet on a tracked entry, seen after translation (at the veth of the
+/// pod it goes to, or at an uplink): the sender's side is judged under its current rules
+/// on this tuple, since a Service translation may land on an older connection's tuple,
+/// either way round (its egress as the opener, its ingress as the acceptor). A Service
+/// record of the sender's port adds where the packet went (the packet may be direct:
+/// backends add up, none is pushed out). `None`: it goes on.
+#[inline(always)]
+fn local_sender_on_entry(
+    hit: &verdict::Hit,
+    p: &Packet,
+    sender: &netpol_common::EndpointInfo,
+) -> Option<usize> {
+    let judged = verdict::judge_local_sender(hit, p, sets_of(sender));
+    // The sender's egress vouches for the peer only when it opened and still may.
+    let set = if judged.is_none() && hit.from_opener {
+        sender.egress_set
+    } else {
+        UNDECIDED
+    };
+    service::learn_backend(p, set, false);
+    judged
 }
 
 /// A packet with a local pod's source address did not enter the node through another

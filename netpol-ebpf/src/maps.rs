@@ -44,10 +44,17 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =
 /// them was forged outside the node.
 #[map]
 pub static UPLINKS: HashMap<u32, u32> = HashMap::with_max_entries(sizes::UPLINKS, 0);
-/// Local clients' Service connections: the backend each went to (see `ServiceFlow`).
+/// Local clients' Service connections that got a reply: the backends each client port's
+/// connections went to (see `ServiceFlow`). Not an LRU: a busy node's churn must not
+/// evict an idle connection's record (its replies would be dropped); the agent deletes
+/// the records of finished connections, and when full a record stays with the unanswered.
 #[map]
-pub static SERVICE_FLOWS: LruHashMap<ServiceFlowKey, ServiceFlow> =
-    LruHashMap::with_max_entries(sizes::SERVICE_FLOWS, 0);
+pub static SERVICE_FLOWS: HashMap<ServiceFlowKey, ServiceFlow> =
+    HashMap::with_max_entries(sizes::SERVICE_FLOWS, 0);
+/// The same for connections waiting for their first reply, apart like `CONNTRACK_NEW`.
+#[map]
+pub static SERVICE_FLOWS_NEW: LruHashMap<ServiceFlowKey, ServiceFlow> =
+    LruHashMap::with_max_entries(sizes::SERVICE_FLOWS_NEW, 0);
 /// Unreplied connections, apart: whoever floods new flows evicts only unreplied ones
 /// (the kernel's nf_conntrack drops unassured entries first for the same reason).
 #[map]
@@ -56,6 +63,9 @@ pub static CONNTRACK_NEW: LruHashMap<CtKey, CtEntry> =
 #[map]
 pub static FRAGMENTS: LruHashMap<FragKey, FragPorts> =
     LruHashMap::with_max_entries(sizes::FRAGMENTS, 0);
+/// Where a new Service record is built before it is inserted (too big for the stack).
+#[map]
+pub static FLOW_SCRATCH: PerCpuArray<ServiceFlow> = PerCpuArray::with_max_entries(1, 0);
 /// Where the packet being judged is parsed to (too big for the BPF stack).
 #[map]
 pub static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);

@@ -283,6 +283,10 @@ fn update_state(hit: &Hit, e: &mut CtEntry, p: &Packet) {
         if CONNTRACK.insert(hit.key, moved, 0).is_ok() {
             let _ = CONNTRACK_NEW.remove(hit.key);
         }
+        if flags & ct_flag::SERVICE != 0 {
+            // A reply: it goes to the client, the connection's opener.
+            crate::service::replied(&p.t_dst, p.dport, p.proto);
+        }
     }
 }
 
@@ -381,13 +385,13 @@ pub fn ingress_opening(sets: Sets, p: &Packet) -> usize {
 /// Entry value for a side this node does not decide.
 pub const UNDECIDED: u32 = CT_UNDECIDED;
 
-/// For an entry whose opener is a local pod decided after translation: that pod's egress,
-/// checked at the later hook (the receiver's veth or an uplink). `None`: still valid.
+/// A local pod's packet on an entry, at a hook after translation: its side (opener:
+/// egress, acceptor: ingress) under its current rules `sender`. `None`: still valid.
 #[inline(always)]
-pub fn judge_deferred_opener(hit: &Hit, p: &Packet, opener: Sets) -> Option<usize> {
+pub fn judge_local_sender(hit: &Hit, p: &Packet, sender: Sets) -> Option<usize> {
     // SAFETY: valid map value pointer for this run.
     let e = unsafe { &mut *hit.entry };
-    match revalidate(hit, e, p, true, opener) {
+    match revalidate(hit, e, p, hit.from_opener, sender) {
         Some(r) if r >= reason::FIRST_DROP => {
             forget(hit);
             Some(r)

@@ -95,6 +95,9 @@ struct Store {
     stall_until: Option<Instant>,
     /// Bumped to end every open watch.
     watch_epoch: u64,
+    /// Kubernetes Events the clients created (events.k8s.io/v1), by (namespace, name):
+    /// kept apart, never watched (agents do not read them).
+    k8s_events: BTreeMap<(String, String), Value>,
 }
 
 /// A handle to the server; clones share it.
@@ -325,6 +328,9 @@ impl ApiServer {
         if let Some(d) = discovery(path) {
             return (200, d);
         }
+        if let Some(rest) = path.strip_prefix("/apis/events.k8s.io/v1/namespaces/") {
+            return self.handle_event(method, rest, body);
+        }
         let Some(route) = Route::parse(path) else {
             return (404, status(404, "NotFound", &format!("no route {path}")));
         };
@@ -390,6 +396,42 @@ impl ApiServer {
             }
             _ => (405, status(405, "MethodNotAllowed", method)),
         }
+    }
+
+    /// `POST NS/events` and `PATCH NS/events/NAME` (what kube's event recorder sends).
+    fn handle_event(&self, method: &str, rest: &str, body: &[u8]) -> (u16, Value) {
+        let parts: Vec<&str> = rest.split('?').next().unwrap_or("").split('/').collect();
+        let Ok(obj) = serde_json::from_slice::<Value>(body) else {
+            return (400, status(400, "BadRequest", "body is not JSON"));
+        };
+        let mut s = self.lock();
+        match (method, parts.as_slice()) {
+            ("POST", [ns, "events"]) => {
+                let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+                if name.is_empty() {
+                    return (422, status(422, "Invalid", "an event needs a name"));
+                }
+                let mut obj = obj;
+                obj["metadata"]["namespace"] = json!(ns);
+                s.k8s_events.insert((ns.to_string(), name), obj.clone());
+                (201, obj)
+            }
+            ("PATCH", [ns, "events", name]) => {
+                match s.k8s_events.get_mut(&(ns.to_string(), name.to_string())) {
+                    Some(current) => {
+                        merge_patch(current, &obj);
+                        (200, current.clone())
+                    }
+                    None => (404, status(404, "NotFound", name)),
+                }
+            }
+            _ => (405, status(405, "MethodNotAllowed", method)),
+        }
+    }
+
+    /// The Kubernetes Events clients created.
+    pub fn k8s_events(&self) -> Vec<Value> {
+        self.lock().k8s_events.values().cloned().collect()
     }
 
     async fn watch(

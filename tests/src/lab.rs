@@ -10,7 +10,7 @@ pub use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
 pub use netpol_agent::compile::compile;
-pub use netpol_agent::datapath::{AttachMode, Datapath, Hook, MapSizes};
+pub use netpol_agent::datapath::{AttachMode, Datapath, EventKind, EventOptions, Hook, MapSizes};
 use netpol_agent::program::Programmer;
 use netpol_agent::program::kernel::KernelMaps;
 pub use netpol_agent::state::{ClusterState, ObjectRef, PodInfo, Protocol, ServiceInfo};
@@ -304,13 +304,25 @@ impl Lab {
         node: &[IpAddr],
         mode: AttachMode,
     ) -> Lab {
+        Self::with_events(state, veths, node, mode, EventOptions::default())
+    }
+
+    /// `with_mode`, the programs reporting the verdict events `events` asks for.
+    pub fn with_events(
+        state: ClusterState,
+        veths: &[(&str, u32)],
+        node: &[IpAddr],
+        mode: AttachMode,
+        events: EventOptions,
+    ) -> Lab {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(
             unsafe { libc::geteuid() },
             0,
             "root_attack tests load BPF: run as root"
         );
-        let mut dp = Datapath::load(mode, &small_maps(), None).expect("load BPF");
+        let mut dp =
+            Datapath::load_with_events(mode, &small_maps(), None, events).expect("load BPF");
         let maps = dp.take_maps().expect("maps");
         let pr = Programmer::new(maps, sizes::COUNTERS);
         let mut lab = Lab {

@@ -6,6 +6,7 @@ pub mod bridged;
 pub mod cases;
 pub mod conformance;
 pub mod decide;
+pub mod explain_world;
 pub mod flood;
 pub mod generate;
 pub mod held;

@@ -637,6 +637,28 @@ impl Sandbox {
         self.dir.join("bpf").join(node_name(i))
     }
 
+    /// The verdict events node `i`'s agent has (`netpol-agent monitor --once -o json`,
+    /// run in the node's network namespace, where the agent's HTTP endpoint listens).
+    pub fn events(&self, i: usize) -> Result<Vec<netpol_agent::events::Event>> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.node_ns(i)])
+            .arg(&self.cfg.agent)
+            .args(["monitor", "--once", "-o", "json"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running netpol-agent monitor")?;
+        if !out.status.success() {
+            bail!(
+                "netpol-agent monitor failed on node {i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("an event: {l}")))
+            .collect()
+    }
+
     /// Runs `netpol-agent cleanup` in node `i`'s network namespace, as the uninstall
     /// manifests do on a node; returns what it printed.
     pub fn cleanup_node(&self, i: usize) -> Result<String> {

@@ -308,7 +308,44 @@ pub fn api_faults(cfg: &Config) -> Result<()> {
     if errors == 0 {
         bail!("the injected faults never reached the agents");
     }
-    Ok(())
+    policy_problem_event(&mut sb)
+}
+
+/// A policy with a rule that cannot be compiled gets a Warning Event naming the rule,
+/// published by the agent of a node that has a pod it selects.
+fn policy_problem_event(sb: &mut Sandbox) -> Result<()> {
+    let bad = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "bad-cidr", "namespace": "default"},
+        "spec": {"podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress"],
+                 "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]}
+    });
+    sb.api().apply(Kind::NetworkPolicy, bad)?;
+    sb.wait_applied(Duration::from_secs(30))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = sb.api().k8s_events().into_iter().find(|e| {
+            e["regarding"]["name"] == "bad-cidr"
+                && e["regarding"]["kind"] == "NetworkPolicy"
+                && e["type"] == "Warning"
+                && e["reason"] == "RuleNotCompiled"
+        });
+        if let Some(e) = found {
+            let note = e["note"].as_str().unwrap_or_default().to_string();
+            println!("  Kubernetes Event on default/bad-cidr: {note}");
+            if !note.contains("ingress[0]") {
+                bail!("the event does not name the rule: {note}");
+            }
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no RuleNotCompiled event for default/bad-cidr in 10 s; events: {:?}",
+                sb.api().k8s_events()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn verdict(ok: bool) -> &'static str {

@@ -4,13 +4,14 @@
 //! **Needs root.**
 //!
 //! Tests named `root_attack3_finding_*` assert the CORRECT behaviour (DESIGN.md's spec)
-//! for an attack. Those still open are ignored with the finding as the reason, so the
-//! suite stays green (`-- --ignored` shows them failing); the four fixed since pass. The others are attacks
-//! handled correctly and guard against regressions.
+//! for an attack; all of them are fixed and pass. The others are attacks handled
+//! correctly and guard against regressions.
 //!
 //! Every test runs in a network namespace of its own thread (unshare(CLONE_NEWNET)) with
 //! veth pairs. Nothing touches the host's interfaces and nothing leaves the namespace.
 
+use netpol_agent::program::addr_of;
+use netpol_common::ServiceFlowKey;
 use netpol_tests::lab::*;
 
 const SVCB4: [u8; 4] = [10, 96, 0, 20];
@@ -200,7 +201,6 @@ fn root_attack3_finding_dropped_service_opening_lets_the_denied_backend_in() {
 /// and no backend. After the client's egress to 10.2.0.0/16 is revoked, Service A's
 /// replies find an entry of another Service (`f.service != service` -> true) and pass.
 #[test]
-#[ignore = "FINDING: SERVICE_FLOWS key lacks the Service: one datagram to a second Service from the same port un-revokes the first Service's replies"]
 fn root_attack3_finding_second_service_on_the_same_port_hides_a_revoked_backend() {
     let (mut lab, ifs) = lab3(&[
         ("client-egress", CLIENT_EGRESS_Y),
@@ -294,7 +294,6 @@ fn root_attack3_finding_forged_packet_rewrites_the_learnt_backend() {
 /// backend, so its entry is referenced like the client's), evicting the client's entry; after the client's egress to the backend is revoked, the backend's replies
 /// pass again. (Fail closed: without the entry, the reply is not known to be allowed.)
 #[test]
-#[ignore = "FINDING: an evicted SERVICE_FLOWS entry (LRU, any isolated pod can flood it) fails open: revoked Service replies pass"]
 fn root_attack3_finding_evicted_service_flow_fails_open() {
     let (mut lab, ifs) = lab3(&[
         ("client-egress", CLIENT_EGRESS_Y),
@@ -568,4 +567,222 @@ fn root_attack3_direct_flow_from_the_service_port_keeps_the_learnt_backend() {
         &v4(SVC4, CLIENT4, UDP, &udp(53, 5000)),
         DROP,
     );
+}
+
+// =====================================================================================
+// Service records (one per client port, every Service and backend in it).
+// =====================================================================================
+
+/// The client may reach 10.2.0.0/16 and 10.3.0.0/16 on UDP 53: an egress change that
+/// revokes nothing its Service connections use.
+const CLIENT_EGRESS_Y_AND_Y3: &str = r#"{"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+  "egress": [{"to": [{"ipBlock": {"cidr": "10.2.0.0/16"}}, {"ipBlock": {"cidr": "10.3.0.0/16"}}],
+              "ports": [{"port": 53, "protocol": "UDP"}]}]}"#;
+
+/// One socket, two Services: each reply passes while both backends are allowed, and
+/// after an egress change that keeps them allowed (every backend of the record is
+/// checked again and still allowed).
+#[test]
+fn root_attack3_two_services_on_one_port_answer_while_allowed() {
+    let (mut lab, ifs) = lab3(&[
+        ("client-egress", CLIENT_EGRESS_Y),
+        ("client-ingress", CLIENT_INGRESS_NONE),
+    ]);
+    service_exchange(&mut lab, &ifs, 5000);
+    lab.expect(
+        "same socket to Service B",
+        Hook::FromPod,
+        ifs.c,
+        &v4(CLIENT4, SVCB4, UDP, &udp(5000, 53)),
+        PASS,
+        "client",
+        Some(reason::PASS_SERVICE),
+    );
+    let v = lab.run_from(
+        Hook::Uplink,
+        ifs.up,
+        ifs.c,
+        &v4(CLIENT4, Y4C, UDP, &udp(5000, 53)),
+    );
+    assert_eq!(v, PASS, "Service B's backend is allowed: {}", show(v));
+    for (svc, what) in [(SVC4, "Service A"), (SVCB4, "Service B")] {
+        lab.verdict(
+            &format!("{what} answers"),
+            Hook::ToPod,
+            ifs.c,
+            &v4(svc, CLIENT4, UDP, &udp(53, 5000)),
+            PASS,
+        );
+    }
+    set_policy(&mut lab.state, "client-egress", CLIENT_EGRESS_Y_AND_Y3);
+    lab.apply();
+    for (svc, what) in [(SVC4, "Service A"), (SVCB4, "Service B")] {
+        lab.verdict(
+            &format!("{what} answers after an egress change that keeps its backend"),
+            Hook::ToPod,
+            ifs.c,
+            &v4(svc, CLIENT4, UDP, &udp(53, 5000)),
+            PASS,
+        );
+    }
+    lab.verdict(
+        "a Service this port never asked",
+        Hook::ToPod,
+        ifs.c,
+        &v4([10, 96, 0, 30], CLIENT4, UDP, &udp(53, 5000)),
+        DROP,
+    );
+}
+
+/// Spec: one pod flooding new flows must not break other pods' established connections.
+/// Another isolated pod opens 70000 Service connections (more than either record map
+/// holds); the client's answered connection keeps its record, and its replies pass.
+#[test]
+fn root_attack3_service_flood_keeps_answered_connections() {
+    let (mut lab, ifs) = lab3(&[
+        ("client-egress", CLIENT_EGRESS_Y),
+        ("client-ingress", CLIENT_INGRESS_NONE),
+        ("other-ingress", OTHER_INGRESS_NONE),
+    ]);
+    service_exchange(&mut lab, &ifs, 5000);
+    for svc in [SVC4, SVCB4] {
+        for sport in 1..=35_000u16 {
+            assert_eq!(
+                lab.run(Hook::FromPod, ifs.o, &v4(OTHER4, svc, UDP, &udp(sport, 53))),
+                PASS,
+                "flood"
+            );
+        }
+    }
+    lab.expect(
+        "the client's Service answers after the flood",
+        Hook::ToPod,
+        ifs.c,
+        &v4(SVC4, CLIENT4, UDP, &udp(53, 5000)),
+        PASS,
+        "client",
+        Some(reason::ALLOW_TRACKED),
+    );
+}
+
+/// A reply whose record is gone cannot be checked against the backend: dropped (fail
+/// closed). The record of an answered connection lives with the answered ones; here it
+/// is deleted (as an eviction would), and the next answer is dropped.
+#[test]
+fn root_attack3_service_reply_without_a_record_is_dropped() {
+    let (mut lab, ifs) = lab3(&[
+        ("client-egress", CLIENT_EGRESS_Y),
+        ("client-ingress", CLIENT_INGRESS_NONE),
+    ]);
+    service_exchange(&mut lab, &ifs, 5000);
+    let key = ServiceFlowKey {
+        client: addr_of(v4a(CLIENT4)),
+        client_port: 5000,
+        proto: UDP,
+        _pad: 0,
+    };
+    let maps = lab.pr.maps_mut();
+    assert!(
+        maps.service_flows_new.get(&key, 0).is_err(),
+        "answered: no longer with the unanswered records"
+    );
+    maps.service_flows
+        .remove(&key)
+        .expect("the answered connection's record");
+    lab.expect(
+        "the next answer, its record gone",
+        Hook::ToPod,
+        ifs.c,
+        &v4(SVC4, CLIENT4, UDP, &udp(53, 5000)),
+        DROP,
+        "client",
+        Some(reason::DROP_EGRESS),
+    );
+}
+
+/// A record holds four Services: a fifth connection from the same port while the other
+/// four are open cannot be checked, so it does not open (counted as untrackable).
+#[test]
+fn root_attack3_a_fifth_service_on_one_port_is_untrackable() {
+    let (mut lab, ifs) = lab3(&[
+        ("client-egress", CLIENT_EGRESS_Y),
+        ("client-ingress", CLIENT_INGRESS_NONE),
+    ]);
+    for i in 0..4u8 {
+        let svc = [10, 96, 1, i];
+        lab.state.services.insert(
+            ObjectRef::new("default", format!("svc-{i}")),
+            ServiceInfo {
+                ips: vec![v4a(svc)],
+                ports: vec![(Protocol::Udp, 53)],
+            },
+        );
+    }
+    lab.state.services.insert(
+        ObjectRef::new("default", "svc-4"),
+        ServiceInfo {
+            ips: vec![v4a([10, 96, 1, 4])],
+            ports: vec![(Protocol::Udp, 53)],
+        },
+    );
+    lab.apply();
+    for i in 0..4u8 {
+        lab.expect(
+            "one of four Services",
+            Hook::FromPod,
+            ifs.c,
+            &v4(CLIENT4, [10, 96, 1, i], UDP, &udp(5000, 53)),
+            PASS,
+            "client",
+            Some(reason::PASS_SERVICE),
+        );
+    }
+    lab.expect(
+        "a fifth",
+        Hook::FromPod,
+        ifs.c,
+        &v4(CLIENT4, [10, 96, 1, 4], UDP, &udp(5000, 53)),
+        DROP,
+        "client",
+        Some(reason::DROP_UNTRACKABLE),
+    );
+    lab.expect(
+        "another port may",
+        Hook::FromPod,
+        ifs.c,
+        &v4(CLIENT4, [10, 96, 1, 4], UDP, &udp(5001, 53)),
+        PASS,
+        "client",
+        Some(reason::PASS_SERVICE),
+    );
+}
+
+/// The agent's sweep deletes the records of finished connections only: a record whose
+/// Service connection still has a conntrack entry stays, and goes once that entry has
+/// expired and been swept.
+#[test]
+fn root_attack3_records_of_finished_connections_are_swept() {
+    let (mut lab, ifs) = lab3(&[
+        ("client-egress", CLIENT_EGRESS_Y),
+        ("client-ingress", CLIENT_INGRESS_NONE),
+    ]);
+    service_exchange(&mut lab, &ifs, 5000);
+    let key = ServiceFlowKey {
+        client: addr_of(v4a(CLIENT4)),
+        client_port: 5000,
+        proto: UDP,
+        _pad: 0,
+    };
+    let maps = lab.pr.maps_mut();
+    assert_eq!(maps.sweep_service_flows().expect("sweep"), 0, "open: kept");
+    assert!(maps.service_flows.get(&key, 0).is_ok());
+    // An hour later every UDP entry has expired; the conntrack sweep removes them.
+    let later = netpol_agent::datapath::monotonic_ns() + 3600 * 1_000_000_000;
+    maps.sweep_conntrack(later).expect("conntrack sweep");
+    assert_eq!(
+        maps.sweep_service_flows().expect("sweep"),
+        1,
+        "finished: deleted"
+    );
+    assert!(maps.service_flows.get(&key, 0).is_err());
 }

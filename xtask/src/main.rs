@@ -641,7 +641,7 @@ const MUTANTS: &[(&str, &str, &str, &str)] = &[
         "a podSelector-only peer matches pods of every namespace",
     ),
     (
-        "netpol-agent/src/compile/mod.rs",
+        "netpol-agent/src/compile/validate.rs",
         "            types.insert(Direction::Ingress);\n            if spec",
         "            if spec",
         "policyTypes no longer defaults to Ingress",

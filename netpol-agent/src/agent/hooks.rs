@@ -123,6 +123,7 @@ impl Agent {
                 match self.datapath.attach_uplink(&up) {
                     Ok(()) => info!(iface = %up, "uplink attached"),
                     Err(e) => {
+                        self.metrics.attach_failures.inc();
                         error!(iface = %up, error = format!("{e:#}"), "attaching an uplink failed");
                         continue;
                     }
@@ -185,6 +186,7 @@ impl Agent {
             if !self.datapath.is_attached(name)
                 && let Err(e) = self.datapath.attach_pod(name)
             {
+                self.metrics.attach_failures.inc();
                 error!(iface = %name, error = format!("{e:#}"), "attaching a quarantined veth failed");
             }
         }

@@ -132,6 +132,9 @@ pub struct Args {
     #[command(flatten)]
     pub map_sizes: MapSizes,
 
+    #[command(flatten)]
+    pub events: datapath::EventOptions,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -158,6 +161,26 @@ pub enum Command {
         #[arg(long)]
         cni_bin_dir: Option<PathBuf>,
     },
+    /// Follow the verdict events of the agent running on this node (its HTTP endpoint's
+    /// /events): one line per drop (and per allowed opening with `--events allow`), with
+    /// the pod, direction, addresses and reason.
+    Monitor {
+        /// The agent's --metrics-addr.
+        #[arg(long, env = "NETPOL_STATUS_ADDR", default_value = "127.0.0.1:9964")]
+        addr: SocketAddr,
+        /// Only this pod's events (`NS/NAME`).
+        #[arg(long)]
+        pod: Option<String>,
+        /// Only drops or only allows.
+        #[arg(long, value_enum)]
+        verdict: Option<crate::events::follow::Verdict>,
+        /// `text` (one line each) or `json` (one object per line).
+        #[arg(short = 'o', long, value_enum, default_value_t = crate::status::Format::Text)]
+        output: crate::status::Format,
+        /// Print what the agent already has, then stop (no following).
+        #[arg(long)]
+        once: bool,
+    },
     /// What the agent running on this node enforces: pods, rule sets, map occupancy,
     /// errors (read from its HTTP endpoint's /status).
     Status {
@@ -169,6 +192,9 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = crate::status::Format::Text)]
         output: crate::status::Format,
     },
+    /// Would a new connection from A to B on a port be allowed, and by which policy rule
+    /// (offline, from a folder of YAML; no kernel, no agent needed).
+    Explain(crate::explain::cli::ExplainArgs),
 }
 
 /// Where the cluster comes from.
@@ -202,6 +228,11 @@ struct Agent {
     /// logged.
     unhooked_since: BTreeMap<ObjectRef, (std::time::Instant, bool)>,
     status: Shared,
+    /// Verdict events; named with the programmer's endpoint ids after each programming.
+    events: crate::events::Shared,
+    /// Kubernetes Events on policies with rules that cannot be compiled (API source only).
+    policy_events: Option<mpsc::Sender<status::kube_events::PolicyReport>>,
+    policy_problems: status::kube_events::PolicyProblems,
     /// Compile and apply durations for `/metrics`.
     metrics: Arc<status::Metrics>,
     uplinks: Vec<String>,
@@ -224,8 +255,16 @@ struct Agent {
 pub async fn run(args: Args) -> Result<()> {
     let node = args.node_name.clone().context("--node-name is required")?;
     let pin_dir = (!args.no_pin).then_some(args.pin_dir.as_path());
-    let mut datapath = Datapath::load(args.attach_mode, &args.map_sizes, pin_dir)?;
+    let mut datapath =
+        Datapath::load_with_events(args.attach_mode, &args.map_sizes, pin_dir, args.events)?;
     let mut programmer = Programmer::new(datapath.take_maps()?, sizes::COUNTERS);
+    let events: crate::events::Shared = Arc::new(Mutex::new(crate::events::History::new(&node)));
+    let (ring, event_stats) = datapath.take_events()?;
+    tokio::spawn(crate::events::reader::run(
+        ring,
+        event_stats,
+        events.clone(),
+    ));
     if pin_dir.is_some() {
         let adopted = programmer.adopt().context("reading the pinned maps")?;
         if adopted > 0 {
@@ -273,17 +312,19 @@ pub async fn run(args: Args) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;
     let health = Arc::new(status::Health::default());
-    let metrics = Arc::new(status::Metrics::new(status.clone()));
+    let metrics = Arc::new(status::Metrics::new(status.clone(), events.clone()));
     tokio::spawn(status::serve(
         listener,
         status.clone(),
         health.clone(),
         metrics.clone(),
+        events.clone(),
     ));
 
     // Capacity 1: a burst of changes while a recompute runs costs one more recompute.
     let (tx, mut changes) = mpsc::channel::<()>(1);
     let mut _folder_watcher = None;
+    let mut policy_events = None;
     let source = match &args.policy_dir {
         Some(dir) => {
             _folder_watcher = Some(watch_folder(dir, tx)?);
@@ -292,10 +333,12 @@ pub async fn run(args: Args) -> Result<()> {
         None => {
             let client = kube_source::client(args.kubeconfig.as_deref()).await?;
             info!("watching the API server");
+            policy_events = Some(status::kube_events::start(client.clone(), &node));
             Source::Kube(kube_source::start(client, args.list_mode, tx))
         }
     };
 
+    let policy_problems = status::kube_events::PolicyProblems::new(&node);
     let mut agent = Agent {
         node,
         compiler: compile::Compiler::default(),
@@ -310,6 +353,9 @@ pub async fn run(args: Args) -> Result<()> {
         plan: None,
         versions: BTreeMap::new(),
         status,
+        events,
+        policy_events,
+        policy_problems,
         metrics,
         uplinks,
         hooked_before: BTreeMap::new(),
@@ -400,6 +446,14 @@ fn watch_folder(dir: &std::path::Path, tx: mpsc::Sender<()>) -> Result<notify::R
 }
 
 impl Agent {
+    /// Successful programmings so far.
+    fn generation(&self) -> u64 {
+        match self.status.lock() {
+            Ok(s) => s.generation,
+            Err(p) => p.into_inner().generation,
+        }
+    }
+
     fn snapshot(&self) -> Status {
         match self.status.lock() {
             Ok(s) => s.clone(),
@@ -500,6 +554,11 @@ impl Agent {
             }
             Err(e) => warn!(error = %e, "conntrack sweep"),
         }
+        match self.programmer.maps_mut().sweep_service_flows() {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "Service records of finished connections"),
+            Err(e) => warn!(error = %e, "sweeping Service records"),
+        }
         // Veths whose slot another veth held get it once that one is gone.
         if let Err(e) = self.programmer.maps_mut().sync_iface_slots() {
             warn!(error = %e, "giving pod veths their IFACE_SLOTS slots");
@@ -508,6 +567,8 @@ impl Agent {
 
     /// `reload`: read the source again (else only look for new or gone veths).
     fn reconcile(&mut self, reload: bool) {
+        let noticed = std::time::Instant::now();
+        let generation = self.generation();
         if reload || self.state.is_none() {
             self.load();
         }
@@ -529,6 +590,11 @@ impl Agent {
         };
         let held = self.hold_unknown_pods(&plan, state);
         self.reconcile_plan(held.as_ref().unwrap_or(&plan), reload);
+        if reload && self.generation() > generation {
+            self.metrics
+                .propagation_seconds
+                .observe(noticed.elapsed().as_secs_f64());
+        }
         // After the maps are written: what makes the next change cheap.
         if let Some(state) = &self.state {
             self.compiler.remember(state, &plan);
@@ -557,6 +623,7 @@ impl Agent {
                 match self.datapath.attach_pod(name) {
                     Ok(()) => info!(%pod, iface = %name, "attached"),
                     Err(e) => {
+                        self.metrics.attach_failures.inc();
                         error!(%pod, iface = %name, error = format!("{e:#}"), "attach failed");
                         continue;
                     }
@@ -639,6 +706,8 @@ impl Agent {
                     .map(|(n, pods)| (n.clone(), pods.iter().map(ToString::to_string).collect()))
                     .collect();
                 let endpoints = self.endpoint_status(plan, &hooked);
+                crate::events::lock(&self.events).set_pods(self.known_pods(plan));
+                self.report_policy_problems(plan);
                 let digest = self.digest.clone();
                 let versions = self.versions.clone();
                 let occupancy = self.programmer.occupancy();
@@ -773,6 +842,41 @@ impl Agent {
             still.insert(ep.pod.clone(), (since, warned || warn_now));
         }
         self.unhooked_since = still;
+    }
+
+    /// Kubernetes Events for the policies whose problems changed (never waits: a full
+    /// queue loses reports, logged).
+    fn report_policy_problems(&mut self, plan: &compile::Plan) {
+        let (Some(tx), Some(state)) = (&self.policy_events, &self.state) else {
+            return;
+        };
+        for report in self.policy_problems.changes(&plan.errors, state) {
+            if let Err(e) = tx.try_send(report) {
+                warn!(error = %e, "Kubernetes Event for a policy not published");
+            }
+        }
+    }
+
+    /// Local pods by endpoint id, with the policies that isolate them: what names their
+    /// verdict events.
+    fn known_pods(
+        &self,
+        plan: &compile::Plan,
+    ) -> std::collections::HashMap<u32, crate::events::KnownPod> {
+        let ids = self.programmer.endpoint_ids();
+        let names = |v: &[ObjectRef]| v.iter().map(ToString::to_string).collect();
+        plan.endpoints
+            .iter()
+            .filter_map(|ep| {
+                let id = *ids.get(&ep.pod)?;
+                let known = crate::events::KnownPod {
+                    name: ep.pod.to_string(),
+                    ingress_policies: names(&ep.isolated_by.ingress),
+                    egress_policies: names(&ep.isolated_by.egress),
+                };
+                Some((id, known))
+            })
+            .collect()
     }
 
     fn endpoint_status(

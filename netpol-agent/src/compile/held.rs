@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::{Direction, Plan, PlannedEndpoint, RuleSet, RuleSetRef, check_policy};
 use crate::state::{ClusterState, ObjectRef};
@@ -41,10 +42,10 @@ pub fn hold(plan: &mut Plan, state: &ClusterState, pods: &[(ObjectRef, Vec<IpAdd
         let isolates = namespace_isolates(state, &pod.namespace);
         let mut deny = || {
             let empty = RuleSet::default();
-            match plan.rule_sets.iter().position(|s| *s == empty) {
+            match plan.rule_sets.iter().position(|s| **s == empty) {
                 Some(i) => RuleSetRef(i),
                 None => {
-                    plan.rule_sets.push(empty);
+                    plan.rule_sets.push(Arc::new(empty));
                     RuleSetRef(plan.rule_sets.len() - 1)
                 }
             }
@@ -58,6 +59,8 @@ pub fn hold(plan: &mut Plan, state: &ClusterState, pods: &[(ObjectRef, Vec<IpAdd
                 ips: ips.clone(),
                 ingress,
                 egress,
+                // Held until the API shows the pod: no policy of its own yet.
+                isolated_by: Default::default(),
             },
         );
     }
@@ -140,6 +143,7 @@ mod tests {
             ips: vec![ip("10.244.1.5")],
             ingress: None,
             egress: None,
+            isolated_by: Default::default(),
         });
         let before = plan.endpoints.len();
         hold(

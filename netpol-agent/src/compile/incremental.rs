@@ -108,11 +108,7 @@ impl Compiler {
 }
 
 fn identity_of(r: &ObjectRef, p: &PodInfo) -> Identity {
-    Identity {
-        namespace: r.namespace.clone(),
-        labels: p.labels.clone(),
-        ports: p.ports.clone(),
-    }
+    Identity::new(r.namespace.clone(), p.labels.clone(), p.ports.clone())
 }
 
 fn names_a_port_on_egress(p: &NetworkPolicy) -> bool {

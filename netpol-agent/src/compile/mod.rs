@@ -5,26 +5,30 @@
 //! rules look like, and a rule that cannot be compiled allows nothing (it is dropped and
 //! reported in `Plan::errors`).
 
+pub mod cached_hash;
 pub mod held;
 pub mod incremental;
 pub mod ports;
 pub mod prefix;
 pub mod selector;
+pub(crate) mod validate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::state::{ClusterState, ObjectRef, PodInfo, Protocol};
+use crate::state::{ClusterState, ContainerPort, Labels, ObjectRef, PodInfo, Protocol};
+use cached_hash::CachedHash;
 pub use incremental::Compiler;
-use ports::{PortSpec, Ports};
+use ports::PortSpec;
 use prefix::{Grant, Prefix};
 use selector::Selector;
+use validate::{PeerItem, PortItem, check_rule, resolve_ports};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Direction {
@@ -46,26 +50,89 @@ impl fmt::Display for Direction {
 /// coming, going or taking another's labels changes which identity its address has, and
 /// no rule set. Namespace labels are not part of it: every identity of a namespace shares
 /// them, and a change to them changes which identities the rule sets name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone)]
 pub struct Identity {
     pub namespace: String,
-    pub labels: crate::state::Labels,
+    pub labels: Labels,
     /// Named ports of egress rules resolve on the destination pod.
-    pub ports: Vec<crate::state::ContainerPort>,
+    pub ports: Vec<ContainerPort>,
+    hash: CachedHash,
 }
+
+impl Identity {
+    pub fn new(namespace: String, labels: Labels, ports: Vec<ContainerPort>) -> Self {
+        Identity {
+            namespace,
+            labels,
+            ports,
+            hash: CachedHash::default(),
+        }
+    }
+
+    fn fields(&self) -> (&String, &Labels, &Vec<ContainerPort>) {
+        (&self.namespace, &self.labels, &self.ports)
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("namespace", &self.namespace)
+            .field("labels", &self.labels)
+            .field("ports", &self.ports)
+            .finish()
+    }
+}
+
+cached_hash::by_fields!(Identity);
 
 /// The allow table of one direction of one or more pods. A peer is allowed what its
 /// identity's entry allows plus what the longest block containing its address allows.
 /// Both empty = isolated with nothing allowed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Its fields are not changed once it is in a `Plan`: its hash is kept at first use.
+#[derive(Clone, Default)]
 pub struct RuleSet {
     /// Pod-selector rules, by peer identity.
     pub peers: BTreeMap<Arc<Identity>, PortSpec>,
     /// ipBlock rules: longest-prefix-match entries (see `prefix::union`).
     pub blocks: BTreeMap<Prefix, PortSpec>,
+    hash: CachedHash,
 }
 
+impl fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuleSet")
+            .field("peers", &self.peers)
+            .field("blocks", &self.blocks)
+            .finish()
+    }
+}
+
+cached_hash::by_fields!(RuleSet);
+
 impl RuleSet {
+    pub fn new(
+        peers: BTreeMap<Arc<Identity>, PortSpec>,
+        blocks: BTreeMap<Prefix, PortSpec>,
+    ) -> Self {
+        RuleSet {
+            peers,
+            blocks,
+            hash: CachedHash::default(),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn fields(
+        &self,
+    ) -> (
+        &BTreeMap<Arc<Identity>, PortSpec>,
+        &BTreeMap<Prefix, PortSpec>,
+    ) {
+        (&self.peers, &self.blocks)
+    }
+
     /// `identity`: the peer's, if it is a pod.
     pub fn allows(
         &self,
@@ -100,6 +167,15 @@ pub struct PlannedEndpoint {
     pub ips: Vec<IpAddr>,
     pub ingress: Option<RuleSetRef>,
     pub egress: Option<RuleSetRef>,
+    /// The policies that isolate it, per direction (what a drop is attributed to).
+    pub isolated_by: IsolatedBy,
+}
+
+/// The policies that select a pod for each direction, sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IsolatedBy {
+    pub ingress: Vec<ObjectRef>,
+    pub egress: Vec<ObjectRef>,
 }
 
 /// One port of one Service address, as kube-proxy translates it.
@@ -134,7 +210,9 @@ pub struct Plan {
     /// Local pods, sorted by pod.
     pub endpoints: Vec<PlannedEndpoint>,
     /// Distinct rule sets; pods with the same rules share one.
-    pub rule_sets: Vec<RuleSet>,
+    /// Shared: a plan is cloned on every change, and the programmer recognises a set it
+    /// has loaded by its pointer.
+    pub rule_sets: Vec<Arc<RuleSet>>,
     /// Service ports: egress towards them is decided after translation. Other ports of
     /// a Service address are not translated, so they are judged like any address.
     pub service_ports: BTreeSet<ServicePort>,
@@ -195,11 +273,11 @@ impl<'a> PodIndex<'a> {
             let identity = match identities.get(&key) {
                 Some(i) => i.clone(),
                 None => {
-                    let i = Arc::new(Identity {
-                        namespace: r.namespace.clone(),
-                        labels: pod.labels.clone(),
-                        ports: pod.ports.clone(),
-                    });
+                    let i = Arc::new(Identity::new(
+                        r.namespace.clone(),
+                        pod.labels.clone(),
+                        pod.ports.clone(),
+                    ));
                     identities.insert(key, i.clone());
                     by_namespace
                         .entry(r.namespace.as_str())
@@ -253,8 +331,11 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
     let mut rules = RuleCache::default();
     // Rule sets by the rules they unite (sorted, deduplicated indexes into `rules`).
     let mut unions: BTreeMap<Vec<usize>, RuleSetRef> = BTreeMap::new();
-    let mut subject_cache: HashMap<SubjectKey, (Option<RuleSetRef>, Option<RuleSetRef>)> =
-        HashMap::new();
+    #[allow(clippy::type_complexity)]
+    let mut subject_cache: HashMap<
+        SubjectKey,
+        (Option<RuleSetRef>, Option<RuleSetRef>, Arc<IsolatedBy>),
+    > = HashMap::new();
     let mut endpoints = Vec::new();
     for (pod_ref, pod) in &state.pods {
         if pod.node.as_deref() != Some(node) || !pod.is_policy_subject() {
@@ -265,8 +346,8 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
             labels: &pod.labels,
             ports: &pod.ports,
         };
-        let (ingress, egress) = match subject_cache.get(&subject) {
-            Some(sets) => *sets,
+        let (ingress, egress, isolated_by) = match subject_cache.get(&subject) {
+            Some(sets) => sets.clone(),
             None => {
                 let selecting: Vec<&CompiledPolicy> = policies
                     .iter()
@@ -318,15 +399,30 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
                             .or_insert_with(PortSpec::none)
                             .add(ports);
                     }
-                    let r = intern(RuleSet {
+                    let r = intern(RuleSet::new(
                         peers,
-                        blocks: prefix::union(granted.iter().flat_map(|g| &g.blocks)),
-                    });
+                        prefix::union(granted.iter().flat_map(|g| &g.blocks)),
+                    ));
                     unions.insert(united, r);
                     Some(r)
                 };
-                let sets = (direction(Direction::Ingress), direction(Direction::Egress));
-                subject_cache.insert(subject, sets);
+                let by = |dir: Direction| -> Vec<ObjectRef> {
+                    selecting
+                        .iter()
+                        .filter(|p| p.types.contains(&dir))
+                        .map(|p| p.key.clone())
+                        .collect()
+                };
+                let isolated_by = Arc::new(IsolatedBy {
+                    ingress: by(Direction::Ingress),
+                    egress: by(Direction::Egress),
+                });
+                let sets = (
+                    direction(Direction::Ingress),
+                    direction(Direction::Egress),
+                    isolated_by,
+                );
+                subject_cache.insert(subject, sets.clone());
                 sets
             }
         };
@@ -335,6 +431,7 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
             ips: pod.ips.clone(),
             ingress,
             egress,
+            isolated_by: (*isolated_by).clone(),
         });
     }
     errors.extend(rule_errors);
@@ -366,7 +463,7 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
 
     Plan {
         endpoints,
-        rule_sets,
+        rule_sets: rule_sets.into_iter().map(Arc::new).collect(),
         service_ports: service_ports(state),
         identities: index.addresses,
         errors,
@@ -397,94 +494,22 @@ fn check_policy<'a>(
     policy: &'a NetworkPolicy,
     errors: &mut Vec<PolicyError>,
 ) -> CompiledPolicy<'a> {
-    let mut err = |location: &str, message: String| {
-        errors.push(PolicyError {
-            policy: key.clone(),
-            location: location.to_string(),
-            message,
-        })
-    };
-    if let Some(why) = policy
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(crate::state::UNREADABLE_ANNOTATION))
-    {
-        err(
-            "spec",
-            format!(
-                "cannot be read ({why}); it isolates every pod of its namespace both ways and allows nothing"
-            ),
-        );
+    let head = validate::check_head(key, policy, errors);
+    if !head.rules_valid {
+        return CompiledPolicy {
+            key,
+            selects: head.selects,
+            types: head.types,
+            rules_valid: false,
+            ingress: Vec::new(),
+            egress: Vec::new(),
+        };
     }
-    let spec = policy.spec.as_ref();
-    let mut types = BTreeSet::new();
-    match spec
-        .and_then(|s| s.policy_types.as_ref())
-        .filter(|t| !t.is_empty())
-    {
-        Some(listed) => {
-            for t in listed {
-                match t.as_str() {
-                    "Ingress" => {
-                        types.insert(Direction::Ingress);
-                    }
-                    "Egress" => {
-                        types.insert(Direction::Egress);
-                    }
-                    // Which direction was meant is unknown: isolate both.
-                    other => {
-                        err(
-                            "policyTypes",
-                            format!(
-                                "unknown policy type {other:?} (expected Ingress or Egress); the selected pods are isolated both ways"
-                            ),
-                        );
-                        types.insert(Direction::Ingress);
-                        types.insert(Direction::Egress);
-                    }
-                }
-            }
-        }
-        // The API's default: Ingress always, Egress when there are egress rules.
-        None => {
-            types.insert(Direction::Ingress);
-            if spec
-                .and_then(|s| s.egress.as_ref())
-                .is_some_and(|e| !e.is_empty())
-            {
-                types.insert(Direction::Egress);
-            }
-        }
-    }
-    let selects = match spec
-        .and_then(|s| s.pod_selector.as_ref())
-        .map(Selector::parse)
-    {
-        Some(Ok(s)) => s,
-        None => Selector::everything(),
-        Some(Err(e)) => {
-            err(
-                "podSelector",
-                format!(
-                    "{e}; the policy isolates every pod of its namespace for its policy types and allows nothing"
-                ),
-            );
-            return CompiledPolicy {
-                key,
-                selects: Selector::everything(),
-                types,
-                rules_valid: false,
-                ingress: Vec::new(),
-                egress: Vec::new(),
-            };
-        }
-    };
     let (ingress, egress) = rules_of_policy(key, policy);
     CompiledPolicy {
         key,
-        selects,
-        types,
+        selects: head.selects,
+        types: head.types,
         rules_valid: true,
         ingress,
         egress,
@@ -650,120 +675,6 @@ impl<'a> RuleCache<'a> {
     }
 }
 
-/// A port entry of a rule, validated.
-#[derive(Clone, Debug)]
-enum PortItem {
-    Numbered(Ports),
-    Named(Protocol, String),
-}
-
-fn check_port(p: &NetworkPolicyPort) -> Result<PortItem, String> {
-    let protocol = Protocol::parse(p.protocol.as_deref())?;
-    match (&p.port, p.end_port) {
-        (None, None) => Ok(PortItem::Numbered(Ports::all_of(protocol))),
-        (None, Some(_)) => Err("endPort without port".into()),
-        (Some(IntOrString::Int(n)), end) => {
-            let first = port_number(*n)?;
-            let last = match end {
-                None => first,
-                Some(e) => {
-                    let e = port_number(e).map_err(|m| format!("endPort: {m}"))?;
-                    if e < first {
-                        return Err(format!("endPort {e} is below port {first}"));
-                    }
-                    e
-                }
-            };
-            Ok(PortItem::Numbered(Ports {
-                protocol,
-                first,
-                last,
-            }))
-        }
-        (Some(IntOrString::String(name)), None) => {
-            check_port_name(name)?;
-            Ok(PortItem::Named(protocol, name.clone()))
-        }
-        (Some(IntOrString::String(name)), Some(_)) => Err(format!(
-            "endPort cannot be used with the named port {name:?}"
-        )),
-    }
-}
-
-fn port_number(n: i32) -> Result<u16, String> {
-    u16::try_from(n)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("port {n} is outside 1-65535"))
-}
-
-/// IANA service name rules, as the API server checks them.
-fn check_port_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && name.bytes().any(|b| b.is_ascii_lowercase())
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && !name.contains("--");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{name:?} is not a valid port name"))
-    }
-}
-
-/// The peers a rule can name, validated.
-enum PeerItem {
-    Pods {
-        namespaces: Option<Selector>,
-        pods: Option<Selector>,
-    },
-    Block {
-        cidr: IpNet,
-        except: Vec<Prefix>,
-    },
-}
-
-fn check_peer(peer: &NetworkPolicyPeer) -> Result<PeerItem, String> {
-    match (&peer.ip_block, &peer.namespace_selector, &peer.pod_selector) {
-        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-            Err("ipBlock cannot be combined with a selector in one peer".into())
-        }
-        (Some(block), None, None) => {
-            let cidr: IpNet = block
-                .cidr
-                .parse()
-                .map_err(|e| format!("ipBlock.cidr {:?}: {e}", block.cidr))?;
-            let cidr = cidr.trunc();
-            let mut except = Vec::new();
-            for e in block.except.iter().flatten() {
-                let net: IpNet = e
-                    .parse()
-                    .map_err(|err| format!("ipBlock.except {e:?}: {err}"))?;
-                let net = net.trunc();
-                if !cidr.contains(&net) || net.prefix_len() <= cidr.prefix_len() {
-                    return Err(format!(
-                        "ipBlock.except {e:?} is not strictly inside cidr {:?}",
-                        block.cidr
-                    ));
-                }
-                except.push(Prefix::from_net(net));
-            }
-            Ok(PeerItem::Block { cidr, except })
-        }
-        (None, None, None) => {
-            Err("a peer must name a podSelector, namespaceSelector or ipBlock".into())
-        }
-        (None, ns, pods) => Ok(PeerItem::Pods {
-            namespaces: ns.as_ref().map(Selector::parse).transpose()?,
-            pods: pods.as_ref().map(Selector::parse).transpose()?,
-        }),
-    }
-}
-
 struct RuleInput<'a> {
     rules_of: &'a RulesOf<'a>,
     /// The policy's namespace.
@@ -779,40 +690,8 @@ impl RuleInput<'_> {
         ports: Option<&[NetworkPolicyPort]>,
         location: &str,
     ) -> RuleResult {
-        let port_items = match ports {
-            None | Some([]) => None,
-            Some(list) => Some(
-                list.iter()
-                    .enumerate()
-                    .map(|(i, p)| check_port(p).map_err(|m| (format!("{location}.ports[{i}]"), m)))
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-        };
         let dir = self.rules_of.dir;
-        let peer_field = match dir {
-            Direction::Ingress => "from",
-            Direction::Egress => "to",
-        };
-        let peer_items = match peers {
-            // No peers: every address, both families.
-            None | Some([]) => vec![
-                PeerItem::Block {
-                    cidr: IpNet::V4(ipnet::Ipv4Net::default()),
-                    except: Vec::new(),
-                },
-                PeerItem::Block {
-                    cidr: IpNet::V6(ipnet::Ipv6Net::default()),
-                    except: Vec::new(),
-                },
-            ],
-            Some(list) => list
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    check_peer(p).map_err(|m| (format!("{location}.{peer_field}[{i}]"), m))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        };
+        let (peer_items, port_items) = check_rule(peers, ports, dir, location)?;
 
         let mut grants = RuleGrants::default();
         for peer in &peer_items {
@@ -882,14 +761,7 @@ impl RuleInput<'_> {
             Direction::Ingress => Some(self.rules_of.subject),
             Direction::Egress => peer_pod,
         };
-        PortSpec::from_ranges(items.iter().filter_map(|item| {
-            match item {
-                PortItem::Numbered(p) => Some(*p),
-                PortItem::Named(proto, name) => resolver
-                    .and_then(|pod| pod.named_port(name, *proto))
-                    .map(|n| Ports::one(*proto, n)),
-            }
-        }))
+        resolve_ports(items, resolver)
     }
 }
 

@@ -709,3 +709,35 @@ spec:
         s
     ));
 }
+
+/// Rule sets and identities keep their hash once computed: equal fields stay equal
+/// (found in the programmer's maps), different fields never compare equal, whether or not
+/// either hash is known yet.
+#[test]
+fn cached_hashes_never_change_equality() {
+    use std::hash::{BuildHasher, RandomState};
+    let identity = |app: &str| {
+        Arc::new(Identity::new(
+            "ns".into(),
+            labels(&[("app", app)]),
+            Vec::new(),
+        ))
+    };
+    let set = |app: &str| {
+        let peers = BTreeMap::from([(identity(app), PortSpec::All)]);
+        RuleSet::new(peers, BTreeMap::new())
+    };
+    let hasher = RandomState::new();
+    let (a, a2, b) = (set("a"), set("a"), set("b"));
+    assert_eq!(a, a2, "equal before any hash is known");
+    assert_ne!(a, b);
+    assert_eq!(hasher.hash_one(&a), hasher.hash_one(&a2));
+    hasher.hash_one(&b);
+    assert_eq!(a, a2, "equal once both hashes are known");
+    assert_ne!(a, b, "still different once both hashes are known");
+    assert_eq!(a.cmp(&a2), std::cmp::Ordering::Equal);
+    let (x, y) = (identity("x"), identity("y"));
+    hasher.hash_one(&x);
+    assert_ne!(*x, *y, "one hash known");
+    assert_eq!(*x, *identity("x"));
+}

@@ -199,6 +199,50 @@ impl Pins {
     }
 }
 
+/// Which verdicts the programs report as events (`--events`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventKind {
+    None,
+    /// Every drop.
+    #[default]
+    Drop,
+    /// Every drop, and the openings a rule allowed (not every packet of a tracked
+    /// connection).
+    Allow,
+}
+
+impl EventKind {
+    fn mode(self) -> u8 {
+        match self {
+            EventKind::None => netpol_common::events::NONE,
+            EventKind::Drop => netpol_common::events::DROPS,
+            EventKind::Allow => netpol_common::events::DROPS_AND_ALLOWS,
+        }
+    }
+}
+
+/// Verdict events: which, and at most how many per pod and second (per CPU: the budget
+/// is kept where the packet is judged, without locks).
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct EventOptions {
+    /// Verdicts reported as events (`/events`, `netpol-agent monitor`).
+    #[arg(long = "events", value_enum, default_value_t = EventKind::Drop)]
+    pub kind: EventKind,
+    /// Events per pod and second, per CPU (also the burst); the rest are counted as
+    /// suppressed.
+    #[arg(long = "events-rate", default_value_t = 20)]
+    pub per_second: u32,
+}
+
+impl Default for EventOptions {
+    fn default() -> Self {
+        EventOptions {
+            kind: EventKind::Drop,
+            per_second: 20,
+        }
+    }
+}
+
 pub struct Datapath {
     ebpf: Ebpf,
     mode: AttachMode,
@@ -231,6 +275,16 @@ impl Datapath {
     /// when already pinned, links are pinned too, and what an earlier run attached is
     /// adopted: enforcement never stops across restarts and upgrades.
     pub fn load(mode: AttachMode, sizes: &MapSizes, pin_dir: Option<&Path>) -> Result<Self> {
+        Self::load_with_events(mode, sizes, pin_dir, EventOptions::default())
+    }
+
+    /// `load`, with the verdict events the programs report.
+    pub fn load_with_events(
+        mode: AttachMode,
+        sizes: &MapSizes,
+        pin_dir: Option<&Path>,
+        events: EventOptions,
+    ) -> Result<Self> {
         if OBJECT.is_empty() {
             bail!(
                 "this agent was built without its BPF object (AYA_BUILD_SKIP was set); rebuild it normally"
@@ -265,8 +319,11 @@ impl Datapath {
         };
         let mut loader = EbpfLoader::new();
         let coarse_clock = u8::from(kernel_at_least(5, 11));
+        let events_mode = events.kind.mode();
         loader
             .override_global("COARSE_CLOCK", &coarse_clock, true)
+            .override_global("EVENTS_MODE", &events_mode, true)
+            .override_global("EVENTS_PER_SECOND", &events.per_second, true)
             .map_max_entries(names::CONNTRACK, sizes.conntrack_entries)
             .map_max_entries(names::CONNTRACK_NEW, sizes.conntrack_new_entries)
             .map_max_entries(names::PEERS_BY_IDENTITY, sizes.peer_entries)
@@ -286,6 +343,10 @@ impl Datapath {
             names::CONNTRACK,
             names::CONNTRACK_NEW,
             names::SERVICE_FLOWS,
+            names::SERVICE_FLOWS_NEW,
+            names::EVENTS,
+            names::EVENT_BUDGET,
+            names::EVENT_STATS,
             names::UPLINKS,
             names::FRAGMENTS,
             names::NODE_ADDRS,
@@ -409,6 +470,24 @@ impl Datapath {
         self.mode
     }
 
+    /// Moves the verdict events' ring buffer and loss counters out for their reader; call
+    /// once.
+    pub fn take_events(
+        &mut self,
+    ) -> Result<(
+        aya::maps::RingBuf<aya::maps::MapData>,
+        PerCpuArray<aya::maps::MapData, u64>,
+    )> {
+        let mut take = |name: &str| {
+            self.ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow!("map {name} missing from the BPF object"))
+        };
+        let ring = aya::maps::RingBuf::try_from(take(names::EVENTS)?)?;
+        let stats = PerCpuArray::try_from(take(names::EVENT_STATS)?)?;
+        Ok((ring, stats))
+    }
+
     /// Moves the maps out for the programmer; call once.
     pub fn take_maps(&mut self) -> Result<KernelMaps> {
         let mut take = |name: &str| {
@@ -425,6 +504,7 @@ impl Datapath {
             conntrack: HashMap::try_from(take(names::CONNTRACK)?)?,
             conntrack_new: HashMap::try_from(take(names::CONNTRACK_NEW)?)?,
             service_flows: HashMap::try_from(take(names::SERVICE_FLOWS)?)?,
+            service_flows_new: HashMap::try_from(take(names::SERVICE_FLOWS_NEW)?)?,
             uplinks: HashMap::try_from(take(names::UPLINKS)?)?,
             meta: aya::maps::Array::try_from(take(names::META)?)?,
             peers_by_identity: HashMap::try_from(take(names::PEERS_BY_IDENTITY)?)?,

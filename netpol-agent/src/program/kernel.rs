@@ -23,8 +23,10 @@ pub struct KernelMaps {
     pub conntrack: HashMap<MapData, CtKey, CtEntry>,
     /// Connections waiting for their first reply.
     pub conntrack_new: HashMap<MapData, CtKey, CtEntry>,
-    /// Local clients' Service connections and the backends they went to.
+    /// Local clients' Service connections and the backends they went to (replied).
     pub service_flows: HashMap<MapData, ServiceFlowKey, ServiceFlow>,
+    /// The same, waiting for their first reply.
+    pub service_flows_new: HashMap<MapData, ServiceFlowKey, ServiceFlow>,
     /// The node's uplinks, by ifindex: a pod's address coming in through one is forged.
     pub uplinks: HashMap<MapData, u32, u32>,
     pub meta: Array<MapData, u64>,
@@ -217,14 +219,18 @@ impl MapOps for KernelMaps {
             }
             forgotten += keys.len();
         }
-        let flows: Vec<ServiceFlowKey> = self
-            .service_flows
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| addrs.contains(&k.client))
-            .collect();
-        for k in &flows {
-            gone_ok(self.service_flows.remove(k)).map_err(op(names::SERVICE_FLOWS, "remove"))?;
+        for (name, map) in [
+            (names::SERVICE_FLOWS, &mut self.service_flows),
+            (names::SERVICE_FLOWS_NEW, &mut self.service_flows_new),
+        ] {
+            let flows: Vec<ServiceFlowKey> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| addrs.contains(&k.client))
+                .collect();
+            for k in &flows {
+                gone_ok(map.remove(k)).map_err(op(name, "remove"))?;
+            }
         }
         Ok(forgotten)
     }
@@ -359,15 +365,81 @@ impl KernelMaps {
                 Err(e) => return Err(op(names::CONNTRACK, "seed")(e)),
             }
         }
-        for (k, v) in &seeds.service_flows {
-            match self.service_flows.insert(k, v, BPF_NOEXIST) {
-                Ok(()) => {}
-                Err(aya::maps::MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(op(names::SERVICE_FLOWS, "seed")(e)),
-            }
+        // A record the datapath already has (from before the pod was isolated again)
+        // takes the kernel's Services and backends in too: its backends are checked again.
+        for (k, seeded) in &seeds.service_flows {
+            let (name, map) = match self.service_flows_new.get(k, 0) {
+                Ok(_) => (names::SERVICE_FLOWS_NEW, &mut self.service_flows_new),
+                Err(_) => (names::SERVICE_FLOWS, &mut self.service_flows),
+            };
+            let record = match map.get(k, 0) {
+                Ok(mut current) => {
+                    super::seed::merge_record(&mut current, seeded);
+                    current
+                }
+                Err(_) => *seeded,
+            };
+            map.insert(k, record, 0).map_err(op(name, "seed"))?;
         }
         Ok(added)
+    }
+
+    /// Deletes Service records none of whose Services has a conntrack entry any more (run
+    /// after the conntrack sweep): their connections are over. A record is written after
+    /// its connection's entry, and each is looked at again just before it goes, so a port
+    /// reused meanwhile keeps its record. Returns how many were deleted.
+    pub fn sweep_service_flows(&mut self) -> Result<usize, MapError> {
+        let mut deleted = 0;
+        for name in [names::SERVICE_FLOWS, names::SERVICE_FLOWS_NEW] {
+            let map = self.flows(name);
+            let mut dead = Vec::new();
+            for kv in map.iter() {
+                let (k, record) = kv.map_err(op(name, "read"))?;
+                if !self.has_open_service(&k, &record) {
+                    dead.push(k);
+                }
+            }
+            for k in &dead {
+                let still_dead = match self.flows(name).get(k, 0) {
+                    Ok(record) => !self.has_open_service(k, &record),
+                    Err(_) => false,
+                };
+                if still_dead {
+                    gone_ok(self.flows_mut(name).remove(k)).map_err(op(name, "remove"))?;
+                    deleted += 1;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn flows(&self, name: &str) -> &HashMap<MapData, ServiceFlowKey, ServiceFlow> {
+        if name == names::SERVICE_FLOWS {
+            &self.service_flows
+        } else {
+            &self.service_flows_new
+        }
+    }
+
+    fn flows_mut(&mut self, name: &str) -> &mut HashMap<MapData, ServiceFlowKey, ServiceFlow> {
+        if name == names::SERVICE_FLOWS {
+            &mut self.service_flows
+        } else {
+            &mut self.service_flows_new
+        }
+    }
+
+    /// Does a connection from the record's client port to one of its Services still have
+    /// a conntrack entry?
+    fn has_open_service(&self, k: &ServiceFlowKey, record: &ServiceFlow) -> bool {
+        record
+            .services
+            .iter()
+            .take(usize::from(record.services_len))
+            .any(|s| {
+                let (ct, _) = CtKey::of(&k.client, &s.addr, k.client_port, s.port, k.proto);
+                self.conntrack.get(&ct, 0).is_ok() || self.conntrack_new.get(&ct, 0).is_ok()
+            })
     }
 
     /// Makes the uplink map hold exactly `ifindexes`.

@@ -11,7 +11,7 @@ pub mod seed;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -171,7 +171,8 @@ impl Ids {
 
 pub struct Programmer<M: MapOps> {
     maps: M,
-    sets: HashMap<RuleSet, LoadedSet>,
+    /// Keyed by the latest plan's own `Arc` of each set (see `recognise_sets`).
+    sets: HashMap<Arc<RuleSet>, LoadedSet>,
     set_ids: Ids,
     portsets: HashMap<PortSpec, (u32, usize)>,
     portset_ids: Ids,
@@ -186,7 +187,8 @@ pub struct Programmer<M: MapOps> {
     leftover_identity_peers: Vec<IdentityKey>,
     leftover_portsets: Vec<u32>,
     /// Identity ids are never reused (no stale entry can alias a new identity).
-    identity_ids: BTreeMap<Arc<Identity>, IdentityId>,
+    /// Keyed by the latest plan's own `Arc` of each identity, like `sets`.
+    identity_ids: HashMap<Arc<Identity>, IdentityId>,
     next_identity: IdentityId,
     /// What `IDENTITIES` holds.
     addresses: BTreeMap<Addr, IdentityId>,
@@ -196,7 +198,7 @@ pub struct Programmer<M: MapOps> {
     /// Earlier versions of renewed rule sets, deleted once no endpoint points at them.
     superseded: Vec<LoadedSet>,
     /// Rule sets to write again under a new id (see `write_identities`).
-    pending_renewals: BTreeSet<RuleSet>,
+    pending_renewals: BTreeSet<Arc<RuleSet>>,
     /// What `IDENTITIES` held when adopted: identities keep those ids where they can.
     adopted_identities: BTreeMap<Addr, IdentityId>,
     /// Veths whose pod cannot be told (see `datapath::pod_links`): they drop everything.
@@ -279,7 +281,7 @@ impl<M: MapOps> Programmer<M> {
             leftover_peers: Vec::new(),
             leftover_identity_peers: Vec::new(),
             leftover_portsets: Vec::new(),
-            identity_ids: BTreeMap::new(),
+            identity_ids: HashMap::new(),
             // 0 is never an identity.
             next_identity: 1,
             addresses: BTreeMap::new(),
@@ -380,9 +382,10 @@ impl<M: MapOps> Programmer<M> {
         // 1. Identities get ids; new rule sets are written in full before anything points
         // at them. A set that does not fit is left out; the pods that need it are handled
         // below.
+        self.recognise_sets(plan);
         let plan_ids = self.identity_ids_of(plan)?;
         for set in &plan.rule_sets {
-            if self.sets.contains_key(set) {
+            if self.sets.contains_key(&**set) {
                 continue;
             }
             match self.write_set(set) {
@@ -402,7 +405,7 @@ impl<M: MapOps> Programmer<M> {
         let set_ids: Vec<Option<u32>> = plan
             .rule_sets
             .iter()
-            .map(|set| self.sets.get(set).map(|l| l.id))
+            .map(|set| self.sets.get(&**set).map(|l| l.id))
             .collect();
         // Isolated with nothing allowed: the fallback of a new pod whose set did not fit.
         // It has no entries, so it always fits.
@@ -568,20 +571,20 @@ impl<M: MapOps> Programmer<M> {
         }
         // A set is stale when the plan does not have it and no endpoint still points at it
         // (pods kept on their last state after an overflow do).
-        let wanted_sets: BTreeSet<&RuleSet> = plan.rule_sets.iter().collect();
+        let wanted_sets: HashSet<&RuleSet> = plan.rule_sets.iter().map(|s| &**s).collect();
         let in_use: BTreeSet<u32> = self
             .endpoints
             .values()
             .flat_map(|e| [e.ingress_set, e.egress_set])
             .collect();
-        let stale: Vec<RuleSet> = self
+        let stale: Vec<Arc<RuleSet>> = self
             .sets
             .iter()
-            .filter(|(s, l)| !wanted_sets.contains(s) && !in_use.contains(&l.id))
+            .filter(|(s, l)| !wanted_sets.contains(&***s) && !in_use.contains(&l.id))
             .map(|(s, _)| s.clone())
             .collect();
         for set in stale {
-            if let Some(loaded) = self.sets.remove(&set) {
+            if let Some(loaded) = self.sets.remove(&*set) {
                 self.delete_set(loaded)?;
                 stats.rule_sets_removed += 1;
             }
@@ -596,6 +599,21 @@ impl<M: MapOps> Programmer<M> {
         self.delete_leftovers(&in_use)?;
         self.forget_unused_identities();
         Ok(stats)
+    }
+
+    /// Keys each loaded set the plan has by the plan's own `Arc`: the plans that follow
+    /// (incremental compiles share their sets) then find it by pointer, not by comparing
+    /// thousands of entries.
+    fn recognise_sets(&mut self, plan: &Plan) {
+        for set in &plan.rule_sets {
+            let shared = match self.sets.get_key_value(&**set) {
+                Some((key, _)) => Arc::ptr_eq(key, set),
+                None => true,
+            };
+            if !shared && let Some(loaded) = self.sets.remove(&**set) {
+                self.sets.insert(set.clone(), loaded);
+            }
+        }
     }
 
     /// Makes `IDENTITIES` hold the plan's addresses, and renews every rule set that
@@ -692,14 +710,14 @@ impl<M: MapOps> Programmer<M> {
     /// Sets the plan still wants go first: the others are on their way out (their pods
     /// flip to new ids anyway), and must not take the room.
     fn renew_pending(&mut self, plan: &Plan, stats: &mut ApplyStats) {
-        let wanted: BTreeSet<&RuleSet> = plan.rule_sets.iter().collect();
-        let (mut order, rest): (Vec<RuleSet>, Vec<RuleSet>) =
+        let wanted: HashSet<&RuleSet> = plan.rule_sets.iter().map(|s| &**s).collect();
+        let (mut order, rest): (Vec<Arc<RuleSet>>, Vec<Arc<RuleSet>>) =
             std::mem::take(&mut self.pending_renewals)
                 .into_iter()
-                .partition(|s| wanted.contains(s));
+                .partition(|s| wanted.contains(&**s));
         order.extend(rest);
         for set in order {
-            if !self.sets.contains_key(&set) {
+            if !self.sets.contains_key(&*set) {
                 continue; // gone: its pods flip to other sets anyway
             }
             match self.write_set(&set) {
@@ -741,16 +759,34 @@ impl<M: MapOps> Programmer<M> {
                     .or_insert(carried);
             }
         }
-        let mut taken: BTreeSet<IdentityId> = self.identity_ids.values().copied().collect();
-        let named = plan.rule_sets.iter().flat_map(|s| s.peers.keys());
+        // Only needed to reuse an adopted id (after a restart).
+        let mut taken: BTreeSet<IdentityId> = if adopted_of.is_empty() {
+            BTreeSet::new()
+        } else {
+            self.identity_ids.values().copied().collect()
+        };
+        // A loaded set's identities have ids (kept while it names them).
+        let named = plan
+            .rule_sets
+            .iter()
+            .filter(|s| !self.sets.contains_key(&***s))
+            .flat_map(|s| s.peers.keys());
+        let named: Vec<&Arc<Identity>> = named.collect();
         let mut ids = HashMap::new();
         for identity in plan.identities.values().chain(named) {
             let ptr = Arc::as_ptr(identity);
             if ids.contains_key(&ptr) {
                 continue;
             }
-            let id = match self.identity_ids.get(identity) {
-                Some(id) => *id,
+            let id = match self.identity_ids.get_key_value(&**identity) {
+                Some((key, id)) if Arc::ptr_eq(key, identity) => *id,
+                Some((_, id)) => {
+                    // Equal, but another plan's: keyed by this one from now on.
+                    let id = *id;
+                    self.identity_ids.remove(&**identity);
+                    self.identity_ids.insert(identity.clone(), id);
+                    id
+                }
                 None => {
                     let reuse = adopted_of
                         .get(&ptr)
@@ -842,7 +878,7 @@ impl<M: MapOps> Programmer<M> {
         }
         let loaded = self.write_set(&empty)?;
         let id = loaded.id;
-        self.sets.insert(empty, loaded);
+        self.sets.insert(Arc::new(empty), loaded);
         Ok(id)
     }
 

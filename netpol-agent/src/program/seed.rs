@@ -8,7 +8,10 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use netpol_common::{CT_UNDECIDED, CtEntry, CtKey, ServiceFlow, ServiceFlowKey, ct_flag};
+use netpol_common::{
+    CT_UNDECIDED, CtEntry, CtKey, SERVICE_FLOW_SLOTS, ServiceFlow, ServiceFlowKey, ServiceTarget,
+    ct_flag,
+};
 
 use super::addr_of;
 use crate::datapath::kernel_conntrack::KernelFlow;
@@ -58,26 +61,115 @@ pub fn seed_entries(
             let service = (f.orig.dst, f.orig.dport);
             let flags = ct_flag::SERVICE | if f.replied { ct_flag::REPLIED } else { 0 };
             out.push(entry(f.proto, (opener, oport), service, flags, now_ns));
-            seeds.service_flows.push((
-                ServiceFlowKey {
-                    client: addr_of(opener),
-                    client_port: oport,
-                    proto: f.proto,
-                    _pad: 0,
-                },
-                ServiceFlow {
-                    service: addr_of(service.0),
-                    backend: addr_of(acceptor),
-                    service_port: service.1,
-                    backend_port: aport,
-                    egress_set: CT_UNDECIDED,
-                    has_backend: 1,
-                    _pad: [0; 7],
-                },
-            ));
+            let client = ServiceFlowKey {
+                client: addr_of(opener),
+                client_port: oport,
+                proto: f.proto,
+                _pad: 0,
+            };
+            record_backend(
+                &mut seeds.service_flows,
+                client,
+                target(service),
+                target((acceptor, aport)),
+            );
         }
     }
     seeds
+}
+
+fn target((ip, port): (IpAddr, u16)) -> ServiceTarget {
+    ServiceTarget {
+        addr: addr_of(ip),
+        port,
+        _pad: 0,
+    }
+}
+
+/// Adds a Service connection of `client`'s port to its record, as the datapath would
+/// have: one record per client port, every Service and backend in it (a record that
+/// cannot hold them all is marked overflowed, and its replies are dropped).
+fn record_backend(
+    records: &mut Vec<(ServiceFlowKey, ServiceFlow)>,
+    client: ServiceFlowKey,
+    service: ServiceTarget,
+    backend: ServiceTarget,
+) {
+    let at = match records.iter().position(|(k, _)| *k == client) {
+        Some(i) => i,
+        None => {
+            records.push((client, ServiceFlow::default()));
+            records.len() - 1
+        }
+    };
+    add_to_record(&mut records[at].1, service, backend);
+}
+
+fn add_to_record(f: &mut ServiceFlow, service: ServiceTarget, backend: ServiceTarget) {
+    add_item(
+        &mut f.services,
+        &mut f.services_len,
+        service,
+        &mut f.overflow,
+    );
+    add_item(
+        &mut f.backends,
+        &mut f.backends_len,
+        backend,
+        &mut f.overflow,
+    );
+    f.egress_set = CT_UNDECIDED;
+}
+
+/// Adds `item` to a record's list unless it is there; a full list overflows the record.
+fn add_item(
+    list: &mut [ServiceTarget; SERVICE_FLOW_SLOTS],
+    len: &mut u8,
+    item: ServiceTarget,
+    overflow: &mut u8,
+) {
+    let n = usize::from(*len).min(SERVICE_FLOW_SLOTS);
+    if list[..n].contains(&item) {
+        return;
+    }
+    match list.get_mut(n) {
+        Some(slot) => {
+            *slot = item;
+            *len += 1;
+        }
+        None => *overflow = 1,
+    }
+}
+
+/// `seeded`'s Services and backends added to a record the datapath already holds; all
+/// its backends are checked again at the next reply.
+pub fn merge_record(current: &mut ServiceFlow, seeded: &ServiceFlow) {
+    let services = seeded
+        .services
+        .iter()
+        .take(usize::from(seeded.services_len));
+    for s in services {
+        add_item(
+            &mut current.services,
+            &mut current.services_len,
+            *s,
+            &mut current.overflow,
+        );
+    }
+    let backends = seeded
+        .backends
+        .iter()
+        .take(usize::from(seeded.backends_len));
+    for b in backends {
+        add_item(
+            &mut current.backends,
+            &mut current.backends_len,
+            *b,
+            &mut current.overflow,
+        );
+    }
+    current.overflow |= seeded.overflow;
+    current.egress_set = CT_UNDECIDED;
 }
 
 fn entry(
@@ -173,7 +265,10 @@ mod tests {
         let pod = [ip("10.244.1.5")].into();
         let seeds = seed_entries(&[f], &pod, &pod, 7);
         assert_eq!(seeds.service_flows.len(), 1, "the backend is remembered");
-        assert_eq!(seeds.service_flows[0].1.backend, addr_of(ip("10.244.2.9")));
+        let record = seeds.service_flows[0].1;
+        assert_eq!((record.services_len, record.backends_len), (1, 1));
+        assert_eq!(record.services[0].addr, addr_of(ip("10.96.0.10")));
+        assert_eq!(record.backends[0].addr, addr_of(ip("10.244.2.9")));
         let out = seeds.conntrack;
         assert_eq!(out.len(), 2);
         assert_ne!(
@@ -190,6 +285,69 @@ mod tests {
             6,
         );
         assert_eq!(out[1].0, svc_key);
+    }
+
+    /// One client port, two Services (and two backends each): one record holds them
+    /// all, a fifth backend overflows it.
+    #[test]
+    fn service_connections_of_one_client_port_share_a_record() {
+        let pod = [ip("10.244.1.5")].into();
+        let to = |service: &str, backend: &str| {
+            flow(
+                ("10.244.1.5", 40000, service, 53),
+                (backend, 53, "10.244.1.5", 40000),
+            )
+        };
+        let flows = [
+            to("10.96.0.10", "10.244.2.9"),
+            to("10.96.0.11", "10.244.2.10"),
+            to("10.96.0.11", "10.244.2.11"),
+            to("10.96.0.10", "10.244.2.12"),
+        ];
+        let seeds = seed_entries(&flows, &pod, &pod, 7);
+        assert_eq!(seeds.service_flows.len(), 1);
+        let record = seeds.service_flows[0].1;
+        assert_eq!((record.services_len, record.backends_len), (2, 4));
+        assert_eq!(record.overflow, 0);
+        let mut more = flows.to_vec();
+        more.push(to("10.96.0.10", "10.244.2.13"));
+        let record = seed_entries(&more, &pod, &pod, 7).service_flows[0].1;
+        assert_eq!(record.overflow, 1, "a fifth backend does not fit");
+    }
+
+    /// A record the datapath has keeps what it holds and takes the seeded Services and
+    /// backends in; its backends are checked again.
+    #[test]
+    fn seeded_records_merge_into_existing_ones() {
+        let t = |ip: &str, port| {
+            target((
+                super::IpAddr::from(ip.parse::<std::net::Ipv4Addr>().expect("ip")),
+                port,
+            ))
+        };
+        let mut current = ServiceFlow::new(t("10.96.0.10", 53));
+        current.backends[0] = t("10.244.2.9", 53);
+        current.backends_len = 1;
+        current.egress_set = 7;
+        let mut seeded = ServiceFlow::new(t("10.96.0.11", 53));
+        seeded.backends[0] = t("10.244.2.9", 53);
+        seeded.backends[1] = t("10.244.3.1", 53);
+        seeded.backends_len = 2;
+        merge_record(&mut current, &seeded);
+        assert_eq!((current.services_len, current.backends_len), (2, 2));
+        assert_eq!(current.backends[1], t("10.244.3.1", 53));
+        assert_eq!(current.egress_set, CT_UNDECIDED, "checked again");
+        assert_eq!(current.overflow, 0);
+        let mut more = ServiceFlow::new(t("10.96.0.12", 53));
+        for (i, b) in ["10.244.4.1", "10.244.4.2", "10.244.4.3"]
+            .iter()
+            .enumerate()
+        {
+            more.backends[i] = t(b, 53);
+        }
+        more.backends_len = 3;
+        merge_record(&mut current, &more);
+        assert_eq!(current.overflow, 1, "five backends do not fit");
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub enum Format {
 
 /// `GET /status` from the agent at `addr` (the body, JSON).
 pub async fn fetch(addr: SocketAddr) -> Result<String> {
+    get(addr, "/status").await
+}
+
+/// `GET path` from the agent at `addr`: the body of a successful answer.
+pub async fn get(addr: SocketAddr, path: &str) -> Result<String> {
     let get = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -27,7 +32,7 @@ pub async fn fetch(addr: SocketAddr) -> Result<String> {
             .await
             .context("HTTP handshake with the agent")?;
         tokio::spawn(conn);
-        let request = hyper::Request::get("/status")
+        let request = hyper::Request::get(path)
             .header(hyper::header::HOST, addr.to_string())
             .body(http_body_util::Empty::<hyper::body::Bytes>::new())
             .context("building the request")?;
@@ -168,12 +173,14 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let metrics = Arc::new(Metrics::new(status.clone()));
+        let events = Arc::new(Mutex::new(crate::events::History::new("n1")));
+        let metrics = Arc::new(Metrics::new(status.clone(), events.clone()));
         let server = tokio::spawn(serve(
             listener,
             status,
             Arc::new(Health::default()),
             metrics,
+            events,
         ));
         let body = fetch(addr).await.expect("fetch");
         let got: Status = serde_json::from_str(&body).expect("the agent's status");

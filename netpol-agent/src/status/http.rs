@@ -63,6 +63,7 @@ struct Served {
     status: Shared,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    events: crate::events::Shared,
 }
 
 impl Served {
@@ -113,6 +114,45 @@ async fn readyz(State(s): State<Served>) -> Reply {
     }
 }
 
+/// `since` and `limit` of `/events?since=SEQ&limit=N` (numbers only, so no decoding).
+fn events_query(query: Option<&str>) -> Result<(u64, usize), String> {
+    let (mut since, mut limit) = (0, 1000);
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = |_| format!("{key}={value}: not a number");
+        match key {
+            "since" => since = value.parse().map_err(bad)?,
+            "limit" => limit = value.parse::<usize>().map_err(bad)?.min(10_000),
+            _ => return Err(format!("unknown parameter {key}")),
+        }
+    }
+    Ok((since, limit))
+}
+
+/// `/events?since=SEQ&limit=N`: verdict events after `since` (JSON, `events::Page`).
+async fn events_json(
+    State(s): State<Served>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Reply {
+    let (since, limit) = match events_query(query.as_deref()) {
+        Ok(q) => q,
+        Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    let page = crate::events::lock(&s.events).page(since, limit);
+    match serde_json::to_string(&page) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        ),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
 async fn status_json(State(s): State<Served>) -> Reply {
     match serde_json::to_string_pretty(&s.snapshot()) {
         Ok(body) => (
@@ -124,18 +164,25 @@ async fn status_json(State(s): State<Served>) -> Reply {
     }
 }
 
-/// The agent's HTTP endpoint: `GET` `/metrics` (Prometheus text), `/healthz`, `/readyz`
-/// and `/status` (JSON), with axum; other methods get 405, other paths 404.
-pub fn router(status: Shared, health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
+/// The agent's HTTP endpoint: `GET` `/metrics` (Prometheus text), `/healthz`, `/readyz`,
+/// `/status` and `/events` (JSON), with axum; other methods get 405, other paths 404.
+pub fn router(
+    status: Shared,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    events: crate::events::Shared,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status_json))
+        .route("/events", get(events_json))
         .with_state(Served {
             status,
             health,
             metrics,
+            events,
         })
 }
 
@@ -145,8 +192,9 @@ pub async fn serve(
     status: Shared,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    events: crate::events::Shared,
 ) {
-    if let Err(e) = axum::serve(listener, router(status, health, metrics)).await {
+    if let Err(e) = axum::serve(listener, router(status, health, metrics, events)).await {
         tracing::error!(error = %e, "the HTTP endpoint stopped");
     }
 }
@@ -199,9 +247,16 @@ mod tests {
         let health = Arc::new(Health::default());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let metrics = Arc::new(Metrics::new(status.clone()));
+        let events = Arc::new(Mutex::new(crate::events::History::new("n1")));
+        let metrics = Arc::new(Metrics::new(status.clone(), events.clone()));
         metrics.compile_seconds.observe(0.003);
-        let server = tokio::spawn(serve(listener, status.clone(), health.clone(), metrics));
+        let server = tokio::spawn(serve(
+            listener,
+            status.clone(),
+            health.clone(),
+            metrics,
+            events.clone(),
+        ));
 
         let (code, body) = ask(addr, "GET", "/healthz").await;
         assert_eq!(code, 503, "{body}");
@@ -218,6 +273,23 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
         assert_eq!(v["endpoints"][0]["pod"], "default/a");
 
+        let drop = netpol_common::VerdictEvent {
+            reason: netpol_common::reason::DROP_INGRESS as u8,
+            hook: netpol_common::events::AT_TO_POD,
+            ..Default::default()
+        };
+        crate::events::lock(&events).push(&drop, 1);
+        crate::events::lock(&events).push(&drop, 2);
+        let (code, body) = ask(addr, "GET", "/events?since=1").await;
+        assert_eq!(code, 200, "{body}");
+        let page: crate::events::Page = serde_json::from_str(&body).expect("events JSON");
+        assert_eq!(page.events.len(), 1, "only what came after 1");
+        assert_eq!(
+            (page.next, page.events[0].reason.as_str()),
+            (2, "drop_ingress")
+        );
+        assert_eq!(ask(addr, "GET", "/events?since=x").await.0, 400);
+
         assert_eq!(ask(addr, "POST", "/metrics").await.0, 405);
         assert_eq!(ask(addr, "GET", "/nothing").await.0, 404);
 
@@ -231,6 +303,10 @@ mod tests {
             "netpol_generation_total",
             "netpol_compile_seconds_count",
             "netpol_apply_seconds_count",
+            "netpol_events_total",
+            "netpol_events_lost_total",
+            "netpol_propagation_seconds_count",
+            "netpol_attach_failures_total",
         ] {
             assert!(
                 scrape.samples.iter().any(|s| s.metric == metric),

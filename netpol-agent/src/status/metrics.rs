@@ -5,7 +5,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
@@ -21,14 +21,31 @@ pub struct Metrics {
     pub compile_seconds: Histogram,
     /// Seconds per programming of the maps (the diff against what is loaded).
     pub apply_seconds: Histogram,
+    /// Seconds from a change of the cluster noticed to the maps enforcing it.
+    pub propagation_seconds: Histogram,
+    /// TC attach failures (pod veths, uplinks, quarantined veths).
+    pub attach_failures: Counter,
 }
 
 impl Metrics {
-    pub fn new(status: Shared) -> Metrics {
+    pub fn new(status: Shared, events: crate::events::Shared) -> Metrics {
         let mut registry = Registry::default();
         // 1 ms to about 16 s.
         let compile_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         let apply_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let propagation_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let attach_failures = Counter::default();
+        registry.register_with_unit(
+            "netpol_propagation",
+            "Time from a change of the cluster noticed by the agent to the maps enforcing it",
+            Unit::Seconds,
+            propagation_seconds.clone(),
+        );
+        registry.register(
+            "netpol_attach_failures",
+            "Failed TC attachments (pod veths, uplinks, quarantined veths); each is retried at the next reconcile",
+            attach_failures.clone(),
+        );
         registry.register_with_unit(
             "netpol_compile",
             "Time to compile the node's plan from the cluster state",
@@ -42,10 +59,13 @@ impl Metrics {
             apply_seconds.clone(),
         );
         registry.register_collector(Box::new(StatusMetrics(status)));
+        registry.register_collector(Box::new(EventMetrics(events)));
         Metrics {
             registry,
             compile_seconds,
             apply_seconds,
+            propagation_seconds,
+            attach_failures,
         }
     }
 
@@ -60,6 +80,41 @@ impl Metrics {
 /// The status snapshot's numbers as metrics, taken at each scrape.
 #[derive(Debug)]
 struct StatusMetrics(Shared);
+
+/// Verdict events seen, lost and suppressed, taken at each scrape.
+#[derive(Debug)]
+struct EventMetrics(crate::events::Shared);
+
+impl Collector for EventMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (seen, lost, suppressed) = {
+            let h = crate::events::lock(&self.0);
+            (h.seen.clone(), h.lost, h.suppressed)
+        };
+        let mut family = encoder.encode_descriptor(
+            "netpol_events",
+            "Verdict events the agent received from the datapath, by verdict",
+            None,
+            MetricType::Counter,
+        )?;
+        for verdict in ["drop", "allow"] {
+            let n = seen.get(verdict).copied().unwrap_or(0);
+            ConstCounter::new(n).encode(family.encode_family(&[("verdict", verdict)])?)?;
+        }
+        counter(
+            &mut encoder,
+            "netpol_events_lost",
+            "Verdict events the datapath could not report (ring buffer full)",
+            lost,
+        )?;
+        counter(
+            &mut encoder,
+            "netpol_events_suppressed",
+            "Verdict events left out by the per-pod budget (--events-rate)",
+            suppressed,
+        )
+    }
+}
 
 fn gauge(
     encoder: &mut DescriptorEncoder,
@@ -224,7 +279,7 @@ mod tests {
         };
         let mut s = s;
         s.endpoints[0].packets.insert("drop_egress".into(), 3);
-        let text = Metrics::new(Arc::new(Mutex::new(s)))
+        let text = Metrics::new(Arc::new(Mutex::new(s)), Default::default())
             .encode()
             .expect("encode");
         assert!(
@@ -265,7 +320,7 @@ mod tests {
         status.endpoints[0].packets.insert("drop_egress".into(), 1);
         status.map_entries.insert("CONNTRACK".into(), 1);
         status.map_capacity.insert("CONNTRACK".into(), 2);
-        let exposed = Metrics::new(Arc::new(Mutex::new(status)))
+        let exposed = Metrics::new(Arc::new(Mutex::new(status)), Default::default())
             .encode()
             .expect("encode");
         let names: std::collections::BTreeSet<&str> = exposed

@@ -4,9 +4,10 @@
 
 mod client;
 mod http;
+pub mod kube_events;
 mod metrics;
 
-pub use client::{Format, fetch, render};
+pub use client::{Format, fetch, get, render};
 
 pub use http::{Health, LOOP_STUCK_AFTER_MS, monotonic_ms, router, serve};
 pub use metrics::Metrics;

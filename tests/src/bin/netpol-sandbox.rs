@@ -212,9 +212,13 @@ fn demo(file: &std::path::Path, id: &str, cfg: &Config) -> Result<()> {
         case.model().external.len()
     );
     let mut sb = Sandbox::start(&case.model(), cfg)?;
+    // The same cluster as `netpol-agent explain --policy-dir` reads it.
+    let mut world = netpol_tests::explain_world::World::new(&case.model())?;
+    let mut last_checks = Vec::new();
     let mut all_ok = true;
     for (i, step) in case.steps().iter().enumerate() {
         let took = sb.apply(&step.policies, &step.namespace_labels, &step.pod_labels)?;
+        world.apply(step)?;
         let names: Vec<String> = step
             .policies
             .iter()
@@ -234,6 +238,7 @@ fn demo(file: &std::path::Path, id: &str, cfg: &Config) -> Result<()> {
             took.as_millis()
         );
         let checks = case.checks_of(step)?;
+        last_checks = checks.clone();
         let held = netpol_tests::held::HeldConns::default();
         let results = conformance::run_checks(&sb, &held, &checks);
         held.close_all();
@@ -271,9 +276,87 @@ fn demo(file: &std::path::Path, id: &str, cfg: &Config) -> Result<()> {
             println!("  policy error: {e}");
         }
     }
+    print_drop_events(&sb)?;
+    print_explanations(&world, &last_checks, &cfg.agent)?;
     if !all_ok {
         bail!("some checks did not match the policy");
     }
     println!("\nall checks match the policy; the sandbox is removed.");
     Ok(())
+}
+
+/// The drops the agents reported during the run (`netpol-agent monitor`), with the pod,
+/// the side that refused and the reason.
+fn print_drop_events(sb: &Sandbox) -> Result<()> {
+    println!("\ndrop events (netpol-agent monitor on each node):\n");
+    let mut any = false;
+    for i in 0..sb.node_count() {
+        for e in sb.events(i)?.iter().filter(|e| e.verdict == "drop") {
+            any = true;
+            let flow = match (&e.src, &e.dst, &e.protocol) {
+                (Some(s), Some(d), Some(p)) => format!("{s}:{} -> {d}:{} {p}", e.sport, e.dport),
+                _ => "(not IP)".to_string(),
+            };
+            let by = if e.policies.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (isolated by {}; no rule allows it)",
+                    e.policies.join(", ")
+                )
+            };
+            println!(
+                "  {:<8} {:<22} {:<8} {:<44} {}{by}",
+                e.node,
+                e.pod.as_deref().unwrap_or("-"),
+                e.direction,
+                flow,
+                e.reason
+            );
+        }
+    }
+    if !any {
+        println!("  none");
+    }
+    Ok(())
+}
+
+/// `netpol-agent explain` (offline, on a folder of the cluster's objects) of the last
+/// step's first blocked and first allowed check.
+fn print_explanations(
+    world: &netpol_tests::explain_world::World,
+    checks: &[netpol_tests::cases::CheckDef],
+    agent: &std::path::Path,
+) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("netpol-demo-explain-{}", std::process::id()));
+    world.write(&dir)?;
+    let shown = (|| -> Result<()> {
+        for want in [false, true] {
+            let Some(check) = checks.iter().find(|c| c.expect == want) else {
+                continue;
+            };
+            let [from, to, port] = world.cli_args(check)?;
+            println!(
+                "\nnetpol-agent explain --policy-dir <the cluster> --from {from} --to {to} --port {port}\n"
+            );
+            let out = std::process::Command::new(agent)
+                .args(["explain", "--policy-dir"])
+                .arg(&dir)
+                .args(["--from", &from, "--to", &to, "--port", &port])
+                .output()
+                .context("running netpol-agent explain")?;
+            if !out.status.success() {
+                bail!(
+                    "netpol-agent explain failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                println!("  {line}");
+            }
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    shown
 }
