@@ -34,6 +34,8 @@ pub mod names {
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
     pub const META: &str = "META";
     pub const COUNTERS: &str = "COUNTERS";
+    /// Packets allowed per rule (a per-CPU array indexed by rule id).
+    pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
 
     /// Attached to the host side of a pod veth, TC ingress: traffic the pod sends.
     pub const PROG_FROM_POD: &str = "from_pod";
@@ -49,7 +51,7 @@ pub mod names {
 
 /// Version of the map layout (the types in this crate). Pins live under a directory named
 /// after it, so an agent whose maps differ never adopts maps it cannot read.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Default map sizes; the agent can override them at load time.
 pub mod sizes {
@@ -71,6 +73,8 @@ pub mod sizes {
     pub const NODE_ADDRS: u32 = 1024;
     /// Endpoint ids index the counters array, so this bounds the id space too.
     pub const COUNTERS: u32 = 8192;
+    /// Rule ids index the rule counters: rules past this many are not named.
+    pub const RULES: u32 = 16_384;
 }
 
 /// An IPv6 address or an IPv4-mapped IPv4 address, in network byte order.
@@ -212,10 +216,25 @@ impl PeerKey {
     }
 }
 
-/// Value of the peer maps: which ports are allowed to/from that peer.
-/// `PORTSET_ALL` = every port and protocol, `PORTSET_NONE` = nothing (an `except` hole).
-pub const PORTSET_ALL: u32 = 0;
-pub const PORTSET_NONE: u32 = u32::MAX;
+/// Rule id of an allow that names no rule (a direction that is not isolated, or more
+/// rules than `sizes::RULES`). Rule ids index `RULE_COUNTERS`.
+pub const RULE_UNNAMED: u32 = 0;
+
+/// Value of the peer maps: which ports are allowed to/from that peer, and by which rule.
+/// The port set's ranges are checked first; a port none of them names is allowed by
+/// `rest_rule`, unless it is `REST_DENIED`. An except hole is `NO_PORTSET` with
+/// `REST_DENIED`.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, PartialOrd, Ord)]
+pub struct PeerValue {
+    pub portset: u32,
+    pub rest_rule: u32,
+}
+
+/// `PeerValue::portset` when no range is named.
+pub const NO_PORTSET: u32 = 0;
+/// `PeerValue::rest_rule` when ports outside the port set are denied.
+pub const REST_DENIED: u32 = u32::MAX;
 
 /// Upper bound of distinct (protocol, range) pairs in one port set; keeps the BPF loop
 /// bounded. The compiler reports a rule set that needs more instead of truncating it.
@@ -229,6 +248,9 @@ pub struct PortRange {
     pub _pad: u8,
     pub first: u16,
     pub last: u16,
+    pub _pad2: u16,
+    /// The rule these ports are allowed by.
+    pub rule: u32,
 }
 
 #[repr(C)]
@@ -239,21 +261,26 @@ pub struct PortSet {
 }
 
 impl PortSet {
-    /// The decision the datapath makes; kept here so userspace tests exercise the same code.
+    /// The decision the datapath makes: the rule of the range that holds the port, if
+    /// any. Kept here so userspace tests exercise the same code.
     #[inline(always)]
-    pub fn allows(&self, proto: u8, port: u16) -> bool {
+    pub fn rule_for(&self, proto: u8, port: u16) -> Option<u32> {
         let mut i = 0;
         while i < MAX_PORT_RANGES {
             if i as u32 >= self.len {
-                return false;
+                return None;
             }
             let r = &self.ranges[i];
             if r.proto == proto && r.first <= port && port <= r.last {
-                return true;
+                return Some(r.rule);
             }
             i += 1;
         }
-        false
+        None
+    }
+
+    pub fn allows(&self, proto: u8, port: u16) -> bool {
+        self.rule_for(proto, port).is_some()
     }
 }
 
@@ -350,7 +377,9 @@ pub mod ct_flag {
 /// One tracked connection. `opener_set` / `acceptor_set` are the rule-set ids under which
 /// this node allowed the opener's egress / the acceptor's ingress (`CT_UNDECIDED` when
 /// that side is not a local pod). Rule-set ids are never reused, so an entry whose id is
-/// not the pod's current one is decided again at its next packet.
+/// not the pod's current one is decided again at its next packet. `opener_rule` /
+/// `acceptor_rule` name the rules that allowed each side (`RULE_UNNAMED`: none): the
+/// connection's packets are counted on them.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct CtEntry {
@@ -358,6 +387,8 @@ pub struct CtEntry {
     pub last_seen_ns: u64,
     pub opener_set: u32,
     pub acceptor_set: u32,
+    pub opener_rule: u32,
+    pub acceptor_rule: u32,
     pub flags: u8,
     pub _pad: [u8; 7],
 }
@@ -606,6 +637,9 @@ pub struct VerdictEvent {
     pub reason: u8,
     pub hook: u8,
     pub flags: u8,
+    /// The rule that allowed it (`allow_policy`, `allow_tracked`); `RULE_UNNAMED` else.
+    pub rule: u32,
+    pub _pad: u32,
 }
 
 /// A pod's budget of events (per CPU): a token bucket, so a pod that is being dropped in
@@ -642,6 +676,7 @@ mod user {
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for IdentityKey {}
     unsafe impl aya::Pod for PortRange {}
+    unsafe impl aya::Pod for PeerValue {}
     unsafe impl aya::Pod for PortSet {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
@@ -666,11 +701,13 @@ const _: () = {
     assert!(size_of::<PeerKey>() == 20);
     assert!(size_of::<IdentityKey>() == 8);
     assert!(size_of::<CtKey>() == 40);
-    assert!(size_of::<CtEntry>() == 24);
+    assert!(size_of::<CtEntry>() == 32);
+    assert!(size_of::<PortRange>() == 12);
+    assert!(size_of::<PeerValue>() == 8);
     assert!(size_of::<ServiceKey>() == 20);
     assert!(size_of::<ServiceFlowKey>() == 20);
     assert!(size_of::<ServiceTarget>() == 20);
-    assert!(size_of::<VerdictEvent>() == 56);
+    assert!(size_of::<VerdictEvent>() == 64);
     assert!(size_of::<EventBudget>() == 16);
     assert!(size_of::<ServiceFlow>() == 168);
     assert!(size_of::<FragKey>() == 40);
@@ -689,12 +726,16 @@ mod tests {
             _pad: 0,
             first: 80,
             last: 81,
+            _pad2: 0,
+            rule: 7,
         };
         set.ranges[1] = PortRange {
             proto: PROTO_UDP,
             _pad: 0,
             first: 53,
             last: 53,
+            _pad2: 0,
+            rule: 9,
         };
         set.len = 2;
         assert!(set.allows(PROTO_TCP, 80));
@@ -703,6 +744,8 @@ mod tests {
         assert!(!set.allows(PROTO_UDP, 80));
         assert!(set.allows(PROTO_UDP, 53));
         assert!(!set.allows(PROTO_SCTP, 53));
+        assert_eq!(set.rule_for(PROTO_TCP, 81), Some(7));
+        assert_eq!(set.rule_for(PROTO_UDP, 53), Some(9));
         // Entries past `len` are ignored even if filled in.
         set.len = 1;
         assert!(!set.allows(PROTO_UDP, 53));

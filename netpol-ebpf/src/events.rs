@@ -103,6 +103,7 @@ pub fn report(id: u32, why: usize, hook: u8, ifindex: u32, p: Option<&Packet>) {
         (*e).ifindex = ifindex;
         (*e).reason = why as u8;
         (*e).hook = hook;
+        (*e)._pad = 0;
         match p {
             Some(p) => {
                 (*e).src = p.t_src;
@@ -111,6 +112,7 @@ pub fn report(id: u32, why: usize, hook: u8, ifindex: u32, p: Option<&Packet>) {
                 (*e).dport = p.dport;
                 (*e).proto = p.proto;
                 (*e).flags = events::HAS_TUPLE;
+                (*e).rule = if names_rule(why) { p.rule } else { 0 };
             }
             None => {
                 (*e).src = netpol_common::Addr([0; 16]);
@@ -119,8 +121,15 @@ pub fn report(id: u32, why: usize, hook: u8, ifindex: u32, p: Option<&Packet>) {
                 (*e).dport = 0;
                 (*e).proto = 0;
                 (*e).flags = 0;
+                (*e).rule = 0;
             }
         }
     }
     entry.submit(0);
+}
+
+/// Verdicts a rule decided: `Packet::rule` names it.
+#[inline(always)]
+pub fn names_rule(why: usize) -> bool {
+    why == reason::ALLOW_POLICY || why == reason::ALLOW_TRACKED
 }

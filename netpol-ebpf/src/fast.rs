@@ -1,7 +1,8 @@
 //! The established path: a TCP or UDP packet of a replied connection is decided from its
 //! headers, read in place, and one conntrack lookup, before the full parse. At a pod's
 //! veth it passes when the side the hook judges was allowed under the pod's current rule
-//! set (the full path's `allow_tracked`, justified by the entry a rule created); at an
+//! set (the full path's `allow_tracked`, justified by the entry a rule created, and
+//! counted on that rule); at an
 //! uplink when the connection's opener needs no check there.
 //!
 //! Anything else goes the full way: fragments, IPv4 options, IPv6 extension headers,
@@ -16,7 +17,7 @@ use netpol_common::{
     ct_lifetime_ns, reason,
 };
 
-use crate::maps::{CONNTRACK, count};
+use crate::maps::{CONNTRACK, count, count_rule};
 use crate::parse::{TCP_FIN, TCP_RST, TCP_SYN};
 
 const ETH_HLEN: usize = 14;
@@ -309,10 +310,14 @@ pub fn established(ctx: &TcContext, iface: &IfaceInfo, side: Side) -> bool {
         return false;
     }
     let i_am_opener = (side == Side::Sends) == f.from_opener;
-    let (stored, current) = if i_am_opener {
-        (f.entry.opener_set, iface.egress_set)
+    let (stored, current, rule) = if i_am_opener {
+        (f.entry.opener_set, iface.egress_set, f.entry.opener_rule)
     } else {
-        (f.entry.acceptor_set, iface.ingress_set)
+        (
+            f.entry.acceptor_set,
+            iface.ingress_set,
+            f.entry.acceptor_rule,
+        )
     };
     if stored != current {
         return false;
@@ -327,6 +332,7 @@ pub fn established(ctx: &TcContext, iface: &IfaceInfo, side: Side) -> bool {
         f.entry.last_seen_ns = f.now;
     }
     count(iface.endpoint_id, reason::ALLOW_TRACKED);
+    count_rule(rule);
     true
 }
 

@@ -31,9 +31,9 @@ use fast::Side;
 use fragments::{AT_FROM_POD, AT_TO_POD, AT_UPLINK, fragment_ports, record_first_fragment};
 use maps::{count, endpoint, iface_of, is_node, is_service, scratch, sets_of};
 use neighbour::{link_message, not_for, own_address, own_neighbour_message, own_target};
-use netpol_common::{Addr, IFACE_HAS_V4, IfaceInfo, ct_flag, events as ev, reason};
+use netpol_common::{Addr, CT_UNDECIDED, IFACE_HAS_V4, IfaceInfo, ct_flag, events as ev, reason};
 use parse::{Icmp, Packet, Parsed};
-use verdict::{Judged, Sets, UNDECIDED};
+use verdict::{Decided, Judged, Sets, UNDECIDED};
 
 const TC_ACT_UNSPEC: i32 = -1;
 
@@ -59,6 +59,11 @@ struct At {
 /// as IP.
 #[inline(always)]
 fn decided(at: At, id: u32, why: usize, p: Option<&Packet>) -> i32 {
+    if let Some(p) = p
+        && events::names_rule(why)
+    {
+        maps::count_rule(p.rule);
+    }
     if events::wanted(why) {
         events::report(id, why, at.hook, at.ifindex, p);
     }
@@ -202,7 +207,8 @@ fn sent_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
     }
     let why = verdict::egress_opening(sets, p);
     if why < reason::FIRST_DROP && sets.isolated() {
-        verdict::track(p, sets.egress, UNDECIDED, 0);
+        let egress = Decided::by(sets.egress, p.rule);
+        verdict::track(p, egress, UNDECIDED, 0);
     }
     (id, why)
 }
@@ -315,7 +321,7 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
     // A new connection. A local sender that reached this pod through a Service has its
     // egress decided here, on the backend kube-proxy chose.
     let sender = endpoint(&p.src);
-    let mut opener_set = UNDECIDED;
+    let mut opener = UNDECIDED;
     let mut flags = 0;
     let mut track = sets.isolated();
     if let Some(s) = sender {
@@ -326,20 +332,21 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
         let r = verdict::egress_opening(ss, p);
         if r >= reason::FIRST_DROP {
             // Its replies, from the Service address, must meet the same refusal.
-            service::learn_backend(p, UNDECIDED, true);
+            service::learn_backend(p, CT_UNDECIDED, true);
             return (s.id, r);
         }
-        opener_set = ss.egress;
+        opener = Decided::by(ss.egress, p.rule);
         flags = ct_flag::DEFERRED_EGRESS;
         track |= ss.isolated();
     }
     let why = verdict::ingress_opening(sets, p);
     if why < reason::FIRST_DROP && track {
-        verdict::track(p, opener_set, sets.ingress, flags);
+        let acceptor = Decided::by(sets.ingress, p.rule);
+        verdict::track(p, opener, acceptor, flags);
     }
     if sender.is_some() {
         if why < reason::FIRST_DROP {
-            service::learn_backend(p, opener_set, true);
+            service::learn_backend(p, opener.set, true);
         } else {
             // Refused here: whatever this backend sends back through the Service is
             // not a reply of an allowed connection.
@@ -421,11 +428,12 @@ fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
     }
     let why = verdict::egress_opening(sets, p);
     if why < reason::FIRST_DROP && sets.isolated() {
-        verdict::track(p, sets.egress, UNDECIDED, ct_flag::DEFERRED_EGRESS);
+        let egress = Decided::by(sets.egress, p.rule);
+        verdict::track(p, egress, UNDECIDED, ct_flag::DEFERRED_EGRESS);
         service::learn_backend(p, sets.egress, true);
     } else if why >= reason::FIRST_DROP {
         // Its replies, from the Service address, must meet the same refusal.
-        service::learn_backend(p, UNDECIDED, true);
+        service::learn_backend(p, CT_UNDECIDED, true);
     }
     if why == reason::ALLOW_UNISOLATED {
         return None;
@@ -442,7 +450,7 @@ fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
 #[inline(always)]
 fn local_sender_on_entry(
     hit: &verdict::Hit,
-    p: &Packet,
+    p: &mut Packet,
     sender: &netpol_common::EndpointInfo,
 ) -> Option<usize> {
     let judged = verdict::judge_local_sender(hit, p, sets_of(sender));
@@ -450,7 +458,7 @@ fn local_sender_on_entry(
     let set = if judged.is_none() && hit.from_opener {
         sender.egress_set
     } else {
-        UNDECIDED
+        CT_UNDECIDED
     };
     service::learn_backend(p, set, false);
     judged

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use netpol_common::{
     Addr, Counters, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts, IdentityId, IdentityKey,
-    IfaceInfo, IfaceSlot, PeerKey, PortSet, ServiceFlow, ServiceFlowKey, ServiceKey, meta, reason,
-    sizes,
+    IfaceInfo, IfaceSlot, PeerKey, PeerValue, PortSet, RULE_UNNAMED, ServiceFlow, ServiceFlowKey,
+    ServiceKey, meta, reason, sizes,
 };
 
 use crate::parse::Packet;
@@ -28,13 +28,14 @@ pub static NODE_ADDRS: HashMap<Addr, u32> = HashMap::with_max_entries(sizes::NOD
 /// Every pod of the cluster: its identity (what pod selectors select it by).
 #[map]
 pub static IDENTITIES: HashMap<Addr, IdentityId> = HashMap::with_max_entries(sizes::IDENTITIES, 0);
-/// (rule set, peer identity) -> port set: what pod-selector rules allow.
+/// (rule set, peer identity) -> ports and rules: what pod-selector rules allow.
 #[map]
-pub static PEERS_BY_IDENTITY: HashMap<IdentityKey, u32> =
+pub static PEERS_BY_IDENTITY: HashMap<IdentityKey, PeerValue> =
     HashMap::with_max_entries(sizes::PEERS_BY_IDENTITY, 0);
-/// (rule set, address prefix) -> port set: what ipBlock rules allow.
+/// (rule set, address prefix) -> ports and rules: what ipBlock rules allow.
 #[map]
-pub static PEERS_CIDR: LpmTrie<PeerKey, u32> = LpmTrie::with_max_entries(sizes::PEERS_CIDR, 0);
+pub static PEERS_CIDR: LpmTrie<PeerKey, PeerValue> =
+    LpmTrie::with_max_entries(sizes::PEERS_CIDR, 0);
 #[map]
 pub static PORTSETS: HashMap<u32, PortSet> = HashMap::with_max_entries(sizes::PORTSETS, 0);
 #[map]
@@ -71,6 +72,9 @@ pub static FLOW_SCRATCH: PerCpuArray<ServiceFlow> = PerCpuArray::with_max_entrie
 pub static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(sizes::COUNTERS, 0);
+/// Packets allowed per rule id (the agent names the ids).
+#[map]
+pub static RULE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(sizes::RULES, 0);
 /// Written by the agent only (the next rule-set id); part of the pinned state.
 #[map]
 pub static META: Array<u64> = Array::with_max_entries(meta::COUNT, 0);
@@ -83,6 +87,18 @@ pub fn count(endpoint_id: u32, why: usize) {
     if let Some(c) = COUNTERS.get_ptr_mut(endpoint_id) {
         // SAFETY: per-CPU slot, so no other writer; the pointer comes from the map.
         unsafe { (*c).packets[why] += 1 };
+    }
+}
+
+/// Counts a packet allowed by `rule` (nothing for `RULE_UNNAMED`).
+#[inline(always)]
+pub fn count_rule(rule: u32) {
+    if rule == RULE_UNNAMED {
+        return;
+    }
+    if let Some(c) = RULE_COUNTERS.get_ptr_mut(rule) {
+        // SAFETY: per-CPU slot, so no other writer; the pointer comes from the map.
+        unsafe { *c += 1 };
     }
 }
 

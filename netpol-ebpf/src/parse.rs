@@ -91,6 +91,8 @@ pub struct Packet {
     pub nd_target: Addr,
     /// The frame went to an Ethernet broadcast or multicast address.
     pub eth_group: bool,
+    /// The rule behind the latest allow decided for it (`RULE_UNNAMED`: none).
+    pub rule: u32,
 }
 
 impl Packet {
@@ -149,6 +151,7 @@ fn reset(p: &mut Packet, proto: u8, hop_limit: u8, frag: Frag) {
     p.frag_next = proto;
     p.hop_limit = hop_limit;
     p.v4_in_v6 = false;
+    p.rule = netpol_common::RULE_UNNAMED;
     // `nd_target` is written (and read) for neighbour advertisements only.
 }
 

@@ -220,7 +220,7 @@ pub fn still_allowed(
         if i >= f.backends_len as usize {
             break;
         }
-        if !allowed(client_sets.egress, &b.addr, proto, b.port) {
+        if allowed(client_sets.egress, &b.addr, proto, b.port).is_none() {
             return false;
         }
     }

@@ -8,8 +8,8 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use netpol_common::{
-    Addr, CT_UNDECIDED, CtEntry, CtKey, IdentityKey, PORTSET_ALL, PORTSET_NONE, PROTO_TCP, PeerKey,
-    RULESET_ALLOW_ALL, RULESET_ID_BITS, ct_flag, ct_lifetime_ns, reason,
+    Addr, CT_UNDECIDED, CtEntry, CtKey, IdentityKey, NO_PORTSET, PROTO_TCP, PeerKey, PeerValue,
+    REST_DENIED, RULE_UNNAMED, RULESET_ALLOW_ALL, RULESET_ID_BITS, ct_flag, ct_lifetime_ns, reason,
 };
 
 use crate::clock::now;
@@ -30,12 +30,13 @@ impl Sets {
     }
 }
 
-/// Does rule set `set` allow `peer` on `proto`/`port`? Rules allow by union: the peer's
-/// identity (pod-selector rules) or its address (ipBlock rules), whichever allows.
+/// Does rule set `set` allow `peer` on `proto`/`port`, and by which rule? Rules allow
+/// by union: the peer's identity (pod-selector rules) or its address (ipBlock rules),
+/// whichever allows; when both do, the pod-selector rule is the one named.
 #[inline(always)]
-pub fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> bool {
+pub fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> Option<u32> {
     if set == RULESET_ALLOW_ALL {
-        return true;
+        return Some(RULE_UNNAMED);
     }
     // SAFETY (all lookups): plain-data values, copied out.
     if let Some(identity) = unsafe { IDENTITIES.get(peer) } {
@@ -43,29 +44,33 @@ pub fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> bool {
             ruleset: set,
             identity: *identity,
         };
-        if let Some(portset) = unsafe { PEERS_BY_IDENTITY.get(key) }
-            && portset_allows(*portset, proto, port)
+        if let Some(value) = unsafe { PEERS_BY_IDENTITY.get(key) }
+            && let Some(rule) = peer_allows(*value, proto, port)
         {
-            return true;
+            return Some(rule);
         }
     }
     let key = PeerKey::new(set, *peer);
     match PEERS_CIDR.get(Key::new(RULESET_ID_BITS + 128, key)) {
-        Some(portset) => portset_allows(*portset, proto, port),
-        None => false,
+        Some(value) => peer_allows(*value, proto, port),
+        None => None,
     }
 }
 
+/// The rule of a peer entry that allows `proto`/`port`: a range of its port set, else
+/// the rule that allows every other port.
 #[inline(always)]
-fn portset_allows(portset: u32, proto: u8, port: u16) -> bool {
-    match portset {
-        PORTSET_ALL => true,
-        PORTSET_NONE => false,
+fn peer_allows(value: PeerValue, proto: u8, port: u16) -> Option<u32> {
+    if value.portset != NO_PORTSET
         // SAFETY: plain-data value.
-        id => match unsafe { PORTSETS.get(id) } {
-            Some(ports) => ports.allows(proto, port),
-            None => false,
-        },
+        && let Some(ports) = unsafe { PORTSETS.get(value.portset) }
+        && let Some(rule) = ports.rule_for(proto, port)
+    {
+        return Some(rule);
+    }
+    match value.rest_rule {
+        REST_DENIED => None,
+        rule => Some(rule),
     }
 }
 
@@ -128,9 +133,29 @@ pub fn lookup(p: &Packet) -> Option<Hit> {
     })
 }
 
+/// How one side of a connection was decided: under which rule set, by which rule.
+#[derive(Clone, Copy)]
+pub struct Decided {
+    pub set: u32,
+    pub rule: u32,
+}
+
+impl Decided {
+    #[inline(always)]
+    pub fn by(set: u32, rule: u32) -> Self {
+        Decided { set, rule }
+    }
+}
+
+/// A side this node does not decide (not a local pod).
+pub const UNDECIDED: Decided = Decided {
+    set: CT_UNDECIDED,
+    rule: RULE_UNNAMED,
+};
+
 /// Starts tracking `p` as the opening of a connection.
 #[inline(always)]
-pub fn track(p: &Packet, opener_set: u32, acceptor_set: u32, flags: u8) {
+pub fn track(p: &Packet, opener: Decided, acceptor: Decided, flags: u8) {
     let (key, src_is_a) = CtKey::of(&p.t_src, &p.t_dst, p.sport, p.dport, p.proto);
     let mut flags = flags;
     if !src_is_a {
@@ -148,8 +173,10 @@ pub fn track(p: &Packet, opener_set: u32, acceptor_set: u32, flags: u8) {
     }
     let entry = CtEntry {
         last_seen_ns: now(),
-        opener_set,
-        acceptor_set,
+        opener_set: opener.set,
+        acceptor_set: acceptor.set,
+        opener_rule: opener.rule,
+        acceptor_rule: acceptor.rule,
         flags,
         _pad: [0; 7],
     };
@@ -172,7 +199,7 @@ pub struct Judged {
 /// changed, that side is decided again (on the connection's opening tuple) and the entry
 /// goes on or is deleted. Returns the reason (allow or drop).
 #[inline(always)]
-pub fn judge_tracked(hit: &Hit, p: &Packet, me: Judged) -> usize {
+pub fn judge_tracked(hit: &Hit, p: &mut Packet, me: Judged) -> usize {
     // SAFETY: valid map value pointer for this run; racing writers only store whole
     // fields, and every field is re-validated here.
     let e = unsafe { &mut *hit.entry };
@@ -202,12 +229,13 @@ pub fn judge_tracked(hit: &Hit, p: &Packet, me: Judged) -> usize {
     why
 }
 
-/// `None` when `me`'s side is still valid; otherwise the new decision for it.
+/// `None` when `me`'s side is still valid; otherwise the new decision for it. `p.rule`
+/// becomes the rule that allows `me`'s side.
 #[inline(always)]
 fn revalidate(
     hit: &Hit,
     e: &mut CtEntry,
-    p: &Packet,
+    p: &mut Packet,
     i_am_opener: bool,
     sets: Sets,
 ) -> Option<usize> {
@@ -217,27 +245,35 @@ fn revalidate(
         (e.acceptor_set, sets.ingress)
     };
     if stored == current {
+        p.rule = if i_am_opener {
+            e.opener_rule
+        } else {
+            e.acceptor_rule
+        };
         return None;
     }
     // The opening tuple: the acceptor's address and port, seen from the opener.
     let (opener, acceptor, acceptor_port) = opening(hit, p);
-    let ok = if i_am_opener {
+    let decided = if i_am_opener {
         allowed(current, &acceptor, p.proto, acceptor_port)
     } else {
         allowed(current, &opener, p.proto, acceptor_port)
     };
-    if !ok {
+    let Some(rule) = decided else {
         return Some(if i_am_opener {
             reason::DROP_EGRESS
         } else {
             reason::DROP_INGRESS
         });
-    }
+    };
     if i_am_opener {
         e.opener_set = current;
+        e.opener_rule = rule;
     } else {
         e.acceptor_set = current;
+        e.acceptor_rule = rule;
     }
+    p.rule = rule;
     Some(allow_reason(current))
 }
 
@@ -314,7 +350,7 @@ pub fn usable(hit: &Hit, p: &Packet) -> bool {
 /// An ICMP error passes when it quotes a live connection that `me`'s rules still allow:
 /// it belongs to it. It changes nothing in the entry.
 #[inline(always)]
-pub fn related(p: &Packet, me: Judged) -> bool {
+pub fn related(p: &mut Packet, me: Judged) -> bool {
     let Some(hit) = lookup(p) else {
         return false;
     };
@@ -362,33 +398,36 @@ pub fn forget(hit: &Hit) {
     };
 }
 
-/// The opening of a new connection, judged for a local sender's egress.
+/// The opening of a new connection, judged for a local sender's egress; `p.rule` names
+/// the rule that allows it.
 #[inline(always)]
-pub fn egress_opening(sets: Sets, p: &Packet) -> usize {
-    if allowed(sets.egress, &p.t_dst, p.proto, p.dport) {
-        allow_reason(sets.egress)
-    } else {
-        reason::DROP_EGRESS
+pub fn egress_opening(sets: Sets, p: &mut Packet) -> usize {
+    match allowed(sets.egress, &p.t_dst, p.proto, p.dport) {
+        Some(rule) => {
+            p.rule = rule;
+            allow_reason(sets.egress)
+        }
+        None => reason::DROP_EGRESS,
     }
 }
 
-/// The opening of a new connection, judged for a local receiver's ingress.
+/// The opening of a new connection, judged for a local receiver's ingress; `p.rule`
+/// names the rule that allows it.
 #[inline(always)]
-pub fn ingress_opening(sets: Sets, p: &Packet) -> usize {
-    if allowed(sets.ingress, &p.t_src, p.proto, p.dport) {
-        allow_reason(sets.ingress)
-    } else {
-        reason::DROP_INGRESS
+pub fn ingress_opening(sets: Sets, p: &mut Packet) -> usize {
+    match allowed(sets.ingress, &p.t_src, p.proto, p.dport) {
+        Some(rule) => {
+            p.rule = rule;
+            allow_reason(sets.ingress)
+        }
+        None => reason::DROP_INGRESS,
     }
 }
-
-/// Entry value for a side this node does not decide.
-pub const UNDECIDED: u32 = CT_UNDECIDED;
 
 /// A local pod's packet on an entry, at a hook after translation: its side (opener:
 /// egress, acceptor: ingress) under its current rules `sender`. `None`: still valid.
 #[inline(always)]
-pub fn judge_local_sender(hit: &Hit, p: &Packet, sender: Sets) -> Option<usize> {
+pub fn judge_local_sender(hit: &Hit, p: &mut Packet, sender: Sets) -> Option<usize> {
     // SAFETY: valid map value pointer for this run.
     let e = unsafe { &mut *hit.entry };
     match revalidate(hit, e, p, hit.from_opener, sender) {

@@ -397,7 +397,8 @@ fn the_binary_fails_clearly_on_bad_input() {
     assert!(text.starts_with("DENIED: pod x/a"), "no backend: {text}");
 }
 
-/// What the compiled plans decide for a direction of a pod (no rule set: open).
+/// What the compiled plans decide for a direction of a pod (no rule set: open), and the
+/// rule the datapath names for it.
 fn plan_allows(
     plans: &BTreeMap<&str, Plan>,
     pod: &str,
@@ -405,21 +406,29 @@ fn plan_allows(
     peer: IpAddr,
     protocol: Protocol,
     port: u16,
-) -> bool {
+) -> (bool, Option<String>) {
     for plan in plans.values() {
         if let Some(ep) = plan.endpoints.iter().find(|e| e.pod.to_string() == pod) {
             let set = if ingress { ep.ingress } else { ep.egress };
-            return set.is_none_or(|r| plan.allows(r, peer, protocol, port));
+            return match set {
+                None => (true, None),
+                Some(r) => match plan.rule_for(r, peer, protocol, port) {
+                    Some(rule) => (true, Some(rule.to_string())),
+                    None => (false, None),
+                },
+            };
         }
     }
-    true
+    (true, None)
 }
 
 /// Generated clusters (the compiler's property-test generator): explain's verdict equals
-/// the reference evaluator's, and each direction equals the compiled plan's.
+/// the reference evaluator's, and each direction equals the compiled plan's, down to
+/// the rule it names.
 #[test]
 fn explain_agrees_with_the_compiler_and_the_reference_on_generated_clusters() {
     let mut compared = 0;
+    let mut named = 0;
     for seed in 1..=300u64 {
         let mut rng = Rng::new(seed);
         let state = generate::cluster(&mut rng);
@@ -457,16 +466,23 @@ fn explain_agrees_with_the_compiler_and_the_reference_on_generated_clusters() {
             let want = reference::allowed(&state, &s, &d, protocol, port);
             assert_eq!(x.allowed, want, "seed {seed}: {query:?}: {x:#?}");
             if let Some(pod) = &x.egress.pod {
-                let plan = plan_allows(&plans, pod, false, dst, protocol, port);
-                assert_eq!(x.egress.allowed, plan, "seed {seed}: {query:?}: {x:#?}");
+                let (allowed, rule) = plan_allows(&plans, pod, false, dst, protocol, port);
+                assert_eq!(x.egress.allowed, allowed, "seed {seed}: {query:?}: {x:#?}");
+                assert_eq!(x.egress.rule, rule, "seed {seed}: {query:?}: {x:#?}");
+                named += usize::from(rule.is_some());
             }
             if let Some(pod) = &x.ingress.pod {
-                let plan = plan_allows(&plans, pod, true, src, protocol, port);
-                assert_eq!(x.ingress.allowed, plan, "seed {seed}: {query:?}: {x:#?}");
+                let (allowed, rule) = plan_allows(&plans, pod, true, src, protocol, port);
+                assert_eq!(x.ingress.allowed, allowed, "seed {seed}: {query:?}: {x:#?}");
+                assert_eq!(x.ingress.rule, rule, "seed {seed}: {query:?}: {x:#?}");
+                named += usize::from(rule.is_some());
             }
             compared += 1;
         }
     }
-    println!("{compared} generated flows: explain equals the reference and the compiled plans");
+    println!(
+        "{compared} generated flows: explain equals the reference and the compiled plans ({named} sides named a rule)"
+    );
     assert!(compared > 10_000);
+    assert!(named > 1000, "{named} of {compared}");
 }

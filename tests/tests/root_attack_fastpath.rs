@@ -624,6 +624,8 @@ fn root_fastpath_entry_states() {
         last_seen_ns: monotonic_ns(),
         opener_set: netpol_common::CT_UNDECIDED,
         acceptor_set: 0x7fff_fff0,
+        opener_rule: 0,
+        acceptor_rule: 0,
         flags: ct_flag::REPLIED | if y_is_a { 0 } else { ct_flag::OPENER_B },
         _pad: [0; 7],
     };

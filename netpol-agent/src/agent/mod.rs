@@ -706,7 +706,11 @@ impl Agent {
                     .map(|(n, pods)| (n.clone(), pods.iter().map(ToString::to_string).collect()))
                     .collect();
                 let endpoints = self.endpoint_status(plan, &hooked);
-                crate::events::lock(&self.events).set_pods(self.known_pods(plan));
+                {
+                    let mut events = crate::events::lock(&self.events);
+                    events.set_pods(self.known_pods(plan));
+                    events.set_rules(self.rule_names());
+                }
                 self.report_policy_problems(plan);
                 let digest = self.digest.clone();
                 let versions = self.versions.clone();
@@ -917,6 +921,31 @@ impl Agent {
                 Err(e) => warn!(pod = %ep.pod, error = %e, "reading counters"),
             }
         }
-        self.update_status(|s| s.endpoints = snapshot.endpoints);
+        let mut rules = Vec::new();
+        for (id, rule) in self.programmer.rule_names() {
+            match maps.rule_packets(*id) {
+                Ok(packets) => rules.push(crate::status::RuleStatus {
+                    namespace: rule.policy.namespace.clone(),
+                    policy: rule.policy.name.clone(),
+                    direction: rule.direction.to_string(),
+                    index: rule.index,
+                    packets,
+                }),
+                Err(e) => warn!(rule = %rule, error = %e, "reading rule counters"),
+            }
+        }
+        self.update_status(|s| {
+            s.endpoints = snapshot.endpoints;
+            s.rules = rules;
+        });
+    }
+
+    /// Rule id -> `ns/name ingress[i]`, for verdict events.
+    fn rule_names(&self) -> std::collections::HashMap<u32, String> {
+        self.programmer
+            .rule_names()
+            .iter()
+            .map(|(id, rule)| (*id, rule.to_string()))
+            .collect()
     }
 }

@@ -5,6 +5,7 @@
 //! rules look like, and a rule that cannot be compiled allows nothing (it is dropped and
 //! reported in `Plan::errors`).
 
+pub mod allowed;
 pub mod cached_hash;
 pub mod held;
 pub mod incremental;
@@ -23,6 +24,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::state::{ClusterState, ContainerPort, Labels, ObjectRef, PodInfo, Protocol};
+use allowed::{Allowed, RuleRef, RuleTag};
 use cached_hash::CachedHash;
 pub use incremental::Compiler;
 use ports::PortSpec;
@@ -87,16 +89,17 @@ impl fmt::Debug for Identity {
 cached_hash::by_fields!(Identity);
 
 /// The allow table of one direction of one or more pods. A peer is allowed what its
-/// identity's entry allows plus what the longest block containing its address allows.
-/// Both empty = isolated with nothing allowed.
+/// identity's entry allows plus what the longest block containing its address allows,
+/// each port named by the rule that allows it (see `allowed`). Both empty = isolated
+/// with nothing allowed.
 ///
 /// Its fields are not changed once it is in a `Plan`: its hash is kept at first use.
 #[derive(Clone, Default)]
 pub struct RuleSet {
     /// Pod-selector rules, by peer identity.
-    pub peers: BTreeMap<Arc<Identity>, PortSpec>,
+    pub peers: BTreeMap<Arc<Identity>, Allowed>,
     /// ipBlock rules: longest-prefix-match entries (see `prefix::union`).
-    pub blocks: BTreeMap<Prefix, PortSpec>,
+    pub blocks: BTreeMap<Prefix, Allowed>,
     hash: CachedHash,
 }
 
@@ -112,10 +115,7 @@ impl fmt::Debug for RuleSet {
 cached_hash::by_fields!(RuleSet);
 
 impl RuleSet {
-    pub fn new(
-        peers: BTreeMap<Arc<Identity>, PortSpec>,
-        blocks: BTreeMap<Prefix, PortSpec>,
-    ) -> Self {
+    pub fn new(peers: BTreeMap<Arc<Identity>, Allowed>, blocks: BTreeMap<Prefix, Allowed>) -> Self {
         RuleSet {
             peers,
             blocks,
@@ -127,10 +127,25 @@ impl RuleSet {
     fn fields(
         &self,
     ) -> (
-        &BTreeMap<Arc<Identity>, PortSpec>,
-        &BTreeMap<Prefix, PortSpec>,
+        &BTreeMap<Arc<Identity>, Allowed>,
+        &BTreeMap<Prefix, Allowed>,
     ) {
         (&self.peers, &self.blocks)
+    }
+
+    /// The rule that allows the peer, as the datapath names it: its identity's entry
+    /// first, then the longest block. `identity`: the peer's, if it is a pod.
+    pub fn rule_for(
+        &self,
+        identity: Option<&Identity>,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Option<&RuleTag> {
+        identity
+            .and_then(|i| self.peers.get(i))
+            .and_then(|s| s.rule_for(protocol, port))
+            .or_else(|| prefix::lookup(&self.blocks, peer).and_then(|s| s.rule_for(protocol, port)))
     }
 
     /// `identity`: the peer's, if it is a pod.
@@ -141,10 +156,7 @@ impl RuleSet {
         protocol: Protocol,
         port: u16,
     ) -> bool {
-        identity
-            .and_then(|i| self.peers.get(i))
-            .is_some_and(|s| s.allows(protocol, port))
-            || prefix::lookup(&self.blocks, peer).is_some_and(|s| s.allows(protocol, port))
+        self.rule_for(identity, peer, protocol, port).is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -228,8 +240,19 @@ impl Plan {
 
     /// What the datapath decides for `peer` under rule set `r`.
     pub fn allows(&self, r: RuleSetRef, peer: IpAddr, protocol: Protocol, port: u16) -> bool {
+        self.rule_for(r, peer, protocol, port).is_some()
+    }
+
+    /// The rule the datapath names when it allows `peer` under rule set `r`.
+    pub fn rule_for(
+        &self,
+        r: RuleSetRef,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Option<&RuleTag> {
         let identity = self.identities.get(&peer).map(|i| &**i);
-        self.rule_set(r).allows(identity, peer, protocol, port)
+        self.rule_set(r).rule_for(identity, peer, protocol, port)
     }
 }
 
@@ -329,8 +352,9 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
     // Errors of a rule are the same for every pod it applies to: report each once.
     let mut rule_errors: BTreeSet<PolicyError> = BTreeSet::new();
     let mut rules = RuleCache::default();
-    // Rule sets by the rules they unite (sorted, deduplicated indexes into `rules`).
-    let mut unions: BTreeMap<Vec<usize>, RuleSetRef> = BTreeMap::new();
+    // Rule sets by the rules they unite (sorted, deduplicated indexes into `rules`, with
+    // the rule each stands for).
+    let mut unions: BTreeMap<Vec<(usize, &RuleTag)>, RuleSetRef> = BTreeMap::new();
     #[allow(clippy::type_complexity)]
     let mut subject_cache: HashMap<
         SubjectKey,
@@ -380,7 +404,7 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
                                     message: format!("{message}; this rule allows nothing"),
                                 });
                             }
-                            united.push(slot);
+                            united.push((slot, &rule.tag));
                         }
                     }
                     united.sort_unstable();
@@ -388,21 +412,28 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
                     if let Some(r) = unions.get(&united) {
                         return Some(*r);
                     }
-                    let granted: Vec<&RuleGrants> = united
+                    let granted: Vec<(&RuleGrants, &RuleTag)> = united
                         .iter()
-                        .filter_map(|slot| rules.results[*slot].as_ref().ok())
+                        .filter_map(|(slot, tag)| Some((rules.results[*slot].as_ref().ok()?, *tag)))
                         .collect();
-                    let mut peers: BTreeMap<Arc<Identity>, PortSpec> = BTreeMap::new();
-                    for (identity, ports) in granted.iter().flat_map(|g| &g.peers) {
-                        peers
-                            .entry(identity.clone())
-                            .or_insert_with(PortSpec::none)
-                            .add(ports);
+                    let mut peers: BTreeMap<Arc<Identity>, Allowed> = BTreeMap::new();
+                    for (g, tag) in &granted {
+                        for (identity, ports) in &g.peers {
+                            peers
+                                .entry(identity.clone())
+                                .or_insert_with(Allowed::none)
+                                .add(&Allowed::by(ports, tag));
+                        }
                     }
-                    let r = intern(RuleSet::new(
-                        peers,
-                        prefix::union(granted.iter().flat_map(|g| &g.blocks)),
-                    ));
+                    let blocks: Vec<Grant<Allowed>> = granted
+                        .iter()
+                        .flat_map(|(g, tag)| {
+                            g.blocks
+                                .iter()
+                                .map(|b| b.with_ports(Allowed::by(&b.ports, tag)))
+                        })
+                        .collect();
+                    let r = intern(RuleSet::new(peers, prefix::union(&blocks)));
                     unions.insert(united, r);
                     Some(r)
                 };
@@ -447,7 +478,8 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
             .iter_mut()
             .map(|(prefix, spec)| (format!("peer {prefix}"), spec));
         for (peer, spec) in peers.chain(blocks) {
-            if let Err(n) = spec.to_portset() {
+            let n = spec.ranges().len();
+            if n > netpol_common::MAX_PORT_RANGES {
                 errors.push(PolicyError {
                     policy: ObjectRef::new("", "*"),
                     location: peer,
@@ -456,7 +488,7 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
                         netpol_common::MAX_PORT_RANGES
                     ),
                 });
-                *spec = PortSpec::none();
+                spec.clear();
             }
         }
     }
@@ -527,16 +559,18 @@ struct Rule<'a> {
     namespaced: bool,
     /// A port is named: on ingress it resolves on each subject pod.
     named_ports: bool,
+    /// What the datapath names it by.
+    tag: RuleTag,
 }
 
 impl<'a> Rule<'a> {
     fn new(
         peers: Option<&'a Vec<NetworkPolicyPeer>>,
         ports: Option<&'a Vec<NetworkPolicyPort>>,
-        fallback_id: String,
+        tag: RuleRef,
     ) -> Self {
         // A rule that cannot be written out is its own (unique) content.
-        let content = serde_json::to_string(&(peers, ports)).unwrap_or(fallback_id);
+        let content = serde_json::to_string(&(peers, ports)).unwrap_or_else(|_| tag.to_string());
         let namespaced = peers
             .iter()
             .flat_map(|p| p.iter())
@@ -551,6 +585,7 @@ impl<'a> Rule<'a> {
             content,
             namespaced,
             named_ports,
+            tag: Arc::new(tag),
         }
     }
 }
@@ -581,7 +616,11 @@ fn rules_of_policy<'a>(
             Rule::new(
                 r.from.as_ref(),
                 r.ports.as_ref(),
-                format!("{key} ingress[{i}]"),
+                RuleRef {
+                    policy: key.clone(),
+                    direction: Direction::Ingress,
+                    index: i,
+                },
             )
         })
         .collect();
@@ -594,7 +633,11 @@ fn rules_of_policy<'a>(
             Rule::new(
                 r.to.as_ref(),
                 r.ports.as_ref(),
-                format!("{key} egress[{i}]"),
+                RuleRef {
+                    policy: key.clone(),
+                    direction: Direction::Egress,
+                    index: i,
+                },
             )
         })
         .collect();

@@ -2,8 +2,6 @@
 
 use std::collections::BTreeSet;
 
-use netpol_common::{MAX_PORT_RANGES, PortRange, PortSet};
-
 use crate::state::Protocol;
 
 /// Inclusive range of ports on one protocol.
@@ -93,31 +91,6 @@ impl PortSpec {
         }
         *mine = merged.into_iter().collect();
     }
-
-    /// The BPF encoding. `None` for `All` (stored as `PORTSET_ALL`) and for the empty set
-    /// (`PORTSET_NONE`); an error when the set needs more ranges than the BPF side scans.
-    pub fn to_portset(&self) -> Result<Option<PortSet>, usize> {
-        let PortSpec::Only(s) = self else {
-            return Ok(None);
-        };
-        if s.is_empty() {
-            return Ok(None);
-        }
-        if s.len() > MAX_PORT_RANGES {
-            return Err(s.len());
-        }
-        let mut set = PortSet::default();
-        for (i, r) in s.iter().enumerate() {
-            set.ranges[i] = PortRange {
-                proto: r.protocol.number(),
-                _pad: 0,
-                first: r.first,
-                last: r.last,
-            };
-        }
-        set.len = s.len() as u32;
-        Ok(Some(set))
-    }
 }
 
 #[cfg(test)]
@@ -167,15 +140,5 @@ mod tests {
         a.add(&PortSpec::from_ranges([Ports::one(Protocol::Tcp, 1)]));
         assert_eq!(a, PortSpec::All);
         assert!(a.allows(Protocol::Sctp, 9));
-    }
-
-    #[test]
-    fn encoding_limits() {
-        let many = PortSpec::from_ranges((0..40).map(|i| Ports::one(Protocol::Tcp, i * 2)));
-        assert_eq!(many.to_portset(), Err(40));
-        let few = PortSpec::from_ranges([Ports::one(Protocol::Udp, 53)]);
-        let set = few.to_portset().unwrap().unwrap();
-        assert!(set.allows(netpol_common::PROTO_UDP, 53));
-        assert!(!set.allows(netpol_common::PROTO_TCP, 53));
     }
 }

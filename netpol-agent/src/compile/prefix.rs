@@ -103,13 +103,39 @@ impl fmt::Display for Prefix {
     }
 }
 
+/// What can be united: the ports of `PortSpec`, or those of `Allowed` with their rules.
+pub trait Union: Clone {
+    fn none() -> Self;
+    fn add(&mut self, other: &Self);
+}
+
+impl Union for PortSpec {
+    fn none() -> Self {
+        PortSpec::none()
+    }
+    fn add(&mut self, other: &Self) {
+        PortSpec::add(self, other)
+    }
+}
+
 /// One rule's contribution for one peer: `ports` to every address of `prefix` outside the
 /// `except` prefixes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Grant {
+pub struct Grant<S = PortSpec> {
     pub prefix: Prefix,
     pub except: Vec<Prefix>,
-    pub ports: PortSpec,
+    pub ports: S,
+}
+
+impl<S> Grant<S> {
+    /// The same grant with other ports (the rule's own, named by it).
+    pub fn with_ports<T>(&self, ports: T) -> Grant<T> {
+        Grant {
+            prefix: self.prefix,
+            except: self.except.clone(),
+            ports,
+        }
+    }
 }
 
 impl Grant {
@@ -155,17 +181,19 @@ impl Grant {
 /// are not compared with each other: the blocks are unioned among themselves, and each
 /// host adds what the longest block entry containing it allows (by the argument above,
 /// exactly the blocks that apply to it). Linear in hosts, quadratic in blocks only.
-pub fn union<'a>(grants: impl IntoIterator<Item = &'a Grant>) -> BTreeMap<Prefix, PortSpec> {
-    let (hosts, blocks): (Vec<&Grant>, Vec<&Grant>) = grants
+pub fn union<'a, S: Union + 'a>(
+    grants: impl IntoIterator<Item = &'a Grant<S>>,
+) -> BTreeMap<Prefix, S> {
+    let (hosts, blocks): (Vec<&Grant<S>>, Vec<&Grant<S>>) = grants
         .into_iter()
         .partition(|g| g.prefix.is_host() && g.except.is_empty());
     let mut table = union_of_blocks(&blocks);
     let lengths: BTreeSet<u8> = table.keys().map(|p| p.len).collect();
-    let mut host_ports: BTreeMap<Prefix, PortSpec> = BTreeMap::new();
+    let mut host_ports: BTreeMap<Prefix, S> = BTreeMap::new();
     for g in hosts {
         host_ports
             .entry(g.prefix)
-            .or_insert_with(PortSpec::none)
+            .or_insert_with(S::none)
             .add(&g.ports);
     }
     for (host, mut ports) in host_ports {
@@ -183,7 +211,7 @@ pub fn union<'a>(grants: impl IntoIterator<Item = &'a Grant>) -> BTreeMap<Prefix
 }
 
 /// `union` of grants with excepts or wider prefixes: every entry against every grant.
-fn union_of_blocks(grants: &[&Grant]) -> BTreeMap<Prefix, PortSpec> {
+fn union_of_blocks<S: Union>(grants: &[&Grant<S>]) -> BTreeMap<Prefix, S> {
     let mut prefixes: BTreeSet<Prefix> = BTreeSet::new();
     for g in grants {
         prefixes.insert(g.prefix);
@@ -197,7 +225,7 @@ fn union_of_blocks(grants: &[&Grant]) -> BTreeMap<Prefix, PortSpec> {
     prefixes
         .into_iter()
         .map(|p| {
-            let mut ports = PortSpec::none();
+            let mut ports = S::none();
             for g in grants {
                 if g.prefix.contains(&p) && !g.except.iter().any(|e| e.contains(&p)) {
                     ports.add(&g.ports);
@@ -209,7 +237,7 @@ fn union_of_blocks(grants: &[&Grant]) -> BTreeMap<Prefix, PortSpec> {
 }
 
 /// What a table built by `union` gives for one address: the longest entry containing it.
-pub fn lookup(table: &BTreeMap<Prefix, PortSpec>, ip: IpAddr) -> Option<&PortSpec> {
+pub fn lookup<S>(table: &BTreeMap<Prefix, S>, ip: IpAddr) -> Option<&S> {
     table
         .iter()
         .filter(|(p, _)| p.contains_ip(ip))

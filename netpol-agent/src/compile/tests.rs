@@ -394,7 +394,7 @@ fn invalid_rules_of_every_kind_are_reported_and_allow_nothing() {
             set.peers
                 .values()
                 .chain(set.blocks.values())
-                .all(PortSpec::is_none),
+                .all(Allowed::is_none),
             "{rule}: {set:?}"
         );
     }
@@ -420,7 +420,7 @@ spec:
             set.peers
                 .values()
                 .chain(set.blocks.values())
-                .all(PortSpec::is_none)
+                .all(Allowed::is_none)
         );
         assert!(e.egress.is_none());
     }
@@ -724,7 +724,12 @@ fn cached_hashes_never_change_equality() {
         ))
     };
     let set = |app: &str| {
-        let peers = BTreeMap::from([(identity(app), PortSpec::All)]);
+        let rule = Arc::new(RuleRef {
+            policy: ObjectRef::new("ns", "p"),
+            direction: Direction::Ingress,
+            index: 0,
+        });
+        let peers = BTreeMap::from([(identity(app), Allowed::by(&PortSpec::All, &rule))]);
         RuleSet::new(peers, BTreeMap::new())
     };
     let hasher = RandomState::new();

@@ -352,6 +352,7 @@ impl Datapath {
             names::NODE_ADDRS,
             names::META,
             names::COUNTERS,
+            names::RULE_COUNTERS,
         ];
         if let Some(p) = &pins {
             for name in map_names {
@@ -512,6 +513,7 @@ impl Datapath {
             peers_cidr: LpmTrie::try_from(take(names::PEERS_CIDR)?)?,
             portsets: HashMap::try_from(take(names::PORTSETS)?)?,
             counters: PerCpuArray::try_from(take(names::COUNTERS)?)?,
+            rule_counters: PerCpuArray::try_from(take(names::RULE_COUNTERS)?)?,
             slots_retired: Default::default(),
         };
         maps.sync_iface_slots()

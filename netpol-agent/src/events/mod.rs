@@ -42,6 +42,11 @@ pub struct Event {
     /// direction (`ns/name`), none of whose rules allows the packet.
     #[serde(default)]
     pub policies: Vec<String>,
+    /// For `allow_policy` and `allow_tracked`: the rule that allowed the connection on
+    /// the pod's side (`ns/name ingress[i]`; see `compile::allowed` for which one when
+    /// several do). None when the side is not isolated or the rule is not known.
+    #[serde(default)]
+    pub rule: Option<String>,
     /// Where it was taken: `from_pod`, `to_pod` or `uplink`.
     pub hook: String,
     pub interface: u32,
@@ -63,10 +68,10 @@ impl Event {
             (Some(s), Some(d), Some(p)) => format!("{s} -> {d} {p}"),
             _ => "(not IP)".to_string(),
         };
-        let by = if self.policies.is_empty() {
-            String::new()
-        } else {
-            format!(" isolated by {}", self.policies.join(", "))
+        let by = match &self.rule {
+            Some(rule) => format!(" by {rule}"),
+            None if self.policies.is_empty() => String::new(),
+            None => format!(" isolated by {}", self.policies.join(", ")),
         };
         format!(
             "{} {} {} {} {} {}{by} ({})",
@@ -101,6 +106,8 @@ pub struct History {
     node: String,
     /// Endpoint id -> the pod (the programmer's ids, after each programming).
     pods: HashMap<u32, KnownPod>,
+    /// Rule id -> `ns/name ingress[i]` (likewise).
+    rules: HashMap<u32, String>,
     pub lost: u64,
     pub suppressed: u64,
     /// Events seen since start, by verdict.
@@ -145,6 +152,10 @@ impl History {
 
     pub fn set_pods(&mut self, pods: HashMap<u32, KnownPod>) {
         self.pods = pods;
+    }
+
+    pub fn set_rules(&mut self, rules: HashMap<u32, String>) {
+        self.rules = rules;
     }
 
     /// Names a datapath event and keeps it (the oldest goes when the history is full).
@@ -216,6 +227,7 @@ impl History {
             reason: reason.to_string(),
             direction: direction.to_string(),
             policies,
+            rule: self.rules.get(&raw.rule).cloned(),
             hook: hook.to_string(),
             interface: raw.ifindex,
             src: has_tuple.then(|| ip_of(&raw.src).to_string()),
@@ -265,6 +277,8 @@ mod tests {
             reason: why as u8,
             hook,
             flags: events::HAS_TUPLE,
+            rule: 0,
+            _pad: 0,
         }
     }
 
@@ -280,8 +294,11 @@ mod tests {
             },
         )]));
         h.push(&raw(3, reason::DROP_EGRESS, events::AT_UPLINK), 10);
+        h.set_rules(HashMap::from([(5, "default/web egress[1]".to_string())]));
         h.push(&raw(9, reason::DROP_INGRESS, events::AT_TO_POD), 11);
-        h.push(&raw(3, reason::ALLOW_POLICY, events::AT_FROM_POD), 12);
+        let mut allowed = raw(3, reason::ALLOW_POLICY, events::AT_FROM_POD);
+        allowed.rule = 5;
+        h.push(&allowed, 12);
         let page = h.page(0, 2);
         assert_eq!(page.events.len(), 2);
         let first = &page.events[0];
@@ -302,6 +319,15 @@ mod tests {
         let rest = h.page(page.next, 10);
         assert_eq!(rest.events.len(), 1);
         assert_eq!(rest.events[0].verdict, "allow");
+        assert_eq!(
+            rest.events[0].rule.as_deref(),
+            Some("default/web egress[1]")
+        );
+        assert!(
+            rest.events[0]
+                .line()
+                .ends_with("allow_policy by default/web egress[1] (from_pod)")
+        );
         assert_eq!(h.page(rest.next, 10).events, vec![]);
         assert_eq!(
             h.page(rest.next, 10).next,

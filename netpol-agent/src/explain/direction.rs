@@ -7,9 +7,11 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 
+use crate::compile::allowed::{Allowed, RuleRef, RuleTag};
 use crate::compile::ports::PortSpec;
 use crate::compile::prefix::{Grant, Prefix};
 use crate::compile::selector::Selector;
@@ -43,7 +45,7 @@ pub(super) struct Isolation<'a> {
 /// What one direction decides for one peer.
 pub(super) struct Judgement {
     pub allowed: bool,
-    /// `ns/name egress[i]`: the first allowing rule in (policy ns/name, rule index) order.
+    /// `ns/name egress[i]`: the rule the datapath names (see `compile::allowed`).
     pub rule: Option<String>,
     /// Why a path the rules grant is still closed (the datapath's port-range limit).
     pub errors: Vec<String>,
@@ -154,7 +156,7 @@ pub(super) fn judge(
 ) -> Judgement {
     // Every rule's grant to this peer: through its identity (pod selectors) and through
     // the address blocks that cover it. The datapath holds the union of each.
-    let mut grants: Vec<(String, RuleGrant)> = Vec::new();
+    let mut grants: Vec<(RuleTag, RuleGrant)> = Vec::new();
     for p in &isolation.policies {
         for (i, (peers, ports)) in p.rules(dir).iter().enumerate() {
             let location = format!("{dir}[{i}]");
@@ -168,43 +170,50 @@ pub(super) fn judge(
                 policy_namespace: &p.key.namespace,
             };
             let grant = input.grant(&peer_items, port_items.as_deref(), peer);
-            grants.push((format!("{} {location}", p.key), grant));
+            let tag = Arc::new(RuleRef {
+                policy: p.key.clone(),
+                direction: dir,
+                index: i,
+            });
+            grants.push((tag, grant));
         }
     }
+    // What the datapath's two entries for this peer hold, each port named by its rule.
     let mut errors = Vec::new();
-    let mut by_identity = PortSpec::none();
-    let mut by_blocks = PortSpec::none();
-    for (_, g) in &grants {
+    let mut by_identity = Allowed::none();
+    let mut by_blocks = Allowed::none();
+    for (tag, g) in &grants {
         if let Some(spec) = &g.identity {
-            by_identity.add(spec);
+            by_identity.add(&Allowed::by(spec, tag));
         }
-        by_blocks.add(&g.blocks);
+        by_blocks.add(&Allowed::by(&g.blocks, tag));
     }
     // The compiler denies a peer entry whose ports need more ranges than the datapath
     // scans (`compile`: "this peer is denied").
-    let fits = |spec: &PortSpec, what: &str, errors: &mut Vec<String>| match spec.to_portset() {
-        Ok(_) => true,
-        Err(n) => {
-            errors.push(format!(
-                "{n} distinct port ranges to {} through {what}, more than the {} the datapath supports; the compiler denies it that way",
-                peer.ip,
-                netpol_common::MAX_PORT_RANGES
-            ));
-            false
+    let fits = |entry: &Allowed, what: &str, errors: &mut Vec<String>| {
+        let n = entry.ranges().len();
+        if n <= netpol_common::MAX_PORT_RANGES {
+            return true;
         }
+        errors.push(format!(
+            "{n} distinct port ranges to {} through {what}, more than the {} the datapath supports; the compiler denies it that way",
+            peer.ip,
+            netpol_common::MAX_PORT_RANGES
+        ));
+        false
     };
     let identity_ok = fits(&by_identity, "pod selectors", &mut errors);
     let blocks_ok = fits(&by_blocks, "address blocks", &mut errors);
-    let rule = grants
-        .into_iter()
-        .find(|(_, g)| {
-            (identity_ok
-                && g.identity
-                    .as_ref()
-                    .is_some_and(|s| s.allows(protocol, port)))
-                || (blocks_ok && g.blocks.allows(protocol, port))
+    // The datapath looks at the identity's entry first.
+    let rule = identity_ok
+        .then(|| by_identity.rule_for(protocol, port))
+        .flatten()
+        .or_else(|| {
+            blocks_ok
+                .then(|| by_blocks.rule_for(protocol, port))
+                .flatten()
         })
-        .map(|(name, _)| name);
+        .map(|r| r.to_string());
     Judgement {
         allowed: rule.is_some(),
         rule,

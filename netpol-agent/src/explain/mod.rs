@@ -142,8 +142,8 @@ pub struct Side {
     pub allowed: bool,
     /// The isolating policies, `ns/name`, sorted.
     pub policies: Vec<String>,
-    /// The allowing rule, `ns/name egress[i]` or `ns/name ingress[i]`: the first in
-    /// (policy, index) order when several allow. `None` when nothing allows it, when the
+    /// The allowing rule, `ns/name egress[i]` or `ns/name ingress[i]`: the one the
+    /// datapath names when several allow (`compile::allowed`). `None` when nothing allows it, when the
     /// side is not isolated, or when it passes for another reason (own node, itself).
     pub rule: Option<String>,
     pub reason: String,

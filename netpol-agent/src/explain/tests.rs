@@ -143,7 +143,7 @@ fn deny_all_isolates_and_names_its_policy() {
 }
 
 #[test]
-fn the_first_allowing_rule_in_policy_then_index_order_is_reported() {
+fn the_rule_named_is_the_datapaths_pod_selectors_first_then_policy_order() {
     let c = cluster(
         r#"
 kind: NetworkPolicy
@@ -165,15 +165,26 @@ spec:
         x.ingress.policies,
         vec!["default/a-policy", "default/b-policy"]
     );
+    // A pod peer: the pod-selector rule, looked at first, although a-policy's rules
+    // without `from` (every address) allow it too.
     assert_eq!(
         x.ingress.rule.as_deref(),
-        Some("default/a-policy ingress[1]")
+        Some("default/b-policy ingress[1]")
     );
     let x = ask(&c, "default/client", "default/web-2", "7/UDP");
     assert_eq!(
         x.ingress.rule.as_deref(),
-        Some("default/a-policy ingress[2]")
+        Some("default/b-policy ingress[1]")
     );
+    // An address that is no pod: the first rule in policy order that allows the port.
+    for (port, rule) in [
+        ("8081/TCP", "default/a-policy ingress[1]"),
+        ("7/UDP", "default/a-policy ingress[2]"),
+        ("9999/TCP", "default/a-policy ingress[2]"),
+    ] {
+        let x = ask(&c, "192.0.2.7", "default/web-2", port);
+        assert_eq!(x.ingress.rule.as_deref(), Some(rule), "{port}");
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
 use netpol_common::{
     Addr, Counters, CtEntry, CtKey, EndpointInfo, IdentityId, IdentityKey, IfaceInfo, IfaceSlot,
-    PeerKey, PortSet, ServiceFlow, ServiceFlowKey, ServiceKey, meta, names,
+    PeerKey, PeerValue, PortSet, ServiceFlow, ServiceFlowKey, ServiceKey, meta, names,
 };
 
 use super::seed::Seeds;
@@ -30,11 +30,13 @@ pub struct KernelMaps {
     /// The node's uplinks, by ifindex: a pod's address coming in through one is forged.
     pub uplinks: HashMap<MapData, u32, u32>,
     pub meta: Array<MapData, u64>,
-    pub peers_by_identity: HashMap<MapData, IdentityKey, u32>,
+    pub peers_by_identity: HashMap<MapData, IdentityKey, PeerValue>,
     pub identities: HashMap<MapData, Addr, IdentityId>,
-    pub peers_cidr: LpmTrie<MapData, PeerKey, u32>,
+    pub peers_cidr: LpmTrie<MapData, PeerKey, PeerValue>,
     pub portsets: HashMap<MapData, u32, PortSet>,
     pub counters: PerCpuArray<MapData, Counters>,
+    /// Packets allowed per rule id.
+    pub rule_counters: PerCpuArray<MapData, u64>,
     /// When each slot was last retired: a program that read the old owner just before
     /// may still be reading its info, so the slot gets no new info for `SLOT_GRACE`.
     pub slots_retired: std::collections::HashMap<u32, Instant>,
@@ -110,18 +112,18 @@ impl MapOps for KernelMaps {
     fn del_portset(&mut self, id: u32) -> Result<(), MapError> {
         gone_ok(self.portsets.remove(&id)).map_err(op(names::PORTSETS, "remove"))
     }
-    fn set_peer(&mut self, key: PeerKey, prefix_len: u8, portset: u32) -> Result<(), MapError> {
+    fn set_peer(&mut self, key: PeerKey, prefix_len: u8, value: PeerValue) -> Result<(), MapError> {
         self.peers_cidr
-            .insert(&Key::new(lpm_len(prefix_len), key), portset, 0)
+            .insert(&Key::new(lpm_len(prefix_len), key), value, 0)
             .map_err(op(names::PEERS_CIDR, "insert"))
     }
     fn del_peer(&mut self, key: PeerKey, prefix_len: u8) -> Result<(), MapError> {
         gone_ok(self.peers_cidr.remove(&Key::new(lpm_len(prefix_len), key)))
             .map_err(op(names::PEERS_CIDR, "remove"))
     }
-    fn set_identity_peer(&mut self, key: IdentityKey, portset: u32) -> Result<(), MapError> {
+    fn set_identity_peer(&mut self, key: IdentityKey, value: PeerValue) -> Result<(), MapError> {
         self.peers_by_identity
-            .insert(key, portset, 0)
+            .insert(key, value, 0)
             .map_err(op(names::PEERS_BY_IDENTITY, "insert"))
     }
     fn del_identity_peer(&mut self, key: IdentityKey) -> Result<(), MapError> {
@@ -280,21 +282,35 @@ impl MapOps for KernelMaps {
     }
 
     fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), MapError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapError::Op {
-            map: names::COUNTERS,
-            op: "count cpus",
-            message: e.to_string(),
-        })?;
-        let zero =
-            PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| MapError::Op {
-                map: names::COUNTERS,
-                op: "reset",
-                message: e.to_string(),
-            })?;
+        let zero = per_cpu_zero(names::COUNTERS, Counters::default())?;
         self.counters
             .set(endpoint_id, zero, 0)
             .map_err(op(names::COUNTERS, "reset"))
     }
+
+    fn reset_rule_counter(&mut self, rule_id: u32) -> Result<(), MapError> {
+        let zero = per_cpu_zero(names::RULE_COUNTERS, 0u64)?;
+        self.rule_counters
+            .set(rule_id, zero, 0)
+            .map_err(op(names::RULE_COUNTERS, "reset"))
+    }
+}
+
+/// One `value` per possible CPU.
+fn per_cpu_zero<T: aya::Pod + Clone>(
+    map: &'static str,
+    value: T,
+) -> Result<PerCpuValues<T>, MapError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapError::Op {
+        map,
+        op: "count cpus",
+        message: e.to_string(),
+    })?;
+    PerCpuValues::try_from(vec![value; cpus]).map_err(|e| MapError::Op {
+        map,
+        op: "reset",
+        message: e.to_string(),
+    })
 }
 
 impl KernelMaps {
@@ -476,6 +492,15 @@ impl KernelMaps {
             .chain(self.conntrack_new.iter())
             .filter_map(Result::ok)
             .collect()
+    }
+
+    /// Packets a rule id allowed, summed over CPUs.
+    pub fn rule_packets(&self, rule_id: u32) -> Result<u64, MapError> {
+        let per_cpu = self
+            .rule_counters
+            .get(&rule_id, 0)
+            .map_err(op(names::RULE_COUNTERS, "read"))?;
+        Ok(per_cpu.iter().sum())
     }
 
     /// Packets per reason of one endpoint, summed over CPUs.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use netpol_common::{
-    Addr, EndpointInfo, IdentityId, IdentityKey, IfaceInfo, PORTSET_ALL, PORTSET_NONE, PeerKey,
-    PortSet, ServiceKey,
+    Addr, EndpointInfo, IdentityId, IdentityKey, IfaceInfo, NO_PORTSET, PeerKey, PeerValue,
+    PortSet, REST_DENIED, RULE_UNNAMED, RULESET_ALLOW_ALL, ServiceKey,
 };
 
 use super::{MapError, MapOps, addr_of};
@@ -17,9 +17,9 @@ use crate::state::Protocol;
 #[derive(Default)]
 pub struct MemoryMaps {
     pub portsets: BTreeMap<u32, PortSet>,
-    pub by_identity: BTreeMap<IdentityKey, u32>,
+    pub by_identity: BTreeMap<IdentityKey, PeerValue>,
     pub identities: BTreeMap<Addr, IdentityId>,
-    pub cidr: BTreeMap<([u8; 4], Addr, u8), u32>,
+    pub cidr: BTreeMap<([u8; 4], Addr, u8), PeerValue>,
     pub endpoints: BTreeMap<Addr, EndpointInfo>,
     pub ifaces: BTreeMap<u32, IfaceInfo>,
     pub services: BTreeMap<ServiceKey, ()>,
@@ -40,20 +40,20 @@ impl MapOps for MemoryMaps {
         self.portsets.remove(&id);
         Ok(())
     }
-    fn set_peer(&mut self, key: PeerKey, len: u8, portset: u32) -> Result<(), MapError> {
+    fn set_peer(&mut self, key: PeerKey, len: u8, value: PeerValue) -> Result<(), MapError> {
         self.check_capacity()?;
         self.writes += 1;
-        self.cidr.insert((key.ruleset_be, key.addr, len), portset);
+        self.cidr.insert((key.ruleset_be, key.addr, len), value);
         Ok(())
     }
     fn del_peer(&mut self, key: PeerKey, len: u8) -> Result<(), MapError> {
         self.cidr.remove(&(key.ruleset_be, key.addr, len));
         Ok(())
     }
-    fn set_identity_peer(&mut self, key: IdentityKey, portset: u32) -> Result<(), MapError> {
+    fn set_identity_peer(&mut self, key: IdentityKey, value: PeerValue) -> Result<(), MapError> {
         self.check_capacity()?;
         self.writes += 1;
-        self.by_identity.insert(key, portset);
+        self.by_identity.insert(key, value);
         Ok(())
     }
     fn del_identity_peer(&mut self, key: IdentityKey) -> Result<(), MapError> {
@@ -119,6 +119,9 @@ impl MapOps for MemoryMaps {
     fn reset_counters(&mut self, _id: u32) -> Result<(), MapError> {
         Ok(())
     }
+    fn reset_rule_counter(&mut self, _id: u32) -> Result<(), MapError> {
+        Ok(())
+    }
     fn existing(&self) -> Result<super::Existing, MapError> {
         Ok(super::Existing {
             endpoints: self.endpoints.iter().map(|(a, i)| (*a, *i)).collect(),
@@ -174,10 +177,10 @@ impl MemoryMaps {
     }
 
     /// Same order as `allowed()` in the BPF verdict code: the peer's identity, then the
-    /// longest block containing its address.
-    pub fn allows(&self, set: u32, peer: IpAddr, proto: Protocol, port: u16) -> bool {
-        if set == 0 {
-            return true;
+    /// longest block containing its address. The rule id it names when it allows.
+    pub fn rule_for(&self, set: u32, peer: IpAddr, proto: Protocol, port: u16) -> Option<u32> {
+        if set == RULESET_ALLOW_ALL {
+            return Some(RULE_UNNAMED);
         }
         let addr = addr_of(peer);
         let by_identity = self.identities.get(&addr).and_then(|identity| {
@@ -186,25 +189,29 @@ impl MemoryMaps {
                 identity: *identity,
             })
         });
-        if by_identity.is_some_and(|p| self.portset_allows(*p, proto, port)) {
-            return true;
+        if let Some(rule) = by_identity.and_then(|v| self.peer_allows(*v, proto, port)) {
+            return Some(rule);
         }
         let id = set.to_be_bytes();
         self.cidr
             .iter()
             .filter(|((i, a, len), _)| *i == id && prefix_match(a, *len, &addr))
             .max_by_key(|((_, _, len), _)| *len)
-            .is_some_and(|(_, p)| self.portset_allows(*p, proto, port))
+            .and_then(|(_, v)| self.peer_allows(*v, proto, port))
     }
 
-    fn portset_allows(&self, portset: u32, proto: Protocol, port: u16) -> bool {
-        match portset {
-            PORTSET_ALL => true,
-            PORTSET_NONE => false,
+    pub fn allows(&self, set: u32, peer: IpAddr, proto: Protocol, port: u16) -> bool {
+        self.rule_for(set, peer, proto, port).is_some()
+    }
+
+    fn peer_allows(&self, value: PeerValue, proto: Protocol, port: u16) -> Option<u32> {
+        let ranges = match value.portset {
+            NO_PORTSET => None,
             id => self
                 .portsets
                 .get(&id)
-                .is_some_and(|s| s.allows(proto.number(), port)),
-        }
+                .and_then(|s| s.rule_for(proto.number(), port)),
+        };
+        ranges.or((value.rest_rule != REST_DENIED).then_some(value.rest_rule))
     }
 }

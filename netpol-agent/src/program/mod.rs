@@ -7,6 +7,7 @@
 
 pub mod kernel;
 pub mod memory;
+mod rules;
 pub mod seed;
 #[cfg(test)]
 mod tests;
@@ -17,12 +18,15 @@ use std::sync::Arc;
 
 use netpol_common::{
     Addr, EndpointInfo, IFACE_HAS_V4, IFACE_HAS_V6, IdentityId, IdentityKey, IfaceInfo,
-    PORTSET_ALL, PORTSET_NONE, PeerKey, PortSet, RULESET_ALLOW_ALL, ServiceKey, names,
+    MAX_PORT_RANGES, NO_PORTSET, PeerKey, PeerValue, PortRange, PortSet, REST_DENIED,
+    RULESET_ALLOW_ALL, ServiceKey, names,
 };
 
-use crate::compile::ports::PortSpec;
+use crate::compile::allowed::{Allowed, RuleTag};
+use crate::compile::ports::Ports;
 use crate::compile::{Identity, Plan, RuleSet, ServicePort};
 use crate::state::ObjectRef;
+use rules::RuleIds;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
@@ -42,10 +46,10 @@ pub trait MapOps {
     fn set_portset(&mut self, id: u32, set: &PortSet) -> Result<(), MapError>;
     fn del_portset(&mut self, id: u32) -> Result<(), MapError>;
     /// An ipBlock entry; `prefix_len` counts address bits only (0..=128).
-    fn set_peer(&mut self, key: PeerKey, prefix_len: u8, portset: u32) -> Result<(), MapError>;
+    fn set_peer(&mut self, key: PeerKey, prefix_len: u8, value: PeerValue) -> Result<(), MapError>;
     fn del_peer(&mut self, key: PeerKey, prefix_len: u8) -> Result<(), MapError>;
     /// A pod-selector entry: what rule set `key.ruleset` allows to pods of `key.identity`.
-    fn set_identity_peer(&mut self, key: IdentityKey, portset: u32) -> Result<(), MapError>;
+    fn set_identity_peer(&mut self, key: IdentityKey, value: PeerValue) -> Result<(), MapError>;
     fn del_identity_peer(&mut self, key: IdentityKey) -> Result<(), MapError>;
     /// Which identity a pod address has.
     fn set_identity(&mut self, addr: Addr, identity: IdentityId) -> Result<(), MapError>;
@@ -64,6 +68,8 @@ pub trait MapOps {
     /// pod given the same address must not inherit them). Returns how many.
     fn forget_connections(&mut self, addrs: &BTreeSet<Addr>) -> Result<usize, MapError>;
     fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), MapError>;
+    /// Zeroes a rule id's packet counter before the id names another rule.
+    fn reset_rule_counter(&mut self, rule_id: u32) -> Result<(), MapError>;
     /// Everything the maps hold now, for adopting the state of an earlier run.
     fn existing(&self) -> Result<Existing, MapError>;
 }
@@ -103,10 +109,10 @@ pub fn addr_of(ip: IpAddr) -> Addr {
 /// A rule set as it sits in the maps.
 struct LoadedSet {
     id: u32,
-    /// Port set of each peer identity written.
-    peers: BTreeMap<IdentityId, u32>,
-    /// (key, address prefix length, portset id) of every block entry written.
-    blocks: Vec<(PeerKey, u8, u32)>,
+    /// Value of each peer identity written.
+    peers: BTreeMap<IdentityId, PeerValue>,
+    /// (key, address prefix length, value) of every block entry written.
+    blocks: Vec<(PeerKey, u8, PeerValue)>,
 }
 
 impl LoadedSet {
@@ -138,7 +144,7 @@ pub struct ApplyStats {
 }
 
 /// Bounded id allocator; ids are reused after release.
-struct Ids {
+pub(crate) struct Ids {
     next: u32,
     free: BTreeSet<u32>,
     limit: u32,
@@ -169,13 +175,23 @@ impl Ids {
     }
 }
 
+/// A port set as it sits in the maps, keyed by its ranges.
+struct LoadedPortSet {
+    id: u32,
+    /// Entries using it.
+    refs: usize,
+    /// The rule ids its ranges name (held while it exists).
+    rules: Vec<u32>,
+}
+
 pub struct Programmer<M: MapOps> {
     maps: M,
     /// Keyed by the latest plan's own `Arc` of each set (see `recognise_sets`).
     sets: HashMap<Arc<RuleSet>, LoadedSet>,
     set_ids: Ids,
-    portsets: HashMap<PortSpec, (u32, usize)>,
+    portsets: HashMap<Vec<(Ports, RuleTag)>, LoadedPortSet>,
     portset_ids: Ids,
+    rule_ids: RuleIds,
     endpoint_ids: BTreeMap<ObjectRef, u32>,
     ep_ids: Ids,
     endpoints: BTreeMap<Addr, EndpointInfo>,
@@ -268,9 +284,10 @@ impl<M: MapOps> Programmer<M> {
             sets: HashMap::new(),
             // 0 means "not isolated".
             set_ids: Ids::new(1, u32::MAX, "rule sets"),
-            // 0 and u32::MAX are the "all" and "none" sentinels.
-            portset_ids: Ids::new(1, u32::MAX - 1, "port sets"),
+            // 0 is `NO_PORTSET`.
+            portset_ids: Ids::new(1, u32::MAX, "port sets"),
             portsets: HashMap::new(),
+            rule_ids: RuleIds::new(),
             endpoint_ids: BTreeMap::new(),
             // Id 0 is left for traffic that belongs to no endpoint.
             ep_ids: Ids::new(1, max_endpoints, "endpoints"),
@@ -861,7 +878,7 @@ impl<M: MapOps> Programmer<M> {
         }
         self.leftover_peers = kept;
         if self.leftover_peers.is_empty() && self.leftover_identity_peers.is_empty() {
-            let mine: BTreeSet<u32> = self.portsets.values().map(|(id, _)| *id).collect();
+            let mine: BTreeSet<u32> = self.portsets.values().map(|p| p.id).collect();
             for id in std::mem::take(&mut self.leftover_portsets) {
                 if !mine.contains(&id) {
                     self.maps.del_portset(id)?;
@@ -882,48 +899,105 @@ impl<M: MapOps> Programmer<M> {
         Ok(id)
     }
 
-    fn portset_for(&mut self, spec: &PortSpec) -> Result<u32, MapError> {
-        if *spec == PortSpec::All {
-            return Ok(PORTSET_ALL);
-        }
-        if spec.is_none() {
-            return Ok(PORTSET_NONE);
-        }
-        if let Some((id, refs)) = self.portsets.get_mut(spec) {
-            *refs += 1;
-            return Ok(*id);
-        }
-        // compile() already replaced sets that do not fit with "none".
-        let Ok(Some(encoded)) = spec.to_portset() else {
-            return Ok(PORTSET_NONE);
+    /// The peer entry of `spec`, holding its port set and rule ids.
+    fn peer_value(&mut self, spec: &Allowed) -> Result<PeerValue, MapError> {
+        let portset = self.portset_for(spec.ranges())?;
+        let rest_rule = match spec.rest() {
+            Some(rule) => match self.rule_ids.acquire(rule, &mut self.maps) {
+                Ok(id) => id,
+                Err(e) => {
+                    self.release_portset(portset)?;
+                    return Err(e);
+                }
+            },
+            None => REST_DENIED,
         };
-        let id = self.portset_ids.take()?;
-        self.maps.set_portset(id, &encoded)?;
-        self.portsets.insert(spec.clone(), (id, 1));
-        Ok(id)
+        Ok(PeerValue { portset, rest_rule })
+    }
+
+    fn release_peer_value(&mut self, value: PeerValue) -> Result<(), MapError> {
+        self.release_portset(value.portset)?;
+        if value.rest_rule != REST_DENIED {
+            self.rule_ids.release(value.rest_rule);
+        }
+        Ok(())
+    }
+
+    fn portset_for(&mut self, ranges: &[(Ports, RuleTag)]) -> Result<u32, MapError> {
+        // compile() already replaced sets that do not fit with "none".
+        if ranges.is_empty() || ranges.len() > MAX_PORT_RANGES {
+            return Ok(NO_PORTSET);
+        }
+        if let Some(loaded) = self.portsets.get_mut(ranges) {
+            loaded.refs += 1;
+            return Ok(loaded.id);
+        }
+        let mut encoded = PortSet {
+            len: ranges.len() as u32,
+            ..Default::default()
+        };
+        let mut rules = Vec::with_capacity(ranges.len());
+        for ((r, rule), slot) in ranges.iter().zip(encoded.ranges.iter_mut()) {
+            let id = self.rule_ids.acquire(rule, &mut self.maps)?;
+            rules.push(id);
+            *slot = PortRange {
+                proto: r.protocol.number(),
+                _pad: 0,
+                first: r.first,
+                last: r.last,
+                _pad2: 0,
+                rule: id,
+            };
+        }
+        let written = self
+            .portset_ids
+            .take()
+            .and_then(|id| self.maps.set_portset(id, &encoded).map(|()| id));
+        match written {
+            Ok(id) => {
+                let loaded = LoadedPortSet { id, refs: 1, rules };
+                self.portsets.insert(ranges.to_vec(), loaded);
+                Ok(id)
+            }
+            Err(e) => {
+                for id in rules {
+                    self.rule_ids.release(id);
+                }
+                Err(e)
+            }
+        }
     }
 
     fn release_portset(&mut self, id: u32) -> Result<(), MapError> {
-        if id == PORTSET_ALL || id == PORTSET_NONE {
+        if id == NO_PORTSET {
             return Ok(());
         }
-        let Some(spec) = self
+        let Some(key) = self
             .portsets
             .iter()
-            .find(|(_, (pid, _))| *pid == id)
-            .map(|(s, _)| s.clone())
+            .find(|(_, p)| p.id == id)
+            .map(|(k, _)| k.clone())
         else {
             return Ok(());
         };
-        if let Some((_, refs)) = self.portsets.get_mut(&spec) {
-            *refs -= 1;
-            if *refs == 0 {
-                self.portsets.remove(&spec);
+        if let Some(loaded) = self.portsets.get_mut(&key) {
+            loaded.refs -= 1;
+            if loaded.refs == 0
+                && let Some(gone) = self.portsets.remove(&key)
+            {
+                for rule in gone.rules {
+                    self.rule_ids.release(rule);
+                }
                 self.maps.del_portset(id)?;
                 self.portset_ids.release(id);
             }
         }
         Ok(())
+    }
+
+    /// Every rule the maps name, by id (the labels of the rule counters).
+    pub fn rule_names(&self) -> &BTreeMap<u32, RuleTag> {
+        self.rule_ids.names()
     }
 
     fn write_set(&mut self, set: &RuleSet) -> Result<LoadedSet, MapError> {
@@ -950,40 +1024,40 @@ impl<M: MapOps> Programmer<M> {
             let Some(identity) = self.identity_ids.get(identity).copied() else {
                 continue;
             };
-            let portset = self.portset_for(spec)?;
+            let value = self.peer_value(spec)?;
             let key = IdentityKey {
                 ruleset: loaded.id,
                 identity,
             };
-            if let Err(e) = self.maps.set_identity_peer(key, portset) {
-                self.release_portset(portset)?;
+            if let Err(e) = self.maps.set_identity_peer(key, value) {
+                self.release_peer_value(value)?;
                 return Err(e);
             }
-            loaded.peers.insert(identity, portset);
+            loaded.peers.insert(identity, value);
         }
         for (prefix, spec) in &set.blocks {
-            let portset = self.portset_for(spec)?;
+            let value = self.peer_value(spec)?;
             let key = PeerKey::new(loaded.id, prefix.addr());
-            if let Err(e) = self.maps.set_peer(key, prefix.bits(), portset) {
-                self.release_portset(portset)?;
+            if let Err(e) = self.maps.set_peer(key, prefix.bits(), value) {
+                self.release_peer_value(value)?;
                 return Err(e);
             }
-            loaded.blocks.push((key, prefix.bits(), portset));
+            loaded.blocks.push((key, prefix.bits(), value));
         }
         Ok(())
     }
 
     fn delete_set(&mut self, loaded: LoadedSet) -> Result<(), MapError> {
-        for (identity, portset) in &loaded.peers {
+        for (identity, value) in &loaded.peers {
             self.maps.del_identity_peer(IdentityKey {
                 ruleset: loaded.id,
                 identity: *identity,
             })?;
-            self.release_portset(*portset)?;
+            self.release_peer_value(*value)?;
         }
-        for (key, len, portset) in &loaded.blocks {
+        for (key, len, value) in &loaded.blocks {
             self.maps.del_peer(*key, *len)?;
-            self.release_portset(*portset)?;
+            self.release_peer_value(*value)?;
         }
         // The id is not released: conntrack entries may still name it, and an entry must
         // never validate against a different rule set that reused it.

@@ -197,6 +197,8 @@ fn entry(
             last_seen_ns: now_ns,
             opener_set: CT_UNDECIDED,
             acceptor_set: CT_UNDECIDED,
+            opener_rule: netpol_common::RULE_UNNAMED,
+            acceptor_rule: netpol_common::RULE_UNNAMED,
             flags,
             _pad: [0; 7],
         },

@@ -75,6 +75,16 @@ fn maps_decide_like_the_plan() {
                     "{} from {peer}:{port}",
                     ep.pod
                 );
+                // The maps name the rule the plan names.
+                let named = m
+                    .rule_for(info.ingress_set, *peer, Protocol::Tcp, port)
+                    .and_then(|id| p.rule_names().get(&id))
+                    .map(|r| r.to_string());
+                let planned = ep
+                    .ingress
+                    .and_then(|r| plan.rule_for(r, *peer, Protocol::Tcp, port))
+                    .map(|r| r.to_string());
+                assert_eq!(named, planned, "{} from {peer}:{port}", ep.pod);
             }
         }
     }
@@ -130,8 +140,11 @@ fn removing_everything_leaves_empty_maps() {
     let plan = compile::compile(&state(80), "n1");
     let mut p = Programmer::new(MemoryMaps::default(), 100);
     p.apply(&plan, &ifindexes(&plan)).unwrap();
+    let rules: Vec<String> = p.rule_names().values().map(|r| r.to_string()).collect();
+    assert_eq!(rules, ["default/p ingress[0]", "default/p ingress[1]"]);
     p.apply(&compile::Plan::default(), &BTreeMap::new())
         .unwrap();
+    assert!(p.rule_names().is_empty(), "rule ids are released");
     let m = p.maps();
     assert!(m.by_identity.is_empty() && m.cidr.is_empty() && m.portsets.is_empty());
     assert!(m.identities.is_empty());

@@ -159,6 +159,22 @@ impl Collector for StatusMetrics {
                 ConstCounter::new(*n).encode(packets.encode_family(&labels)?)?;
             }
         }
+        let mut by_rule = encoder.encode_descriptor(
+            "netpol_policy_rule_packets",
+            "Packets allowed per NetworkPolicy rule on this node: connection openings it allowed and the packets of those connections",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &s.rules {
+            let rule = format!("{}[{}]", r.direction, r.index);
+            let labels = [
+                ("namespace", r.namespace.as_str()),
+                ("policy", r.policy.as_str()),
+                ("rule", rule.as_str()),
+                ("direction", r.direction.as_str()),
+            ];
+            ConstCounter::new(r.packets).encode(by_rule.encode_family(&labels)?)?;
+        }
         let e = &mut encoder;
         gauge(
             e,

@@ -31,6 +31,20 @@ pub struct EndpointStatus {
     pub packets: BTreeMap<String, u64>,
 }
 
+/// One policy rule the maps name, and the packets it allowed on this node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuleStatus {
+    pub namespace: String,
+    pub policy: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    pub index: usize,
+    /// Packets of connections it allowed (their openings and what followed), counted at
+    /// the pod's veth or uplink that decided them, summed over CPUs. Starts again from 0
+    /// when the rule stops being named by the maps and comes back.
+    pub packets: u64,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Status {
     pub node: String,
@@ -67,6 +81,9 @@ pub struct Status {
     /// then enforced only once the API and the kernel show them.
     pub cni_install_error: Option<String>,
     pub endpoints: Vec<EndpointStatus>,
+    /// The rules the maps name.
+    #[serde(default)]
+    pub rules: Vec<RuleStatus>,
     /// Entries in each map: what the agent wrote, and for the conntrack maps what the
     /// last sweep left (every 30 s).
     #[serde(default)]

@@ -15,7 +15,8 @@ use netpol_agent::datapath::{AttachMode, Datapath, Hook, MapSizes};
 use netpol_agent::program::MapOps;
 use netpol_agent::program::kernel::KernelMaps;
 use netpol_common::{
-    Addr, EndpointInfo, IFACE_HAS_V4, IfaceInfo, PROTO_TCP, PeerKey, PortRange, PortSet,
+    Addr, EndpointInfo, IFACE_HAS_V4, IfaceInfo, PROTO_TCP, PeerKey, PeerValue, PortRange, PortSet,
+    REST_DENIED,
 };
 use netpol_tests::netbench;
 use netpol_tests::sandbox::{Config, Family};
@@ -123,17 +124,23 @@ fn program_cidrs(maps: &mut KernelMaps, set: u32, n: u32) -> Result<()> {
         _pad: 0,
         first: 443,
         last: 443,
+        _pad2: 0,
+        rule: 1,
     };
     ports.len = 1;
     maps.set_portset(set, &ports)?;
+    let value = PeerValue {
+        portset: set,
+        rest_rule: REST_DENIED,
+    };
     let peer_block = [PEER[0], PEER[1], PEER[2], 0];
-    maps.set_peer(PeerKey::new(set, Addr::from_v4(peer_block)), 96 + 24, set)?;
+    maps.set_peer(PeerKey::new(set, Addr::from_v4(peer_block)), 96 + 24, value)?;
     for i in 1..n {
         let block = [10, (i >> 8) as u8, i as u8, 0];
         if block == peer_block {
             continue;
         }
-        maps.set_peer(PeerKey::new(set, Addr::from_v4(block)), 96 + 24, set)?;
+        maps.set_peer(PeerKey::new(set, Addr::from_v4(block)), 96 + 24, value)?;
     }
     Ok(())
 }

@@ -1,0 +1,281 @@
+//! What a rule set allows one peer, port by port, and which rule allows each port.
+//!
+//! Several rules may allow the same port to the same peer; the datapath names one of them,
+//! always the same: the first in policy order (namespace, name, direction, rule index).
+//! A pod peer allowed by a pod-selector rule is named by that rule even when an ipBlock
+//! rule comes first (the datapath looks at the peer's identity first).
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::Direction;
+use super::ports::{PortSpec, Ports};
+use crate::state::{ObjectRef, Protocol};
+
+/// One rule of one policy: `ns/name ingress[i]`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleRef {
+    pub policy: ObjectRef,
+    pub direction: Direction,
+    pub index: usize,
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}[{}]", self.policy, self.direction, self.index)
+    }
+}
+
+/// Shared: every port range a rule allows names it.
+pub type RuleTag = Arc<RuleRef>;
+
+/// Ports allowed to one peer, each with the rule it is named by.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Allowed {
+    /// Disjoint ranges sorted by (protocol, first port), adjacent ones merged when they
+    /// name the same rule; none names a rule after `rest` (that rule names them).
+    ranges: Vec<(Ports, RuleTag)>,
+    /// The rule that allows every port no range names (a rule without ports).
+    rest: Option<RuleTag>,
+}
+
+impl Allowed {
+    /// Nothing allowed.
+    pub fn none() -> Self {
+        Allowed::default()
+    }
+
+    /// What one rule allows the peer.
+    pub fn by(spec: &PortSpec, rule: &RuleTag) -> Self {
+        match spec {
+            PortSpec::All => Allowed {
+                ranges: Vec::new(),
+                rest: Some(rule.clone()),
+            },
+            PortSpec::Only(set) => Allowed {
+                ranges: set.iter().map(|r| (*r, rule.clone())).collect(),
+                rest: None,
+            },
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.ranges.is_empty() && self.rest.is_none()
+    }
+
+    pub fn ranges(&self) -> &[(Ports, RuleTag)] {
+        &self.ranges
+    }
+
+    pub fn rest(&self) -> Option<&RuleTag> {
+        self.rest.as_ref()
+    }
+
+    /// The rule that allows `protocol`/`port`, if one does.
+    pub fn rule_for(&self, protocol: Protocol, port: u16) -> Option<&RuleTag> {
+        self.ranges
+            .iter()
+            .find(|(r, _)| r.protocol == protocol && r.first <= port && port <= r.last)
+            .map(|(_, rule)| rule)
+            .or(self.rest.as_ref())
+    }
+
+    pub fn allows(&self, protocol: Protocol, port: u16) -> bool {
+        self.rule_for(protocol, port).is_some()
+    }
+
+    /// `self ∪= other`; a port both allow is named by the first of their rules.
+    pub fn add(&mut self, other: &Allowed) {
+        if other.is_none() {
+            return;
+        }
+        let rest = match (self.rest.take(), &other.rest) {
+            (Some(a), Some(b)) => Some(if *b < a { b.clone() } else { a }),
+            (a, b) => a.or_else(|| b.clone()),
+        };
+        let mut by_rule: Vec<(Ports, RuleTag)> = std::mem::take(&mut self.ranges);
+        by_rule.extend(other.ranges.iter().cloned());
+        by_rule.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+        // First rules first: each range takes only the ports no earlier rule took.
+        let mut taken: Vec<(Ports, RuleTag)> = Vec::with_capacity(by_rule.len());
+        for (range, rule) in by_rule {
+            if rest.as_ref().is_some_and(|r| *r <= rule) {
+                continue;
+            }
+            for free in uncovered(range, &taken) {
+                taken.push((free, rule.clone()));
+            }
+        }
+        taken.sort_by_key(|(range, _)| *range);
+        let mut merged: Vec<(Ports, RuleTag)> = Vec::with_capacity(taken.len());
+        for (range, rule) in taken {
+            match merged.last_mut() {
+                Some((last, last_rule))
+                    if last.protocol == range.protocol
+                        && u32::from(last.last) + 1 == u32::from(range.first)
+                        && *last_rule == rule =>
+                {
+                    last.last = range.last;
+                }
+                _ => merged.push((range, rule)),
+            }
+        }
+        self.ranges = merged;
+        self.rest = rest;
+    }
+
+    /// Allows nothing from now on (a peer the datapath cannot hold).
+    pub fn clear(&mut self) {
+        self.ranges.clear();
+        self.rest = None;
+    }
+}
+
+/// The parts of `range` that no range of `taken` covers.
+fn uncovered(range: Ports, taken: &[(Ports, RuleTag)]) -> Vec<Ports> {
+    let mut covers: Vec<(u16, u16)> = taken
+        .iter()
+        .filter(|(t, _)| {
+            t.protocol == range.protocol && t.first <= range.last && range.first <= t.last
+        })
+        .map(|(t, _)| (t.first, t.last))
+        .collect();
+    covers.sort_unstable();
+    let mut out = Vec::new();
+    let mut next = u32::from(range.first);
+    for (first, last) in covers {
+        if u32::from(first) > next {
+            out.push(Ports {
+                protocol: range.protocol,
+                first: next as u16,
+                last: first - 1,
+            });
+        }
+        next = next.max(u32::from(last) + 1);
+    }
+    if next <= u32::from(range.last) {
+        out.push(Ports {
+            protocol: range.protocol,
+            first: next as u16,
+            last: range.last,
+        });
+    }
+    out
+}
+
+impl super::prefix::Union for Allowed {
+    fn none() -> Self {
+        Allowed::none()
+    }
+    fn add(&mut self, other: &Self) {
+        Allowed::add(self, other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str, index: usize) -> RuleTag {
+        Arc::new(RuleRef {
+            policy: ObjectRef::new("ns", name),
+            direction: Direction::Ingress,
+            index,
+        })
+    }
+
+    fn tcp(first: u16, last: u16) -> Ports {
+        Ports {
+            protocol: Protocol::Tcp,
+            first,
+            last,
+        }
+    }
+
+    fn only(ranges: &[Ports]) -> PortSpec {
+        PortSpec::from_ranges(ranges.iter().copied())
+    }
+
+    fn named(a: &Allowed, port: u16) -> Option<String> {
+        a.rule_for(Protocol::Tcp, port).map(|r| r.to_string())
+    }
+
+    #[test]
+    fn overlapping_ports_are_named_by_the_first_rule_in_either_order() {
+        let (a, b) = (rule("a", 0), rule("b", 0));
+        let mut one = Allowed::by(&only(&[tcp(80, 90)]), &b);
+        one.add(&Allowed::by(&only(&[tcp(85, 100)]), &a));
+        let mut two = Allowed::by(&only(&[tcp(85, 100)]), &a);
+        two.add(&Allowed::by(&only(&[tcp(80, 90)]), &b));
+        assert_eq!(one, two);
+        assert_eq!(named(&one, 80).as_deref(), Some("ns/b ingress[0]"));
+        assert_eq!(named(&one, 84).as_deref(), Some("ns/b ingress[0]"));
+        assert_eq!(named(&one, 85).as_deref(), Some("ns/a ingress[0]"));
+        assert_eq!(named(&one, 100).as_deref(), Some("ns/a ingress[0]"));
+        assert_eq!(named(&one, 101), None);
+        assert_eq!(one.ranges().len(), 2);
+    }
+
+    #[test]
+    fn a_rule_without_ports_names_what_no_earlier_rule_names() {
+        let (a, b, c) = (rule("a", 0), rule("b", 0), rule("c", 0));
+        let mut set = Allowed::by(&PortSpec::All, &b);
+        set.add(&Allowed::by(&only(&[tcp(80, 80)]), &a));
+        set.add(&Allowed::by(&only(&[tcp(443, 443)]), &c));
+        assert_eq!(named(&set, 80).as_deref(), Some("ns/a ingress[0]"));
+        assert_eq!(named(&set, 443).as_deref(), Some("ns/b ingress[0]"));
+        assert_eq!(named(&set, 7).as_deref(), Some("ns/b ingress[0]"));
+        assert!(set.allows(Protocol::Sctp, 9));
+        // c's range is named by b: it is not kept.
+        assert_eq!(set.ranges().len(), 1);
+    }
+
+    #[test]
+    fn adjacent_ranges_merge_only_under_one_rule() {
+        let (a, b) = (rule("a", 0), rule("a", 1));
+        let mut set = Allowed::by(&only(&[tcp(80, 80)]), &a);
+        set.add(&Allowed::by(&only(&[tcp(81, 81)]), &a));
+        assert_eq!(set.ranges().len(), 1);
+        set.add(&Allowed::by(&only(&[tcp(82, 82)]), &b));
+        assert_eq!(set.ranges().len(), 2);
+    }
+
+    #[test]
+    fn union_allows_what_either_allows() {
+        // Random ranges of random rules: the union allows a port exactly when one of
+        // them does, and names the first of those that do.
+        let mut seed = 0x5eed_u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for _ in 0..300 {
+            let grants: Vec<(PortSpec, RuleTag)> = (0..1 + next(5))
+                .map(|_| {
+                    let r = rule(&format!("p{}", next(4)), next(2) as usize);
+                    let spec = if next(6) == 0 {
+                        PortSpec::All
+                    } else {
+                        let first = next(20) as u16;
+                        only(&[tcp(first, first + next(6) as u16)])
+                    };
+                    (spec, r)
+                })
+                .collect();
+            let mut set = Allowed::none();
+            for (spec, r) in &grants {
+                set.add(&Allowed::by(spec, r));
+            }
+            for port in 0..30 {
+                let expected = grants
+                    .iter()
+                    .filter(|(s, _)| s.allows(Protocol::Tcp, port))
+                    .map(|(_, r)| r)
+                    .min();
+                assert_eq!(set.rule_for(Protocol::Tcp, port), expected, "{grants:?}");
+            }
+        }
+    }
+}
