@@ -242,6 +242,13 @@ mod tests {
     async fn http_endpoint_answers_as_its_state_says() {
         let status: Shared = Arc::new(Mutex::new(Status {
             endpoints: vec![endpoint("default/a", Some("veth1"), true)],
+            rules: vec![crate::status::RuleStatus {
+                namespace: "default".into(),
+                policy: "web".into(),
+                direction: "ingress".into(),
+                index: 0,
+                packets: 7,
+            }],
             ..Default::default()
         }));
         let health = Arc::new(Health::default());
@@ -307,6 +314,7 @@ mod tests {
             "netpol_events_lost_total",
             "netpol_propagation_seconds_count",
             "netpol_attach_failures_total",
+            "netpol_policy_rule_packets_total",
         ] {
             assert!(
                 scrape.samples.iter().any(|s| s.metric == metric),

@@ -295,6 +295,13 @@ mod tests {
         };
         let mut s = s;
         s.endpoints[0].packets.insert("drop_egress".into(), 3);
+        s.rules.push(crate::status::RuleStatus {
+            namespace: "default".into(),
+            policy: "web".into(),
+            direction: "ingress".into(),
+            index: 1,
+            packets: 42,
+        });
         let text = Metrics::new(Arc::new(Mutex::new(s)), Default::default())
             .encode()
             .expect("encode");
@@ -306,6 +313,12 @@ mod tests {
         );
         assert!(
             text.contains("netpol_endpoints_unhooked{isolated=\"true\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "netpol_policy_rule_packets_total{namespace=\"default\",policy=\"web\",rule=\"ingress[1]\",direction=\"ingress\"} 42\n"
+            ),
             "{text}"
         );
         assert!(
@@ -334,6 +347,7 @@ mod tests {
             ..Default::default()
         };
         status.endpoints[0].packets.insert("drop_egress".into(), 1);
+        status.rules.push(crate::status::RuleStatus::default());
         status.map_entries.insert("CONNTRACK".into(), 1);
         status.map_capacity.insert("CONNTRACK".into(), 2);
         let exposed = Metrics::new(Arc::new(Mutex::new(status)), Default::default())
