@@ -263,16 +263,19 @@ impl ClusterState {
         Ok(replace(&mut self.services, key, ServiceInfo { ips, ports }))
     }
 
-    /// Keeps the spec, the name and netpol's own annotation: nothing else of the object is
-    /// read, and the rest (managedFields above all) is most of its size.
+    /// Keeps the spec, the name and netpol's own annotations: nothing else of the object
+    /// is read, and the rest (managedFields above all) is most of its size.
     pub fn upsert_policy(&mut self, policy: &NetworkPolicy) -> Result<bool, StateError> {
         let key = namespaced(&policy.metadata, "NetworkPolicy")?;
-        let annotations = policy
+        let kept: BTreeMap<String, String> = policy
             .metadata
             .annotations
-            .as_ref()
-            .and_then(|a| a.get_key_value(UNREADABLE_ANNOTATION))
-            .map(|(k, v)| BTreeMap::from([(k.clone(), v.clone())]));
+            .iter()
+            .flatten()
+            .filter(|(k, _)| *k == UNREADABLE_ANNOTATION || *k == MODE_ANNOTATION)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let annotations = (!kept.is_empty()).then_some(kept);
         let trimmed = NetworkPolicy {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 name: Some(key.name.clone()),
@@ -297,6 +300,10 @@ fn replace<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V) -> 
 
 /// Annotation carrying why a policy could not be read; `compile` reports it.
 pub const UNREADABLE_ANNOTATION: &str = "netpol.dev/unreadable";
+
+/// `audit` stages a policy: it is compiled and judged but drops nothing (see
+/// `compile::Mode`). `enforce`, or no annotation, enforces it.
+pub const MODE_ANNOTATION: &str = "netpol.io/mode";
 
 /// The stand-in for a NetworkPolicy whose body does not parse: same name, isolates every
 /// pod of its namespace both ways, allows nothing. `None` without a name and namespace.

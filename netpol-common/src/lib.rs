@@ -51,7 +51,7 @@ pub mod names {
 
 /// Version of the map layout (the types in this crate). Pins live under a directory named
 /// after it, so an agent whose maps differ never adopts maps it cannot read.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Default map sizes; the agent can override them at load time.
 pub mod sizes {
@@ -139,6 +139,8 @@ pub struct IfaceInfo {
     /// Copies of the pod's `EndpointInfo` sets, so the pod's own hooks need one lookup.
     pub ingress_set: u32,
     pub egress_set: u32,
+    pub audit_ingress_set: u32,
+    pub audit_egress_set: u32,
 }
 
 /// A slot of the `IFACE_SLOTS` array: the programs find a veth's `IfaceInfo` there by
@@ -181,7 +183,27 @@ pub struct EndpointInfo {
     pub ingress_set: u32,
     /// `RULESET_ALLOW_ALL` when the pod is not isolated for egress.
     pub egress_set: u32,
-    pub _pad: u32,
+    /// What the pod's policies would allow with those in audit mode enforced too
+    /// (`NO_AUDIT`: no audit-mode policy selects the pod in that direction). An opening
+    /// the enforced set allows and this one does not is counted and reported as an
+    /// audit event, and passes.
+    pub audit_ingress_set: u32,
+    pub audit_egress_set: u32,
+}
+
+/// `audit_*_set` of a direction no audit-mode policy applies to.
+pub const NO_AUDIT: u32 = 0;
+
+impl EndpointInfo {
+    /// Every rule set it points at.
+    pub fn sets(&self) -> [u32; 4] {
+        [
+            self.ingress_set,
+            self.egress_set,
+            self.audit_ingress_set,
+            self.audit_egress_set,
+        ]
+    }
 }
 
 /// Identity of a peer pod: pods alike in everything rules can select them by (namespace,
@@ -568,7 +590,11 @@ pub mod reason {
     /// already talks to as many Services as a record holds), so its replies could not be
     /// checked.
     pub const DROP_UNTRACKABLE: usize = 16;
-    pub const COUNT: usize = 17;
+    /// Not verdicts: openings that passed and that the pod's audit-mode policies would
+    /// have dropped (its egress, its ingress). Counted beside the verdict.
+    pub const AUDIT_EGRESS: usize = 17;
+    pub const AUDIT_INGRESS: usize = 18;
+    pub const COUNT: usize = 19;
 
     pub const NAMES: [&str; COUNT] = [
         "allow_unisolated",
@@ -588,10 +614,20 @@ pub mod reason {
         "drop_address",
         "drop_misdelivered",
         "drop_untrackable",
+        "audit_egress",
+        "audit_ingress",
     ];
 
-    /// Reasons at or above this one drop the packet.
+    /// Reasons from this one up to `FIRST_AUDIT` drop the packet.
     pub const FIRST_DROP: usize = DROP_EGRESS;
+    /// Reasons from this one on are audit findings, not verdicts.
+    pub const FIRST_AUDIT: usize = AUDIT_EGRESS;
+
+    /// Does this reason drop the packet?
+    #[inline(always)]
+    pub const fn drops(why: usize) -> bool {
+        why >= FIRST_DROP && why < FIRST_AUDIT
+    }
 }
 
 /// Verdict events (`EVENTS`, a ring buffer): which verdicts the programs report, set at
@@ -696,8 +732,9 @@ mod user {
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Addr>() == 16);
-    assert!(size_of::<IfaceInfo>() == 48);
-    assert!(size_of::<IfaceSlot>() == 52);
+    assert!(size_of::<IfaceInfo>() == 56);
+    assert!(size_of::<IfaceSlot>() == 60);
+    assert!(size_of::<EndpointInfo>() == 20);
     assert!(size_of::<PeerKey>() == 20);
     assert!(size_of::<IdentityKey>() == 8);
     assert!(size_of::<CtKey>() == 40);

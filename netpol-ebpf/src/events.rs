@@ -57,8 +57,9 @@ fn stat(i: u32) {
 /// false when it has none left this second.
 #[inline(always)]
 fn take_token(id: u32, why: usize, hook: u8) -> bool {
-    let ingress =
-        why == reason::DROP_INGRESS || (hook == events::AT_TO_POD && why != reason::DROP_EGRESS);
+    let ingress = why == reason::DROP_INGRESS
+        || why == reason::AUDIT_INGRESS
+        || (hook == events::AT_TO_POD && why != reason::DROP_EGRESS && why != reason::AUDIT_EGRESS);
     let Some(b) = EVENT_BUDGET.get_ptr_mut(id.wrapping_mul(2) + u32::from(ingress)) else {
         return false;
     };

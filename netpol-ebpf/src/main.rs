@@ -29,7 +29,7 @@ mod verdict;
 use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
 use fast::Side;
 use fragments::{AT_FROM_POD, AT_TO_POD, AT_UPLINK, fragment_ports, record_first_fragment};
-use maps::{count, endpoint, iface_of, is_node, is_service, scratch, sets_of};
+use maps::{count, endpoint, iface_of, iface_sets, is_node, is_service, scratch, sets_of};
 use neighbour::{link_message, not_for, own_address, own_neighbour_message, own_target};
 use netpol_common::{Addr, CT_UNDECIDED, IFACE_HAS_V4, IfaceInfo, ct_flag, events as ev, reason};
 use parse::{Icmp, Packet, Parsed};
@@ -41,7 +41,7 @@ const TC_ACT_UNSPEC: i32 = -1;
 #[inline(always)]
 fn verdict(id: u32, why: usize) -> i32 {
     count(id, why);
-    if why >= reason::FIRST_DROP {
+    if reason::drops(why) {
         TC_ACT_SHOT
     } else {
         TC_ACT_UNSPEC
@@ -59,15 +59,33 @@ struct At {
 /// as IP.
 #[inline(always)]
 fn decided(at: At, id: u32, why: usize, p: Option<&Packet>) -> i32 {
-    if let Some(p) = p
-        && events::names_rule(why)
-    {
-        maps::count_rule(p.rule);
+    if let Some(p) = p {
+        if events::names_rule(why) {
+            maps::count_rule(p.rule);
+        }
+        audited(at, p);
     }
     if events::wanted(why) {
         events::report(id, why, at.hook, at.ifindex, p);
     }
     verdict(id, why)
+}
+
+/// Counts and reports the audit findings of an opening that passed: a drop that the
+/// sender's or the receiver's audit-mode policies would have made.
+#[inline(always)]
+fn audited(at: At, p: &Packet) {
+    for (who, why) in [
+        (p.audit_egress, reason::AUDIT_EGRESS),
+        (p.audit_ingress, reason::AUDIT_INGRESS),
+    ] {
+        if who != 0 {
+            count(who, why);
+            if events::wanted(why) {
+                events::report(who, why, at.hook, at.ifindex, Some(p));
+            }
+        }
+    }
 }
 
 /// What a frame that is not an IP packet gets at a pod's veth.
@@ -105,10 +123,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 /// its stack and the established path's are never live together.
 #[inline(never)]
 fn from_pod_full(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
-    let sets = Sets {
-        ingress: iface.ingress_set,
-        egress: iface.egress_set,
-    };
+    let sets = iface_sets(iface);
     let Some(p) = scratch() else {
         return TC_ACT_UNSPEC;
     };
@@ -206,7 +221,7 @@ fn sent_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
         return (id, reason::PASS_SERVICE);
     }
     let why = verdict::egress_opening(sets, p);
-    if why < reason::FIRST_DROP && sets.isolated() {
+    if why < reason::FIRST_DROP && sets.tracked() {
         let egress = Decided::by(sets.egress, p.rule);
         verdict::track(p, egress, UNDECIDED, 0);
     }
@@ -228,10 +243,7 @@ pub fn to_pod(ctx: TcContext) -> i32 {
 /// Everything but the established path (see `from_pod_full`).
 #[inline(never)]
 fn to_pod_full(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
-    let sets = Sets {
-        ingress: iface.ingress_set,
-        egress: iface.egress_set,
-    };
+    let sets = iface_sets(iface);
     let Some(p) = scratch() else {
         return TC_ACT_UNSPEC;
     };
@@ -323,7 +335,7 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
     let sender = endpoint(&p.src);
     let mut opener = UNDECIDED;
     let mut flags = 0;
-    let mut track = sets.isolated();
+    let mut track = sets.tracked();
     if let Some(s) = sender {
         if !came_from(&s, came_in) {
             return (s.id, reason::DROP_SPOOFED);
@@ -337,7 +349,7 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
         }
         opener = Decided::by(ss.egress, p.rule);
         flags = ct_flag::DEFERRED_EGRESS;
-        track |= ss.isolated();
+        track |= ss.tracked();
     }
     let why = verdict::ingress_opening(sets, p);
     if why < reason::FIRST_DROP && track {
@@ -383,18 +395,19 @@ fn uplink_full(ctx: &TcContext) -> i32 {
     }
     // SAFETY: the context pointer is valid for the whole program run.
     let came_in = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let at = At {
+        hook: ev::AT_UPLINK,
+        ifindex: maps::ifindex(ctx),
+    };
     match leaving_node(p, came_in) {
         None => {
             // Passed: its later fragments follow it here too.
             record_first_fragment(p, reason::ALLOW_TRACKED, AT_UPLINK);
+            audited(at, p);
             TC_ACT_UNSPEC
         }
         Some((id, why)) => {
             record_first_fragment(p, why, AT_UPLINK);
-            let at = At {
-                hook: ev::AT_UPLINK,
-                ifindex: maps::ifindex(ctx),
-            };
             decided(at, id, why, Some(p))
         }
     }
@@ -427,7 +440,7 @@ fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
             .then_some((sender.id, reason::DROP_FRAGMENT));
     }
     let why = verdict::egress_opening(sets, p);
-    if why < reason::FIRST_DROP && sets.isolated() {
+    if why < reason::FIRST_DROP && sets.tracked() {
         let egress = Decided::by(sets.egress, p.rule);
         verdict::track(p, egress, UNDECIDED, ct_flag::DEFERRED_EGRESS);
         service::learn_backend(p, sets.egress, true);

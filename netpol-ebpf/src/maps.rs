@@ -119,6 +119,20 @@ pub fn sets_of(ep: &EndpointInfo) -> Sets {
     Sets {
         ingress: ep.ingress_set,
         egress: ep.egress_set,
+        audit_ingress: ep.audit_ingress_set,
+        audit_egress: ep.audit_egress_set,
+        endpoint: ep.id,
+    }
+}
+
+#[inline(always)]
+pub fn iface_sets(iface: &IfaceInfo) -> Sets {
+    Sets {
+        ingress: iface.ingress_set,
+        egress: iface.egress_set,
+        audit_ingress: iface.audit_ingress_set,
+        audit_egress: iface.audit_egress_set,
+        endpoint: iface.endpoint_id,
     }
 }
 

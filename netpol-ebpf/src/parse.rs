@@ -93,6 +93,10 @@ pub struct Packet {
     pub eth_group: bool,
     /// The rule behind the latest allow decided for it (`RULE_UNNAMED`: none).
     pub rule: u32,
+    /// The endpoint whose opening this is and whose audit-mode policies would drop it,
+    /// as the sender (egress) and as the receiver (ingress); 0: none.
+    pub audit_egress: u32,
+    pub audit_ingress: u32,
 }
 
 impl Packet {
@@ -152,6 +156,8 @@ fn reset(p: &mut Packet, proto: u8, hop_limit: u8, frag: Frag) {
     p.hop_limit = hop_limit;
     p.v4_in_v6 = false;
     p.rule = netpol_common::RULE_UNNAMED;
+    p.audit_egress = 0;
+    p.audit_ingress = 0;
     // `nd_target` is written (and read) for neighbour advertisements only.
 }
 

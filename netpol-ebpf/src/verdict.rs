@@ -8,25 +8,37 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use netpol_common::{
-    Addr, CT_UNDECIDED, CtEntry, CtKey, IdentityKey, NO_PORTSET, PROTO_TCP, PeerKey, PeerValue,
-    REST_DENIED, RULE_UNNAMED, RULESET_ALLOW_ALL, RULESET_ID_BITS, ct_flag, ct_lifetime_ns, reason,
+    Addr, CT_UNDECIDED, CtEntry, CtKey, IdentityKey, NO_AUDIT, NO_PORTSET, PROTO_TCP, PeerKey,
+    PeerValue, REST_DENIED, RULE_UNNAMED, RULESET_ALLOW_ALL, RULESET_ID_BITS, ct_flag,
+    ct_lifetime_ns, reason,
 };
 
 use crate::clock::now;
 use crate::maps::{CONNTRACK, CONNTRACK_NEW, IDENTITIES, PEERS_BY_IDENTITY, PEERS_CIDR, PORTSETS};
 use crate::parse::{Icmp, Packet, TCP_FIN, TCP_RST};
 
-/// A local pod's rule sets.
+/// A local pod's rule sets, and its endpoint id.
 #[derive(Clone, Copy)]
 pub struct Sets {
     pub ingress: u32,
     pub egress: u32,
+    /// `NO_AUDIT`, or what its policies in audit mode would allow (see `EndpointInfo`).
+    pub audit_ingress: u32,
+    pub audit_egress: u32,
+    pub endpoint: u32,
 }
 
 impl Sets {
     #[inline(always)]
     pub fn isolated(&self) -> bool {
         self.ingress != RULESET_ALLOW_ALL || self.egress != RULESET_ALLOW_ALL
+    }
+
+    /// Its connections are tracked: it is isolated, or audited (an audit finding is
+    /// about a connection's opening, not each packet of it).
+    #[inline(always)]
+    pub fn tracked(&self) -> bool {
+        self.isolated() || self.audit_ingress != NO_AUDIT || self.audit_egress != NO_AUDIT
     }
 }
 
@@ -399,12 +411,18 @@ pub fn forget(hit: &Hit) {
 }
 
 /// The opening of a new connection, judged for a local sender's egress; `p.rule` names
-/// the rule that allows it.
+/// the rule that allows it, and `p.audit_egress` the sender when its audit-mode policies
+/// would not.
 #[inline(always)]
 pub fn egress_opening(sets: Sets, p: &mut Packet) -> usize {
     match allowed(sets.egress, &p.t_dst, p.proto, p.dport) {
         Some(rule) => {
             p.rule = rule;
+            if sets.audit_egress != NO_AUDIT
+                && allowed(sets.audit_egress, &p.t_dst, p.proto, p.dport).is_none()
+            {
+                p.audit_egress = sets.endpoint;
+            }
             allow_reason(sets.egress)
         }
         None => reason::DROP_EGRESS,
@@ -412,12 +430,18 @@ pub fn egress_opening(sets: Sets, p: &mut Packet) -> usize {
 }
 
 /// The opening of a new connection, judged for a local receiver's ingress; `p.rule`
-/// names the rule that allows it.
+/// names the rule that allows it, and `p.audit_ingress` the receiver when its
+/// audit-mode policies would not.
 #[inline(always)]
 pub fn ingress_opening(sets: Sets, p: &mut Packet) -> usize {
     match allowed(sets.ingress, &p.t_src, p.proto, p.dport) {
         Some(rule) => {
             p.rule = rule;
+            if sets.audit_ingress != NO_AUDIT
+                && allowed(sets.audit_ingress, &p.t_src, p.proto, p.dport).is_none()
+            {
+                p.audit_ingress = sets.endpoint;
+            }
             allow_reason(sets.ingress)
         }
         None => reason::DROP_INGRESS,

@@ -877,6 +877,8 @@ impl Agent {
                     name: ep.pod.to_string(),
                     ingress_policies: names(&ep.isolated_by.ingress),
                     egress_policies: names(&ep.isolated_by.egress),
+                    audit_ingress_policies: names(&ep.isolated_by.audit_ingress),
+                    audit_egress_policies: names(&ep.isolated_by.audit_egress),
                 };
                 Some((id, known))
             })

@@ -179,15 +179,28 @@ pub struct PlannedEndpoint {
     pub ips: Vec<IpAddr>,
     pub ingress: Option<RuleSetRef>,
     pub egress: Option<RuleSetRef>,
+    /// What its policies would allow with those in audit mode enforced too; `None` when
+    /// no audit-mode policy applies to it in that direction.
+    pub audit: Audit,
     /// The policies that isolate it, per direction (what a drop is attributed to).
     pub isolated_by: IsolatedBy,
 }
 
-/// The policies that select a pod for each direction, sorted.
+/// The rule sets a pod's audit-mode policies are judged with, per direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Audit {
+    pub ingress: Option<RuleSetRef>,
+    pub egress: Option<RuleSetRef>,
+}
+
+/// The policies that select a pod for each direction, sorted: those that isolate it, and
+/// those in audit mode (what an audit finding is attributed to).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IsolatedBy {
     pub ingress: Vec<ObjectRef>,
     pub egress: Vec<ObjectRef>,
+    pub audit_ingress: Vec<ObjectRef>,
+    pub audit_egress: Vec<ObjectRef>,
 }
 
 /// One port of one Service address, as kube-proxy translates it.
@@ -261,6 +274,9 @@ struct CompiledPolicy<'a> {
     key: &'a ObjectRef,
     selects: Selector,
     types: BTreeSet<Direction>,
+    /// In audit mode: it isolates nothing and allows nothing; it is judged on its own
+    /// rule sets (`Audit`).
+    audit: bool,
     /// False when the policy's own selector is invalid: it isolates but grants nothing.
     rules_valid: bool,
     ingress: Vec<Rule<'a>>,
@@ -321,6 +337,14 @@ impl<'a> PodIndex<'a> {
     }
 }
 
+/// What applies to the local pods alike in a `SubjectKey`.
+struct SubjectSets {
+    ingress: Option<RuleSetRef>,
+    egress: Option<RuleSetRef>,
+    audit: Audit,
+    isolated_by: IsolatedBy,
+}
+
 /// Everything about a local pod that its rule sets depend on: pods alike in these get
 /// the same sets, computed once (the replicas of a deployment, say).
 #[derive(PartialEq, Eq, Hash)]
@@ -355,11 +379,7 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
     // Rule sets by the rules they unite (sorted, deduplicated indexes into `rules`, with
     // the rule each stands for).
     let mut unions: BTreeMap<Vec<(usize, &RuleTag)>, RuleSetRef> = BTreeMap::new();
-    #[allow(clippy::type_complexity)]
-    let mut subject_cache: HashMap<
-        SubjectKey,
-        (Option<RuleSetRef>, Option<RuleSetRef>, Arc<IsolatedBy>),
-    > = HashMap::new();
+    let mut subject_cache: HashMap<SubjectKey, Arc<SubjectSets>> = HashMap::new();
     let mut endpoints = Vec::new();
     for (pod_ref, pod) in &state.pods {
         if pod.node.as_deref() != Some(node) || !pod.is_policy_subject() {
@@ -370,7 +390,7 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
             labels: &pod.labels,
             ports: &pod.ports,
         };
-        let (ingress, egress, isolated_by) = match subject_cache.get(&subject) {
+        let sets = match subject_cache.get(&subject) {
             Some(sets) => sets.clone(),
             None => {
                 let selecting: Vec<&CompiledPolicy> = policies
@@ -379,10 +399,12 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
                         p.key.namespace == pod_ref.namespace && p.selects.matches(&pod.labels)
                     })
                     .collect();
-                let mut direction = |dir: Direction| -> Option<RuleSetRef> {
+                // The rule set of the policies of `dir` (with those in audit mode, or
+                // without); None when none applies.
+                let mut direction = |dir: Direction, with_audit: bool| -> Option<RuleSetRef> {
                     let applying: Vec<&&CompiledPolicy> = selecting
                         .iter()
-                        .filter(|p| p.types.contains(&dir))
+                        .filter(|p| p.types.contains(&dir) && (with_audit || !p.audit))
                         .collect();
                     if applying.is_empty() {
                         return None;
@@ -437,22 +459,38 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
                     unions.insert(united, r);
                     Some(r)
                 };
-                let by = |dir: Direction| -> Vec<ObjectRef> {
+                let by = |dir: Direction, audit: bool| -> Vec<ObjectRef> {
                     selecting
                         .iter()
-                        .filter(|p| p.types.contains(&dir))
+                        .filter(|p| p.types.contains(&dir) && p.audit == audit)
                         .map(|p| p.key.clone())
                         .collect()
                 };
-                let isolated_by = Arc::new(IsolatedBy {
-                    ingress: by(Direction::Ingress),
-                    egress: by(Direction::Egress),
-                });
-                let sets = (
-                    direction(Direction::Ingress),
-                    direction(Direction::Egress),
+                let isolated_by = IsolatedBy {
+                    ingress: by(Direction::Ingress, false),
+                    egress: by(Direction::Egress, false),
+                    audit_ingress: by(Direction::Ingress, true),
+                    audit_egress: by(Direction::Egress, true),
+                };
+                let audited = |policies: &[ObjectRef]| !policies.is_empty();
+                let audit = Audit {
+                    ingress: if audited(&isolated_by.audit_ingress) {
+                        direction(Direction::Ingress, true)
+                    } else {
+                        None
+                    },
+                    egress: if audited(&isolated_by.audit_egress) {
+                        direction(Direction::Egress, true)
+                    } else {
+                        None
+                    },
+                };
+                let sets = Arc::new(SubjectSets {
+                    ingress: direction(Direction::Ingress, false),
+                    egress: direction(Direction::Egress, false),
+                    audit,
                     isolated_by,
-                );
+                });
                 subject_cache.insert(subject, sets.clone());
                 sets
             }
@@ -460,9 +498,10 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
         endpoints.push(PlannedEndpoint {
             pod: pod_ref.clone(),
             ips: pod.ips.clone(),
-            ingress,
-            egress,
-            isolated_by: (*isolated_by).clone(),
+            ingress: sets.ingress,
+            egress: sets.egress,
+            audit: sets.audit,
+            isolated_by: sets.isolated_by.clone(),
         });
     }
     errors.extend(rule_errors);
@@ -532,6 +571,7 @@ fn check_policy<'a>(
             key,
             selects: head.selects,
             types: head.types,
+            audit: head.audit,
             rules_valid: false,
             ingress: Vec::new(),
             egress: Vec::new(),
@@ -542,6 +582,7 @@ fn check_policy<'a>(
         key,
         selects: head.selects,
         types: head.types,
+        audit: head.audit,
         rules_valid: true,
         ingress,
         egress,

@@ -746,3 +746,88 @@ fn cached_hashes_never_change_equality() {
     assert_ne!(*x, *y, "one hash known");
     assert_eq!(*x, *identity("x"));
 }
+
+const WEB_FROM_FOO_AUDIT: &str = r#"
+metadata:
+  name: web-from-foo
+  namespace: default
+  annotations: {netpol.io/mode: audit}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: foo}}}]}]
+"#;
+
+#[test]
+fn an_audit_policy_isolates_nothing_and_gets_its_own_rule_sets() {
+    let plan = base().policy(WEB_FROM_FOO_AUDIT).plan();
+    assert!(plan.errors.is_empty(), "{:?}", plan.errors);
+    let web = plan.endpoints.iter().find(|e| e.pod.name == "web").unwrap();
+    assert_eq!(web.ingress, None, "audit mode does not isolate");
+    let audit = web.audit.ingress.expect("an audit rule set");
+    assert!(plan.allows(audit, ip("10.244.1.10"), Protocol::Tcp, 80));
+    assert!(!plan.allows(audit, ip("10.244.2.12"), Protocol::Tcp, 80));
+    assert_eq!(web.audit.egress, None);
+    assert_eq!(
+        web.isolated_by.audit_ingress,
+        vec![ObjectRef::new("default", "web-from-foo")]
+    );
+    assert!(web.isolated_by.ingress.is_empty());
+    let foo = plan.endpoints.iter().find(|e| e.pod.name == "foo").unwrap();
+    assert_eq!(foo.audit, Audit::default());
+}
+
+#[test]
+fn an_audit_policy_is_judged_with_the_enforced_ones() {
+    let plan = base()
+        .policy(WEB_FROM_FOO_AUDIT)
+        .policy(
+            r#"
+metadata: {name: web-from-db, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: db}}}], ports: [{port: 5432}]}]
+"#,
+        )
+        .plan();
+    let web = plan.endpoints.iter().find(|e| e.pod.name == "web").unwrap();
+    let enforced = web.ingress.expect("isolated by web-from-db");
+    let audit = web.audit.ingress.expect("audited");
+    // Enforced: db on 5432 only. Audit: that, and foo on every port.
+    assert!(plan.allows(enforced, ip("10.244.2.12"), Protocol::Tcp, 5432));
+    assert!(!plan.allows(enforced, ip("10.244.1.10"), Protocol::Tcp, 80));
+    assert!(plan.allows(audit, ip("10.244.2.12"), Protocol::Tcp, 5432));
+    assert!(plan.allows(audit, ip("10.244.1.10"), Protocol::Tcp, 80));
+    assert!(!plan.allows(audit, ip("10.244.2.12"), Protocol::Tcp, 80));
+    assert_eq!(
+        web.isolated_by.ingress,
+        vec![ObjectRef::new("default", "web-from-db")]
+    );
+}
+
+#[test]
+fn an_unknown_mode_is_reported_and_enforced() {
+    let plan = base()
+        .policy(&WEB_FROM_FOO_AUDIT.replace("mode: audit", "mode: audti"))
+        .plan();
+    assert_eq!(plan.errors.len(), 1, "{:?}", plan.errors);
+    assert!(plan.errors[0].message.contains("unknown mode"));
+    let web = plan.endpoints.iter().find(|e| e.pod.name == "web").unwrap();
+    assert!(web.ingress.is_some(), "enforced");
+    assert_eq!(web.audit, Audit::default());
+}
+
+#[test]
+fn the_mode_annotation_survives_trimming() {
+    let mut s = ClusterState::default();
+    let p: NetworkPolicy = serde_yaml::from_str(WEB_FROM_FOO_AUDIT).unwrap();
+    s.upsert_policy(&p).unwrap();
+    let kept = &s.policies[&ObjectRef::new("default", "web-from-foo")];
+    assert_eq!(
+        kept.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::state::MODE_ANNOTATION))
+            .map(String::as_str),
+        Some("audit")
+    );
+}

@@ -22,6 +22,8 @@ pub(crate) struct PolicyHead {
     /// False when the policy's own selector is invalid: it isolates its whole namespace
     /// and grants nothing.
     pub rules_valid: bool,
+    /// Annotated `netpol.io/mode: audit`: judged, never enforced.
+    pub audit: bool,
 }
 
 /// Validates what decides which pods a policy isolates. A policy whose own selector or
@@ -39,12 +41,15 @@ pub(crate) fn check_head(
             message,
         })
     };
-    if let Some(why) = policy
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(crate::state::UNREADABLE_ANNOTATION))
-    {
+    let annotation = |name: &str| {
+        policy
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(name))
+    };
+    let unreadable = annotation(crate::state::UNREADABLE_ANNOTATION);
+    if let Some(why) = unreadable {
         err(
             "spec",
             format!(
@@ -52,6 +57,21 @@ pub(crate) fn check_head(
             ),
         );
     }
+    // Anything but a well-formed `audit` enforces: a typo never leaves a policy open.
+    let audit = match annotation(crate::state::MODE_ANNOTATION).map(String::as_str) {
+        None | Some("enforce") => false,
+        Some("audit") => unreadable.is_none(),
+        Some(other) => {
+            err(
+                "metadata.annotations",
+                format!(
+                    "{}: unknown mode {other:?} (expected audit or enforce); the policy is enforced",
+                    crate::state::MODE_ANNOTATION
+                ),
+            );
+            false
+        }
+    };
     let spec = policy.spec.as_ref();
     let mut types = BTreeSet::new();
     match spec
@@ -109,6 +129,7 @@ pub(crate) fn check_head(
                 selects: Selector::everything(),
                 types,
                 rules_valid: false,
+                audit,
             };
         }
     };
@@ -116,6 +137,7 @@ pub(crate) fn check_head(
         selects,
         types,
         rules_valid: true,
+        audit,
     }
 }
 

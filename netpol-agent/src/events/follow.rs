@@ -15,6 +15,8 @@ const PAGE: usize = 1000;
 pub enum Verdict {
     Drop,
     Allow,
+    /// What policies in audit mode would have dropped.
+    Audit,
 }
 
 /// Which events to show.
@@ -31,6 +33,7 @@ impl Filter {
             None => true,
             Some(Verdict::Drop) => e.verdict == "drop",
             Some(Verdict::Allow) => e.verdict == "allow",
+            Some(Verdict::Audit) => e.verdict == "audit",
         };
         let pod = self
             .pod

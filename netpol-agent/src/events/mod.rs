@@ -32,14 +32,16 @@ pub struct Event {
     /// `ns/name` of the pod the verdict is counted on (None: no pod, or one this agent
     /// no longer knows).
     pub pod: Option<String>,
-    /// `drop` or `allow`.
+    /// `drop`, `allow`, or `audit`: an opening that passed and that the pod's policies
+    /// in audit mode would have dropped.
     pub verdict: String,
     /// `netpol_common::reason::NAMES`.
     pub reason: String,
     /// The pod's side the verdict is about: `egress` or `ingress`.
     pub direction: String,
     /// For `drop_egress` and `drop_ingress`: the policies that isolate the pod in that
-    /// direction (`ns/name`), none of whose rules allows the packet.
+    /// direction (`ns/name`), none of whose rules allows the packet. For `audit_egress`
+    /// and `audit_ingress`: the pod's policies in audit mode for that direction.
     #[serde(default)]
     pub policies: Vec<String>,
     /// For `allow_policy` and `allow_tracked`: the rule that allowed the connection on
@@ -71,6 +73,9 @@ impl Event {
         let by = match &self.rule {
             Some(rule) => format!(" by {rule}"),
             None if self.policies.is_empty() => String::new(),
+            None if self.verdict == "audit" => {
+                format!(" would be dropped by {}", self.policies.join(", "))
+            }
             None => format!(" isolated by {}", self.policies.join(", ")),
         };
         format!(
@@ -124,6 +129,9 @@ pub struct KnownPod {
     /// The policies that isolate it, per direction (`ns/name`).
     pub ingress_policies: Vec<String>,
     pub egress_policies: Vec<String>,
+    /// Its policies in audit mode, per direction.
+    pub audit_ingress_policies: Vec<String>,
+    pub audit_egress_policies: Vec<String>,
 }
 
 impl KnownPod {
@@ -199,8 +207,8 @@ impl History {
         };
         // A drop names the side that refused; anything else the hook's side of the pod.
         let direction = match why {
-            reason::DROP_EGRESS | reason::DROP_UNTRACKABLE => "egress",
-            reason::DROP_INGRESS => "ingress",
+            reason::DROP_EGRESS | reason::DROP_UNTRACKABLE | reason::AUDIT_EGRESS => "egress",
+            reason::DROP_INGRESS | reason::AUDIT_INGRESS => "ingress",
             _ if raw.hook == events::AT_TO_POD => "ingress",
             _ => "egress",
         };
@@ -209,6 +217,8 @@ impl History {
         let policies = match (why, known) {
             (reason::DROP_EGRESS, Some(k)) => k.egress_policies.clone(),
             (reason::DROP_INGRESS, Some(k)) => k.ingress_policies.clone(),
+            (reason::AUDIT_EGRESS, Some(k)) => k.audit_egress_policies.clone(),
+            (reason::AUDIT_INGRESS, Some(k)) => k.audit_ingress_policies.clone(),
             _ => Vec::new(),
         };
         let seq = self.next_seq;
@@ -218,7 +228,9 @@ impl History {
             time_ms,
             node: self.node.clone(),
             pod: known.map(|k| k.name.clone()),
-            verdict: if why >= reason::FIRST_DROP {
+            verdict: if why >= reason::FIRST_AUDIT {
+                "audit"
+            } else if reason::drops(why) {
                 "drop"
             } else {
                 "allow"
@@ -291,6 +303,8 @@ mod tests {
                 name: "default/client".into(),
                 ingress_policies: vec![],
                 egress_policies: vec!["default/deny-egress".into()],
+                audit_ingress_policies: vec![],
+                audit_egress_policies: vec!["default/staged".into()],
             },
         )]));
         h.push(&raw(3, reason::DROP_EGRESS, events::AT_UPLINK), 10);
@@ -338,6 +352,32 @@ mod tests {
             first.line().contains(
                 "DROP default/client egress 10.1.0.2:40000 -> 10.2.0.5:80 TCP drop_egress isolated by default/deny-egress"
             )
+        );
+    }
+
+    #[test]
+    fn audit_findings_name_the_audit_policies() {
+        let mut h = History::new("n");
+        h.set_pods(HashMap::from([(
+            3,
+            KnownPod {
+                name: "default/client".into(),
+                audit_egress_policies: vec!["default/staged".into()],
+                ..Default::default()
+            },
+        )]));
+        h.push(&raw(3, reason::AUDIT_EGRESS, events::AT_FROM_POD), 1);
+        let e = &h.page(0, 1).events[0];
+        assert_eq!(
+            (e.verdict.as_str(), e.direction.as_str()),
+            ("audit", "egress")
+        );
+        assert_eq!(e.policies, vec!["default/staged".to_string()]);
+        assert!(
+            e.line()
+                .contains("audit_egress would be dropped by default/staged"),
+            "{}",
+            e.line()
         );
     }
 

@@ -59,6 +59,8 @@ pub(super) struct Checked<'a> {
     types: BTreeSet<Direction>,
     /// False when its own podSelector is invalid: it isolates and grants nothing.
     rules_valid: bool,
+    /// In audit mode: it neither isolates nor allows (explain judges what is enforced).
+    audit: bool,
     errors: Vec<PolicyError>,
 }
 
@@ -72,6 +74,7 @@ fn check_policy<'a>(key: &'a ObjectRef, policy: &'a NetworkPolicy) -> Checked<'a
         selects: head.selects,
         types: head.types,
         rules_valid: head.rules_valid,
+        audit: head.audit,
         errors,
     }
 }
@@ -120,7 +123,10 @@ pub(super) fn isolation<'a>(
             continue;
         }
         let checked = check_policy(key, policy);
-        if !checked.selects.matches(&subject.pod.labels) || !checked.types.contains(&dir) {
+        if checked.audit
+            || !checked.selects.matches(&subject.pod.labels)
+            || !checked.types.contains(&dir)
+        {
             continue;
         }
         errors.extend(checked.errors.iter().map(ToString::to_string));

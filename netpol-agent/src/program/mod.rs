@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use netpol_common::{
     Addr, EndpointInfo, IFACE_HAS_V4, IFACE_HAS_V6, IdentityId, IdentityKey, IfaceInfo,
-    MAX_PORT_RANGES, NO_PORTSET, PeerKey, PeerValue, PortRange, PortSet, REST_DENIED,
+    MAX_PORT_RANGES, NO_AUDIT, NO_PORTSET, PeerKey, PeerValue, PortRange, PortSet, REST_DENIED,
     RULESET_ALLOW_ALL, ServiceKey, names,
 };
 
@@ -234,11 +234,7 @@ impl<M: MapOps> Programmer<M> {
             .peers
             .iter()
             .map(|(k, _)| u32::from_be_bytes(k.ruleset_be))
-            .chain(
-                e.endpoints
-                    .iter()
-                    .flat_map(|(_, i)| [i.ingress_set, i.egress_set]),
-            )
+            .chain(e.endpoints.iter().flat_map(|(_, i)| i.sets()))
             .max()
             .unwrap_or(0);
         self.set_ids.next = self
@@ -460,12 +456,17 @@ impl<M: MapOps> Programmer<M> {
                 None => Some(RULESET_ALLOW_ALL),
                 Some(r) => set_ids[r.0],
             };
+            // An audit set that did not fit only leaves that audit undone.
+            let audit = |r: Option<crate::compile::RuleSetRef>| {
+                r.and_then(|r| set_ids[r.0]).unwrap_or(NO_AUDIT)
+            };
             let info = match (wanted(ep.ingress), wanted(ep.egress)) {
                 (Some(ingress_set), Some(egress_set)) => EndpointInfo {
                     id,
                     ingress_set,
                     egress_set,
-                    _pad: 0,
+                    audit_ingress_set: audit(ep.audit.ingress),
+                    audit_egress_set: audit(ep.audit.egress),
                 },
                 (ingress, egress) => {
                     stats.overflowed.push(ep.pod.clone());
@@ -482,7 +483,8 @@ impl<M: MapOps> Programmer<M> {
                                 id,
                                 ingress_set: ingress.unwrap_or(fallback),
                                 egress_set: egress.unwrap_or(fallback),
-                                _pad: 0,
+                                audit_ingress_set: NO_AUDIT,
+                                audit_egress_set: NO_AUDIT,
                             }
                         }
                     }
@@ -492,6 +494,8 @@ impl<M: MapOps> Programmer<M> {
                 endpoint_id: id,
                 ingress_set: info.ingress_set,
                 egress_set: info.egress_set,
+                audit_ingress_set: info.audit_ingress_set,
+                audit_egress_set: info.audit_egress_set,
                 ..Default::default()
             };
             for ip in &ep.ips {
@@ -589,11 +593,7 @@ impl<M: MapOps> Programmer<M> {
         // A set is stale when the plan does not have it and no endpoint still points at it
         // (pods kept on their last state after an overflow do).
         let wanted_sets: HashSet<&RuleSet> = plan.rule_sets.iter().map(|s| &**s).collect();
-        let in_use: BTreeSet<u32> = self
-            .endpoints
-            .values()
-            .flat_map(|e| [e.ingress_set, e.egress_set])
-            .collect();
+        let in_use: BTreeSet<u32> = self.endpoints.values().flat_map(|e| e.sets()).collect();
         let stale: Vec<Arc<RuleSet>> = self
             .sets
             .iter()

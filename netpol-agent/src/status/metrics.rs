@@ -97,7 +97,7 @@ impl Collector for EventMetrics {
             None,
             MetricType::Counter,
         )?;
-        for verdict in ["drop", "allow"] {
+        for verdict in ["drop", "allow", "audit"] {
             let n = seen.get(verdict).copied().unwrap_or(0);
             ConstCounter::new(n).encode(family.encode_family(&[("verdict", verdict)])?)?;
         }

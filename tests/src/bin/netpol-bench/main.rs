@@ -98,7 +98,8 @@ fn program_client(maps: &mut KernelMaps, set: u32) -> Result<()> {
         id: ENDPOINT_ID,
         ingress_set: 0,
         egress_set: set,
-        _pad: 0,
+        audit_ingress_set: 0,
+        audit_egress_set: 0,
     };
     maps.set_endpoint(addr, info)?;
     maps.set_iface(
