@@ -20,6 +20,7 @@ mod clock;
 mod events;
 mod fast;
 mod fragments;
+mod log;
 mod maps;
 mod neighbour;
 mod parse;
@@ -101,9 +102,16 @@ fn not_ip(at: At, iface: &IfaceInfo, sets: Sets, parsed: &Parsed, sent: bool) ->
                 decided(at, id, reason::DROP_SPOOFED, None)
             }
         }
-        _ if !sets.isolated() => TC_ACT_UNSPEC,
-        Parsed::OtherFrame => decided(at, id, reason::DROP_FRAME, None),
-        _ => decided(at, id, reason::DROP_MALFORMED, None),
+        Parsed::Malformed => {
+            log::malformed(at.ifindex, sent);
+            if sets.isolated() {
+                decided(at, id, reason::DROP_MALFORMED, None)
+            } else {
+                TC_ACT_UNSPEC
+            }
+        }
+        Parsed::OtherFrame if sets.isolated() => decided(at, id, reason::DROP_FRAME, None),
+        _ => TC_ACT_UNSPEC,
     }
 }
 
@@ -116,7 +124,9 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     if fast::established(&ctx, iface, Side::Sends) {
         return TC_ACT_UNSPEC;
     }
-    from_pod_full(&ctx, iface)
+    let v = from_pod_full(&ctx, iface);
+    log::flush();
+    v
 }
 
 /// Everything but the established path. A function of its own (a BPF subprogram), so
@@ -237,7 +247,9 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     if fast::established(&ctx, iface, Side::Receives) {
         return TC_ACT_UNSPEC;
     }
-    to_pod_full(&ctx, iface)
+    let v = to_pod_full(&ctx, iface);
+    log::flush();
+    v
 }
 
 /// Everything but the established path (see `from_pod_full`).
@@ -378,7 +390,9 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     if fast::tracked_at_uplink(&ctx) {
         return TC_ACT_UNSPEC;
     }
-    uplink_full(&ctx)
+    let v = uplink_full(&ctx);
+    log::flush();
+    v
 }
 
 /// Everything but tracked connections (see `from_pod_full`).

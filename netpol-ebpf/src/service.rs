@@ -239,5 +239,7 @@ pub fn replied(client: &Addr, client_port: u16, proto: u8) {
     // SAFETY: valid map value pointer for this run; copied by the map from there.
     if SERVICE_FLOWS.insert(k, unsafe { &*f }, 0).is_ok() {
         let _ = SERVICE_FLOWS_NEW.remove(k);
+    } else {
+        crate::log::insert_failed(crate::log::SERVICE_FLOWS);
     }
 }

@@ -195,7 +195,9 @@ pub fn track(p: &Packet, opener: Decided, acceptor: Decided, flags: u8) {
     // Every connection starts unreplied; its first reply moves it (`update_state`). A new
     // opening replaces whatever the tuple held before, in either map.
     let _ = CONNTRACK.remove(key);
-    let _ = CONNTRACK_NEW.insert(key, entry, 0);
+    if CONNTRACK_NEW.insert(key, entry, 0).is_err() {
+        crate::log::insert_failed(crate::log::CONNTRACK_NEW);
+    }
 }
 
 /// Which local pod a hook judges for, and from which side of the packet.
@@ -330,6 +332,8 @@ fn update_state(hit: &Hit, e: &mut CtEntry, p: &Packet) {
         let moved = *e;
         if CONNTRACK.insert(hit.key, moved, 0).is_ok() {
             let _ = CONNTRACK_NEW.remove(hit.key);
+        } else {
+            crate::log::insert_failed(crate::log::CONNTRACK);
         }
         if flags & ct_flag::SERVICE != 0 {
             // A reply: it goes to the client, the connection's opener.

@@ -913,6 +913,7 @@ impl Sandbox {
             let same = current.as_ref().is_some_and(|c| {
                 c.get("spec") == p.get("spec")
                     && c.pointer("/metadata/labels") == p.pointer("/metadata/labels")
+                    && c.pointer("/metadata/annotations") == p.pointer("/metadata/annotations")
             });
             if !same {
                 let mut obj = (*p).clone();

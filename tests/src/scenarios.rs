@@ -348,6 +348,78 @@ fn policy_problem_event(sb: &mut Sandbox) -> Result<()> {
     }
 }
 
+/// A policy staged in audit mode on real pods and packets: what it would block still
+/// connects, and an audit event on the server's node names the policy; switched to
+/// enforce, it blocks.
+pub fn audit(cfg: &Config) -> Result<()> {
+    let m = model(vec![
+        pod("client", "client", &[]),
+        pod("server", "server", &[("http", 80)]),
+        pod("other", "other", &[]),
+    ]);
+    let mut sb = Sandbox::start(&m, cfg)?;
+    let in_mode = |mode: &str| {
+        let mut p = policy("server-in", ingress_from("server", Some("client")));
+        p["metadata"]["annotations"] = json!({"netpol.io/mode": mode});
+        p
+    };
+    let check = |sb: &Sandbox, other_ok: bool, what: &str| -> Result<()> {
+        let c = connects(sb, "default/client", "default/server", 80, 1000)?;
+        let o = connects(sb, "default/other", "default/server", 80, 1000)?;
+        println!(
+            "  {what}: client->server {}, other->server {}",
+            verdict(c),
+            verdict(o)
+        );
+        if !c || o != other_ok {
+            bail!(
+                "{what}: expected client allowed, other {}",
+                verdict(other_ok)
+            );
+        }
+        Ok(())
+    };
+    sb.apply(&[in_mode("audit")], &BTreeMap::new(), &BTreeMap::new())?;
+    check(&sb, true, "server-in in audit mode")?;
+    let other_ip = sb.target("pod:default/other")?.to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let finding = loop {
+        let found = (0..sb.node_count())
+            .filter_map(|i| sb.events(i).ok())
+            .flatten()
+            .find(|e| {
+                e.verdict == "audit"
+                    && e.reason == "audit_ingress"
+                    && e.pod.as_deref() == Some("default/server")
+                    && e.src.as_deref() == Some(other_ip.as_str())
+            });
+        if let Some(e) = found {
+            break e;
+        }
+        if Instant::now() > deadline {
+            bail!("no audit event for other -> server in 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("  audit event: {}", finding.line());
+    if finding.policies != ["default/server-in"] {
+        bail!(
+            "the audit event does not name the policy: {:?}",
+            finding.policies
+        );
+    }
+    let drops: u64 = (0..sb.node_count())
+        .filter_map(|i| sb.events(i).ok())
+        .flatten()
+        .filter(|e| e.verdict == "drop")
+        .count() as u64;
+    if drops != 0 {
+        bail!("{drops} drop events while the only policy is in audit mode");
+    }
+    sb.apply(&[in_mode("enforce")], &BTreeMap::new(), &BTreeMap::new())?;
+    check(&sb, false, "server-in enforced")
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "allowed" } else { "blocked" }
 }

@@ -561,6 +561,7 @@ fn root_attack5_finding_anyone_spends_a_pods_event_budget() {
         EventOptions {
             kind: EventKind::Drop,
             per_second: 5,
+            ..Default::default()
         },
     );
     lab.pr

@@ -80,6 +80,7 @@ fn root_events_a_flood_is_capped_by_the_pods_budget() {
     let (mut lab, vc) = client_lab(EventOptions {
         kind: EventKind::Drop,
         per_second,
+        ..Default::default()
     });
     let sent = 200u16;
     for sport in 0..sent {
@@ -112,6 +113,7 @@ fn root_events_allowed_openings_only_when_asked_and_nothing_when_off() {
     let (mut lab, vc) = client_lab(EventOptions {
         kind: EventKind::Allow,
         per_second: 100,
+        ..Default::default()
     });
     let allowed = v4(CLIENT4, Y4, TCP, &tcp(40001, 80, SYN));
     assert_eq!(lab.run(Hook::FromPod, vc, &allowed), PASS);
@@ -122,6 +124,7 @@ fn root_events_allowed_openings_only_when_asked_and_nothing_when_off() {
     let (mut lab, vc) = client_lab(EventOptions {
         kind: EventKind::None,
         per_second: 100,
+        ..Default::default()
     });
     let denied = v4(CLIENT4, Y4B, TCP, &tcp(40000, 80, SYN));
     assert_eq!(lab.run(Hook::FromPod, vc, &denied), DROP);

@@ -86,6 +86,7 @@ fn root_rules_count_every_packet_of_the_connections_they_allowed() {
         EventOptions {
             kind: EventKind::Allow,
             per_second: 100,
+            ..Default::default()
         },
     );
     // Port 80: opening (full path), first reply (full path, unreplied entry), then data
@@ -170,6 +171,7 @@ fn root_rules_the_programs_name_are_the_plans() {
         EventOptions {
             kind: EventKind::Allow,
             per_second: 100,
+            ..Default::default()
         },
     );
     let plan = netpol_agent::compile::compile(&lab.state, "n1");

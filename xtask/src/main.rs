@@ -95,7 +95,7 @@ enum Task {
         json: Option<PathBuf>,
     },
     /// A sandbox scenario (root) by name, with its own flags after `--`: pod-start,
-    /// restart, api-faults, churn, flood, cleanup, latency. E.g. `cargo xtask scenario
+    /// restart, api-faults, audit, churn, flood, cleanup, latency. E.g. `cargo xtask scenario
     /// pod-start --cni bridge -- --pods 100`.
     Scenario {
         name: String,
@@ -511,6 +511,7 @@ fn test() -> Result<()> {
         ("auto", &["restart"][..]),
         ("netlink", &["restart"][..]),
         ("auto", &["api-faults"][..]),
+        ("auto", &["audit"][..]),
         ("auto", &["cleanup"][..]),
         ("netlink", &["cleanup"][..]),
         ("auto", &["churn", "--seconds", "60"][..]),

@@ -265,6 +265,10 @@ pub async fn run(args: Args) -> Result<()> {
         event_stats,
         events.clone(),
     ));
+    let to_tracing = crate::events::datapath_log::ToTracing;
+    if let Some(log) = datapath.take_log(args.events.datapath_log, to_tracing)? {
+        tokio::spawn(log.run());
+    }
     if pin_dir.is_some() {
         let adopted = programmer.adopt().context("reading the pinned maps")?;
         if adopted > 0 {

@@ -22,6 +22,7 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOp
 use aya::{Ebpf, EbpfLoader};
 use netpol_common::{names, sizes};
 
+use crate::events::datapath_log::{DatapathLog, Level};
 use crate::program::kernel::KernelMaps;
 
 /// The object built by build.rs from `netpol-ebpf`.
@@ -232,6 +233,11 @@ pub struct EventOptions {
     /// suppressed.
     #[arg(long = "events-rate", default_value_t = 20)]
     pub per_second: u32,
+    /// What the programs write to the agent's log (aya-log, target `netpol::datapath`):
+    /// rare conditions such as a full map or a frame that cannot be parsed. Off by
+    /// default: an attacker's malformed frames must not flood the log.
+    #[arg(long = "datapath-log", value_enum, default_value_t = Level::Off)]
+    pub datapath_log: Level,
 }
 
 impl Default for EventOptions {
@@ -239,6 +245,7 @@ impl Default for EventOptions {
         EventOptions {
             kind: EventKind::Drop,
             per_second: 20,
+            datapath_log: Level::Off,
         }
     }
 }
@@ -320,10 +327,12 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         let coarse_clock = u8::from(kernel_at_least(5, 11));
         let events_mode = events.kind.mode();
+        let log_level = events.datapath_log.global();
         loader
             .override_global("COARSE_CLOCK", &coarse_clock, true)
             .override_global("EVENTS_MODE", &events_mode, true)
             .override_global("EVENTS_PER_SECOND", &events.per_second, true)
+            .override_global("AYA_LOG_LEVEL", &log_level, true)
             .map_max_entries(names::CONNTRACK, sizes.conntrack_entries)
             .map_max_entries(names::CONNTRACK_NEW, sizes.conntrack_new_entries)
             .map_max_entries(names::PEERS_BY_IDENTITY, sizes.peer_entries)
@@ -473,6 +482,12 @@ impl Datapath {
 
     /// Moves the verdict events' ring buffer and loss counters out for their reader; call
     /// once.
+    /// The reader of the programs' log lines, when `--datapath-log` asks for them
+    /// (`level`, as loaded), handing them to `to`.
+    pub fn take_log<T: log::Log>(&mut self, level: Level, to: T) -> Result<Option<DatapathLog<T>>> {
+        DatapathLog::take(&mut self.ebpf, level, to)
+    }
+
     pub fn take_events(
         &mut self,
     ) -> Result<(

@@ -7,6 +7,7 @@
 //! * [`History`] keeps the most recent events with sequence numbers, so a follower asks
 //!   for what came after the last one it saw.
 
+pub mod datapath_log;
 pub mod follow;
 pub mod reader;
 

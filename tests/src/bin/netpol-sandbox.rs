@@ -60,6 +60,9 @@ enum Cmd {
     Restart,
     /// Drop, stall and fail the API watches during policy changes: the agents converge.
     ApiFaults,
+    /// A policy in audit mode on real packets: what it would block connects and is
+    /// reported as an audit event; enforced, it blocks.
+    Audit,
     /// Policy propagation latency (API write -> maps, -> first packet), p50 and p99.
     Latency {
         #[arg(long, default_value_t = 100)]
@@ -124,6 +127,12 @@ fn main() -> Result<()> {
             println!("restart: agents killed and restarted under traffic");
             scenarios::restart(&cfg)?;
             println!("restart: passed");
+            Ok(())
+        }
+        Cmd::Audit => {
+            println!("audit: a policy staged in audit mode, then enforced");
+            scenarios::audit(&cfg)?;
+            println!("audit: passed");
             Ok(())
         }
         Cmd::ApiFaults => {
