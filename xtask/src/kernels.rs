@@ -27,6 +27,9 @@ const TESTS: &[&str] = &[
     "root_attack_fastpath",
     "root_iface_slots",
     "root_events",
+    "root_rule_attribution",
+    "root_audit",
+    "root_datapath_log",
 ];
 
 /// Modules the tests need (veth pairs, netlink clsact filters, the kernel's connection
