@@ -64,7 +64,10 @@ fn decided(at: At, id: u32, why: usize, p: Option<&Packet>) -> i32 {
         if events::names_rule(why) {
             maps::count_rule(p.rule);
         }
-        audited(at, p);
+        // A finding is about an opening that passed.
+        if !reason::drops(why) {
+            audited(at, p);
+        }
     }
     if events::wanted(why) {
         events::report(id, why, at.hook, at.ifindex, p);
@@ -368,6 +371,10 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
         let acceptor = Decided::by(sets.ingress, p.rule);
         verdict::track(p, opener, acceptor, flags);
     }
+    if why < reason::FIRST_DROP && sender.is_some() {
+        // The sender's egress was decided here too: its rule counts the opening.
+        maps::count_rule(opener.rule);
+    }
     if sender.is_some() {
         if why < reason::FIRST_DROP {
             service::learn_backend(p, opener.set, true);
@@ -487,6 +494,11 @@ fn local_sender_on_entry(
     } else {
         CT_UNDECIDED
     };
+    // An opener whose egress is decided after translation passed its own veth
+    // uncounted (towards the Service): its rule counts the packet here.
+    if judged.is_none() && hit.from_opener && verdict::flags(hit) & ct_flag::DEFERRED_EGRESS != 0 {
+        maps::count_rule(p.rule);
+    }
     service::learn_backend(p, set, false);
     judged
 }

@@ -280,6 +280,15 @@ fn revalidate(
             reason::DROP_INGRESS
         });
     };
+    // A side decided here for the first time (its pod did not open the entry): this is
+    // that side's opening, and its audit-mode policies judge it too.
+    if stored == CT_UNDECIDED {
+        if i_am_opener {
+            audit_egress(sets, &acceptor, p, acceptor_port);
+        } else {
+            audit_ingress(sets, &opener, p, acceptor_port);
+        }
+    }
     if i_am_opener {
         e.opener_set = current;
         e.opener_rule = rule;
@@ -422,14 +431,28 @@ pub fn egress_opening(sets: Sets, p: &mut Packet) -> usize {
     match allowed(sets.egress, &p.t_dst, p.proto, p.dport) {
         Some(rule) => {
             p.rule = rule;
-            if sets.audit_egress != NO_AUDIT
-                && allowed(sets.audit_egress, &p.t_dst, p.proto, p.dport).is_none()
-            {
-                p.audit_egress = sets.endpoint;
-            }
+            let (peer, port) = (p.t_dst, p.dport);
+            audit_egress(sets, &peer, p, port);
             allow_reason(sets.egress)
         }
         None => reason::DROP_EGRESS,
+    }
+}
+
+/// Notes in `p` when the sender's audit-mode policies would not let it reach `peer`.
+#[inline(always)]
+fn audit_egress(sets: Sets, peer: &Addr, p: &mut Packet, port: u16) {
+    if sets.audit_egress != NO_AUDIT && allowed(sets.audit_egress, peer, p.proto, port).is_none() {
+        p.audit_egress = sets.endpoint;
+    }
+}
+
+/// Notes in `p` when the receiver's audit-mode policies would not let `peer` in.
+#[inline(always)]
+fn audit_ingress(sets: Sets, peer: &Addr, p: &mut Packet, port: u16) {
+    if sets.audit_ingress != NO_AUDIT && allowed(sets.audit_ingress, peer, p.proto, port).is_none()
+    {
+        p.audit_ingress = sets.endpoint;
     }
 }
 
@@ -441,11 +464,8 @@ pub fn ingress_opening(sets: Sets, p: &mut Packet) -> usize {
     match allowed(sets.ingress, &p.t_src, p.proto, p.dport) {
         Some(rule) => {
             p.rule = rule;
-            if sets.audit_ingress != NO_AUDIT
-                && allowed(sets.audit_ingress, &p.t_src, p.proto, p.dport).is_none()
-            {
-                p.audit_ingress = sets.endpoint;
-            }
+            let (peer, port) = (p.t_src, p.dport);
+            audit_ingress(sets, &peer, p, port);
             allow_reason(sets.ingress)
         }
         None => reason::DROP_INGRESS,

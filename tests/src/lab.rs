@@ -201,6 +201,22 @@ pub fn base() -> ClusterState {
     s
 }
 
+/// `set_policy` with netpol's mode annotation (`netpol.io/mode`) set to `mode`, or none,
+/// through the same trimming the sources apply.
+pub fn set_policy_mode(st: &mut ClusterState, name: &str, spec: &str, mode: Option<&str>) {
+    let meta = match mode {
+        Some(m) => format!(
+            r#"{{"name": "{name}", "namespace": "default", "annotations": {{"netpol.io/mode": {}}}}}"#,
+            serde_json::to_string(m).unwrap_or_default()
+        ),
+        None => format!(r#"{{"name": "{name}", "namespace": "default"}}"#),
+    };
+    let json = format!(r#"{{"metadata": {meta}, "spec": {spec}}}"#);
+    let p: k8s_openapi::api::networking::v1::NetworkPolicy =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("policy {name}: {e}"));
+    st.upsert_policy(&p).expect("policy");
+}
+
 /// Adds (or replaces) policy `name` in `default` with the given spec (JSON).
 pub fn set_policy(s: &mut ClusterState, name: &str, spec: &str) {
     let json =

@@ -412,8 +412,8 @@ fn plan_allows(
             let set = if ingress { ep.ingress } else { ep.egress };
             return match set {
                 None => (true, None),
-                Some(r) => match plan.rule_for(r, peer, protocol, port) {
-                    Some(rule) => (true, Some(rule.to_string())),
+                Some(r) => match plan.decide(r, peer, protocol, port) {
+                    Some(rule) => (true, rule.map(ToString::to_string)),
                     None => (false, None),
                 },
             };

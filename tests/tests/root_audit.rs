@@ -12,19 +12,13 @@ use netpol_common::VerdictEvent;
 use netpol_tests::lab::*;
 
 /// Adds policy `name` in `default`, in audit mode when `audit`.
-fn set_policy_in_mode(
-    st: &mut netpol_agent::state::ClusterState,
-    name: &str,
-    spec: &str,
-    audit: bool,
-) {
-    let mode = if audit { "audit" } else { "enforce" };
-    let json = format!(
-        r#"{{"metadata": {{"name": "{name}", "namespace": "default", "annotations": {{"netpol.io/mode": "{mode}"}}}}, "spec": {spec}}}"#
+fn set_policy_in_mode(st: &mut ClusterState, name: &str, spec: &str, audit: bool) {
+    set_policy_mode(
+        st,
+        name,
+        spec,
+        Some(if audit { "audit" } else { "enforce" }),
     );
-    let p: k8s_openapi::api::networking::v1::NetworkPolicy =
-        serde_json::from_str(&json).unwrap_or_else(|e| panic!("policy {name}: {e}"));
-    st.upsert_policy(&p).expect("policy");
 }
 
 /// Client egress to 10.2.0.0/16 (TCP 80, 8080, UDP 53) only.

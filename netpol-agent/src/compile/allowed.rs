@@ -4,6 +4,10 @@
 //! always the same: the first in policy order (namespace, name, direction, rule index).
 //! A pod peer allowed by a pod-selector rule is named by that rule even when an ipBlock
 //! rule comes first (the datapath looks at the peer's identity first).
+//!
+//! Naming costs port ranges (ranges of different rules do not merge), and the datapath
+//! scans at most `MAX_PORT_RANGES` per peer: an entry that needs more gives up naming
+//! before anything is denied (`fit`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -33,8 +37,9 @@ pub type RuleTag = Arc<RuleRef>;
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Allowed {
     /// Disjoint ranges sorted by (protocol, first port), adjacent ones merged when they
-    /// name the same rule; none names a rule after `rest` (that rule names them).
-    ranges: Vec<(Ports, RuleTag)>,
+    /// name the same rule; none names a rule after `rest` (that rule names them). None:
+    /// allowed, named by no rule (see `fit`).
+    ranges: Vec<(Ports, Option<RuleTag>)>,
     /// The rule that allows every port no range names (a rule without ports).
     rest: Option<RuleTag>,
 }
@@ -53,7 +58,7 @@ impl Allowed {
                 rest: Some(rule.clone()),
             },
             PortSpec::Only(set) => Allowed {
-                ranges: set.iter().map(|r| (*r, rule.clone())).collect(),
+                ranges: set.iter().map(|r| (*r, Some(rule.clone()))).collect(),
                 rest: None,
             },
         }
@@ -63,7 +68,7 @@ impl Allowed {
         self.ranges.is_empty() && self.rest.is_none()
     }
 
-    pub fn ranges(&self) -> &[(Ports, RuleTag)] {
+    pub fn ranges(&self) -> &[(Ports, Option<RuleTag>)] {
         &self.ranges
     }
 
@@ -71,17 +76,56 @@ impl Allowed {
         self.rest.as_ref()
     }
 
-    /// The rule that allows `protocol`/`port`, if one does.
-    pub fn rule_for(&self, protocol: Protocol, port: u16) -> Option<&RuleTag> {
-        self.ranges
+    /// None when `protocol`/`port` is not allowed; else the rule named for it, if any.
+    pub fn decide(&self, protocol: Protocol, port: u16) -> Option<Option<&RuleTag>> {
+        let range = self
+            .ranges
             .iter()
-            .find(|(r, _)| r.protocol == protocol && r.first <= port && port <= r.last)
-            .map(|(_, rule)| rule)
-            .or(self.rest.as_ref())
+            .find(|(r, _)| r.protocol == protocol && r.first <= port && port <= r.last);
+        match range {
+            Some((_, rule)) => Some(rule.as_ref()),
+            None => self.rest.as_ref().map(Some),
+        }
+    }
+
+    /// The rule named for `protocol`/`port`, when it is allowed and named.
+    pub fn rule_for(&self, protocol: Protocol, port: u16) -> Option<&RuleTag> {
+        self.decide(protocol, port).flatten()
     }
 
     pub fn allows(&self, protocol: Protocol, port: u16) -> bool {
-        self.rule_for(protocol, port).is_some()
+        self.decide(protocol, port).is_some()
+    }
+
+    /// Makes the entry fit in `max` ranges, giving up naming before allowing less: with a
+    /// rule that allows every port, every port is named by it (its ranges go); else
+    /// ranges that touch merge, those of several rules naming none. False when even that
+    /// does not fit (the caller denies the peer, and says so).
+    pub fn fit(&mut self, max: usize) -> bool {
+        if self.ranges.len() <= max {
+            return true;
+        }
+        if self.rest.is_some() {
+            self.ranges.clear();
+            return true;
+        }
+        let mut merged: Vec<(Ports, Option<RuleTag>)> = Vec::with_capacity(self.ranges.len());
+        for (range, rule) in std::mem::take(&mut self.ranges) {
+            match merged.last_mut() {
+                Some((last, last_rule))
+                    if last.protocol == range.protocol
+                        && u32::from(last.last) + 1 >= u32::from(range.first) =>
+                {
+                    last.last = last.last.max(range.last);
+                    if *last_rule != rule {
+                        *last_rule = None;
+                    }
+                }
+                _ => merged.push((range, rule)),
+            }
+        }
+        self.ranges = merged;
+        self.ranges.len() <= max
     }
 
     /// `self ∪= other`; a port both allow is named by the first of their rules.
@@ -93,13 +137,17 @@ impl Allowed {
             (Some(a), Some(b)) => Some(if *b < a { b.clone() } else { a }),
             (a, b) => a.or_else(|| b.clone()),
         };
-        let mut by_rule: Vec<(Ports, RuleTag)> = std::mem::take(&mut self.ranges);
+        let mut by_rule: Vec<(Ports, Option<RuleTag>)> = std::mem::take(&mut self.ranges);
         by_rule.extend(other.ranges.iter().cloned());
-        by_rule.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
-        // First rules first: each range takes only the ports no earlier rule took.
-        let mut taken: Vec<(Ports, RuleTag)> = Vec::with_capacity(by_rule.len());
+        // Named before unnamed, first rules first: each range takes only the ports no
+        // earlier one took.
+        by_rule.sort_by(|a, b| (a.1.is_none(), &a.1, a.0).cmp(&(b.1.is_none(), &b.1, b.0)));
+        let mut taken: Vec<(Ports, Option<RuleTag>)> = Vec::with_capacity(by_rule.len());
         for (range, rule) in by_rule {
-            if rest.as_ref().is_some_and(|r| *r <= rule) {
+            if rest
+                .as_ref()
+                .is_some_and(|r| rule.as_ref().is_none_or(|rule| r <= rule))
+            {
                 continue;
             }
             for free in uncovered(range, &taken) {
@@ -107,7 +155,7 @@ impl Allowed {
             }
         }
         taken.sort_by_key(|(range, _)| *range);
-        let mut merged: Vec<(Ports, RuleTag)> = Vec::with_capacity(taken.len());
+        let mut merged: Vec<(Ports, Option<RuleTag>)> = Vec::with_capacity(taken.len());
         for (range, rule) in taken {
             match merged.last_mut() {
                 Some((last, last_rule))
@@ -132,7 +180,7 @@ impl Allowed {
 }
 
 /// The parts of `range` that no range of `taken` covers.
-fn uncovered(range: Ports, taken: &[(Ports, RuleTag)]) -> Vec<Ports> {
+fn uncovered(range: Ports, taken: &[(Ports, Option<RuleTag>)]) -> Vec<Ports> {
     let mut covers: Vec<(u16, u16)> = taken
         .iter()
         .filter(|(t, _)| {
@@ -238,6 +286,44 @@ mod tests {
         assert_eq!(set.ranges().len(), 1);
         set.add(&Allowed::by(&only(&[tcp(82, 82)]), &b));
         assert_eq!(set.ranges().len(), 2);
+    }
+
+    #[test]
+    fn an_entry_that_does_not_fit_gives_up_naming_before_allowing_less() {
+        // 17 single ports of 17 rules, adjacent: one range, naming no rule.
+        let mut set = Allowed::none();
+        for i in 0..17u16 {
+            set.add(&Allowed::by(
+                &only(&[tcp(1000 + i, 1000 + i)]),
+                &rule("a", usize::from(i)),
+            ));
+        }
+        assert_eq!(set.ranges().len(), 17);
+        assert!(set.fit(16));
+        assert_eq!(set.ranges().len(), 1);
+        assert!(set.allows(Protocol::Tcp, 1016));
+        assert_eq!(set.rule_for(Protocol::Tcp, 1016), None);
+        assert!(!set.allows(Protocol::Tcp, 1017));
+        // 17 ports apart, and a rule for every port: that rule names them all.
+        let mut set = Allowed::by(&PortSpec::All, &rule("z", 0));
+        for i in 0..17u16 {
+            set.add(&Allowed::by(
+                &only(&[tcp(2 * i, 2 * i)]),
+                &rule("a", usize::from(i)),
+            ));
+        }
+        assert!(set.fit(16));
+        assert_eq!(named(&set, 4).as_deref(), Some("ns/z ingress[0]"));
+        assert!(set.allows(Protocol::Udp, 1));
+        // 17 ports apart, no such rule: it does not fit (the peer is denied).
+        let mut set = Allowed::none();
+        for i in 0..17u16 {
+            set.add(&Allowed::by(
+                &only(&[tcp(2 * i, 2 * i)]),
+                &rule("a", usize::from(i)),
+            ));
+        }
+        assert!(!set.fit(16));
     }
 
     #[test]

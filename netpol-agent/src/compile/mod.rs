@@ -133,19 +133,20 @@ impl RuleSet {
         (&self.peers, &self.blocks)
     }
 
-    /// The rule that allows the peer, as the datapath names it: its identity's entry
-    /// first, then the longest block. `identity`: the peer's, if it is a pod.
-    pub fn rule_for(
+    /// None when the peer is not allowed; else the rule the datapath names for it, if
+    /// any: its identity's entry decides first, then the longest block. `identity`: the
+    /// peer's, if it is a pod.
+    pub fn decide(
         &self,
         identity: Option<&Identity>,
         peer: IpAddr,
         protocol: Protocol,
         port: u16,
-    ) -> Option<&RuleTag> {
+    ) -> Option<Option<&RuleTag>> {
         identity
             .and_then(|i| self.peers.get(i))
-            .and_then(|s| s.rule_for(protocol, port))
-            .or_else(|| prefix::lookup(&self.blocks, peer).and_then(|s| s.rule_for(protocol, port)))
+            .and_then(|s| s.decide(protocol, port))
+            .or_else(|| prefix::lookup(&self.blocks, peer).and_then(|s| s.decide(protocol, port)))
     }
 
     /// `identity`: the peer's, if it is a pod.
@@ -156,7 +157,7 @@ impl RuleSet {
         protocol: Protocol,
         port: u16,
     ) -> bool {
-        self.rule_for(identity, peer, protocol, port).is_some()
+        self.decide(identity, peer, protocol, port).is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -253,10 +254,11 @@ impl Plan {
 
     /// What the datapath decides for `peer` under rule set `r`.
     pub fn allows(&self, r: RuleSetRef, peer: IpAddr, protocol: Protocol, port: u16) -> bool {
-        self.rule_for(r, peer, protocol, port).is_some()
+        self.decide(r, peer, protocol, port).is_some()
     }
 
-    /// The rule the datapath names when it allows `peer` under rule set `r`.
+    /// The rule the datapath names when it allows `peer` under rule set `r` (None also
+    /// when it allows without naming one, see `allowed::Allowed::fit`).
     pub fn rule_for(
         &self,
         r: RuleSetRef,
@@ -264,8 +266,20 @@ impl Plan {
         protocol: Protocol,
         port: u16,
     ) -> Option<&RuleTag> {
+        self.decide(r, peer, protocol, port).flatten()
+    }
+
+    /// None when the datapath does not allow `peer` under rule set `r`; else the rule
+    /// it names, if any.
+    pub fn decide(
+        &self,
+        r: RuleSetRef,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Option<Option<&RuleTag>> {
         let identity = self.identities.get(&peer).map(|i| &**i);
-        self.rule_set(r).rule_for(identity, peer, protocol, port)
+        self.rule_set(r).decide(identity, peer, protocol, port)
     }
 }
 
@@ -518,7 +532,7 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
             .map(|(prefix, spec)| (format!("peer {prefix}"), spec));
         for (peer, spec) in peers.chain(blocks) {
             let n = spec.ranges().len();
-            if n > netpol_common::MAX_PORT_RANGES {
+            if !spec.fit(netpol_common::MAX_PORT_RANGES) {
                 errors.push(PolicyError {
                     policy: ObjectRef::new("", "*"),
                     location: peer,

@@ -194,11 +194,11 @@ pub(super) fn judge(
         }
         by_blocks.add(&Allowed::by(&g.blocks, tag));
     }
-    // The compiler denies a peer entry whose ports need more ranges than the datapath
-    // scans (`compile`: "this peer is denied").
-    let fits = |entry: &Allowed, what: &str, errors: &mut Vec<String>| {
+    // The compiler fits each entry into the ranges the datapath scans, naming less if it
+    // must, and denies the peer when even that does not fit ("this peer is denied").
+    let fits = |entry: &mut Allowed, what: &str, errors: &mut Vec<String>| {
         let n = entry.ranges().len();
-        if n <= netpol_common::MAX_PORT_RANGES {
+        if entry.fit(netpol_common::MAX_PORT_RANGES) {
             return true;
         }
         errors.push(format!(
@@ -208,21 +208,20 @@ pub(super) fn judge(
         ));
         false
     };
-    let identity_ok = fits(&by_identity, "pod selectors", &mut errors);
-    let blocks_ok = fits(&by_blocks, "address blocks", &mut errors);
+    let identity_ok = fits(&mut by_identity, "pod selectors", &mut errors);
+    let blocks_ok = fits(&mut by_blocks, "address blocks", &mut errors);
     // The datapath looks at the identity's entry first.
-    let rule = identity_ok
-        .then(|| by_identity.rule_for(protocol, port))
+    let decided = identity_ok
+        .then(|| by_identity.decide(protocol, port))
         .flatten()
         .or_else(|| {
             blocks_ok
-                .then(|| by_blocks.rule_for(protocol, port))
+                .then(|| by_blocks.decide(protocol, port))
                 .flatten()
-        })
-        .map(|r| r.to_string());
+        });
     Judgement {
-        allowed: rule.is_some(),
-        rule,
+        allowed: decided.is_some(),
+        rule: decided.flatten().map(|r| r.to_string()),
         errors,
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use netpol_common::{
     Addr, EndpointInfo, IFACE_HAS_V4, IFACE_HAS_V6, IdentityId, IdentityKey, IfaceInfo,
     MAX_PORT_RANGES, NO_AUDIT, NO_PORTSET, PeerKey, PeerValue, PortRange, PortSet, REST_DENIED,
-    RULESET_ALLOW_ALL, ServiceKey, names,
+    RULE_UNNAMED, RULESET_ALLOW_ALL, ServiceKey, names,
 };
 
 use crate::compile::allowed::{Allowed, RuleTag};
@@ -189,7 +189,7 @@ pub struct Programmer<M: MapOps> {
     /// Keyed by the latest plan's own `Arc` of each set (see `recognise_sets`).
     sets: HashMap<Arc<RuleSet>, LoadedSet>,
     set_ids: Ids,
-    portsets: HashMap<Vec<(Ports, RuleTag)>, LoadedPortSet>,
+    portsets: HashMap<Vec<(Ports, Option<RuleTag>)>, LoadedPortSet>,
     portset_ids: Ids,
     rule_ids: RuleIds,
     endpoint_ids: BTreeMap<ObjectRef, u32>,
@@ -923,7 +923,7 @@ impl<M: MapOps> Programmer<M> {
         Ok(())
     }
 
-    fn portset_for(&mut self, ranges: &[(Ports, RuleTag)]) -> Result<u32, MapError> {
+    fn portset_for(&mut self, ranges: &[(Ports, Option<RuleTag>)]) -> Result<u32, MapError> {
         // compile() already replaced sets that do not fit with "none".
         if ranges.is_empty() || ranges.len() > MAX_PORT_RANGES {
             return Ok(NO_PORTSET);
@@ -938,8 +938,22 @@ impl<M: MapOps> Programmer<M> {
         };
         let mut rules = Vec::with_capacity(ranges.len());
         for ((r, rule), slot) in ranges.iter().zip(encoded.ranges.iter_mut()) {
-            let id = self.rule_ids.acquire(rule, &mut self.maps)?;
-            rules.push(id);
+            let id = match rule
+                .as_ref()
+                .map(|r| self.rule_ids.acquire(r, &mut self.maps))
+            {
+                Some(Ok(id)) => {
+                    rules.push(id);
+                    id
+                }
+                Some(Err(e)) => {
+                    for id in rules {
+                        self.rule_ids.release(id);
+                    }
+                    return Err(e);
+                }
+                None => RULE_UNNAMED,
+            };
             *slot = PortRange {
                 proto: r.protocol.number(),
                 _pad: 0,

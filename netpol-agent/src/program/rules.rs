@@ -49,6 +49,7 @@ impl RuleIds {
     }
 
     pub(super) fn release(&mut self, id: u32) {
+        // `RULE_UNNAMED` (ids ran out) is never held.
         let Some(rule) = self.names.get(&id) else {
             return;
         };
