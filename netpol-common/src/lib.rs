@@ -34,7 +34,7 @@ pub mod names {
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
     pub const META: &str = "META";
     pub const COUNTERS: &str = "COUNTERS";
-    /// Packets allowed per rule (a per-CPU array indexed by rule id).
+    /// Packets allowed per rule (a per-CPU array indexed by `rule_index`).
     pub const RULE_COUNTERS: &str = "RULE_COUNTERS";
 
     /// Attached to the host side of a pod veth, TC ingress: traffic the pod sends.
@@ -51,7 +51,7 @@ pub mod names {
 
 /// Version of the map layout (the types in this crate). Pins live under a directory named
 /// after it, so an agent whose maps differ never adopts maps it cannot read.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Default map sizes; the agent can override them at load time.
 pub mod sizes {
@@ -73,7 +73,7 @@ pub mod sizes {
     pub const NODE_ADDRS: u32 = 1024;
     /// Endpoint ids index the counters array, so this bounds the id space too.
     pub const COUNTERS: u32 = 8192;
-    /// Rule ids index the rule counters: rules past this many are not named.
+    /// Slots of the rule counters (`rule_index`): past this many, rules are not named.
     pub const RULES: u32 = 16_384;
 }
 
@@ -141,6 +141,8 @@ pub struct IfaceInfo {
     pub egress_set: u32,
     pub audit_ingress_set: u32,
     pub audit_egress_set: u32,
+    pub ingress_rules: u32,
+    pub egress_rules: u32,
 }
 
 /// A slot of the `IFACE_SLOTS` array: the programs find a veth's `IfaceInfo` there by
@@ -189,6 +191,11 @@ pub struct EndpointInfo {
     /// audit event, and passes.
     pub audit_ingress_set: u32,
     pub audit_egress_set: u32,
+    /// Where the rules of its rule sets are counted (`rule_index`; 0: not named). Rule
+    /// sets are shared by pods alike in what they allow, whatever policies allow it; what
+    /// a rule set's rule positions name is the pod's own.
+    pub ingress_rules: u32,
+    pub egress_rules: u32,
 }
 
 /// `audit_*_set` of a direction no audit-mode policy applies to.
@@ -238,11 +245,24 @@ impl PeerKey {
     }
 }
 
-/// Rule id of an allow that names no rule (a direction that is not isolated, or more
-/// rules than `sizes::RULES`). Rule ids index `RULE_COUNTERS`.
+/// Rule position of an allow that names no rule (a direction that is not isolated, or
+/// ranges of several rules merged to fit). Positions count from 1 in the order of the
+/// rule set's rules, which the agent names per pod (see `EndpointInfo::ingress_rules`).
 pub const RULE_UNNAMED: u32 = 0;
 
-/// Value of the peer maps: which ports are allowed to/from that peer, and by which rule.
+/// The `RULE_COUNTERS` slot of rule `position` of a pod's rules counted from `base`;
+/// 0 (never a slot) when either names nothing.
+#[inline(always)]
+pub fn rule_index(base: u32, position: u32) -> u32 {
+    if base == 0 || position == RULE_UNNAMED {
+        0
+    } else {
+        base.wrapping_add(position - 1)
+    }
+}
+
+/// Value of the peer maps: which ports are allowed to/from that peer, and by which rule
+/// (a position).
 /// The port set's ranges are checked first; a port none of them names is allowed by
 /// `rest_rule`, unless it is `REST_DENIED`. An except hole is `NO_PORTSET` with
 /// `REST_DENIED`.
@@ -271,7 +291,7 @@ pub struct PortRange {
     pub first: u16,
     pub last: u16,
     pub _pad2: u16,
-    /// The rule these ports are allowed by.
+    /// The rule these ports are allowed by (a position).
     pub rule: u32,
 }
 
@@ -400,8 +420,9 @@ pub mod ct_flag {
 /// this node allowed the opener's egress / the acceptor's ingress (`CT_UNDECIDED` when
 /// that side is not a local pod). Rule-set ids are never reused, so an entry whose id is
 /// not the pod's current one is decided again at its next packet. `opener_rule` /
-/// `acceptor_rule` name the rules that allowed each side (`RULE_UNNAMED`: none): the
-/// connection's packets are counted on them.
+/// `acceptor_rule` are the positions of the rules that allowed each side in that rule
+/// set (`RULE_UNNAMED`: none): the connection's packets are counted on them, as the
+/// pod's rules name them now.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct CtEntry {
@@ -673,7 +694,8 @@ pub struct VerdictEvent {
     pub reason: u8,
     pub hook: u8,
     pub flags: u8,
-    /// The rule that allowed it (`allow_policy`, `allow_tracked`); `RULE_UNNAMED` else.
+    /// The `RULE_COUNTERS` slot of the rule that allowed it (`allow_policy`,
+    /// `allow_tracked`); 0 else.
     pub rule: u32,
     pub _pad: u32,
 }
@@ -732,9 +754,9 @@ mod user {
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Addr>() == 16);
-    assert!(size_of::<IfaceInfo>() == 56);
-    assert!(size_of::<IfaceSlot>() == 60);
-    assert!(size_of::<EndpointInfo>() == 20);
+    assert!(size_of::<IfaceInfo>() == 64);
+    assert!(size_of::<IfaceSlot>() == 68);
+    assert!(size_of::<EndpointInfo>() == 28);
     assert!(size_of::<PeerKey>() == 20);
     assert!(size_of::<IdentityKey>() == 8);
     assert!(size_of::<CtKey>() == 40);

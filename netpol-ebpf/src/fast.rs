@@ -14,7 +14,7 @@
 use aya_ebpf::programs::TcContext;
 use netpol_common::{
     Addr, CtEntry, CtKey, IFACE_HAS_V4, IFACE_HAS_V6, IfaceInfo, PROTO_TCP, PROTO_UDP, ct_flag,
-    ct_lifetime_ns, reason,
+    ct_lifetime_ns, reason, rule_index,
 };
 
 use crate::maps::{CONNTRACK, count, count_rule};
@@ -286,8 +286,9 @@ fn replied(t: &Tuple) -> Option<Found> {
 }
 
 /// At a pod's veth: true when the packet passed as `allow_tracked` (counted); false when
-/// the full path must decide it.
-#[inline(always)]
+/// the full path must decide it. A function of its own (a BPF subprogram): its stack and
+/// the full path's are never live together, so each has the verifier's 512 bytes.
+#[inline(never)]
 pub fn established(ctx: &TcContext, iface: &IfaceInfo, side: Side) -> bool {
     let Some(t) = tuple(ctx) else {
         return false;
@@ -311,13 +312,11 @@ pub fn established(ctx: &TcContext, iface: &IfaceInfo, side: Side) -> bool {
     }
     let i_am_opener = (side == Side::Sends) == f.from_opener;
     let (stored, current, rule) = if i_am_opener {
-        (f.entry.opener_set, iface.egress_set, f.entry.opener_rule)
+        let rule = rule_index(iface.egress_rules, f.entry.opener_rule);
+        (f.entry.opener_set, iface.egress_set, rule)
     } else {
-        (
-            f.entry.acceptor_set,
-            iface.ingress_set,
-            f.entry.acceptor_rule,
-        )
+        let rule = rule_index(iface.ingress_rules, f.entry.acceptor_rule);
+        (f.entry.acceptor_set, iface.ingress_set, rule)
     };
     if stored != current {
         return false;
@@ -338,8 +337,8 @@ pub fn established(ctx: &TcContext, iface: &IfaceInfo, side: Side) -> bool {
 
 /// At an uplink: true when the packet belongs to a live replied connection whose
 /// opener's egress needs no check here (passes uncounted, as the full path passes it);
-/// false when the full path must look at it.
-#[inline(always)]
+/// false when the full path must look at it. A subprogram, like `established`.
+#[inline(never)]
 pub fn tracked_at_uplink(ctx: &TcContext) -> bool {
     let Some(t) = tuple(ctx) else {
         return false;

@@ -235,7 +235,7 @@ fn sent_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
     }
     let why = verdict::egress_opening(sets, p);
     if why < reason::FIRST_DROP && sets.tracked() {
-        let egress = Decided::by(sets.egress, p.rule);
+        let egress = Decided::by(sets.egress, p.position);
         verdict::track(p, egress, UNDECIDED, 0);
     }
     (id, why)
@@ -349,6 +349,7 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
     // egress decided here, on the backend kube-proxy chose.
     let sender = endpoint(&p.src);
     let mut opener = UNDECIDED;
+    let mut opener_counted = 0;
     let mut flags = 0;
     let mut track = sets.tracked();
     if let Some(s) = sender {
@@ -362,18 +363,19 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
             service::learn_backend(p, CT_UNDECIDED, true);
             return (s.id, r);
         }
-        opener = Decided::by(ss.egress, p.rule);
+        opener = Decided::by(ss.egress, p.position);
+        opener_counted = p.rule;
         flags = ct_flag::DEFERRED_EGRESS;
         track |= ss.tracked();
     }
     let why = verdict::ingress_opening(sets, p);
     if why < reason::FIRST_DROP && track {
-        let acceptor = Decided::by(sets.ingress, p.rule);
+        let acceptor = Decided::by(sets.ingress, p.position);
         verdict::track(p, opener, acceptor, flags);
     }
     if why < reason::FIRST_DROP && sender.is_some() {
         // The sender's egress was decided here too: its rule counts the opening.
-        maps::count_rule(opener.rule);
+        maps::count_rule(opener_counted);
     }
     if sender.is_some() {
         if why < reason::FIRST_DROP {
@@ -462,7 +464,7 @@ fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
     }
     let why = verdict::egress_opening(sets, p);
     if why < reason::FIRST_DROP && sets.tracked() {
-        let egress = Decided::by(sets.egress, p.rule);
+        let egress = Decided::by(sets.egress, p.position);
         verdict::track(p, egress, UNDECIDED, ct_flag::DEFERRED_EGRESS);
         service::learn_backend(p, sets.egress, true);
     } else if why >= reason::FIRST_DROP {

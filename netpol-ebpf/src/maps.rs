@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use netpol_common::{
     Addr, Counters, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts, IdentityId, IdentityKey,
-    IfaceInfo, IfaceSlot, PeerKey, PeerValue, PortSet, RULE_UNNAMED, ServiceFlow, ServiceFlowKey,
-    ServiceKey, meta, reason, sizes,
+    IfaceInfo, IfaceSlot, PeerKey, PeerValue, PortSet, ServiceFlow, ServiceFlowKey, ServiceKey,
+    meta, reason, sizes,
 };
 
 use crate::parse::Packet;
@@ -90,10 +90,10 @@ pub fn count(endpoint_id: u32, why: usize) {
     }
 }
 
-/// Counts a packet allowed by `rule` (nothing for `RULE_UNNAMED`).
+/// Counts a packet allowed by the rule counted in slot `rule` (nothing for 0).
 #[inline(always)]
 pub fn count_rule(rule: u32) {
-    if rule == RULE_UNNAMED {
+    if rule == 0 {
         return;
     }
     if let Some(c) = RULE_COUNTERS.get_ptr_mut(rule) {
@@ -121,6 +121,8 @@ pub fn sets_of(ep: &EndpointInfo) -> Sets {
         egress: ep.egress_set,
         audit_ingress: ep.audit_ingress_set,
         audit_egress: ep.audit_egress_set,
+        ingress_rules: ep.ingress_rules,
+        egress_rules: ep.egress_rules,
         endpoint: ep.id,
     }
 }
@@ -132,6 +134,8 @@ pub fn iface_sets(iface: &IfaceInfo) -> Sets {
         egress: iface.egress_set,
         audit_ingress: iface.audit_ingress_set,
         audit_egress: iface.audit_egress_set,
+        ingress_rules: iface.ingress_rules,
+        egress_rules: iface.egress_rules,
         endpoint: iface.endpoint_id,
     }
 }

@@ -91,8 +91,10 @@ pub struct Packet {
     pub nd_target: Addr,
     /// The frame went to an Ethernet broadcast or multicast address.
     pub eth_group: bool,
-    /// The rule behind the latest allow decided for it (`RULE_UNNAMED`: none).
+    /// The rule behind the latest allow decided for it: its `RULE_COUNTERS` slot (0:
+    /// none), and its position in the rule set that allowed it (what conntrack keeps).
     pub rule: u32,
+    pub position: u32,
     /// The endpoint whose opening this is and whose audit-mode policies would drop it,
     /// as the sender (egress) and as the receiver (ingress); 0: none.
     pub audit_egress: u32,
@@ -155,7 +157,8 @@ fn reset(p: &mut Packet, proto: u8, hop_limit: u8, frag: Frag) {
     p.frag_next = proto;
     p.hop_limit = hop_limit;
     p.v4_in_v6 = false;
-    p.rule = netpol_common::RULE_UNNAMED;
+    p.rule = 0;
+    p.position = netpol_common::RULE_UNNAMED;
     p.audit_egress = 0;
     p.audit_ingress = 0;
     // `nd_target` is written (and read) for neighbour advertisements only.

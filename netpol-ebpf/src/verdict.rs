@@ -10,7 +10,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use netpol_common::{
     Addr, CT_UNDECIDED, CtEntry, CtKey, IdentityKey, NO_AUDIT, NO_PORTSET, PROTO_TCP, PeerKey,
     PeerValue, REST_DENIED, RULE_UNNAMED, RULESET_ALLOW_ALL, RULESET_ID_BITS, ct_flag,
-    ct_lifetime_ns, reason,
+    ct_lifetime_ns, reason, rule_index,
 };
 
 use crate::clock::now;
@@ -25,6 +25,9 @@ pub struct Sets {
     /// `NO_AUDIT`, or what its policies in audit mode would allow (see `EndpointInfo`).
     pub audit_ingress: u32,
     pub audit_egress: u32,
+    /// Where the rules of its sets are counted (`rule_index`).
+    pub ingress_rules: u32,
+    pub egress_rules: u32,
     pub endpoint: u32,
 }
 
@@ -145,7 +148,8 @@ pub fn lookup(p: &Packet) -> Option<Hit> {
     })
 }
 
-/// How one side of a connection was decided: under which rule set, by which rule.
+/// How one side of a connection was decided: under which rule set, by which rule (its
+/// position in the set).
 #[derive(Clone, Copy)]
 pub struct Decided {
     pub set: u32,
@@ -258,12 +262,14 @@ fn revalidate(
     } else {
         (e.acceptor_set, sets.ingress)
     };
+    let (base, position) = if i_am_opener {
+        (sets.egress_rules, e.opener_rule)
+    } else {
+        (sets.ingress_rules, e.acceptor_rule)
+    };
     if stored == current {
-        p.rule = if i_am_opener {
-            e.opener_rule
-        } else {
-            e.acceptor_rule
-        };
+        p.position = position;
+        p.rule = rule_index(base, position);
         return None;
     }
     // The opening tuple: the acceptor's address and port, seen from the opener.
@@ -296,7 +302,8 @@ fn revalidate(
         e.acceptor_set = current;
         e.acceptor_rule = rule;
     }
-    p.rule = rule;
+    p.position = rule;
+    p.rule = rule_index(base, rule);
     Some(allow_reason(current))
 }
 
@@ -430,7 +437,8 @@ pub fn forget(hit: &Hit) {
 pub fn egress_opening(sets: Sets, p: &mut Packet) -> usize {
     match allowed(sets.egress, &p.t_dst, p.proto, p.dport) {
         Some(rule) => {
-            p.rule = rule;
+            p.position = rule;
+            p.rule = rule_index(sets.egress_rules, rule);
             let (peer, port) = (p.t_dst, p.dport);
             audit_egress(sets, &peer, p, port);
             allow_reason(sets.egress)
@@ -463,7 +471,8 @@ fn audit_ingress(sets: Sets, peer: &Addr, p: &mut Packet, port: u16) {
 pub fn ingress_opening(sets: Sets, p: &mut Packet) -> usize {
     match allowed(sets.ingress, &p.t_src, p.proto, p.dport) {
         Some(rule) => {
-            p.rule = rule;
+            p.position = rule;
+            p.rule = rule_index(sets.ingress_rules, rule);
             let (peer, port) = (p.t_src, p.dport);
             audit_ingress(sets, &peer, p, port);
             allow_reason(sets.ingress)

@@ -36,6 +36,15 @@ fn one_rule_all_ports(ports: impl Iterator<Item = u16>) -> String {
 const B_ALL_PORTS: &str = r#"{"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
   "egress": [{"to": [{"ipBlock": {"cidr": "10.2.0.0/16"}}]}]}"#;
 
+fn client_ep(plan: &netpol_agent::compile::Plan) -> &netpol_agent::compile::PlannedEndpoint {
+    plan.endpoints
+        .iter()
+        .find(|e| e.pod.name == "client")
+        .expect("client")
+}
+
+const EGRESS: netpol_agent::compile::Direction = netpol_agent::compile::Direction::Egress;
+
 fn client_egress(plan: &netpol_agent::compile::Plan) -> netpol_agent::compile::RuleSetRef {
     plan.endpoints
         .iter()
@@ -135,7 +144,7 @@ fn attack11_sixteen_ranges_fit() {
     let set = client_egress(&plan);
     assert!(plan.allows(set, v4a(Y4), Protocol::Tcp, 80));
     assert_eq!(
-        plan.rule_for(set, v4a(Y4), Protocol::Tcp, 1002)
+        plan.rule_for(client_ep(&plan), EGRESS, v4a(Y4), Protocol::Tcp, 1002)
             .map(|r| r.to_string())
             .as_deref(),
         Some("default/a egress[1]")
@@ -170,13 +179,13 @@ fn attack11_except_hole_survives_tag_splitting() {
     assert!(plan.allows(set, hole, Protocol::Tcp, 443));
     assert!(!plan.allows(set, half, Protocol::Tcp, 84));
     assert_eq!(
-        plan.rule_for(set, half, Protocol::Tcp, 85)
+        plan.rule_for(client_ep(&plan), EGRESS, half, Protocol::Tcp, 85)
             .map(|r| r.to_string())
             .as_deref(),
         Some("default/a egress[1]")
     );
     assert_eq!(
-        plan.rule_for(set, open, Protocol::Tcp, 85)
+        plan.rule_for(client_ep(&plan), EGRESS, open, Protocol::Tcp, 85)
             .map(|r| r.to_string())
             .as_deref(),
         Some("default/a egress[0]")
@@ -593,9 +602,9 @@ fn attack11_audit_never_changes_enforced_sets() {
                     "{peer:?} {proto:?} {port}"
                 );
                 assert_eq!(
-                    pw.rule_for(cw.egress.unwrap(), v4a(peer), proto, port)
+                    pw.rule_for(cw, EGRESS, v4a(peer), proto, port)
                         .map(|r| r.to_string()),
-                    po.rule_for(co.egress.unwrap(), v4a(peer), proto, port)
+                    po.rule_for(co, EGRESS, v4a(peer), proto, port)
                         .map(|r| r.to_string()),
                 );
             }

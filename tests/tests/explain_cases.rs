@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use netpol_agent::compile::{Plan, compile};
+use netpol_agent::compile::{Direction, Plan, compile};
 use netpol_agent::explain::{self, Cluster, Endpoint, Explanation, Query};
 use netpol_agent::state::Protocol;
 use netpol_tests::cases::{Case, CheckDef, CheckKind, Loaded, StepDef, load_checked};
@@ -409,13 +409,14 @@ fn plan_allows(
 ) -> (bool, Option<String>) {
     for plan in plans.values() {
         if let Some(ep) = plan.endpoints.iter().find(|e| e.pod.to_string() == pod) {
-            let set = if ingress { ep.ingress } else { ep.egress };
-            return match set {
-                None => (true, None),
-                Some(r) => match plan.decide(r, peer, protocol, port) {
-                    Some(rule) => (true, rule.map(ToString::to_string)),
-                    None => (false, None),
-                },
+            let dir = if ingress {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            };
+            return match plan.decide(ep, dir, peer, protocol, port) {
+                Some(rule) => (true, rule.map(ToString::to_string)),
+                None => (false, None),
             };
         }
     }

@@ -180,7 +180,7 @@ fn root_rules_the_programs_name_are_the_plans() {
         .iter()
         .find(|e| e.pod.name == "client")
         .expect("client");
-    let set = client.egress.expect("isolated");
+    assert!(client.egress.is_some(), "isolated");
     let ports = [79u16, 80, 81, 443];
     for (i, port) in ports.iter().enumerate() {
         let sport = 42000 + i as u16;
@@ -195,7 +195,8 @@ fn root_rules_the_programs_name_are_the_plans() {
     let from_plan: Vec<Option<String>> = ports
         .iter()
         .map(|port| {
-            plan.rule_for(set, v4a(Y4), Protocol::Tcp, *port)
+            let egress = netpol_agent::compile::Direction::Egress;
+            plan.rule_for(client, egress, v4a(Y4), Protocol::Tcp, *port)
                 .map(|r| r.to_string())
         })
         .collect();

@@ -927,19 +927,24 @@ impl Agent {
                 Err(e) => warn!(pod = %ep.pod, error = %e, "reading counters"),
             }
         }
-        let mut rules = Vec::new();
-        for (id, rule) in self.programmer.rule_names() {
-            match maps.rule_packets(*id) {
-                Ok(packets) => rules.push(crate::status::RuleStatus {
-                    namespace: rule.policy.namespace.clone(),
-                    policy: rule.policy.name.clone(),
-                    direction: rule.direction.to_string(),
-                    index: rule.index,
-                    packets,
-                }),
+        // A rule of several pods' lists is counted in several slots.
+        let mut by_rule: BTreeMap<crate::compile::allowed::RuleTag, u64> = BTreeMap::new();
+        for (slot, rule) in self.programmer.rule_names() {
+            match maps.rule_packets(slot) {
+                Ok(packets) => *by_rule.entry(rule).or_default() += packets,
                 Err(e) => warn!(rule = %rule, error = %e, "reading rule counters"),
             }
         }
+        let rules = by_rule
+            .into_iter()
+            .map(|(rule, packets)| crate::status::RuleStatus {
+                namespace: rule.policy.namespace.clone(),
+                policy: rule.policy.name.clone(),
+                direction: rule.direction.to_string(),
+                index: rule.index,
+                packets,
+            })
+            .collect();
         self.update_status(|s| {
             s.endpoints = snapshot.endpoints;
             s.rules = rules;

@@ -33,25 +33,37 @@ impl fmt::Display for RuleRef {
 /// Shared: every port range a rule allows names it.
 pub type RuleTag = Arc<RuleRef>;
 
-/// Ports allowed to one peer, each with the rule it is named by.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Allowed {
+/// Ports allowed to one peer, each with the rule it is named by: a `RuleTag`, or in the
+/// compiled rule sets the rule's position (from 1) among those the set unites, which each
+/// pod names by its own policies (rule sets are shared by pods of different policies).
+/// Either way, a smaller tag is a rule first in policy order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Allowed<T = RuleTag> {
     /// Disjoint ranges sorted by (protocol, first port), adjacent ones merged when they
     /// name the same rule; none names a rule after `rest` (that rule names them). None:
     /// allowed, named by no rule (see `fit`).
-    ranges: Vec<(Ports, Option<RuleTag>)>,
+    ranges: Vec<(Ports, Option<T>)>,
     /// The rule that allows every port no range names (a rule without ports).
-    rest: Option<RuleTag>,
+    rest: Option<T>,
 }
 
-impl Allowed {
+impl<T> Default for Allowed<T> {
+    fn default() -> Self {
+        Allowed {
+            ranges: Vec::new(),
+            rest: None,
+        }
+    }
+}
+
+impl<T: Clone + Ord> Allowed<T> {
     /// Nothing allowed.
     pub fn none() -> Self {
         Allowed::default()
     }
 
     /// What one rule allows the peer.
-    pub fn by(spec: &PortSpec, rule: &RuleTag) -> Self {
+    pub fn by(spec: &PortSpec, rule: &T) -> Self {
         match spec {
             PortSpec::All => Allowed {
                 ranges: Vec::new(),
@@ -68,16 +80,16 @@ impl Allowed {
         self.ranges.is_empty() && self.rest.is_none()
     }
 
-    pub fn ranges(&self) -> &[(Ports, Option<RuleTag>)] {
+    pub fn ranges(&self) -> &[(Ports, Option<T>)] {
         &self.ranges
     }
 
-    pub fn rest(&self) -> Option<&RuleTag> {
+    pub fn rest(&self) -> Option<&T> {
         self.rest.as_ref()
     }
 
     /// None when `protocol`/`port` is not allowed; else the rule named for it, if any.
-    pub fn decide(&self, protocol: Protocol, port: u16) -> Option<Option<&RuleTag>> {
+    pub fn decide(&self, protocol: Protocol, port: u16) -> Option<Option<&T>> {
         let range = self
             .ranges
             .iter()
@@ -89,7 +101,7 @@ impl Allowed {
     }
 
     /// The rule named for `protocol`/`port`, when it is allowed and named.
-    pub fn rule_for(&self, protocol: Protocol, port: u16) -> Option<&RuleTag> {
+    pub fn rule_for(&self, protocol: Protocol, port: u16) -> Option<&T> {
         self.decide(protocol, port).flatten()
     }
 
@@ -109,7 +121,7 @@ impl Allowed {
             self.ranges.clear();
             return true;
         }
-        let mut merged: Vec<(Ports, Option<RuleTag>)> = Vec::with_capacity(self.ranges.len());
+        let mut merged: Vec<(Ports, Option<T>)> = Vec::with_capacity(self.ranges.len());
         for (range, rule) in std::mem::take(&mut self.ranges) {
             match merged.last_mut() {
                 Some((last, last_rule))
@@ -129,7 +141,7 @@ impl Allowed {
     }
 
     /// `self ∪= other`; a port both allow is named by the first of their rules.
-    pub fn add(&mut self, other: &Allowed) {
+    pub fn add(&mut self, other: &Allowed<T>) {
         if other.is_none() {
             return;
         }
@@ -137,12 +149,12 @@ impl Allowed {
             (Some(a), Some(b)) => Some(if *b < a { b.clone() } else { a }),
             (a, b) => a.or_else(|| b.clone()),
         };
-        let mut by_rule: Vec<(Ports, Option<RuleTag>)> = std::mem::take(&mut self.ranges);
+        let mut by_rule: Vec<(Ports, Option<T>)> = std::mem::take(&mut self.ranges);
         by_rule.extend(other.ranges.iter().cloned());
         // Named before unnamed, first rules first: each range takes only the ports no
         // earlier one took.
         by_rule.sort_by(|a, b| (a.1.is_none(), &a.1, a.0).cmp(&(b.1.is_none(), &b.1, b.0)));
-        let mut taken: Vec<(Ports, Option<RuleTag>)> = Vec::with_capacity(by_rule.len());
+        let mut taken: Vec<(Ports, Option<T>)> = Vec::with_capacity(by_rule.len());
         for (range, rule) in by_rule {
             if rest
                 .as_ref()
@@ -155,7 +167,7 @@ impl Allowed {
             }
         }
         taken.sort_by_key(|(range, _)| *range);
-        let mut merged: Vec<(Ports, Option<RuleTag>)> = Vec::with_capacity(taken.len());
+        let mut merged: Vec<(Ports, Option<T>)> = Vec::with_capacity(taken.len());
         for (range, rule) in taken {
             match merged.last_mut() {
                 Some((last, last_rule))
@@ -180,7 +192,7 @@ impl Allowed {
 }
 
 /// The parts of `range` that no range of `taken` covers.
-fn uncovered(range: Ports, taken: &[(Ports, Option<RuleTag>)]) -> Vec<Ports> {
+fn uncovered<T>(range: Ports, taken: &[(Ports, Option<T>)]) -> Vec<Ports> {
     let mut covers: Vec<(u16, u16)> = taken
         .iter()
         .filter(|(t, _)| {
@@ -211,7 +223,7 @@ fn uncovered(range: Ports, taken: &[(Ports, Option<RuleTag>)]) -> Vec<Ports> {
     out
 }
 
-impl super::prefix::Union for Allowed {
+impl<T: Clone + Ord> super::prefix::Union for Allowed<T> {
     fn none() -> Self {
         Allowed::none()
     }

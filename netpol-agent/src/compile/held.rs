@@ -59,6 +59,7 @@ pub fn hold(plan: &mut Plan, state: &ClusterState, pods: &[(ObjectRef, Vec<IpAdd
                 ips: ips.clone(),
                 ingress,
                 egress,
+                rules: Default::default(),
                 audit: Default::default(),
                 // Held until the API shows the pod: no policy of its own yet.
                 isolated_by: Default::default(),
@@ -144,6 +145,7 @@ mod tests {
             ips: vec![ip("10.244.1.5")],
             ingress: None,
             egress: None,
+            rules: Default::default(),
             audit: Default::default(),
             isolated_by: Default::default(),
         });

@@ -97,9 +97,9 @@ cached_hash::by_fields!(Identity);
 #[derive(Clone, Default)]
 pub struct RuleSet {
     /// Pod-selector rules, by peer identity.
-    pub peers: BTreeMap<Arc<Identity>, Allowed>,
+    pub peers: BTreeMap<Arc<Identity>, Allowed<Position>>,
     /// ipBlock rules: longest-prefix-match entries (see `prefix::union`).
-    pub blocks: BTreeMap<Prefix, Allowed>,
+    pub blocks: BTreeMap<Prefix, Allowed<Position>>,
     hash: CachedHash,
 }
 
@@ -115,7 +115,10 @@ impl fmt::Debug for RuleSet {
 cached_hash::by_fields!(RuleSet);
 
 impl RuleSet {
-    pub fn new(peers: BTreeMap<Arc<Identity>, Allowed>, blocks: BTreeMap<Prefix, Allowed>) -> Self {
+    pub fn new(
+        peers: BTreeMap<Arc<Identity>, Allowed<Position>>,
+        blocks: BTreeMap<Prefix, Allowed<Position>>,
+    ) -> Self {
         RuleSet {
             peers,
             blocks,
@@ -127,26 +130,27 @@ impl RuleSet {
     fn fields(
         &self,
     ) -> (
-        &BTreeMap<Arc<Identity>, Allowed>,
-        &BTreeMap<Prefix, Allowed>,
+        &BTreeMap<Arc<Identity>, Allowed<Position>>,
+        &BTreeMap<Prefix, Allowed<Position>>,
     ) {
         (&self.peers, &self.blocks)
     }
 
-    /// None when the peer is not allowed; else the rule the datapath names for it, if
-    /// any: its identity's entry decides first, then the longest block. `identity`: the
-    /// peer's, if it is a pod.
+    /// None when the peer is not allowed; else the position of the rule the datapath
+    /// names for it, if any: its identity's entry decides first, then the longest block.
+    /// `identity`: the peer's, if it is a pod.
     pub fn decide(
         &self,
         identity: Option<&Identity>,
         peer: IpAddr,
         protocol: Protocol,
         port: u16,
-    ) -> Option<Option<&RuleTag>> {
+    ) -> Option<Option<Position>> {
         identity
             .and_then(|i| self.peers.get(i))
             .and_then(|s| s.decide(protocol, port))
             .or_else(|| prefix::lookup(&self.blocks, peer).and_then(|s| s.decide(protocol, port)))
+            .map(|p| p.copied())
     }
 
     /// `identity`: the peer's, if it is a pod.
@@ -169,6 +173,34 @@ impl RuleSet {
     }
 }
 
+/// A rule's place among the rules a rule set unites, from 1, in policy order (namespace,
+/// name, direction, rule index): what the set's entries name. Each pod names positions by
+/// its own rules (`RuleNames`).
+pub type Position = u32;
+
+/// What the positions of a pod's rule sets name, per direction: position `k` is entry
+/// `k - 1`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleNames {
+    pub ingress: Arc<Vec<RuleTag>>,
+    pub egress: Arc<Vec<RuleTag>>,
+}
+
+impl RuleNames {
+    pub fn of(&self, dir: Direction) -> &Arc<Vec<RuleTag>> {
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    /// The rule at `position` of direction `dir`.
+    pub fn name(&self, dir: Direction, position: Position) -> Option<&RuleTag> {
+        let i = usize::try_from(position).ok()?.checked_sub(1)?;
+        self.of(dir).get(i)
+    }
+}
+
 /// Index into `Plan::rule_sets`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RuleSetRef(pub usize);
@@ -180,6 +212,8 @@ pub struct PlannedEndpoint {
     pub ips: Vec<IpAddr>,
     pub ingress: Option<RuleSetRef>,
     pub egress: Option<RuleSetRef>,
+    /// What the rule positions of its rule sets name.
+    pub rules: RuleNames,
     /// What its policies would allow with those in audit mode enforced too; `None` when
     /// no audit-mode policy applies to it in that direction.
     pub audit: Audit,
@@ -254,32 +288,43 @@ impl Plan {
 
     /// What the datapath decides for `peer` under rule set `r`.
     pub fn allows(&self, r: RuleSetRef, peer: IpAddr, protocol: Protocol, port: u16) -> bool {
-        self.decide(r, peer, protocol, port).is_some()
-    }
-
-    /// The rule the datapath names when it allows `peer` under rule set `r` (None also
-    /// when it allows without naming one, see `allowed::Allowed::fit`).
-    pub fn rule_for(
-        &self,
-        r: RuleSetRef,
-        peer: IpAddr,
-        protocol: Protocol,
-        port: u16,
-    ) -> Option<&RuleTag> {
-        self.decide(r, peer, protocol, port).flatten()
-    }
-
-    /// None when the datapath does not allow `peer` under rule set `r`; else the rule
-    /// it names, if any.
-    pub fn decide(
-        &self,
-        r: RuleSetRef,
-        peer: IpAddr,
-        protocol: Protocol,
-        port: u16,
-    ) -> Option<Option<&RuleTag>> {
         let identity = self.identities.get(&peer).map(|i| &**i);
-        self.rule_set(r).decide(identity, peer, protocol, port)
+        self.rule_set(r).allows(identity, peer, protocol, port)
+    }
+
+    /// What the datapath decides for `peer` in direction `dir` of local pod `ep`: None
+    /// when it does not allow it; else the rule it names, if any (none for a direction
+    /// that is not isolated, or ports merged to fit, see `allowed::Allowed::fit`).
+    pub fn decide<'a>(
+        &'a self,
+        ep: &'a PlannedEndpoint,
+        dir: Direction,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Option<Option<&'a RuleTag>> {
+        let set = match dir {
+            Direction::Ingress => ep.ingress,
+            Direction::Egress => ep.egress,
+        };
+        let Some(set) = set else {
+            return Some(None);
+        };
+        let identity = self.identities.get(&peer).map(|i| &**i);
+        let position = self.rule_set(set).decide(identity, peer, protocol, port)?;
+        Some(position.and_then(|p| ep.rules.name(dir, p)))
+    }
+
+    /// The rule the datapath names when it allows `peer` in direction `dir` of `ep`.
+    pub fn rule_for<'a>(
+        &'a self,
+        ep: &'a PlannedEndpoint,
+        dir: Direction,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Option<&'a RuleTag> {
+        self.decide(ep, dir, peer, protocol, port).flatten()
     }
 }
 
@@ -355,6 +400,7 @@ impl<'a> PodIndex<'a> {
 struct SubjectSets {
     ingress: Option<RuleSetRef>,
     egress: Option<RuleSetRef>,
+    rules: RuleNames,
     audit: Audit,
     isolated_by: IsolatedBy,
 }
@@ -390,9 +436,10 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
     // Errors of a rule are the same for every pod it applies to: report each once.
     let mut rule_errors: BTreeSet<PolicyError> = BTreeSet::new();
     let mut rules = RuleCache::default();
-    // Rule sets by the rules they unite (sorted, deduplicated indexes into `rules`, with
-    // the rule each stands for).
-    let mut unions: BTreeMap<Vec<(usize, &RuleTag)>, RuleSetRef> = BTreeMap::new();
+    // Rule sets by the rules they unite (indexes into `rules`, in policy order: a rule's
+    // place is its position).
+    let mut unions: BTreeMap<Vec<usize>, RuleSetRef> = BTreeMap::new();
+    let mut names: BTreeSet<Arc<Vec<RuleTag>>> = BTreeSet::new();
     let mut subject_cache: HashMap<SubjectKey, Arc<SubjectSets>> = HashMap::new();
     let mut endpoints = Vec::new();
     for (pod_ref, pod) in &state.pods {
@@ -414,8 +461,10 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
                     })
                     .collect();
                 // The rule set of the policies of `dir` (with those in audit mode, or
-                // without); None when none applies.
-                let mut direction = |dir: Direction, with_audit: bool| -> Option<RuleSetRef> {
+                // without), and what its positions name; None when none applies.
+                let mut direction = |dir: Direction,
+                                     with_audit: bool|
+                 -> Option<(RuleSetRef, Arc<Vec<RuleTag>>)> {
                     let applying: Vec<&&CompiledPolicy> = selecting
                         .iter()
                         .filter(|p| p.types.contains(&dir) && (with_audit || !p.audit))
@@ -430,6 +479,7 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
                         subject: pod,
                     };
                     let mut united = Vec::new();
+                    let mut named = Vec::new();
                     for p in applying {
                         for (i, rule) in p.rules(dir).iter().enumerate() {
                             let slot = rules.resolve(&rules_of, p, i, rule);
@@ -440,38 +490,46 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
                                     message: format!("{message}; this rule allows nothing"),
                                 });
                             }
-                            united.push((slot, &rule.tag));
+                            united.push(slot);
+                            named.push(rule.tag.clone());
                         }
                     }
-                    united.sort_unstable();
-                    united.dedup();
+                    let named = match names.get(&named) {
+                        Some(n) => n.clone(),
+                        None => {
+                            let n = Arc::new(named);
+                            names.insert(n.clone());
+                            n
+                        }
+                    };
                     if let Some(r) = unions.get(&united) {
-                        return Some(*r);
+                        return Some((*r, named));
                     }
-                    let granted: Vec<(&RuleGrants, &RuleTag)> = united
+                    let granted: Vec<(&RuleGrants, Position)> = united
                         .iter()
-                        .filter_map(|(slot, tag)| Some((rules.results[*slot].as_ref().ok()?, *tag)))
+                        .zip(1..)
+                        .filter_map(|(slot, at)| Some((rules.results[*slot].as_ref().ok()?, at)))
                         .collect();
-                    let mut peers: BTreeMap<Arc<Identity>, Allowed> = BTreeMap::new();
-                    for (g, tag) in &granted {
+                    let mut peers: BTreeMap<Arc<Identity>, Allowed<Position>> = BTreeMap::new();
+                    for (g, at) in &granted {
                         for (identity, ports) in &g.peers {
                             peers
                                 .entry(identity.clone())
                                 .or_insert_with(Allowed::none)
-                                .add(&Allowed::by(ports, tag));
+                                .add(&Allowed::by(ports, at));
                         }
                     }
-                    let blocks: Vec<Grant<Allowed>> = granted
+                    let blocks: Vec<Grant<Allowed<Position>>> = granted
                         .iter()
-                        .flat_map(|(g, tag)| {
+                        .flat_map(|(g, at)| {
                             g.blocks
                                 .iter()
-                                .map(|b| b.with_ports(Allowed::by(&b.ports, tag)))
+                                .map(|b| b.with_ports(Allowed::by(&b.ports, at)))
                         })
                         .collect();
                     let r = intern(RuleSet::new(peers, prefix::union(&blocks)));
                     unions.insert(united, r);
-                    Some(r)
+                    Some((r, named))
                 };
                 let by = |dir: Direction, audit: bool| -> Vec<ObjectRef> {
                     selecting
@@ -487,21 +545,28 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
                     audit_egress: by(Direction::Egress, true),
                 };
                 let audited = |policies: &[ObjectRef]| !policies.is_empty();
+                let set_only = |d: Option<(RuleSetRef, Arc<Vec<RuleTag>>)>| d.map(|(r, _)| r);
                 let audit = Audit {
                     ingress: if audited(&isolated_by.audit_ingress) {
-                        direction(Direction::Ingress, true)
+                        set_only(direction(Direction::Ingress, true))
                     } else {
                         None
                     },
                     egress: if audited(&isolated_by.audit_egress) {
-                        direction(Direction::Egress, true)
+                        set_only(direction(Direction::Egress, true))
                     } else {
                         None
                     },
                 };
+                let ingress = direction(Direction::Ingress, false);
+                let egress = direction(Direction::Egress, false);
                 let sets = Arc::new(SubjectSets {
-                    ingress: direction(Direction::Ingress, false),
-                    egress: direction(Direction::Egress, false),
+                    ingress: ingress.as_ref().map(|(r, _)| *r),
+                    egress: egress.as_ref().map(|(r, _)| *r),
+                    rules: RuleNames {
+                        ingress: ingress.map(|(_, n)| n).unwrap_or_default(),
+                        egress: egress.map(|(_, n)| n).unwrap_or_default(),
+                    },
                     audit,
                     isolated_by,
                 });
@@ -514,6 +579,7 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
             ips: pod.ips.clone(),
             ingress: sets.ingress,
             egress: sets.egress,
+            rules: sets.rules.clone(),
             audit: sets.audit,
             isolated_by: sets.isolated_by.clone(),
         });

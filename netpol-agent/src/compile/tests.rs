@@ -724,12 +724,7 @@ fn cached_hashes_never_change_equality() {
         ))
     };
     let set = |app: &str| {
-        let rule = Arc::new(RuleRef {
-            policy: ObjectRef::new("ns", "p"),
-            direction: Direction::Ingress,
-            index: 0,
-        });
-        let peers = BTreeMap::from([(identity(app), Allowed::by(&PortSpec::All, &rule))]);
+        let peers = BTreeMap::from([(identity(app), Allowed::by(&PortSpec::All, &1))]);
         RuleSet::new(peers, BTreeMap::new())
     };
     let hasher = RandomState::new();

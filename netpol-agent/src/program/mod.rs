@@ -22,11 +22,12 @@ use netpol_common::{
     RULE_UNNAMED, RULESET_ALLOW_ALL, ServiceKey, names,
 };
 
+use crate::compile::Position;
 use crate::compile::allowed::{Allowed, RuleTag};
 use crate::compile::ports::Ports;
 use crate::compile::{Identity, Plan, RuleSet, ServicePort};
 use crate::state::ObjectRef;
-use rules::RuleIds;
+use rules::RuleTables;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
@@ -180,8 +181,6 @@ struct LoadedPortSet {
     id: u32,
     /// Entries using it.
     refs: usize,
-    /// The rule ids its ranges name (held while it exists).
-    rules: Vec<u32>,
 }
 
 pub struct Programmer<M: MapOps> {
@@ -189,9 +188,9 @@ pub struct Programmer<M: MapOps> {
     /// Keyed by the latest plan's own `Arc` of each set (see `recognise_sets`).
     sets: HashMap<Arc<RuleSet>, LoadedSet>,
     set_ids: Ids,
-    portsets: HashMap<Vec<(Ports, Option<RuleTag>)>, LoadedPortSet>,
+    portsets: HashMap<Vec<(Ports, Option<Position>)>, LoadedPortSet>,
     portset_ids: Ids,
-    rule_ids: RuleIds,
+    rule_tables: RuleTables,
     endpoint_ids: BTreeMap<ObjectRef, u32>,
     ep_ids: Ids,
     endpoints: BTreeMap<Addr, EndpointInfo>,
@@ -283,7 +282,7 @@ impl<M: MapOps> Programmer<M> {
             // 0 is `NO_PORTSET`.
             portset_ids: Ids::new(1, u32::MAX, "port sets"),
             portsets: HashMap::new(),
-            rule_ids: RuleIds::new(),
+            rule_tables: RuleTables::new(),
             endpoint_ids: BTreeMap::new(),
             // Id 0 is left for traffic that belongs to no endpoint.
             ep_ids: Ids::new(1, max_endpoints, "endpoints"),
@@ -460,6 +459,10 @@ impl<M: MapOps> Programmer<M> {
             let audit = |r: Option<crate::compile::RuleSetRef>| {
                 r.and_then(|r| set_ids[r.0]).unwrap_or(NO_AUDIT)
             };
+            let ingress_rules = self
+                .rule_tables
+                .base_of(&ep.rules.ingress, &mut self.maps)?;
+            let egress_rules = self.rule_tables.base_of(&ep.rules.egress, &mut self.maps)?;
             let info = match (wanted(ep.ingress), wanted(ep.egress)) {
                 (Some(ingress_set), Some(egress_set)) => EndpointInfo {
                     id,
@@ -467,6 +470,8 @@ impl<M: MapOps> Programmer<M> {
                     egress_set,
                     audit_ingress_set: audit(ep.audit.ingress),
                     audit_egress_set: audit(ep.audit.egress),
+                    ingress_rules,
+                    egress_rules,
                 },
                 (ingress, egress) => {
                     stats.overflowed.push(ep.pod.clone());
@@ -485,6 +490,8 @@ impl<M: MapOps> Programmer<M> {
                                 egress_set: egress.unwrap_or(fallback),
                                 audit_ingress_set: NO_AUDIT,
                                 audit_egress_set: NO_AUDIT,
+                                ingress_rules: 0,
+                                egress_rules: 0,
                             }
                         }
                     }
@@ -496,6 +503,8 @@ impl<M: MapOps> Programmer<M> {
                 egress_set: info.egress_set,
                 audit_ingress_set: info.audit_ingress_set,
                 audit_egress_set: info.audit_egress_set,
+                ingress_rules: info.ingress_rules,
+                egress_rules: info.egress_rules,
                 ..Default::default()
             };
             for ip in &ep.ips {
@@ -615,6 +624,12 @@ impl<M: MapOps> Programmer<M> {
         }
         self.delete_leftovers(&in_use)?;
         self.forget_unused_identities();
+        let counted: BTreeSet<u32> = self
+            .endpoints
+            .values()
+            .flat_map(|e| [e.ingress_rules, e.egress_rules])
+            .collect();
+        self.rule_tables.keep_used(&counted);
         Ok(stats)
     }
 
@@ -899,31 +914,18 @@ impl<M: MapOps> Programmer<M> {
         Ok(id)
     }
 
-    /// The peer entry of `spec`, holding its port set and rule ids.
-    fn peer_value(&mut self, spec: &Allowed) -> Result<PeerValue, MapError> {
+    /// The peer entry of `spec`, holding its port set.
+    fn peer_value(&mut self, spec: &Allowed<Position>) -> Result<PeerValue, MapError> {
         let portset = self.portset_for(spec.ranges())?;
-        let rest_rule = match spec.rest() {
-            Some(rule) => match self.rule_ids.acquire(rule, &mut self.maps) {
-                Ok(id) => id,
-                Err(e) => {
-                    self.release_portset(portset)?;
-                    return Err(e);
-                }
-            },
-            None => REST_DENIED,
-        };
+        let rest_rule = spec.rest().copied().unwrap_or(REST_DENIED);
         Ok(PeerValue { portset, rest_rule })
     }
 
     fn release_peer_value(&mut self, value: PeerValue) -> Result<(), MapError> {
-        self.release_portset(value.portset)?;
-        if value.rest_rule != REST_DENIED {
-            self.rule_ids.release(value.rest_rule);
-        }
-        Ok(())
+        self.release_portset(value.portset)
     }
 
-    fn portset_for(&mut self, ranges: &[(Ports, Option<RuleTag>)]) -> Result<u32, MapError> {
+    fn portset_for(&mut self, ranges: &[(Ports, Option<Position>)]) -> Result<u32, MapError> {
         // compile() already replaced sets that do not fit with "none".
         if ranges.is_empty() || ranges.len() > MAX_PORT_RANGES {
             return Ok(NO_PORTSET);
@@ -936,50 +938,21 @@ impl<M: MapOps> Programmer<M> {
             len: ranges.len() as u32,
             ..Default::default()
         };
-        let mut rules = Vec::with_capacity(ranges.len());
         for ((r, rule), slot) in ranges.iter().zip(encoded.ranges.iter_mut()) {
-            let id = match rule
-                .as_ref()
-                .map(|r| self.rule_ids.acquire(r, &mut self.maps))
-            {
-                Some(Ok(id)) => {
-                    rules.push(id);
-                    id
-                }
-                Some(Err(e)) => {
-                    for id in rules {
-                        self.rule_ids.release(id);
-                    }
-                    return Err(e);
-                }
-                None => RULE_UNNAMED,
-            };
             *slot = PortRange {
                 proto: r.protocol.number(),
                 _pad: 0,
                 first: r.first,
                 last: r.last,
                 _pad2: 0,
-                rule: id,
+                rule: rule.unwrap_or(RULE_UNNAMED),
             };
         }
-        let written = self
-            .portset_ids
-            .take()
-            .and_then(|id| self.maps.set_portset(id, &encoded).map(|()| id));
-        match written {
-            Ok(id) => {
-                let loaded = LoadedPortSet { id, refs: 1, rules };
-                self.portsets.insert(ranges.to_vec(), loaded);
-                Ok(id)
-            }
-            Err(e) => {
-                for id in rules {
-                    self.rule_ids.release(id);
-                }
-                Err(e)
-            }
-        }
+        let id = self.portset_ids.take()?;
+        self.maps.set_portset(id, &encoded)?;
+        let loaded = LoadedPortSet { id, refs: 1 };
+        self.portsets.insert(ranges.to_vec(), loaded);
+        Ok(id)
     }
 
     fn release_portset(&mut self, id: u32) -> Result<(), MapError> {
@@ -996,12 +969,8 @@ impl<M: MapOps> Programmer<M> {
         };
         if let Some(loaded) = self.portsets.get_mut(&key) {
             loaded.refs -= 1;
-            if loaded.refs == 0
-                && let Some(gone) = self.portsets.remove(&key)
-            {
-                for rule in gone.rules {
-                    self.rule_ids.release(rule);
-                }
+            if loaded.refs == 0 {
+                self.portsets.remove(&key);
                 self.maps.del_portset(id)?;
                 self.portset_ids.release(id);
             }
@@ -1009,9 +978,10 @@ impl<M: MapOps> Programmer<M> {
         Ok(())
     }
 
-    /// Every rule the maps name, by id (the labels of the rule counters).
-    pub fn rule_names(&self) -> &BTreeMap<u32, RuleTag> {
-        self.rule_ids.names()
+    /// Every counted rule, by its `RULE_COUNTERS` slot (the labels of the rule counters
+    /// and the names of events). A rule of several pods' lists has several slots.
+    pub fn rule_names(&self) -> BTreeMap<u32, RuleTag> {
+        self.rule_tables.names()
     }
 
     fn write_set(&mut self, set: &RuleSet) -> Result<LoadedSet, MapError> {

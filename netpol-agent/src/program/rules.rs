@@ -1,70 +1,107 @@
-//! Rule ids: what the datapath names a rule by in port sets, peer entries, tracked
-//! connections and verdict events, and the index of its packet counter.
-//!
-//! An id is held while some written entry names its rule and is reused after that, its
-//! counter zeroed first. Past `sizes::RULES` rules, allows are not named (`RULE_UNNAMED`)
-//! rather than refused: naming is for operators, the verdict does not depend on it.
+//! Where each pod's rules are counted. Rule sets name rules by position (rule sets are
+//! shared by pods whose policies allow alike); a pod's `RuleNames` say what its positions
+//! name. Each distinct list of names gets a block of `RULE_COUNTERS` slots, shared by the
+//! pods with that list: position `k` of such a pod is counted in slot `base + k - 1`
+//! (`netpol_common::rule_index`). A block is zeroed when it is handed out and freed when
+//! no endpoint uses it. Past `sizes::RULES` slots, rules are not named (base 0) rather
+//! than refused: naming is for operators, verdicts do not depend on it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
-use netpol_common::{RULE_UNNAMED, sizes};
+use netpol_common::sizes;
 
-use super::{Ids, MapError, MapOps};
+use super::{MapError, MapOps};
 use crate::compile::allowed::RuleTag;
 
-pub(super) struct RuleIds {
-    /// Id and how many written entries name it.
-    held: HashMap<RuleTag, (u32, usize)>,
-    names: BTreeMap<u32, RuleTag>,
-    ids: Ids,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Block {
+    base: u32,
+    len: u32,
 }
 
-impl RuleIds {
+pub(super) struct RuleTables {
+    tables: HashMap<Arc<Vec<RuleTag>>, Block>,
+    free: Vec<Block>,
+    /// The first slot never handed out (slot 0 is never one).
+    next: u32,
+}
+
+impl RuleTables {
     pub(super) fn new() -> Self {
-        RuleIds {
-            held: HashMap::new(),
-            names: BTreeMap::new(),
-            // 0 is `RULE_UNNAMED`.
-            ids: Ids::new(1, sizes::RULES, "rules"),
+        RuleTables {
+            tables: HashMap::new(),
+            free: Vec::new(),
+            next: 1,
         }
     }
 
-    /// The id of `rule`, held once more.
-    pub(super) fn acquire(
+    /// The first slot of `names` (a block is handed out, zeroed, the first time); 0 when
+    /// it names nothing or the counters are full.
+    pub(super) fn base_of(
         &mut self,
-        rule: &RuleTag,
+        names: &Arc<Vec<RuleTag>>,
         maps: &mut impl MapOps,
     ) -> Result<u32, MapError> {
-        if let Some((id, refs)) = self.held.get_mut(rule) {
-            *refs += 1;
-            return Ok(*id);
+        if names.is_empty() {
+            return Ok(0);
         }
-        let Ok(id) = self.ids.take() else {
-            return Ok(RULE_UNNAMED);
+        if let Some(b) = self.tables.get(names) {
+            return Ok(b.base);
+        }
+        let Ok(len) = u32::try_from(names.len()) else {
+            return Ok(0);
         };
-        maps.reset_rule_counter(id)?;
-        self.held.insert(rule.clone(), (id, 1));
-        self.names.insert(id, rule.clone());
-        Ok(id)
+        let Some(block) = self.take(len) else {
+            return Ok(0);
+        };
+        for slot in block.base..block.base + block.len {
+            maps.reset_rule_counter(slot)?;
+        }
+        self.tables.insert(names.clone(), block);
+        Ok(block.base)
     }
 
-    pub(super) fn release(&mut self, id: u32) {
-        // `RULE_UNNAMED` (ids ran out) is never held.
-        let Some(rule) = self.names.get(&id) else {
-            return;
-        };
-        if let Some((_, refs)) = self.held.get_mut(rule) {
-            *refs -= 1;
-            if *refs == 0 {
-                self.held.remove(rule);
-                self.names.remove(&id);
-                self.ids.release(id);
+    fn take(&mut self, len: u32) -> Option<Block> {
+        if let Some(i) = self.free.iter().position(|b| b.len >= len) {
+            let b = self.free.swap_remove(i);
+            if b.len > len {
+                self.free.push(Block {
+                    base: b.base + len,
+                    len: b.len - len,
+                });
+            }
+            return Some(Block { base: b.base, len });
+        }
+        let end = self.next.checked_add(len)?;
+        if end > sizes::RULES {
+            return None;
+        }
+        let base = self.next;
+        self.next = end;
+        Some(Block { base, len })
+    }
+
+    /// Frees the blocks whose first slot no endpoint uses any more.
+    pub(super) fn keep_used(&mut self, used: &BTreeSet<u32>) {
+        let free = &mut self.free;
+        self.tables.retain(|_, b| {
+            let keep = used.contains(&b.base);
+            if !keep {
+                free.push(*b);
+            }
+            keep
+        });
+    }
+
+    /// Every counted rule, by slot.
+    pub(super) fn names(&self) -> BTreeMap<u32, RuleTag> {
+        let mut out = BTreeMap::new();
+        for (names, b) in &self.tables {
+            for (slot, rule) in (b.base..).zip(names.iter()) {
+                out.insert(slot, rule.clone());
             }
         }
-    }
-
-    /// Every rule with an id.
-    pub(super) fn names(&self) -> &BTreeMap<u32, RuleTag> {
-        &self.names
+        out
     }
 }

@@ -78,11 +78,11 @@ fn maps_decide_like_the_plan() {
                 // The maps name the rule the plan names.
                 let named = m
                     .rule_for(info.ingress_set, *peer, Protocol::Tcp, port)
-                    .and_then(|id| p.rule_names().get(&id))
+                    .map(|position| netpol_common::rule_index(info.ingress_rules, position))
+                    .and_then(|slot| p.rule_names().get(&slot).cloned())
                     .map(|r| r.to_string());
-                let planned = ep
-                    .ingress
-                    .and_then(|r| plan.rule_for(r, *peer, Protocol::Tcp, port))
+                let planned = plan
+                    .rule_for(ep, compile::Direction::Ingress, *peer, Protocol::Tcp, port)
                     .map(|r| r.to_string());
                 assert_eq!(named, planned, "{} from {peer}:{port}", ep.pod);
             }

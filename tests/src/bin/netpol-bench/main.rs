@@ -91,7 +91,8 @@ fn frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u
     p
 }
 
-/// The client pod on loopback, egress-isolated under rule set `set`.
+/// The client pod on loopback, egress-isolated under rule set `set`, its rules counted
+/// from slot 1 (as the agent counts them).
 fn program_client(maps: &mut KernelMaps, set: u32) -> Result<()> {
     let addr = Addr::from_v4(CLIENT);
     let info = EndpointInfo {
@@ -100,6 +101,8 @@ fn program_client(maps: &mut KernelMaps, set: u32) -> Result<()> {
         egress_set: set,
         audit_ingress_set: 0,
         audit_egress_set: 0,
+        ingress_rules: 0,
+        egress_rules: 1,
     };
     maps.set_endpoint(addr, info)?;
     maps.set_iface(
@@ -110,6 +113,7 @@ fn program_client(maps: &mut KernelMaps, set: u32) -> Result<()> {
             endpoint_id: ENDPOINT_ID,
             ingress_set: 0,
             egress_set: set,
+            egress_rules: 1,
             ..Default::default()
         },
     )?;
