@@ -189,10 +189,16 @@ fn fetch_kernel(k: &Kernel, dir: &Path) -> Result<(PathBuf, PathBuf)> {
             bail!("no package matching {} in Debian {}", k.package, k.suite);
         };
         println!("kernels: {package}");
-        sh(Command::new("apt-get")
+        // Not `sh`: that runs in the repository, and `apt-get download` writes where it runs.
+        let status = Command::new("apt-get")
             .args(&opts)
             .args(["download", "-qq", package])
-            .current_dir(dir))?;
+            .current_dir(dir)
+            .status()
+            .context("starting apt-get download")?;
+        if !status.success() {
+            bail!("apt-get download {package} failed ({status})");
+        }
         let deb = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|x| x == "deb"))
