@@ -367,6 +367,17 @@ impl Lab {
         self.pr.endpoint_ids()[&ObjectRef::new("default", pod)]
     }
 
+    /// Packets counted per rule, by name (rules with no packets left out).
+    pub fn rule_packets(&self) -> BTreeMap<String, u64> {
+        self.pr
+            .rule_packets()
+            .expect("rule counters")
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(rule, n)| (rule.to_string(), n))
+            .collect()
+    }
+
     pub fn counters(&self, id: u32) -> [u64; reason::COUNT] {
         self.pr.maps().counters(id).expect("counters").packets
     }

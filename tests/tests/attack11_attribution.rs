@@ -9,18 +9,6 @@ use std::collections::BTreeMap;
 
 use netpol_tests::lab::*;
 
-fn rule_packets(lab: &Lab) -> BTreeMap<String, u64> {
-    lab.pr
-        .rule_names()
-        .iter()
-        .map(|(id, rule)| {
-            let n = lab.pr.maps().rule_packets(*id).expect("rule counters");
-            (rule.to_string(), n)
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect()
-}
-
 /// The client's egress: only to the server (every port).
 const CLIENT_TO_SERVER: &str = r#"{"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
   "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "server"}}}]}]}"#;
@@ -80,14 +68,15 @@ fn root_attack11_service_to_local_backend_egress_rule_never_counted() {
             PASS,
         );
     }
-    let counted = rule_packets(&lab)
+    let counted = lab
+        .rule_packets()
         .get("default/e egress[0]")
         .copied()
         .unwrap_or(0);
     assert!(
         counted >= 1,
         "the client's egress rule allowed this connection (4 packets to the backend); counted {counted}: {:?}",
-        rule_packets(&lab)
+        lab.rule_packets()
     );
 }
 
@@ -118,7 +107,7 @@ fn root_attack11_direct_to_local_server_egress_rule_counted() {
     // The client's own veth counts each packet it sends or receives on e: SYN, SYN-ACK,
     // 3 data.
     assert_eq!(
-        rule_packets(&lab),
+        lab.rule_packets(),
         BTreeMap::from([("default/e egress[0]".to_string(), 5)])
     );
 }

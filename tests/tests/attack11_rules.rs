@@ -233,25 +233,13 @@ fn root_attack11_except_hole_in_the_datapath() {
     assert_eq!(show(send(&mut lab, [10, 2, 1, 5], 85)), "PASS");
     assert_eq!(show(send(&mut lab, [10, 2, 1, 5], 101)), "DROP");
     assert_eq!(
-        rule_packets(&lab),
+        lab.rule_packets(),
         BTreeMap::from([
             ("default/a egress[0]".to_string(), 1),
             ("default/a egress[1]".to_string(), 1),
             ("default/a egress[2]".to_string(), 1),
         ])
     );
-}
-
-fn rule_packets(lab: &Lab) -> BTreeMap<String, u64> {
-    lab.pr
-        .rule_names()
-        .iter()
-        .map(|(id, rule)| {
-            let n = lab.pr.maps().rule_packets(*id).expect("rule counters");
-            (rule.to_string(), n)
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect()
 }
 
 /// Rule ids reused: policy `a` allows a connection (counted), is deleted and `c` (same
@@ -277,7 +265,7 @@ fn root_attack11_rule_id_reuse_starts_from_zero() {
         );
     }
     let a_ids: Vec<u32> = lab.pr.rule_names().keys().copied().collect();
-    assert_eq!(rule_packets(&lab).values().sum::<u64>(), 5);
+    assert_eq!(lab.rule_packets().values().sum::<u64>(), 5);
     del_policy(&mut lab.state, "a");
     lab.apply();
     assert!(lab.pr.rule_names().is_empty(), "a's ids released");
@@ -288,7 +276,7 @@ fn root_attack11_rule_id_reuse_starts_from_zero() {
         a_ids, c_ids,
         "the id is reused (else this test proves less)"
     );
-    assert_eq!(rule_packets(&lab), BTreeMap::new(), "c starts from 0");
+    assert_eq!(lab.rule_packets(), BTreeMap::new(), "c starts from 0");
     // A 10.2.0.0/16 connection is allowed by c too: decided again, counted on c.
     assert_eq!(
         lab.run(
@@ -299,7 +287,7 @@ fn root_attack11_rule_id_reuse_starts_from_zero() {
         PASS
     );
     assert_eq!(
-        rule_packets(&lab),
+        lab.rule_packets(),
         BTreeMap::from([("default/c egress[0]".to_string(), 1)])
     );
     // Then c goes too and d allows nothing to 10.2: the connection is revoked, and
@@ -315,7 +303,7 @@ fn root_attack11_rule_id_reuse_starts_from_zero() {
         ),
         DROP
     );
-    assert_eq!(rule_packets(&lab), BTreeMap::new());
+    assert_eq!(lab.rule_packets(), BTreeMap::new());
 }
 
 // ---- audit <-> enforce with live connections --------------------------------------------

@@ -37,19 +37,6 @@ fn lab_with(policies: &[(&str, &str)], events: EventOptions) -> (Lab, u32) {
     (lab, i[0])
 }
 
-/// Packets counted per rule, by name (rules with no packets left out).
-fn rule_packets(lab: &Lab) -> BTreeMap<String, u64> {
-    lab.pr
-        .rule_names()
-        .iter()
-        .map(|(id, rule)| {
-            let n = lab.pr.maps().rule_packets(*id).expect("rule counters");
-            (rule.to_string(), n)
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect()
-}
-
 fn drain(lab: &mut Lab) -> Vec<VerdictEvent> {
     let (mut ring, _) = lab.dp.take_events().expect("events maps");
     let mut out = Vec::new();
@@ -140,7 +127,7 @@ fn root_rules_count_every_packet_of_the_connections_they_allowed() {
         DROP
     );
     assert_eq!(
-        rule_packets(&lab),
+        lab.rule_packets(),
         BTreeMap::from([
             ("default/a egress[1]".to_string(), 8),
             ("default/b egress[0]".to_string(), 1),
@@ -219,7 +206,7 @@ fn root_rules_a_connection_moves_to_the_rule_that_allows_it_now() {
         EventOptions::default(),
     );
     lab.open_tcp_80(vc, Y4, 41000);
-    let before = rule_packets(&lab);
+    let before = lab.rule_packets();
     assert_eq!(before.keys().collect::<Vec<_>>(), ["default/a egress[1]"]);
     // `a` goes: the connection is decided again at its next packet, now by `b`.
     lab.state
@@ -237,7 +224,7 @@ fn root_rules_a_connection_moves_to_the_rule_that_allows_it_now() {
         );
     }
     assert_eq!(
-        rule_packets(&lab),
+        lab.rule_packets(),
         BTreeMap::from([("default/b egress[0]".to_string(), 2)]),
         "a's id is released with its entries; b counts what it allows now"
     );

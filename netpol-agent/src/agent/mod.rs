@@ -927,14 +927,13 @@ impl Agent {
                 Err(e) => warn!(pod = %ep.pod, error = %e, "reading counters"),
             }
         }
-        // A rule of several pods' lists is counted in several slots.
-        let mut by_rule: BTreeMap<crate::compile::allowed::RuleTag, u64> = BTreeMap::new();
-        for (slot, rule) in self.programmer.rule_names() {
-            match maps.rule_packets(slot) {
-                Ok(packets) => *by_rule.entry(rule).or_default() += packets,
-                Err(e) => warn!(rule = %rule, error = %e, "reading rule counters"),
+        let by_rule = match self.programmer.rule_packets() {
+            Ok(by_rule) => by_rule,
+            Err(e) => {
+                warn!(error = %e, "reading rule counters");
+                BTreeMap::new()
             }
-        }
+        };
         let rules = by_rule
             .into_iter()
             .map(|(rule, packets)| crate::status::RuleStatus {

@@ -288,11 +288,15 @@ impl MapOps for KernelMaps {
             .map_err(op(names::COUNTERS, "reset"))
     }
 
-    fn reset_rule_counter(&mut self, rule_id: u32) -> Result<(), MapError> {
+    fn reset_rule_counter(&mut self, slot: u32) -> Result<(), MapError> {
         let zero = per_cpu_zero(names::RULE_COUNTERS, 0u64)?;
         self.rule_counters
-            .set(rule_id, zero, 0)
+            .set(slot, zero, 0)
             .map_err(op(names::RULE_COUNTERS, "reset"))
+    }
+
+    fn read_rule_counter(&self, slot: u32) -> Result<u64, MapError> {
+        self.rule_packets(slot)
     }
 }
 
@@ -494,11 +498,11 @@ impl KernelMaps {
             .collect()
     }
 
-    /// Packets a rule id allowed, summed over CPUs.
-    pub fn rule_packets(&self, rule_id: u32) -> Result<u64, MapError> {
+    /// Packets a rule counter slot counted, summed over CPUs.
+    pub fn rule_packets(&self, slot: u32) -> Result<u64, MapError> {
         let per_cpu = self
             .rule_counters
-            .get(&rule_id, 0)
+            .get(&slot, 0)
             .map_err(op(names::RULE_COUNTERS, "read"))?;
         Ok(per_cpu.iter().sum())
     }

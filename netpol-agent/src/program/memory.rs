@@ -119,8 +119,12 @@ impl MapOps for MemoryMaps {
     fn reset_counters(&mut self, _id: u32) -> Result<(), MapError> {
         Ok(())
     }
-    fn reset_rule_counter(&mut self, _id: u32) -> Result<(), MapError> {
+    fn reset_rule_counter(&mut self, _slot: u32) -> Result<(), MapError> {
         Ok(())
+    }
+    fn read_rule_counter(&self, _slot: u32) -> Result<u64, MapError> {
+        // No datapath here: nothing is counted.
+        Ok(0)
     }
     fn existing(&self) -> Result<super::Existing, MapError> {
         Ok(super::Existing {

@@ -69,8 +69,10 @@ pub trait MapOps {
     /// pod given the same address must not inherit them). Returns how many.
     fn forget_connections(&mut self, addrs: &BTreeSet<Addr>) -> Result<usize, MapError>;
     fn reset_counters(&mut self, endpoint_id: u32) -> Result<(), MapError>;
-    /// Zeroes a rule id's packet counter before the id names another rule.
-    fn reset_rule_counter(&mut self, rule_id: u32) -> Result<(), MapError>;
+    /// Zeroes a rule counter slot before it names another rule.
+    fn reset_rule_counter(&mut self, slot: u32) -> Result<(), MapError>;
+    /// What a rule counter slot counted (summed over CPUs).
+    fn read_rule_counter(&self, slot: u32) -> Result<u64, MapError>;
     /// Everything the maps hold now, for adopting the state of an earlier run.
     fn existing(&self) -> Result<Existing, MapError>;
 }
@@ -216,6 +218,9 @@ pub struct Programmer<M: MapOps> {
     pending_renewals: BTreeSet<Arc<RuleSet>>,
     /// What `IDENTITIES` held when adopted: identities keep those ids where they can.
     adopted_identities: BTreeMap<Addr, IdentityId>,
+    /// Endpoints as an earlier run wrote them, until this run writes them: their rule
+    /// counter slots are that run's.
+    adopted_rule_slots: BTreeSet<Addr>,
     /// Veths whose pod cannot be told (see `datapath::pod_links`): they drop everything.
     quarantined: BTreeSet<u32>,
     /// The rule set of quarantined veths: an id of its own that never gets an entry.
@@ -252,6 +257,7 @@ impl<M: MapOps> Programmer<M> {
             self.ep_ids.next = max_ep + 1;
         }
         self.endpoints = e.endpoints.iter().copied().collect();
+        self.adopted_rule_slots = self.endpoints.keys().copied().collect();
         self.ifaces = e.ifaces.into_iter().collect();
         self.services = e.services.into_iter().collect();
         self.node_addrs = e.node_addrs.into_iter().collect();
@@ -301,6 +307,7 @@ impl<M: MapOps> Programmer<M> {
             superseded: Vec::new(),
             pending_renewals: BTreeSet::new(),
             adopted_identities: BTreeMap::new(),
+            adopted_rule_slots: BTreeSet::new(),
             quarantined: BTreeSet::new(),
             quarantine_set: None,
         }
@@ -480,8 +487,21 @@ impl<M: MapOps> Programmer<M> {
                         .iter()
                         .find_map(|ip| self.endpoints.get(&addr_of(*ip)));
                     match current {
-                        // Last complete state: the pod is not flipped at all.
-                        Some(old) => *old,
+                        // Last complete state: the pod is not flipped at all. An earlier
+                        // run's counter slots may name other rules in this run: an adopted
+                        // pod kept so counts on none.
+                        Some(old) => {
+                            let mut kept = *old;
+                            let adopted = ep
+                                .ips
+                                .iter()
+                                .any(|ip| self.adopted_rule_slots.contains(&addr_of(*ip)));
+                            if adopted {
+                                kept.ingress_rules = 0;
+                                kept.egress_rules = 0;
+                            }
+                            kept
+                        }
                         None => {
                             let fallback = deny_all.unwrap_or(RULESET_ALLOW_ALL);
                             EndpointInfo {
@@ -547,6 +567,7 @@ impl<M: MapOps> Programmer<M> {
             if self.endpoints.get(addr) != Some(info) {
                 self.maps.set_endpoint(*addr, *info)?;
                 self.endpoints.insert(*addr, *info);
+                self.adopted_rule_slots.remove(addr);
                 stats.endpoints_written += 1;
             }
         }
@@ -629,7 +650,7 @@ impl<M: MapOps> Programmer<M> {
             .values()
             .flat_map(|e| [e.ingress_rules, e.egress_rules])
             .collect();
-        self.rule_tables.keep_used(&counted);
+        self.rule_tables.keep_used(&counted, &self.maps)?;
         Ok(stats)
     }
 
@@ -978,10 +999,15 @@ impl<M: MapOps> Programmer<M> {
         Ok(())
     }
 
-    /// Every counted rule, by its `RULE_COUNTERS` slot (the labels of the rule counters
-    /// and the names of events). A rule of several pods' lists has several slots.
+    /// Every counted rule, by its `RULE_COUNTERS` slot (what names events). A rule of
+    /// several pods' lists has several slots.
     pub fn rule_names(&self) -> BTreeMap<u32, RuleTag> {
         self.rule_tables.names()
+    }
+
+    /// Packets allowed per rule since it was first named (the rule counters' values).
+    pub fn rule_packets(&self) -> Result<BTreeMap<RuleTag, u64>, MapError> {
+        self.rule_tables.packets(&self.maps)
     }
 
     fn write_set(&mut self, set: &RuleSet) -> Result<LoadedSet, MapError> {
