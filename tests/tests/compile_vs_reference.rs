@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use netpol_agent::compile::compile;
 use netpol_agent::program::Programmer;
 use netpol_agent::program::memory::MemoryMaps;
-use netpol_agent::state::ClusterState;
+use netpol_agent::state::{ClusterState, ObjectRef};
 use netpol_tests::decide::maps_decide;
 use netpol_tests::generate::{self, NODES, PROTOCOLS, Rng};
 use netpol_tests::reference::{self, End};
@@ -94,7 +94,7 @@ fn compiled_maps_agree_with_the_reference_evaluator() {
 /// (80 and 82) must not merge into a range that allows the port between them.
 #[test]
 fn ports_one_apart_stay_apart() {
-    use netpol_agent::state::{ObjectRef, PodInfo};
+    use netpol_agent::state::PodInfo;
     let mut state = ClusterState::default();
     for (name, ip, app) in [("a", "10.0.0.1", "client"), ("b", "10.0.0.2", "server")] {
         state.pods.insert(
@@ -109,16 +109,24 @@ fn ports_one_apart_stay_apart() {
             },
         );
     }
-    let policy = serde_json::json!({
-        "metadata": {"name": "p", "namespace": "default"},
-        "spec": {"podSelector": {"matchLabels": {"app": "server"}},
-                 "ingress": [{"ports": [{"port": 80}]}, {"ports": [{"port": 82}]}]}
-    });
-    state.policies.insert(
-        ObjectRef::new("default", "p"),
-        serde_json::from_value(policy).expect("policy"),
-    );
-    let plan = compile(&state, NODES[0]);
+    // Two rules (ranges of two rules never merge), and one rule with both ports.
+    let two_rules = serde_json::json!([{"ports": [{"port": 80}]}, {"ports": [{"port": 82}]}]);
+    let one_rule = serde_json::json!([{"ports": [{"port": 80}, {"port": 82}]}]);
+    for ingress in [two_rules, one_rule] {
+        let policy = serde_json::json!({
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"podSelector": {"matchLabels": {"app": "server"}}, "ingress": ingress}
+        });
+        state.policies.insert(
+            ObjectRef::new("default", "p"),
+            serde_json::from_value(policy).expect("policy"),
+        );
+        check_ports_one_apart(&state);
+    }
+}
+
+fn check_ports_one_apart(state: &ClusterState) {
+    let plan = compile(state, NODES[0]);
     let mut p = Programmer::new(MemoryMaps::default(), 100);
     p.apply(&plan, &BTreeMap::new()).expect("program");
     let maps = BTreeMap::from([(NODES[0], p)]);
@@ -131,8 +139,8 @@ fn ports_one_apart_stay_apart() {
         "10.0.0.2".parse().expect("ip"),
     );
     for port in [79, 80, 81, 82, 83] {
-        let want = reference::allowed(&state, &client, &server, PROTOCOLS[0], port);
-        let got = maps_decide(&state, &maps, &client, &server, PROTOCOLS[0], port);
+        let want = reference::allowed(state, &client, &server, PROTOCOLS[0], port);
+        let got = maps_decide(state, &maps, &client, &server, PROTOCOLS[0], port);
         assert_eq!(got, want, "TCP {port}");
     }
 }

@@ -653,6 +653,12 @@ const MUTANTS: &[(&str, &str, &str, &str)] = &[
         "u32::from(r.first) <= u32::from(last.last) + 2",
         "port ranges merge across a gap of one port",
     ),
+    (
+        "netpol-agent/src/compile/allowed.rs",
+        "&& u32::from(last.last) + 1 == u32::from(range.first)",
+        "&& u32::from(last.last) + 2 >= u32::from(range.first)",
+        "a rule's port ranges in a rule set merge across a gap of one port",
+    ),
 ];
 
 fn mutants() -> Result<()> {
