@@ -436,7 +436,9 @@ impl Sandbox {
     /// Entries in each of an agent's pinned maps, and its attachments: for leak checks.
     pub fn pinned_counts(&self, i: usize) -> Result<BTreeMap<String, usize>> {
         use aya::maps::{HashMap, LpmTrie, Map, MapData};
-        use netpol_common::{Addr, EndpointInfo, IdentityKey, IfaceInfo, PeerKey, PortSet};
+        use netpol_common::{
+            Addr, EndpointInfo, IdentityKey, IfaceInfo, PeerKey, PeerValue, PortSet,
+        };
         let dir = self
             .dir
             .join("bpf")
@@ -455,15 +457,17 @@ impl Sandbox {
             .keys()
             .count();
         out.insert("ENDPOINTS".to_string(), n);
-        let n = HashMap::<_, IdentityKey, u32>::try_from(Map::HashMap(open("PEERS_BY_IDENTITY")?))?
-            .keys()
-            .count();
+        let n = HashMap::<_, IdentityKey, PeerValue>::try_from(Map::HashMap(open(
+            "PEERS_BY_IDENTITY",
+        )?))?
+        .keys()
+        .count();
         out.insert("PEERS_BY_IDENTITY".to_string(), n);
         let n = HashMap::<_, Addr, u32>::try_from(Map::HashMap(open("IDENTITIES")?))?
             .keys()
             .count();
         out.insert("IDENTITIES".to_string(), n);
-        let n = LpmTrie::<_, PeerKey, u32>::try_from(Map::LpmTrie(open("PEERS_CIDR")?))?
+        let n = LpmTrie::<_, PeerKey, PeerValue>::try_from(Map::LpmTrie(open("PEERS_CIDR")?))?
             .keys()
             .count();
         out.insert("PEERS_CIDR".to_string(), n);
