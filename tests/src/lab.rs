@@ -367,6 +367,17 @@ impl Lab {
         self.pr.endpoint_ids()[&ObjectRef::new("default", pod)]
     }
 
+    /// The verdict events the programs reported so far (the ring buffer, drained; it can
+    /// be taken once per lab).
+    pub fn drain_events(&mut self) -> Vec<netpol_common::VerdictEvent> {
+        let (mut ring, _) = self.dp.take_events().expect("events maps");
+        let mut out = Vec::new();
+        while let Some(record) = ring.next() {
+            out.push(netpol_agent::events::reader::decode(&record).expect("a whole event"));
+        }
+        out
+    }
+
     /// Packets counted per rule, by name (rules with no packets left out).
     pub fn rule_packets(&self) -> BTreeMap<String, u64> {
         self.pr

@@ -7,8 +7,7 @@
 //! Each test runs in a network namespace of its own thread with veth pairs; nothing
 //! leaves it.
 
-use netpol_agent::events::{History, KnownPod, reader};
-use netpol_common::VerdictEvent;
+use netpol_agent::events::{History, KnownPod};
 use netpol_tests::lab::*;
 
 /// Adds policy `name` in `default`, in audit mode when `audit`.
@@ -34,15 +33,6 @@ fn lab(audit: bool) -> (Lab, u32, u32) {
         EventOptions::default(),
     );
     (lab, i[0], i[1])
-}
-
-fn drain(lab: &mut Lab) -> Vec<VerdictEvent> {
-    let (mut ring, _) = lab.dp.take_events().expect("events maps");
-    let mut out = Vec::new();
-    while let Some(record) = ring.next() {
-        out.push(reader::decode(&record).expect("a whole event"));
-    }
-    out
 }
 
 #[test]
@@ -92,7 +82,7 @@ fn root_audit_a_would_be_drop_passes_and_is_counted_and_reported_once() {
         "nothing dropped"
     );
 
-    let events = drain(&mut lab);
+    let events = lab.drain_events();
     assert_eq!(events.len(), 1, "{events:?}");
     let mut h = History::new("n1");
     h.set_pods(

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use netpol_agent::events::{History, reader};
+use netpol_agent::events::History;
 use netpol_agent::state::Protocol;
 use netpol_common::VerdictEvent;
 use netpol_tests::lab::*;
@@ -35,15 +35,6 @@ fn lab_with(policies: &[(&str, &str)], events: EventOptions) -> (Lab, u32) {
         events,
     );
     (lab, i[0])
-}
-
-fn drain(lab: &mut Lab) -> Vec<VerdictEvent> {
-    let (mut ring, _) = lab.dp.take_events().expect("events maps");
-    let mut out = Vec::new();
-    while let Some(record) = ring.next() {
-        out.push(reader::decode(&record).expect("a whole event"));
-    }
-    out
 }
 
 /// The rule names the programs use, as the agent's history names them.
@@ -133,7 +124,7 @@ fn root_rules_count_every_packet_of_the_connections_they_allowed() {
             ("default/b egress[0]".to_string(), 1),
         ])
     );
-    let events = drain(&mut lab);
+    let events = lab.drain_events();
     let named = named(&lab, &events);
     assert_eq!(
         named,
@@ -174,7 +165,7 @@ fn root_rules_the_programs_name_are_the_plans() {
         let syn = v4(CLIENT4, Y4, TCP, &tcp(sport, *port, SYN));
         assert_eq!(lab.run(Hook::FromPod, vc, &syn), PASS, "port {port}");
     }
-    let events = drain(&mut lab);
+    let events = lab.drain_events();
     let from_programs: Vec<Option<String>> = named(&lab, &events)
         .into_iter()
         .map(|(_, rule)| rule)
