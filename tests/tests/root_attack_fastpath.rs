@@ -689,3 +689,61 @@ fn root_fastpath_deferred_opener_revoked_at_receiver() {
         Some(reason::DROP_EGRESS),
     );
 }
+
+/// The datapath's clock (a clock-source reading cached per CPU and tick) is
+/// CLOCK_MONOTONIC to within a tick: the opening stamps its entry with it, and the
+/// established path, finding the entry idle for more than a second, stamps it again.
+#[test]
+fn root_fastpath_clock_stamps_entries_with_monotonic_time() {
+    let (mut lab, i) = lab_fp(&[("client-egress", CLIENT_EGRESS_Y)]);
+    // A tick is at most 10 ms (HZ >= 100); the coarse clock lags by up to one.
+    const TICKS: u64 = 20_000_000;
+    let before = monotonic_ns();
+    lab.open_tcp_80(i.c, Y4, 41500);
+    let after = monotonic_ns();
+    let (key, _) = CtKey::of(
+        &netpol_common::Addr::from_v4(CLIENT4),
+        &netpol_common::Addr::from_v4(Y4),
+        41500,
+        80,
+        TCP,
+    );
+    let stamp = |lab: &mut Lab| -> CtEntry {
+        lab.pr
+            .maps_mut()
+            .conntrack
+            .get(&key, 0)
+            .expect("replied entry")
+    };
+    let opened = stamp(&mut lab).last_seen_ns;
+    assert!(
+        opened + TICKS >= before && opened <= after,
+        "opening stamped {opened}, monotonic {before}..{after}"
+    );
+
+    let mut e = stamp(&mut lab);
+    e.last_seen_ns = monotonic_ns().saturating_sub(5_000_000_000);
+    lab.pr
+        .maps_mut()
+        .conntrack
+        .insert(key, e, 0)
+        .expect("age the entry");
+    // Longer than TICKS: a reading cached past its tick would show here.
+    std::thread::sleep(Duration::from_millis(100));
+    let before = monotonic_ns();
+    lab.expect(
+        "segment after 5 s idle",
+        Hook::FromPod,
+        i.c,
+        &ack(CLIENT4, Y4, 41500, 80),
+        PASS,
+        "client",
+        Some(reason::ALLOW_TRACKED),
+    );
+    let after = monotonic_ns();
+    let seen = stamp(&mut lab).last_seen_ns;
+    assert!(
+        seen + TICKS >= before && seen <= after,
+        "established path stamped {seen}, monotonic {before}..{after}"
+    );
+}
