@@ -14,6 +14,7 @@ pub mod lab;
 pub mod netbench;
 pub mod pod_start;
 pub mod rawtcp;
+pub mod real_run;
 pub mod reference;
 pub mod sandbox;
 pub mod scale;

@@ -105,7 +105,7 @@ pub fn segment(
     p
 }
 
-struct Fd(i32);
+pub(crate) struct Fd(pub(crate) i32);
 
 impl Drop for Fd {
     fn drop(&mut self) {
@@ -114,7 +114,7 @@ impl Drop for Fd {
     }
 }
 
-fn check(rc: libc::c_int, what: &str) -> Result<()> {
+pub(crate) fn check(rc: libc::c_int, what: &str) -> Result<()> {
     if rc < 0 {
         return Err(io::Error::last_os_error()).context(what.to_string());
     }
@@ -167,13 +167,17 @@ pub struct Wanted {
 /// A packet socket on one interface (or all, `ifindex` 0), opened before anything is sent.
 pub struct Capture {
     fd: Fd,
+    /// Watches what the interface sends (past its TC egress hooks), not what it receives.
+    outgoing: bool,
 }
 
 impl Capture {
     pub fn open(iface: Option<&str>) -> Result<Self> {
         let proto = (libc::ETH_P_ALL as u16).to_be();
+        // Protocol 0 until bound: a socket opened with one listens on every interface
+        // at once, and binding it then waits for an RCU grace period.
         // SAFETY: plain syscall.
-        let fd = Fd(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) });
+        let fd = Fd(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, 0) });
         check(fd.0, "packet socket")?;
         let ifindex = match iface {
             Some(name) => {
@@ -203,11 +207,43 @@ impl Capture {
             },
             "binding the packet socket",
         )?;
-        Ok(Capture { fd })
+        Ok(Capture {
+            fd,
+            outgoing: false,
+        })
+    }
+
+    /// What `iface` sends: a frame shows here once it has passed the interface's TC
+    /// egress hooks (the kernel's packet taps come after them).
+    pub fn open_outgoing(iface: &str) -> Result<Self> {
+        let mut c = Capture::open(Some(iface))?;
+        c.outgoing = true;
+        Ok(c)
+    }
+
+    /// Forgets what was captured so far.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 2048];
+        // SAFETY: a valid buffer; non-blocking reads until none is left.
+        while unsafe {
+            libc::recv(
+                self.fd.0,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        } >= 0
+        {}
     }
 
     /// Waits until `deadline` for a received (not sent) packet matching `want`.
     pub fn wait_for(&self, want: &Wanted, deadline: Instant) -> Result<bool> {
+        self.wait_until(deadline, |ip| matches(ip, want))
+    }
+
+    /// Waits until `deadline` for a received (or, `open_outgoing`, sent) IP packet (from
+    /// its IP header on) for which `found` says true.
+    pub fn wait_until(&self, deadline: Instant, found: impl Fn(&[u8]) -> bool) -> Result<bool> {
         let mut buf = vec![0u8; 65536];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -238,10 +274,10 @@ impl Capture {
                     &mut sl,
                 )
             };
-            if n <= 0 || sll.sll_pkttype == libc::PACKET_OUTGOING {
+            if n <= 0 || (sll.sll_pkttype == libc::PACKET_OUTGOING) != self.outgoing {
                 continue;
             }
-            if matches(&buf[..n as usize], want) {
+            if found(&buf[..n as usize]) {
                 return Ok(true);
             }
         }

@@ -283,25 +283,22 @@ fn root_attack2_finding_seeded_service_flow_bypasses_deny_all() {
 /// and the pod never sent anything.
 #[test]
 fn root_attack2_finding_spoofed_pod_source_at_the_uplink_plants_a_connection() {
+    let idx = netns(&["vclient", "vup"]);
+    let (client_if, uplink_if) = (idx[0], idx[1]);
     let mut s = base();
     set_policy(&mut s, "client-ingress", CLIENT_INGRESS_NONE);
-    let mut lab = lab_client_on_lo(s);
-    // It entered the node through an uplink (a made-up ifindex the agent registered).
-    const UPLINK_IF: u32 = 4242;
+    let mut lab = Lab::new(s, &[("client", client_if)], &[v4a(NODE4), v4a(UPLINK4)]);
+    // It entered the node through the uplink, and is routed back out of it.
     lab.pr
         .maps_mut()
-        .set_uplinks(&[UPLINK_IF].into())
+        .set_uplinks(&[uplink_if].into())
         .expect("uplinks");
-    let (got, _) = lab
-        .dp
-        .test_run_from(
-            Hook::Uplink,
-            &v4(CLIENT4, Y4, UDP, &udp(53, 1234)),
-            1,
-            1,
-            UPLINK_IF,
-        )
-        .expect("test run");
+    let got = lab.run_from(
+        Hook::Uplink,
+        uplink_if,
+        uplink_if,
+        &v4(CLIENT4, Y4, UDP, &udp(53, 1234)),
+    );
     assert_eq!(
         got, DROP,
         "the attacker's datagram to itself, spoofing the pod's address, forwarded out: a pod's address coming in through an uplink is forged"
@@ -309,7 +306,7 @@ fn root_attack2_finding_spoofed_pod_source_at_the_uplink_plants_a_connection() {
     lab.expect(
         "the attacker's datagram to the pod",
         Hook::ToPod,
-        1,
+        client_if,
         &v4(Y4, CLIENT4, UDP, &udp(1234, 53)),
         DROP,
         "client",

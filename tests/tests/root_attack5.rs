@@ -435,17 +435,8 @@ fn lab5_default_conntrack(policies: &[(&str, &str)]) -> (Lab, Ifs) {
     for (name, spec) in policies {
         set_policy(&mut st, name, spec);
     }
-    let mut lab = Lab {
-        dp,
-        pr,
-        state: st,
-        veths: [("client", ifs.c), ("server", ifs.s), ("other", ifs.o)]
-            .iter()
-            .map(|(n, i)| (ObjectRef::new("default", *n), *i))
-            .collect(),
-    };
-    lab.apply();
-    (lab, ifs)
+    let veths = [("client", ifs.c), ("server", ifs.s), ("other", ifs.o)];
+    (Lab::assemble(dp, pr, st, &veths), ifs)
 }
 
 const OTHER_INGRESS_NONE: &str =

@@ -65,17 +65,7 @@ fn lab_sized(st: ClusterState, veths: &[(&str, u32)], f: impl FnOnce(&mut MapSiz
     let mut pr = Programmer::new(maps, sizes::COUNTERS);
     let node: BTreeSet<IpAddr> = [v4a(NODE4), v4a(UPLINK4)].into_iter().collect();
     pr.set_node_addrs(&node).expect("node addrs");
-    let mut lab = Lab {
-        dp,
-        pr,
-        state: st,
-        veths: veths
-            .iter()
-            .map(|(n, i)| (ObjectRef::new("default", *n), *i))
-            .collect(),
-    };
-    lab.apply();
-    lab
+    Lab::assemble(dp, pr, st, veths)
 }
 
 /// Programs the current state, whatever comes of it (map-full paths).

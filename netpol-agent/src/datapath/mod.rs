@@ -257,6 +257,9 @@ pub struct Datapath {
     links: BTreeMap<String, Attached>,
     /// Our netlink filters by interface (persisted next to the pins).
     filters: BTreeMap<String, Vec<NlFilter>>,
+    /// TCX links made without a pin directory: held here, so detaching drops them (a
+    /// pinned link is destroyed by unpinning it).
+    unpinned_links: BTreeMap<(String, Hook), aya::programs::links::FdLink>,
     /// This kernel's BPF_PROG_TEST_RUN refuses a context that sets `ingress_ifindex`
     /// (5.10 does); learnt at the first test run that needs it.
     test_run_no_ingress: bool,
@@ -391,6 +394,7 @@ impl Datapath {
             pins,
             links: BTreeMap::new(),
             filters: BTreeMap::new(),
+            unpinned_links: BTreeMap::new(),
             test_run_no_ingress: false,
         };
         dp.adopt_attachments();
@@ -553,7 +557,8 @@ impl Datapath {
         self.links.keys().map(String::as_str)
     }
 
-    fn attach(&mut self, iface: &str, hooks: &[Hook]) -> Result<()> {
+    /// Attaches `hooks` to `iface` (`attach_pod` and `attach_uplink` say which).
+    pub fn attach(&mut self, iface: &str, hooks: &[Hook]) -> Result<()> {
         if self.is_attached(iface) {
             return Ok(());
         }
@@ -644,15 +649,15 @@ impl Datapath {
         // enforcement. Ours passes with TCX_NEXT, so the programs after it still run.
         let options = TcAttachOptions::TcxOrder(LinkOrder::first());
         let id = prog.attach_with_options(iface, hook.attach_type(), options)?;
-        let link = prog.take_link(id)?;
+        let fd: FdLink = prog.take_link(id)?.try_into()?;
         match pin {
             Some(path) => {
-                let fd: FdLink = link.try_into()?;
                 fd.pin(&path)
                     .with_context(|| format!("pinning {}", path.display()))?;
             }
-            // Without pins the link lives as long as this process.
-            None => std::mem::forget(link),
+            None => {
+                self.unpinned_links.insert((iface.to_string(), hook), fd);
+            }
         }
         Ok(())
     }
@@ -723,6 +728,8 @@ impl Datapath {
     }
 
     fn detach_hook(&mut self, iface: &str, hook: Hook) {
+        // Dropping the fd destroys the link.
+        self.unpinned_links.remove(&(iface.to_string(), hook));
         if let Some(path) = self.pins.as_ref().map(|p| p.link(iface, hook)) {
             match aya::programs::links::PinnedLink::from_pin(&path) {
                 // Dropping the unpinned fd destroys the link.
