@@ -7,6 +7,7 @@
 
 pub mod allowed;
 pub mod cached_hash;
+pub mod cnp_check;
 pub mod held;
 pub mod incremental;
 pub mod ports;

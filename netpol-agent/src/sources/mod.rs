@@ -1,2 +1,3 @@
+pub mod cnp;
 pub mod file;
 pub mod kube;

@@ -1,0 +1,271 @@
+//! ClusterNetworkPolicy (`policy.networking.k8s.io/v1alpha2`, network-policy-api v0.2.0)
+//! as the API serves it: cluster-scoped, an Admin or Baseline tier, a priority, and
+//! ordered Accept/Deny/Pass rules.
+//!
+//! Read leniently: every field is optional here and fields this version does not know
+//! are kept (`unknown`), because the API says a peer with no known field must fail closed
+//! rather than be rejected. What the CRD would refuse is found by `compile::cnp_check`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "policy.networking.k8s.io";
+pub const VERSION: &str = "v1alpha2";
+pub const KIND: &str = "ClusterNetworkPolicy";
+pub const PLURAL: &str = "clusternetworkpolicies";
+
+/// Fields of an object that this version does not know.
+pub type Unknown = BTreeMap<String, serde_json::Value>;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterNetworkPolicy {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Spec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spec {
+    /// `Admin` or `Baseline`.
+    pub tier: Option<String>,
+    /// 0 to 1000; lower first.
+    pub priority: Option<i64>,
+    pub subject: Option<Subject>,
+    #[serde(default)]
+    pub ingress: Vec<IngressRule>,
+    #[serde(default)]
+    pub egress: Vec<EgressRule>,
+}
+
+/// Exactly one field set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Subject {
+    pub namespaces: Option<LabelSelector>,
+    pub pods: Option<NamespacedPod>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespacedPod {
+    pub namespace_selector: Option<LabelSelector>,
+    pub pod_selector: Option<LabelSelector>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IngressRule {
+    pub name: Option<String>,
+    /// `Accept`, `Deny` or `Pass`.
+    pub action: Option<String>,
+    #[serde(default)]
+    pub from: Vec<IngressPeer>,
+    pub protocols: Option<Vec<ProtocolEntry>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EgressRule {
+    pub name: Option<String>,
+    pub action: Option<String>,
+    #[serde(default)]
+    pub to: Vec<EgressPeer>,
+    pub protocols: Option<Vec<ProtocolEntry>>,
+}
+
+/// Exactly one field set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IngressPeer {
+    pub namespaces: Option<LabelSelector>,
+    pub pods: Option<NamespacedPod>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// Exactly one field set. `nodes` is of the experimental channel. `domainNames`
+/// (experimental too) is kept among the unknown fields: netpol does not resolve names.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EgressPeer {
+    pub namespaces: Option<LabelSelector>,
+    pub pods: Option<NamespacedPod>,
+    pub networks: Option<Vec<String>>,
+    pub nodes: Option<LabelSelector>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// Exactly one field set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtocolEntry {
+    pub tcp: Option<ProtocolPort>,
+    pub udp: Option<ProtocolPort>,
+    pub sctp: Option<ProtocolPort>,
+    pub destination_named_port: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtocolPort {
+    pub destination_port: Option<Port>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// Exactly one of `number` and `range`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Port {
+    pub number: Option<i64>,
+    pub range: Option<PortRange>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// Inclusive; `start < end`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PortRange {
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+}
+
+impl kube::Resource for ClusterNetworkPolicy {
+    type DynamicType = ();
+    type Scope = kube::core::ClusterResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        KIND.into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        GROUP.into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        VERSION.into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        PLURAL.into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_field_and_keeps_unknown_ones() {
+        let yaml = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: mixed}
+spec:
+  tier: Admin
+  priority: 20
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: a}}}}
+  ingress:
+  - {name: in, action: Deny, from: [{namespaces: {}}], protocols: [{tcp: {destinationPort: {number: 80}}}]}
+  egress:
+  - name: out
+    action: Pass
+    to: [{networks: ["10.0.0.0/8"]}, {nodes: {}}, {domainNames: ["example.org"]}, {futurePeer: {}}]
+    protocols: [{udp: {destinationPort: {range: {start: 53, end: 54}}}}, {destinationNamedPort: dns}]
+"#;
+        let p: ClusterNetworkPolicy = serde_yaml::from_str(yaml).expect("parses");
+        assert_eq!(p.spec.tier.as_deref(), Some("Admin"));
+        assert_eq!(p.spec.priority, Some(20));
+        let pods = p.spec.subject.and_then(|s| s.pods).expect("pods subject");
+        assert!(pods.namespace_selector.is_some() && pods.pod_selector.is_some());
+        let port = p.spec.ingress[0].protocols.as_ref().expect("protocols")[0]
+            .tcp
+            .as_ref()
+            .and_then(|t| t.destination_port.as_ref())
+            .and_then(|d| d.number);
+        assert_eq!(port, Some(80));
+        let to = &p.spec.egress[0].to;
+        assert_eq!(
+            to[0].networks.as_deref(),
+            Some(&["10.0.0.0/8".to_string()][..])
+        );
+        assert!(to[1].nodes.is_some());
+        assert!(to[2].unknown.contains_key("domainNames"));
+        assert!(to[3].unknown.contains_key("futurePeer"));
+        let protocols = p.spec.egress[0].protocols.as_ref().expect("protocols");
+        let range = protocols[0]
+            .udp
+            .as_ref()
+            .and_then(|u| u.destination_port.as_ref())
+            .and_then(|d| d.range.as_ref())
+            .expect("range");
+        assert_eq!((range.start, range.end), (Some(53), Some(54)));
+        assert_eq!(protocols[1].destination_named_port.as_deref(), Some("dns"));
+    }
+
+    fn unknown_fields(spec: &Spec) -> usize {
+        let protocols = |p: &Option<Vec<ProtocolEntry>>| -> usize {
+            p.iter()
+                .flatten()
+                .map(|e| {
+                    let ports = [&e.tcp, &e.udp, &e.sctp].into_iter().flatten();
+                    e.unknown.len()
+                        + ports
+                            .map(|p| {
+                                p.unknown.len()
+                                    + p.destination_port.as_ref().map_or(0, |d| d.unknown.len())
+                            })
+                            .sum::<usize>()
+                })
+                .sum()
+        };
+        let subject = spec.subject.as_ref().map_or(0, |s| s.unknown.len());
+        let ingress: usize = spec
+            .ingress
+            .iter()
+            .map(|r| {
+                r.from.iter().map(|p| p.unknown.len()).sum::<usize>() + protocols(&r.protocols)
+            })
+            .sum();
+        let egress: usize = spec
+            .egress
+            .iter()
+            .map(|r| r.to.iter().map(|p| p.unknown.len()).sum::<usize>() + protocols(&r.protocols))
+            .sum();
+        subject + ingress + egress
+    }
+
+    /// Every policy of the public conformance cases reads, with no field left unknown.
+    #[test]
+    fn reads_the_public_cases_policies() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/conformance/cnp/cnp-public.json"
+        );
+        let Ok(text) = std::fs::read_to_string(path) else {
+            panic!("{path} is missing: the public cases are part of the repository's world");
+        };
+        let cases: Vec<serde_json::Value> = serde_json::from_str(&text).expect("json");
+        let mut read = 0;
+        for case in &cases {
+            for step in case["steps"].as_array().into_iter().flatten() {
+                for raw in step["cluster_network_policies"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    let p: ClusterNetworkPolicy =
+                        serde_json::from_value(raw.clone()).expect("a policy");
+                    assert_eq!(unknown_fields(&p.spec), 0, "{raw}");
+                    read += 1;
+                }
+            }
+        }
+        assert!(read > 0, "no policies in {path}");
+    }
+}
