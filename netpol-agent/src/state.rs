@@ -112,6 +112,17 @@ pub struct ClusterState {
     /// ClusterIPs and ports of each Service (headless Services have no address).
     pub services: BTreeMap<ObjectRef, ServiceInfo>,
     pub policies: BTreeMap<ObjectRef, NetworkPolicy>,
+    /// ClusterNetworkPolicies by name (cluster-scoped). Not enforced yet (issue 12).
+    pub cluster_policies: BTreeMap<String, crate::sources::cnp::ClusterNetworkPolicy>,
+    /// Nodes by name: what `nodes` peers of ClusterNetworkPolicies select.
+    pub nodes: BTreeMap<String, NodeInfo>,
+}
+
+/// A node, reduced to what ClusterNetworkPolicy needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub labels: Labels,
+    pub ips: Vec<IpAddr>,
 }
 
 /// What kube-proxy translates for a Service: each ClusterIP on each port.

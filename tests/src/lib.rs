@@ -16,6 +16,7 @@ pub mod pod_start;
 pub mod rawtcp;
 pub mod real_run;
 pub mod reference;
+pub mod reference_cnp;
 pub mod sandbox;
 pub mod scale;
 pub mod scenarios;

@@ -1,4 +1,5 @@
-//! A plain reading of the NetworkPolicy spec, for checking the compiler against. It is
+//! A plain reading of the NetworkPolicy spec (and, between ClusterNetworkPolicy's Admin
+//! and Baseline tiers, `reference_cnp`), for checking the compiler against. It is
 //! written to be obviously right, not fast, and shares nothing with `compile` but the
 //! `ClusterState` it reads.
 //!
@@ -12,7 +13,10 @@ use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use netpol_agent::compile::cnp_check::{Action, Tier};
 use netpol_agent::state::{ClusterState, Labels, ObjectRef, PodInfo, Protocol};
+
+use crate::reference_cnp::{Side, tier_verdict};
 
 /// One end of a flow: a pod (by name, with the address used) or an address outside.
 #[derive(Clone, Debug)]
@@ -130,9 +134,26 @@ fn side_allowed(
     if !who.1.is_policy_subject() {
         return true;
     }
+    // A pod reaching itself by its own address is not subject to ClusterNetworkPolicy.
+    let itself = matches!(peer, End::Pod(r, ip) if r == who.0 && who.1.ips.contains(ip));
+    let side = match dir {
+        Dir::Egress => Side::Egress,
+        Dir::Ingress => Side::Ingress,
+    };
+    let tier = |tier| {
+        if itself {
+            return None;
+        }
+        tier_verdict(state, tier, side, who, peer, destination, protocol, port)
+    };
+    match tier(Tier::Admin) {
+        Some(Action::Accept) => return true,
+        Some(Action::Deny) => return false,
+        Some(Action::Pass) | None => {}
+    }
     let policies = applying(state, who, dir);
     if policies.is_empty() {
-        return true;
+        return tier(Tier::Baseline) != Some(Action::Deny);
     }
     policies.iter().any(|(key, pol, valid)| {
         let Some(spec) = pol.spec.as_ref().filter(|_| *valid) else {
