@@ -22,6 +22,8 @@ use crate::rawtcp::{Capture, Fd, check};
 const ETH_HLEN: usize = 14;
 /// What the route out of the hooked veth resolves every destination to.
 const NEXT_HOP_MAC: &str = "02:00:00:00:00:01";
+/// The routing table (and rule preference) of real runs.
+const TABLE: &str = "4242";
 
 /// What real runs set up and keep for the next ones: packet sockets (closing one waits
 /// for an RCU grace period) and the hook attached to each interface (attaching and
@@ -50,6 +52,9 @@ impl Lab {
         came_in: u32,
         packet: &[u8],
     ) -> Result<i32> {
+        if !matches!(hook, Hook::ToPod | Hook::Uplink) {
+            bail!("{hook:?} is not a hook a packet leaves through");
+        }
         let out = Veth::of(ifindex)?;
         let inn = Veth::of(came_in)?;
         for veth in [&out, &inn] {
@@ -58,15 +63,27 @@ impl Lab {
                 ip(&["link", "set", "dev", peer, "up"])?;
             }
         }
-        forwarding(&inn.name)?;
+        forwarding(&[&inn.name, &out.name])?;
+        for veth in [&out, &inn] {
+            wait_carrier(&veth.name)?;
+        }
         let v6 = packet.get(12..14) == Some(&[0x86, 0xdd][..]);
         let dst = destination(packet, v6)?;
         let family = if v6 { "-6" } else { "-4" };
-        ip(&[family, "route", "replace", &dst, "dev", &out.name])?;
+        // A table of its own, for frames that come in through `inn` only: the test's own
+        // routes stay as they are.
+        let _ = ip(&[family, "rule", "del", "iif", &inn.name, "lookup", TABLE]);
         ip(&[
+            family, "rule", "add", "iif", &inn.name, "lookup", TABLE, "pref", TABLE,
+        ])?;
+        ip(&[
+            family, "route", "replace", &dst, "dev", &out.name, "table", TABLE,
+        ])?;
+        // A neighbour the test set up already resolves the address: kept as it is.
+        let neighbour = ip(&[
             family,
             "neigh",
-            "replace",
+            "add",
             &dst,
             "lladdr",
             NEXT_HOP_MAC,
@@ -74,21 +91,53 @@ impl Lab {
             &out.name,
             "nud",
             "permanent",
+        ])
+        .is_ok();
+        // The frame must meet the program under test alone: what the test attached where
+        // it comes in, or on its way out instead of that program, steps aside meanwhile.
+        let test_in = self.test_hooks(&inn.name);
+        if !test_in.is_empty() {
+            self.dp.detach(&inn.name);
+        }
+        let test_out = self.test_hooks(&out.name);
+        if !test_out.is_empty() && !test_out.contains(&hook) {
+            self.dp.detach(&out.name);
+        }
+        let verdict = self
+            .hook_only(&out.name, hook)
+            .and_then(|()| self.send_and_watch(&inn, &out, packet, v6));
+        if !test_out.is_empty() && !test_out.contains(&hook) {
+            self.dp.detach(&out.name);
+            self.real.hooks.remove(&out.name);
+            self.dp.attach(&out.name, &test_out)?;
+        }
+        if !test_in.is_empty() {
+            self.dp.attach(&inn.name, &test_in)?;
+        }
+        if neighbour {
+            ip(&[family, "neigh", "del", &dst, "dev", &out.name])?;
+        }
+        ip(&[
+            family, "route", "del", &dst, "dev", &out.name, "table", TABLE,
         ])?;
-        self.hook_only(&out.name, hook)?;
-        self.send_and_watch(&inn, &out, packet, v6)
+        verdict
     }
 
-    /// `hook`, and no other of netpol's, on `iface` (unless the test attached it itself):
-    /// a packet must meet only the program under test on its way.
-    fn hook_only(&mut self, iface: &str, hook: Hook) -> Result<()> {
-        if !matches!(hook, Hook::ToPod | Hook::Uplink) {
-            bail!("{hook:?} is not a hook a packet leaves through");
+    /// netpol's hooks on `iface` that the test attached (not a real run).
+    fn test_hooks(&self, iface: &str) -> Vec<Hook> {
+        if self.real.hooks.contains_key(iface) {
+            return Vec::new();
         }
+        self.dp.hooks(iface)
+    }
+
+    /// `hook` on `iface`, where the frame leaves: attached by an earlier real run or by
+    /// the test (which then attached it there itself), else attached now, and kept.
+    fn hook_only(&mut self, iface: &str, hook: Hook) -> Result<()> {
         match self.real.hooks.get(iface) {
             Some(h) if *h == hook => return Ok(()),
             Some(_) => self.dp.detach(iface),
-            None if self.dp.is_attached(iface) => return Ok(()),
+            None if self.dp.hooks(iface).contains(&hook) => return Ok(()),
             None => {}
         }
         self.dp
@@ -255,20 +304,41 @@ fn destination(frame: &[u8], v6: bool) -> Result<String> {
 
 /// The namespace routes, whatever the source (the frames are crafted), and never answers
 /// with a redirect.
-fn forwarding(came_in: &str) -> Result<()> {
-    for (key, value) in [
-        ("net/ipv4/ip_forward", "1"),
-        ("net/ipv6/conf/all/forwarding", "1"),
-        ("net/ipv4/conf/all/rp_filter", "0"),
-        ("net/ipv4/conf/all/send_redirects", "0"),
-        (&format!("net/ipv4/conf/{came_in}/rp_filter"), "0"),
-        (&format!("net/ipv4/conf/{came_in}/accept_local"), "1"),
-    ] {
+fn forwarding(ifaces: &[&str]) -> Result<()> {
+    let mut settings = vec![
+        ("net/ipv4/ip_forward".to_string(), "1"),
+        ("net/ipv6/conf/all/forwarding".to_string(), "1"),
+        ("net/ipv4/conf/all/rp_filter".to_string(), "0"),
+        ("net/ipv4/conf/all/send_redirects".to_string(), "0"),
+    ];
+    for i in ifaces {
+        settings.push((format!("net/ipv4/conf/{i}/rp_filter"), "0"));
+        settings.push((format!("net/ipv4/conf/{i}/accept_local"), "1"));
+        // Redirects go out when either this or `all` says so.
+        settings.push((format!("net/ipv4/conf/{i}/send_redirects"), "0"));
+    }
+    for (key, value) in settings {
         // /proc/sys/net is the calling thread's namespace's.
         let path = format!("/proc/sys/{key}");
         std::fs::write(&path, value).with_context(|| format!("writing {path}"))?;
     }
     Ok(())
+}
+
+/// Until the link can carry frames (a frame sent before would pass the hook, then be
+/// lost before the capture).
+fn wait_carrier(iface: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let shown = ip(&["-o", "link", "show", "dev", iface])?;
+        if shown.contains("LOWER_UP") && !shown.contains("state DOWN") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{iface} has no carrier: {shown}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn set_ipv4_checksum(frame: &mut [u8]) -> Result<()> {

@@ -553,6 +553,14 @@ impl Datapath {
         self.links.get(iface).is_some_and(|a| !a.adopted)
     }
 
+    /// The hooks this run attached to `iface`.
+    pub fn hooks(&self, iface: &str) -> Vec<Hook> {
+        match self.links.get(iface) {
+            Some(a) if !a.adopted => a.hooks.clone(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn attached(&self) -> impl Iterator<Item = &str> {
         self.links.keys().map(String::as_str)
     }
