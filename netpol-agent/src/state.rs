@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use crate::sources::cnp::ClusterNetworkPolicy;
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -112,8 +114,9 @@ pub struct ClusterState {
     /// ClusterIPs and ports of each Service (headless Services have no address).
     pub services: BTreeMap<ObjectRef, ServiceInfo>,
     pub policies: BTreeMap<ObjectRef, NetworkPolicy>,
-    /// ClusterNetworkPolicies by name (cluster-scoped). Not enforced yet (issue 12).
-    pub cluster_policies: BTreeMap<String, crate::sources::cnp::ClusterNetworkPolicy>,
+    /// ClusterNetworkPolicies by name (cluster-scoped): read, checked and reported, not
+    /// enforced yet.
+    pub cluster_policies: BTreeMap<String, ClusterNetworkPolicy>,
     /// Nodes by name: what `nodes` peers of ClusterNetworkPolicies select.
     pub nodes: BTreeMap<String, NodeInfo>,
 }
@@ -297,6 +300,46 @@ impl ClusterState {
             spec: policy.spec.clone(),
         };
         Ok(replace(&mut self.policies, key, trimmed))
+    }
+
+    /// Keeps the name and the spec.
+    pub fn upsert_cluster_policy(
+        &mut self,
+        policy: &ClusterNetworkPolicy,
+    ) -> Result<bool, StateError> {
+        let name = name_of(&policy.metadata, "ClusterNetworkPolicy")?;
+        let trimmed = ClusterNetworkPolicy {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            spec: policy.spec.clone(),
+        };
+        Ok(replace(&mut self.cluster_policies, name, trimmed))
+    }
+
+    /// Labels and the addresses of `status.addresses` that are IPs (host names are not).
+    pub fn upsert_node(&mut self, node: &Node) -> Result<bool, StateError> {
+        let name = name_of(&node.metadata, "Node")?;
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for a in node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            if let Ok(ip) = a.address.parse::<IpAddr>()
+                && !ips.contains(&ip)
+            {
+                ips.push(ip);
+            }
+        }
+        let info = NodeInfo {
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            ips,
+        };
+        Ok(replace(&mut self.nodes, name, info))
     }
 }
 

@@ -2,7 +2,8 @@
 //! code runs against something we control.
 //!
 //! It serves, over plain HTTP/1.1: discovery (`/api`, `/apis`, group versions, `/version`)
-//! for Pods, Namespaces, Services, NetworkPolicies and EndpointSlices; list with a
+//! for Pods, Namespaces, Services, NetworkPolicies, EndpointSlices, Nodes and (once its
+//! CRD is installed, `install_crd`) ClusterNetworkPolicies; list with a
 //! resourceVersion; watch from a resourceVersion with bookmarks, and `410 Gone` for one
 //! that was compacted away; create (POST), replace (PUT), merge-patch (PATCH) and delete.
 //! Resource versions are one global counter, as with etcd. Tests can inject faults: drop
@@ -29,15 +30,20 @@ pub enum Kind {
     Service,
     NetworkPolicy,
     EndpointSlice,
+    Node,
+    /// Served only once `install_crd` is called, as on a cluster without its CRD.
+    ClusterNetworkPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::NetworkPolicy,
         Kind::EndpointSlice,
+        Kind::Node,
+        Kind::ClusterNetworkPolicy,
     ];
 
     fn plural(self) -> &'static str {
@@ -47,6 +53,8 @@ impl Kind {
             Kind::Service => "services",
             Kind::NetworkPolicy => "networkpolicies",
             Kind::EndpointSlice => "endpointslices",
+            Kind::Node => "nodes",
+            Kind::ClusterNetworkPolicy => "clusternetworkpolicies",
         }
     }
     pub fn kind(self) -> &'static str {
@@ -56,17 +64,23 @@ impl Kind {
             Kind::Service => "Service",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::Node => "Node",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
         }
     }
     fn api_version(self) -> &'static str {
         match self {
-            Kind::Namespace | Kind::Pod | Kind::Service => "v1",
+            Kind::Namespace | Kind::Pod | Kind::Service | Kind::Node => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::ClusterNetworkPolicy => "policy.networking.k8s.io/v1alpha2",
         }
     }
     fn namespaced(self) -> bool {
-        self != Kind::Namespace
+        !matches!(
+            self,
+            Kind::Namespace | Kind::Node | Kind::ClusterNetworkPolicy
+        )
     }
     pub fn from_kind(kind: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.kind() == kind)
@@ -98,6 +112,8 @@ struct Store {
     /// Kubernetes Events the clients created (events.k8s.io/v1), by (namespace, name):
     /// kept apart, never watched (agents do not read them).
     k8s_events: BTreeMap<(String, String), Value>,
+    /// Whether the ClusterNetworkPolicy CRD is installed (otherwise its URLs are 404).
+    cnp_crd: bool,
 }
 
 /// A handle to the server; clones share it.
@@ -132,6 +148,18 @@ impl ApiServer {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
+    }
+
+    /// Installs the ClusterNetworkPolicy CRD: its URLs answer from now on.
+    pub fn install_crd(&self) {
+        self.lock().cnp_crd = true;
+    }
+
+    /// The route of `path`, if this server serves it now.
+    fn route(&self, path: &str) -> Option<Route> {
+        let route = Route::parse(path)?;
+        let served = route.kind != Kind::ClusterNetworkPolicy || self.lock().cnp_crd;
+        served.then_some(route)
     }
 
     fn key_of(kind: Kind, obj: &Value) -> Result<(Kind, String, String)> {
@@ -325,13 +353,14 @@ impl ApiServer {
     }
 
     fn handle(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-        if let Some(d) = discovery(path) {
+        let cnp_crd = self.lock().cnp_crd;
+        if let Some(d) = discovery(path, cnp_crd) {
             return (200, d);
         }
         if let Some(rest) = path.strip_prefix("/apis/events.k8s.io/v1/namespaces/") {
             return self.handle_event(method, rest, body);
         }
-        let Some(route) = Route::parse(path) else {
+        let Some(route) = self.route(path) else {
             return (404, status(404, "NotFound", &format!("no route {path}")));
         };
         match (method, &route.name) {
@@ -440,7 +469,7 @@ impl ApiServer {
         path: &str,
         query: &BTreeMap<&str, &str>,
     ) -> Result<()> {
-        let Some(route) = Route::parse(path) else {
+        let Some(route) = self.route(path) else {
             return respond(write, 404, &status(404, "NotFound", path)).await;
         };
         let from: u64 = query
@@ -530,7 +559,8 @@ struct Route {
 
 impl Route {
     /// `/api/v1[/namespaces/NS]/PLURAL[/NAME]`, `/apis/GROUP/VERSION[/namespaces/NS]/PLURAL[/NAME]`,
-    /// and `/api/v1/namespaces[/NAME]` for namespaces themselves.
+    /// and `/api/v1/namespaces[/NAME]` for namespaces themselves (cluster-scoped kinds
+    /// have no namespace part).
     fn parse(path: &str) -> Option<Route> {
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let rest: &[&str] = match parts.as_slice() {
@@ -565,6 +595,11 @@ impl Route {
                 namespace: None,
                 name: None,
             },
+            [plural, name] => Route {
+                kind: by_plural(plural).filter(|k| !k.namespaced())?,
+                namespace: None,
+                name: Some(name.to_string()),
+            },
             _ => return None,
         };
         let group_ok = match route.kind.api_version() {
@@ -575,7 +610,8 @@ impl Route {
     }
 }
 
-fn discovery(path: &str) -> Option<Value> {
+/// `cnp_crd`: the ClusterNetworkPolicy CRD is installed.
+fn discovery(path: &str, cnp_crd: bool) -> Option<Value> {
     let resources = |kinds: &[Kind]| -> Vec<Value> {
         kinds
             .iter()
@@ -583,19 +619,25 @@ fn discovery(path: &str) -> Option<Value> {
                              "kind": k.kind(), "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}))
             .collect()
     };
-    let group = |name: &str| {
-        json!({"name": name, "versions": [{"groupVersion": format!("{name}/v1"), "version": "v1"}],
-                                    "preferredVersion": {"groupVersion": format!("{name}/v1"), "version": "v1"}})
+    let group = |name: &str, version: &str| {
+        json!({"name": name, "versions": [{"groupVersion": format!("{name}/{version}"), "version": version}],
+                                    "preferredVersion": {"groupVersion": format!("{name}/{version}"), "version": version}})
     };
+    let mut groups = vec![
+        group("networking.k8s.io", "v1"),
+        group("discovery.k8s.io", "v1"),
+    ];
+    if cnp_crd {
+        groups.push(group("policy.networking.k8s.io", "v1alpha2"));
+    }
     Some(match path.trim_end_matches('/') {
         "/version" => json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-netpol-test"}),
         "/api" => {
             json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
         }
         "/api/v1" => json!({"kind": "APIResourceList", "groupVersion": "v1",
-                            "resources": resources(&[Kind::Namespace, Kind::Pod, Kind::Service])}),
-        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1",
-                          "groups": [group("networking.k8s.io"), group("discovery.k8s.io")]}),
+                            "resources": resources(&[Kind::Namespace, Kind::Pod, Kind::Service, Kind::Node])}),
+        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
         "/apis/networking.k8s.io/v1" => {
             json!({"kind": "APIResourceList", "groupVersion": "networking.k8s.io/v1",
                                                "resources": resources(&[Kind::NetworkPolicy])})
@@ -603,6 +645,10 @@ fn discovery(path: &str) -> Option<Value> {
         "/apis/discovery.k8s.io/v1" => {
             json!({"kind": "APIResourceList", "groupVersion": "discovery.k8s.io/v1",
                                               "resources": resources(&[Kind::EndpointSlice])})
+        }
+        "/apis/policy.networking.k8s.io/v1alpha2" if cnp_crd => {
+            json!({"kind": "APIResourceList", "groupVersion": "policy.networking.k8s.io/v1alpha2",
+                   "resources": resources(&[Kind::ClusterNetworkPolicy])})
         }
         _ => return None,
     })

@@ -308,7 +308,74 @@ pub fn api_faults(cfg: &Config) -> Result<()> {
     if errors == 0 {
         bail!("the injected faults never reached the agents");
     }
-    policy_problem_event(&mut sb)
+    policy_problem_event(&mut sb)?;
+    cluster_policies_reported(&mut sb)
+}
+
+/// ClusterNetworkPolicies are read and reported, never silently ignored: without the
+/// CRD the agents say the API server does not serve the kind (and enforce the rest);
+/// once it is installed, every agent reports a new policy as not enforced.
+fn cluster_policies_reported(sb: &mut Sandbox) -> Result<()> {
+    const KIND: &str = "ClusterNetworkPolicy";
+    let statuses = sb.statuses();
+    if statuses.len() != sb.node_count()
+        || !statuses
+            .iter()
+            .all(|s| s.ready && s.unserved_kinds.iter().any(|k| k == KIND))
+    {
+        bail!(
+            "agents do not report the missing {KIND} CRD: {:?}",
+            statuses
+                .iter()
+                .map(|s| (&s.node, s.ready, &s.unserved_kinds))
+                .collect::<Vec<_>>()
+        );
+    }
+    println!("  without the CRD: every agent ready, reporting {KIND} as not served");
+    sb.api().install_crd();
+    let t = Instant::now();
+    sb.api().apply(
+        Kind::ClusterNetworkPolicy,
+        json!({
+            "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": KIND,
+            "metadata": {"name": "deny-metadata"},
+            "spec": {"tier": "Admin", "priority": 10, "subject": {"namespaces": {}},
+                     "egress": [{"action": "Deny", "to": [{"networks": ["169.254.169.254/32"]}]}]}
+        }),
+    )?;
+    // The watchers look for the kind again with backoff (at most 30 s apart).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let statuses = sb.statuses();
+        let reported = statuses.len() == sb.node_count()
+            && statuses.iter().all(|s| {
+                s.unserved_kinds.is_empty()
+                    && s.cluster_policies.iter().any(|p| {
+                        p.name == "deny-metadata"
+                            && p.tier == "Admin"
+                            && p.priority == 10
+                            && !p.enforced
+                            && p.errors.is_empty()
+                    })
+            });
+        if reported {
+            println!(
+                "  {KIND} reported as not enforced by every agent {} ms after the CRD came",
+                t.elapsed().as_millis()
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{KIND} not reported within 60 s: {:?}",
+                statuses
+                    .iter()
+                    .map(|s| (&s.node, &s.unserved_kinds, &s.cluster_policies))
+                    .collect::<Vec<_>>()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A policy with a rule that cannot be compiled gets a Warning Event naming the rule,

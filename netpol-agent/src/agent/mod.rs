@@ -716,6 +716,7 @@ impl Agent {
                     events.set_rules(self.rule_names());
                 }
                 self.report_policy_problems(plan);
+                let cluster_policies = self.report_cluster_policies();
                 let digest = self.digest.clone();
                 let versions = self.versions.clone();
                 let occupancy = self.programmer.occupancy();
@@ -726,6 +727,7 @@ impl Agent {
                     s.ready = true;
                     s.program_error = None;
                     s.policy_errors = plan.errors.iter().map(|e| e.to_string()).collect();
+                    s.cluster_policies = cluster_policies;
                     s.quarantined_interfaces = quarantined;
                     s.rule_sets = plan.rule_sets.len();
                     s.endpoints = endpoints;
@@ -796,6 +798,7 @@ impl Agent {
                     .map(|(o, e)| format!("{o}: {e}"))
                     .collect();
                 let watch_errors = shared.watch_errors;
+                let unserved: Vec<String> = shared.absent.iter().map(|k| k.to_string()).collect();
                 let key = format!("revision {}", shared.revision);
                 if pending.is_empty() {
                     // Cloned only when it changed; the versions move on regardless (the
@@ -821,6 +824,7 @@ impl Agent {
                     s.source_error = source_error;
                     s.rejected_objects = rejected;
                     s.watch_errors = watch_errors;
+                    s.unserved_kinds = unserved;
                 });
             }
         }
@@ -850,6 +854,22 @@ impl Agent {
             still.insert(ep.pod.clone(), (since, warned || warn_now));
         }
         self.unhooked_since = still;
+    }
+
+    /// ClusterNetworkPolicies of the state, checked; a warning each time the set of
+    /// them (or their errors) changes, since none of them is enforced.
+    fn report_cluster_policies(&mut self) -> Vec<status::ClusterPolicyStatus> {
+        let now = self
+            .state
+            .as_ref()
+            .map(compile::cnp_check::status)
+            .unwrap_or_default();
+        if now != self.snapshot().cluster_policies {
+            for p in &now {
+                warn!(policy = %p.name, tier = %p.tier, priority = p.priority, errors = ?p.errors, "ClusterNetworkPolicy read but NOT enforced: this version of netpol does not enforce ClusterNetworkPolicy");
+            }
+        }
+        now
     }
 
     /// Kubernetes Events for the policies whose problems changed (never waits: a full

@@ -43,8 +43,6 @@ pub struct Cluster {
     pub state: ClusterState,
     /// Selector and ports of each Service of `state.services` (ClusterIPs stay there).
     pub services: BTreeMap<ObjectRef, ServiceSpec>,
-    /// Addresses of each Node object (`status.addresses`).
-    pub nodes: BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl Cluster {
@@ -55,8 +53,8 @@ impl Cluster {
         }
     }
 
-    /// A folder as the agent's `--policy-dir` reads it, plus its Services' selectors and
-    /// its Node objects.
+    /// A folder as the agent's `--policy-dir` reads it (Nodes included), plus its
+    /// Services' selectors.
     pub fn load(dir: &Path) -> Result<Self, ExplainError> {
         let loaded = file::load(dir)?;
         let mut cluster = Cluster::from_state(loaded.state);
@@ -79,7 +77,7 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Services and Nodes of one document (the file source took the rest).
+    /// Services of one document (the file source took the rest).
     fn add_value(
         &mut self,
         value: serde_yaml::Value,
@@ -108,12 +106,6 @@ impl Cluster {
                 let key = service_key(&svc).map_err(|e| parse(e.to_string()))?;
                 self.services.insert(key, service_spec(&svc));
             }
-            Some("Node") => {
-                let node: Node =
-                    serde_yaml::from_value(value).map_err(|e| parse(format!("Node: {e}")))?;
-                self.add_node(&node)
-                    .map_err(|e| parse(format!("Node: {e}")))?;
-            }
             _ => {}
         }
         Ok(())
@@ -128,24 +120,17 @@ impl Cluster {
 
     /// A Node's addresses (those of `status.addresses` that are IPs).
     pub fn add_node(&mut self, node: &Node) -> Result<(), StateError> {
-        let name = node
-            .metadata
-            .name
-            .clone()
-            .ok_or(StateError::MissingName { kind: "Node" })?;
-        let ips = node
-            .status
-            .iter()
-            .flat_map(|s| s.addresses.iter().flatten())
-            .filter_map(|a| a.address.parse().ok())
-            .collect();
-        self.nodes.insert(name, ips);
-        Ok(())
+        self.state.upsert_node(node).map(|_| ())
+    }
+
+    /// The addresses of node `name`'s Node object.
+    pub fn node_ips(&self, name: &str) -> Option<&[IpAddr]> {
+        self.state.nodes.get(name).map(|n| n.ips.as_slice())
     }
 
     /// A node is known by its Node object or by a pod scheduled on it.
     pub fn node_known(&self, name: &str) -> bool {
-        self.nodes.contains_key(name)
+        self.state.nodes.contains_key(name)
             || self
                 .state
                 .pods

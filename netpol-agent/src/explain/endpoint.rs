@@ -190,7 +190,12 @@ fn address_end(cluster: &Cluster, ip: IpAddr) -> End<'_> {
     {
         return End::Pod { key, pod, ip };
     }
-    if let Some((name, _)) = cluster.nodes.iter().find(|(_, ips)| ips.contains(&ip)) {
+    if let Some((name, _)) = cluster
+        .state
+        .nodes
+        .iter()
+        .find(|(_, n)| n.ips.contains(&ip))
+    {
         return End::Host {
             node: Some(name.clone()),
             pod: None,
@@ -239,7 +244,7 @@ fn node_end<'a>(
     if !cluster.node_known(name) {
         return Err(ExplainError::UnknownNode(name.to_string()));
     }
-    let ip = cluster.nodes.get(name).and_then(|ips| pick(ips, hint));
+    let ip = cluster.node_ips(name).and_then(|ips| pick(ips, hint));
     Ok(End::Host {
         node: Some(name.to_string()),
         pod: None,

@@ -622,7 +622,7 @@ fn a_folder_loads_with_services_nodes_and_lists() {
     let _ = std::fs::remove_dir_all(&dir);
     let loaded = loaded.unwrap();
     assert_eq!(
-        loaded.nodes["node-a"],
+        loaded.state.nodes["node-a"].ips,
         vec!["10.255.0.1".parse::<IpAddr>().unwrap()]
     );
     let built = cluster(DENY_ALL);

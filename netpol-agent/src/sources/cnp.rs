@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "policy.networking.k8s.io";
 pub const VERSION: &str = "v1alpha2";
+/// `apiVersion` of the objects.
+pub const API_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
 pub const KIND: &str = "ClusterNetworkPolicy";
 pub const PLURAL: &str = "clusternetworkpolicies";
 

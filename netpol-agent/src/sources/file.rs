@@ -1,5 +1,6 @@
 //! A folder of Kubernetes YAML (Namespaces, Pods with `status.podIP`, Services,
-//! NetworkPolicies; `---`-separated documents and `kind: List` both work) as a source.
+//! NetworkPolicies, ClusterNetworkPolicies, Nodes; `---`-separated documents and
+//! `kind: List` both work) as a source.
 //!
 //! A file that does not parse fails the whole load: the agent then keeps enforcing the
 //! last state that loaded, because dropping the objects of a broken file could drop a
@@ -8,10 +9,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 
+use crate::sources::cnp::{self, ClusterNetworkPolicy};
 use crate::state::{ClusterState, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -190,9 +192,27 @@ fn add_value(
             };
             state.upsert_policy(&policy).map_err(state_err)?;
         }
+        "Node" => {
+            state
+                .upsert_node(&typed::<Node>(value, &kind).map_err(parse_err)?)
+                .map_err(state_err)?;
+        }
+        // Another version of the kind (or AdminNetworkPolicy) is not this API: ignored and
+        // said so, rather than read with the wrong meaning.
+        "ClusterNetworkPolicy" if api_version(&value) == Some(cnp::API_VERSION) => {
+            state
+                .upsert_cluster_policy(
+                    &typed::<ClusterNetworkPolicy>(value, &kind).map_err(parse_err)?,
+                )
+                .map_err(state_err)?;
+        }
         other => ignored.push(format!("{}: {other}", path.display())),
     }
     Ok(())
+}
+
+fn api_version(value: &serde_yaml::Value) -> Option<&str> {
+    value.get("apiVersion").and_then(|v| v.as_str())
 }
 
 #[cfg(test)]
@@ -278,6 +298,64 @@ spec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}
             Some("default")
         );
         assert_eq!(loaded.ignored.len(), 1);
+    }
+
+    #[test]
+    fn loads_cluster_network_policies_and_nodes() {
+        let d = folder(&[(
+            "cluster.yaml",
+            r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: deny-metadata, resourceVersion: "7", annotations: {a: b}}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {namespaces: {}}
+  egress: [{action: Deny, to: [{networks: [169.254.169.254/32]}]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: ClusterNetworkPolicy
+metadata: {name: older-api}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a, labels: {zone: z1}}
+status:
+  addresses:
+  - {type: InternalIP, address: 172.18.0.2}
+  - {type: InternalIP, address: "fc00:f853:ccd:e793::2"}
+  - {type: Hostname, address: node-a}
+"#,
+        )]);
+        let loaded = load(d.path()).expect("loads");
+        let s = &loaded.state;
+        let p = &s.cluster_policies["deny-metadata"];
+        assert_eq!(p.spec.priority, Some(5));
+        assert_eq!(p.spec.egress.len(), 1);
+        // Only the name and the spec are kept.
+        assert!(p.metadata.annotations.is_none() && p.metadata.resource_version.is_none());
+        assert_eq!(
+            s.cluster_policies.len(),
+            1,
+            "another apiVersion is not read"
+        );
+        assert_eq!(loaded.ignored.len(), 1, "{:?}", loaded.ignored);
+        let node = &s.nodes["node-a"];
+        assert_eq!(node.labels.get("zone").map(String::as_str), Some("z1"));
+        let ips: Vec<String> = node.ips.iter().map(ToString::to_string).collect();
+        assert_eq!(ips, ["172.18.0.2", "fc00:f853:ccd:e793::2"]);
+        let status = crate::compile::cnp_check::status(s);
+        assert_eq!(status.len(), 1);
+        assert_eq!(
+            (
+                status[0].tier.as_str(),
+                status[0].priority,
+                status[0].enforced
+            ),
+            ("Admin", 5, false)
+        );
+        assert!(status[0].errors.is_empty(), "{:?}", status[0].errors);
     }
 
     #[test]

@@ -16,15 +16,16 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{info, warn};
 
+use crate::sources::cnp::ClusterNetworkPolicy;
 use crate::state::{ClusterState, StateError, object_ref};
 
 /// What the watchers have built so far.
@@ -41,9 +42,17 @@ pub struct Shared {
     /// Bumped when `state` changes; updates of what policy does not read leave it (and
     /// the compiled plan) alone.
     pub revision: u64,
+    /// Kinds the API server does not serve (the ClusterNetworkPolicy CRD is not
+    /// installed): their watchers keep looking, with backoff.
+    pub absent: BTreeSet<&'static str>,
 }
 
+/// The kinds enforcement waits for.
 pub const KINDS: [&str; 4] = ["Namespace", "Pod", "Service", "NetworkPolicy"];
+
+/// Kinds read and reported that nothing enforced depends on yet: enforcement does not
+/// wait for them (ClusterNetworkPolicy's CRD may not even be installed).
+pub const OPTIONAL_KINDS: [&str; 2] = ["Node", "ClusterNetworkPolicy"];
 
 pub type SharedState = Arc<Mutex<Shared>>;
 
@@ -151,6 +160,56 @@ pub fn start(client: Client, mode: ListMode, changed: mpsc::Sender<()>) -> Share
                     && let Some(v) = live.services.get(&r)
                 {
                     relisted.services.insert(r, v.clone());
+                }
+            },
+            fields: None,
+        },
+        shared.clone(),
+        changed.clone(),
+    );
+    spawn(
+        Api::<Node>::all(client.clone()),
+        config.clone(),
+        KindOps {
+            kind: "Node",
+            upsert: |s, o| s.upsert_node(o),
+            remove: |s, o| {
+                o.metadata
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| s.nodes.remove(n).is_some())
+            },
+            adopt: |s, l| replace_all(&mut s.nodes, l.nodes),
+            carry: |live, relisted, o| {
+                if let Some(n) = o.metadata.name.as_ref()
+                    && let Some(l) = live.nodes.get(n)
+                {
+                    relisted.nodes.insert(n.clone(), l.clone());
+                }
+            },
+            fields: None,
+        },
+        shared.clone(),
+        changed.clone(),
+    );
+    spawn(
+        Api::<ClusterNetworkPolicy>::all(client.clone()),
+        config.clone(),
+        KindOps {
+            kind: "ClusterNetworkPolicy",
+            upsert: |s, o| s.upsert_cluster_policy(o),
+            remove: |s, o| {
+                o.metadata
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| s.cluster_policies.remove(n).is_some())
+            },
+            adopt: |s, l| replace_all(&mut s.cluster_policies, l.cluster_policies),
+            carry: |live, relisted, o| {
+                if let Some(n) = o.metadata.name.as_ref()
+                    && let Some(l) = live.cluster_policies.get(n)
+                {
+                    relisted.cluster_policies.insert(n.clone(), l.clone());
                 }
             },
             fields: None,
@@ -347,7 +406,21 @@ fn spawn<K>(
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
             let ev = match ev {
-                Ok(ev) => ev,
+                Ok(ev) => {
+                    if lock(&shared).absent.remove(kind) {
+                        info!(kind, "the API server serves this kind now");
+                    }
+                    ev
+                }
+                Err(e) if not_served(&e) => {
+                    if lock(&shared).absent.insert(kind) {
+                        info!(
+                            kind,
+                            "the API server does not serve this kind (CRD not installed?); looking again with backoff"
+                        );
+                    }
+                    continue;
+                }
                 Err(e) => {
                     lock(&shared).watch_errors += 1;
                     warn!(kind, error = %e, "watch failed; retrying, the last known state stays enforced");
@@ -374,6 +447,17 @@ fn spawn<K>(
             }
         }
     });
+}
+
+/// The list or watch failed because the API server has no such resource (404).
+fn not_served(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.is_not_found(),
+        watcher::Error::WatchError(s) => s.is_not_found(),
+        _ => false,
+    }
 }
 
 /// A client from `--kubeconfig`, or else the usual inference (KUBECONFIG, ~/.kube/config,
@@ -408,6 +492,29 @@ mod tests {
             "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
         }))
         .expect("a pod")
+    }
+
+    /// A kind whose CRD is not installed is told apart from a failing watch.
+    #[test]
+    fn a_missing_resource_is_not_served_other_failures_are_errors() {
+        use kube::core::Status;
+        let api =
+            |code, reason| kube::Error::Api(Status::failure("x", reason).with_code(code).boxed());
+        assert!(not_served(&watcher::Error::InitialListFailed(api(
+            404, "NotFound"
+        ))));
+        assert!(not_served(&watcher::Error::WatchStartFailed(api(
+            404, "NotFound"
+        ))));
+        assert!(!not_served(&watcher::Error::InitialListFailed(api(
+            403,
+            "Forbidden"
+        ))));
+        assert!(!not_served(&watcher::Error::InitialListFailed(api(
+            500,
+            "InternalError"
+        ))));
+        assert!(!not_served(&watcher::Error::NoResourceVersion));
     }
 
     fn relist(w: &mut KindWatch<Pod>, shared: &SharedState, pods: Vec<Pod>, listed: u64) {

@@ -91,6 +91,13 @@ pub fn render(s: &Status) -> String {
             s.uplinks.join(", ")
         }
     );
+    if !s.unserved_kinds.is_empty() {
+        let _ = writeln!(
+            out,
+            "not served by the API server (CRD not installed): {}",
+            s.unserved_kinds.join(", ")
+        );
+    }
     let mut problems = Vec::new();
     if let Some(e) = &s.source_error {
         problems.push(format!("source: {e} (the last good state is enforced)"));
@@ -124,6 +131,17 @@ pub fn render(s: &Status) -> String {
     for o in &s.rejected_objects {
         problems.push(format!("not taken in: {o}"));
     }
+    for p in s.cluster_policies.iter().filter(|p| !p.enforced) {
+        problems.push(format!(
+            "ClusterNetworkPolicy {} ({} tier, priority {}) is not enforced by this version of netpol",
+            p.name, p.tier, p.priority
+        ));
+    }
+    for p in &s.cluster_policies {
+        for e in &p.errors {
+            problems.push(format!("ClusterNetworkPolicy {}: {e}", p.name));
+        }
+    }
     if problems.is_empty() {
         out.push_str("problems: none\n");
     } else {
@@ -152,7 +170,9 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::status::{Health, Metrics, endpoint_for_tests as endpoint, serve};
+    use crate::status::{
+        ClusterPolicyStatus, Health, Metrics, endpoint_for_tests as endpoint, serve,
+    };
 
     #[tokio::test]
     async fn status_is_fetched_from_the_agent_and_summarised() {
@@ -164,6 +184,13 @@ mod tests {
                 endpoint("default/b", None, true),
             ],
             policy_errors: vec!["default/p ingress[0]: bad CIDR".into()],
+            cluster_policies: vec![ClusterPolicyStatus {
+                name: "no-metadata".into(),
+                tier: "Admin".into(),
+                priority: 10,
+                enforced: false,
+                errors: vec!["egress[0]: action \"Drop\" is not Accept, Deny or Pass".into()],
+            }],
             ..Default::default()
         };
         s.map_entries.insert("CONNTRACK".into(), 5);
@@ -188,8 +215,10 @@ mod tests {
         for want in [
             "node n1: ready",
             "pods enforced: 2 (2 isolated by policy)",
-            "problems: 2",
+            "problems: 4",
             "policy: default/p ingress[0]: bad CIDR",
+            "ClusterNetworkPolicy no-metadata (Admin tier, priority 10) is not enforced",
+            "ClusterNetworkPolicy no-metadata: egress[0]: action",
             "no veth hooked: default/b",
             "CONNTRACK",
             "25.0%",

@@ -184,6 +184,18 @@ impl Collector for StatusMetrics {
         )?;
         gauge(
             e,
+            "netpol_cluster_network_policies_unenforced",
+            "ClusterNetworkPolicies present in the cluster that this agent does not enforce",
+            count(s.cluster_policies.iter().filter(|p| !p.enforced).count()),
+        )?;
+        gauge(
+            e,
+            "netpol_cluster_network_policy_errors",
+            "Errors found in ClusterNetworkPolicies (what the API server would have refused)",
+            count(s.cluster_policies.iter().map(|p| p.errors.len()).sum()),
+        )?;
+        gauge(
+            e,
             "netpol_source_error",
             "1 while the policy source fails to load (the last good state is enforced)",
             i64::from(s.source_error.is_some()),
@@ -302,6 +314,13 @@ mod tests {
             index: 1,
             packets: 42,
         });
+        s.cluster_policies.push(crate::status::ClusterPolicyStatus {
+            name: "deny-metadata".into(),
+            tier: "Admin".into(),
+            priority: 5,
+            enforced: false,
+            errors: vec!["a".into(), "b".into()],
+        });
         let text = Metrics::new(Arc::new(Mutex::new(s)), Default::default())
             .encode()
             .expect("encode");
@@ -323,6 +342,14 @@ mod tests {
         );
         assert!(
             text.contains("netpol_endpoints_unhooked{isolated=\"false\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netpol_cluster_network_policies_unenforced 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netpol_cluster_network_policy_errors 2\n"),
             "{text}"
         );
     }

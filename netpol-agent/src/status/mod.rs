@@ -58,6 +58,10 @@ pub struct Status {
     pub rejected_objects: Vec<String>,
     /// Watch failures since start (each was retried).
     pub watch_errors: u64,
+    /// Kinds the API server does not serve (the ClusterNetworkPolicy CRD is not
+    /// installed); their watchers keep looking.
+    #[serde(default)]
+    pub unserved_kinds: Vec<String>,
     /// Incremented on every successful programming.
     pub generation: u64,
     pub ready: bool,
@@ -90,6 +94,22 @@ pub struct Status {
     pub map_entries: BTreeMap<String, u64>,
     #[serde(default)]
     pub map_capacity: BTreeMap<String, u64>,
+    /// ClusterNetworkPolicies read from the source, sorted by name.
+    #[serde(default)]
+    pub cluster_policies: Vec<ClusterPolicyStatus>,
+}
+
+/// A ClusterNetworkPolicy as the agent read it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterPolicyStatus {
+    pub name: String,
+    /// `Admin` or `Baseline`, as checked (see `compile::cnp_check` for unreadable ones).
+    pub tier: String,
+    pub priority: u16,
+    /// False in this version: ClusterNetworkPolicy is read and checked, not enforced.
+    pub enforced: bool,
+    /// What the API server would have refused in it.
+    pub errors: Vec<String>,
 }
 
 pub type Shared = Arc<Mutex<Status>>;
