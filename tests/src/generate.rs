@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use netpol_agent::state::{ClusterState, ContainerPort, Labels, ObjectRef, PodInfo, Protocol};
+use netpol_agent::state::{
+    ClusterState, ContainerPort, Labels, NodeInfo, ObjectRef, PodInfo, Protocol,
+};
 use serde_json::{Value, json};
 
 /// splitmix64: tiny, seedable, good enough for test inputs.
@@ -274,4 +276,105 @@ pub fn addresses(s: &ClusterState) -> BTreeMap<bool, Vec<IpAddr>> {
         out.entry(ip.is_ipv4()).or_default().push(ip);
     }
     out
+}
+
+/// Node objects for `NODES` (labels, an IPv4 and sometimes an IPv6 address) and up to
+/// four ClusterNetworkPolicies of both tiers: equal priorities, every action, every peer
+/// and protocol kind, some parts invalid on purpose (they fail closed).
+pub fn add_cluster_policies(rng: &mut Rng, s: &mut ClusterState) {
+    for (i, node) in NODES.iter().enumerate() {
+        let mut ips = vec![IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2 + i as u8))];
+        if rng.chance(50) {
+            ips.push(IpAddr::V6(Ipv6Addr::new(
+                0xfc00,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                2 + i as u16,
+            )));
+        }
+        s.nodes.insert(
+            node.to_string(),
+            NodeInfo {
+                labels: labels(rng),
+                ips,
+            },
+        );
+    }
+    for i in 0..rng.below(5) {
+        let name = format!("cnp-{i}");
+        let p = cluster_policy(rng, s, &name);
+        let parsed = serde_json::from_value(p).expect("generated policies read");
+        s.cluster_policies.insert(name, parsed);
+    }
+}
+
+fn cluster_policy(rng: &mut Rng, s: &ClusterState, name: &str) -> Value {
+    let subject = if rng.chance(50) {
+        json!({"namespaces": selector(rng)})
+    } else {
+        json!({"pods": {"namespaceSelector": selector(rng), "podSelector": selector(rng)}})
+    };
+    let mut spec = json!({
+        "tier": *rng.pick(&["Admin", "Admin", "Baseline"]),
+        "priority": *rng.pick(&[0, 5, 5, 10, 1000]),
+        "subject": subject,
+    });
+    for (dir, field) in [("ingress", "from"), ("egress", "to")] {
+        let rules: Vec<Value> = (0..rng.below(4))
+            .map(|_| cluster_rule(rng, s, dir, field))
+            .collect();
+        if !rules.is_empty() {
+            spec[dir] = json!(rules);
+        }
+    }
+    json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+           "metadata": {"name": name}, "spec": spec})
+}
+
+fn cluster_rule(rng: &mut Rng, s: &ClusterState, dir: &str, field: &str) -> Value {
+    let action = if rng.chance(3) {
+        "Drop"
+    } else {
+        *rng.pick(&["Accept", "Deny", "Pass"])
+    };
+    let peers: Vec<Value> = (0..1 + rng.below(2))
+        .map(|_| cluster_peer(rng, s, dir))
+        .collect();
+    let mut rule = json!({"action": action, field: peers});
+    if rng.chance(50) {
+        let protocols: Vec<Value> = (0..1 + rng.below(2)).map(|_| cluster_port(rng)).collect();
+        rule["protocols"] = json!(protocols);
+    }
+    rule
+}
+
+fn cluster_peer(rng: &mut Rng, s: &ClusterState, dir: &str) -> Value {
+    let kinds = if dir == "egress" { 6 } else { 2 };
+    match rng.below(kinds) {
+        0 => json!({"namespaces": selector(rng)}),
+        1 => json!({"pods": {"namespaceSelector": selector(rng), "podSelector": selector(rng)}}),
+        2 | 3 => {
+            let (cidr, _) = some_cidr(rng, s);
+            json!({"networks": [cidr]})
+        }
+        4 => json!({"nodes": selector(rng)}),
+        // A peer this version does not know: fails closed.
+        _ => json!({"futurePeer": {}}),
+    }
+}
+
+fn cluster_port(rng: &mut Rng) -> Value {
+    let proto = *rng.pick(&["tcp", "udp", "sctp"]);
+    match rng.below(4) {
+        0 => json!({proto: {"destinationPort": {"number": *rng.pick(&NUMBERS)}}}),
+        1 => {
+            json!({proto: {"destinationPort": {"range": {"start": 80, "end": *rng.pick(&[82u16, 9000])}}}})
+        }
+        2 => json!({"destinationNamedPort": *rng.pick(&PORT_NAMES)}),
+        _ => json!({proto: {}}),
+    }
 }

@@ -19,7 +19,7 @@ use netpol_agent::state::{ClusterState, Labels, ObjectRef, PodInfo, Protocol};
 use crate::reference_cnp::{Side, tier_verdict};
 
 /// One end of a flow: a pod (by name, with the address used) or an address outside.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum End {
     Pod(ObjectRef, IpAddr),
     Outside(IpAddr),
@@ -154,6 +154,13 @@ fn side_allowed(
     let policies = applying(state, who, dir);
     if policies.is_empty() {
         return tier(Tier::Baseline) != Some(Action::Deny);
+    }
+    // NetworkPolicy lets the pod's own node through (an Admin rule above decides first).
+    let own_node = (who.1.node.as_ref())
+        .and_then(|n| state.nodes.get(n))
+        .is_some_and(|n| n.ips.contains(&peer.ip()));
+    if own_node {
+        return true;
     }
     policies.iter().any(|(key, pol, valid)| {
         let Some(spec) = pol.spec.as_ref().filter(|_| *valid) else {

@@ -3,164 +3,21 @@
 //! cases: the property tests compare the compiler with this reading, so it must say what
 //! upstream's conformance suite says. Pure userspace; no BPF.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
-
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use netpol_agent::state::{ClusterState, ContainerPort, NodeInfo, ObjectRef, PodInfo, Protocol};
-use netpol_tests::reference::{End, allowed};
-use serde_json::Value;
-
-fn node_ip(node: &str) -> IpAddr {
-    let n: u8 = node.trim_start_matches("node-").parse().expect("node-N");
-    IpAddr::V4(Ipv4Addr::new(172, 18, 0, 1 + n))
-}
-
-fn labels(v: &Value) -> BTreeMap<String, String> {
-    serde_json::from_value(v.clone()).unwrap_or_default()
-}
-
-/// The model's cluster, without policies.
-fn cluster(model: &Value) -> ClusterState {
-    let mut s = ClusterState::default();
-    for (ns, l) in model["namespaces"].as_object().expect("namespaces") {
-        s.namespaces.insert(ns.clone(), labels(l));
-    }
-    let nodes = model["nodes"].as_u64().unwrap_or(2);
-    for i in 1..=nodes {
-        let name = format!("node-{i}");
-        s.nodes.insert(
-            name.clone(),
-            NodeInfo {
-                labels: labels(&model["node_labels"][&name]),
-                ips: vec![node_ip(&name)],
-            },
-        );
-    }
-    for (k, p) in model["pods"].as_array().expect("pods").iter().enumerate() {
-        let node = p["node"]
-            .as_str()
-            .expect("cases place their pods")
-            .to_string();
-        let host_network = p["hostNetwork"].as_bool().unwrap_or(false);
-        let ip = if host_network {
-            node_ip(&node)
-        } else {
-            IpAddr::V4(Ipv4Addr::new(
-                10,
-                244,
-                node_ip(&node).to_string().len() as u8,
-                2 + k as u8,
-            ))
-        };
-        let ports = p["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| ContainerPort {
-                name: c["name"].as_str().map(str::to_string),
-                port: c["port"].as_u64().expect("port") as u16,
-                protocol: Protocol::parse(c["protocol"].as_str()).expect("protocol"),
-            })
-            .collect();
-        s.pods.insert(
-            ObjectRef::new(
-                p["ns"].as_str().expect("ns"),
-                p["name"].as_str().expect("name"),
-            ),
-            PodInfo {
-                labels: labels(&p["labels"]),
-                node: Some(node),
-                host_network,
-                terminated: false,
-                ips: vec![ip],
-                ports,
-            },
-        );
-    }
-    s
-}
-
-/// `{{ip NS/POD}}` is that pod's address.
-fn substitute(s: &ClusterState, text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("{{ip ") {
-        out.push_str(&rest[..i]);
-        let end = rest[i..].find("}}").expect("closed placeholder") + i;
-        let (ns, name) = rest[i + 5..end].split_once('/').expect("NS/POD");
-        out.push_str(&s.pods[&ObjectRef::new(ns, name)].ips[0].to_string());
-        rest = &rest[end + 2..];
-    }
-    out.push_str(rest);
-    out
-}
-
-fn end(s: &ClusterState, text: &str) -> End {
-    let name = text.strip_prefix("pod:").unwrap_or(text);
-    let (ns, pod) = name.split_once('/').expect("NS/NAME");
-    let r = ObjectRef::new(ns, pod);
-    let ip = s.pods[&r].ips[0];
-    End::Pod(r, ip)
-}
+use netpol_tests::cnp_cases::load;
+use netpol_tests::reference::allowed;
 
 #[test]
 fn reference_agrees_with_every_public_cnp_check() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/conformance/cnp/cnp-public.json"
-    );
-    let text = std::fs::read_to_string(path).expect("the public ClusterNetworkPolicy cases");
-    let cases: Vec<Value> = serde_json::from_str(&text).expect("json");
     let (mut checked, mut wrong) = (0, Vec::new());
-    for case in &cases {
-        let mut s = cluster(&case["model"]);
-        for step in case["steps"].as_array().expect("steps") {
-            for (ns, l) in step["namespace_labels"].as_object().into_iter().flatten() {
-                s.namespaces.insert(ns.clone(), labels(l));
-            }
-            for (pod, l) in step["pod_labels"].as_object().into_iter().flatten() {
-                let (ns, name) = pod.split_once('/').expect("NS/NAME");
-                let p = s
-                    .pods
-                    .get_mut(&ObjectRef::new(ns, name))
-                    .expect("a pod of the model");
-                p.labels = labels(l);
-            }
-            s.cluster_policies.clear();
-            for p in step["cluster_network_policies"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
-                let p = substitute(&s, &p.to_string());
-                let p: netpol_agent::sources::cnp::ClusterNetworkPolicy =
-                    serde_json::from_str(&p).expect("a ClusterNetworkPolicy");
-                s.cluster_policies
-                    .insert(p.metadata.name.clone().unwrap_or_default(), p);
-            }
-            s.policies.clear();
-            for p in step["policies"].as_array().into_iter().flatten() {
-                let p: NetworkPolicy =
-                    serde_json::from_str(&substitute(&s, &p.to_string())).expect("a NetworkPolicy");
-                s.upsert_policy(&p).expect("policy");
-            }
-            for c in step["checks"].as_array().expect("checks") {
-                let protocol = Protocol::parse(c["protocol"].as_str()).expect("protocol");
-                let port = c["port"].as_u64().expect("port") as u16;
-                let (from, to) = (
-                    c["from"].as_str().expect("from"),
-                    c["to"].as_str().expect("to"),
-                );
-                let got = allowed(&s, &end(&s, from), &end(&s, to), protocol, port);
-                let want = c["expect"].as_bool().expect("expect");
-                checked += 1;
-                if got != want {
-                    wrong.push(format!(
-                        "{} step {}: {from} -> {to} {protocol:?}/{port}: reference {got}, case {want}",
-                        case["id"], step["step"]
-                    ));
-                }
+    for (s, checks) in load() {
+        for c in checks {
+            let got = allowed(&s, &c.from, &c.to, c.protocol, c.port);
+            checked += 1;
+            if got != c.expect {
+                wrong.push(format!(
+                    "{}: {:?} -> {:?} {:?}/{}: reference {got}, case {}",
+                    c.at, c.from, c.to, c.protocol, c.port, c.expect
+                ));
             }
         }
     }

@@ -80,6 +80,16 @@ impl<T: Clone + Ord> Allowed<T> {
         self.ranges.is_empty() && self.rest.is_none()
     }
 
+    /// The same ports, each named by `f` of what names it now (`None`: unnamed).
+    pub fn renamed<U: Clone + Ord>(&self, f: impl Fn(Option<&T>) -> U) -> Allowed<U> {
+        Allowed {
+            ranges: (self.ranges.iter())
+                .map(|(ports, t)| (*ports, Some(f(t.as_ref()))))
+                .collect(),
+            rest: self.rest.as_ref().map(|t| f(Some(t))),
+        }
+    }
+
     pub fn ranges(&self) -> &[(Ports, Option<T>)] {
         &self.ranges
     }

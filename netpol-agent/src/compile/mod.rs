@@ -13,6 +13,7 @@ pub mod incremental;
 pub mod ports;
 pub mod prefix;
 pub mod selector;
+pub mod tiers;
 pub(crate) mod validate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -236,6 +236,33 @@ fn union_of_blocks<S: Union>(grants: &[&Grant<S>]) -> BTreeMap<Prefix, S> {
         .collect()
 }
 
+/// The table that gives every address what `a` gives it united with what `b` gives it
+/// (`a` and `b` built by `union`). Every entry of either becomes one: the longest entry
+/// of the merged table containing an address is no shorter than the longest of `a` (or
+/// `b`) containing it, and `a`'s longest entry containing the former is the latter.
+pub fn merge<S: Union>(a: &BTreeMap<Prefix, S>, b: &BTreeMap<Prefix, S>) -> BTreeMap<Prefix, S> {
+    let lengths = |t: &BTreeMap<Prefix, S>| t.keys().map(|p| p.len).collect::<BTreeSet<u8>>();
+    let (a_lengths, b_lengths) = (lengths(a), lengths(b));
+    let longest = |t: &'_ BTreeMap<Prefix, S>, lengths: &BTreeSet<u8>, p: &Prefix| {
+        (lengths.iter().rev())
+            .filter(|len| **len <= p.len)
+            .find_map(|len| t.get(&Prefix::new(p.bits, *len)))
+            .cloned()
+    };
+    (a.keys().chain(b.keys()))
+        .map(|p| {
+            let mut s = S::none();
+            for found in [longest(a, &a_lengths, p), longest(b, &b_lengths, p)]
+                .into_iter()
+                .flatten()
+            {
+                s.add(&found);
+            }
+            (*p, s)
+        })
+        .collect()
+}
+
 /// What a table built by `union` gives for one address: the longest entry containing it.
 pub fn lookup<S>(table: &BTreeMap<Prefix, S>, ip: IpAddr) -> Option<&S> {
     table
@@ -319,50 +346,78 @@ mod tests {
         union_of_blocks(&all)
     }
 
-    #[test]
-    fn union_with_hosts_apart_equals_the_definition() {
-        // Hosts, blocks that contain some of them, excepts that cut holes around others,
-        // and the same host granted twice with different ports.
+    /// Random grants: hosts, blocks that contain some of them, excepts that cut holes
+    /// around others, the same host granted twice with different ports.
+    fn random_grants(next: &mut impl FnMut(u64) -> u64) -> Vec<Grant> {
+        let mut grants = Vec::new();
+        for _ in 0..next(12) {
+            let a = ip(&format!("10.{}.{}.{}", next(2), next(3), next(4)));
+            grants.push(Grant::to_host(a, tcp(80 + next(3) as u16)));
+        }
+        for _ in 0..next(4) {
+            let len = [8, 16, 24, 30, 32][next(5) as usize];
+            let cidr = net(&format!("10.{}.{}.0/{len}", next(2), next(3)));
+            let except = (0..next(3))
+                .map(|_| {
+                    let host = Prefix::host(ip(&format!("10.{}.{}.{}", next(2), next(3), next(4))));
+                    Prefix::new(host.bits, 128 - next(3) as u8)
+                })
+                .filter(|e| {
+                    Prefix::from_net(cidr.trunc()).contains(e)
+                        && *e != Prefix::from_net(cidr.trunc())
+                })
+                .collect();
+            let ports = if next(3) == 0 {
+                PortSpec::All
+            } else {
+                tcp(80 + next(3) as u16)
+            };
+            grants.push(Grant::from_net(cidr.trunc(), except, ports));
+        }
+        if next(5) == 0 {
+            grants.push(Grant::from_net(net("::/0"), vec![], tcp(443)));
+        }
+        grants
+    }
+
+    fn rng() -> impl FnMut(u64) -> u64 {
         let mut seed = 0x5eed_u64;
-        let mut next = |n: u64| {
+        move |n: u64| {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             (seed >> 33) % n
-        };
+        }
+    }
+
+    #[test]
+    fn union_with_hosts_apart_equals_the_definition() {
+        let mut next = rng();
         for _ in 0..300 {
-            let mut grants = Vec::new();
-            for _ in 0..next(12) {
-                let a = ip(&format!("10.{}.{}.{}", next(2), next(3), next(4)));
-                grants.push(Grant::to_host(a, tcp(80 + next(3) as u16)));
-            }
-            for _ in 0..next(4) {
-                let len = [8, 16, 24, 30, 32][next(5) as usize];
-                let cidr = net(&format!("10.{}.{}.0/{len}", next(2), next(3)));
-                let except = (0..next(3))
-                    .map(|_| {
-                        let host =
-                            Prefix::host(ip(&format!("10.{}.{}.{}", next(2), next(3), next(4))));
-                        Prefix::new(host.bits, 128 - next(3) as u8)
-                    })
-                    .filter(|e| {
-                        Prefix::from_net(cidr.trunc()).contains(e)
-                            && *e != Prefix::from_net(cidr.trunc())
-                    })
-                    .collect();
-                let ports = if next(3) == 0 {
-                    PortSpec::All
-                } else {
-                    tcp(80 + next(3) as u16)
-                };
-                grants.push(Grant::from_net(cidr.trunc(), except, ports));
-            }
-            if next(5) == 0 {
-                grants.push(Grant::from_net(net("::/0"), vec![], tcp(443)));
-            }
+            let grants = random_grants(&mut next);
             let fast = union(&grants);
             let reference = union_by_definition(&grants);
             assert_eq!(fast, reference, "grants: {grants:?}");
+        }
+    }
+
+    /// Two tables merged give every address what the table of all their grants gives it.
+    #[test]
+    fn merged_tables_answer_as_the_union_of_their_grants() {
+        let mut next = rng();
+        for _ in 0..300 {
+            let (a, b) = (random_grants(&mut next), random_grants(&mut next));
+            let merged = merge(&union(&a), &union(&b));
+            let all: Vec<Grant> = a.iter().chain(b.iter()).cloned().collect();
+            let whole = union(&all);
+            for _ in 0..40 {
+                let addr = ip(&format!("10.{}.{}.{}", next(2), next(3), next(5)));
+                assert_eq!(
+                    lookup(&merged, addr).filter(|s| !s.is_none()),
+                    lookup(&whole, addr).filter(|s| !s.is_none()),
+                    "{addr}; a: {a:?}; b: {b:?}"
+                );
+            }
         }
     }
 

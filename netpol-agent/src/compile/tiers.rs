@@ -1,0 +1,420 @@
+//! ClusterNetworkPolicy's tiers around NetworkPolicy, resolved for one local pod and one
+//! direction into ordered tables: which rule decides a peer, port by port. Not programmed
+//! into the datapath yet (issue 12); the tests check this reading against the reference
+//! and the public cases before the maps hold it.
+//!
+//! Every rule that can decide gets a position, smaller first. The Admin table holds the
+//! Admin tier's rules (policies by priority, then name; rules in order). The rest table
+//! holds NetworkPolicy's allows (their positions in the pod's rule set), NetworkPolicy's
+//! default deny when it isolates the pod, the Baseline tier's rules, and the default
+//! allow. For a peer and a port, a table answers with the first position whose rule
+//! matches, looked up by the peer's identity and by its address (the smaller of the two),
+//! as the datapath looks. The Admin table decides when it answers Accept or Deny; else (a
+//! Pass, or no rule) the rest table decides, and it always answers. Two tables, because a
+//! Pass must not hide NetworkPolicy's allows behind it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::allowed::Allowed;
+use super::cnp_check::{Action, CheckedCnp, CnpPeer, CnpPort, CnpRule, CnpSubject, Tier, check};
+use super::ports::{PortSpec, Ports};
+use super::prefix::{self, Grant, Prefix};
+use super::{Direction, Identity, Plan, PlannedEndpoint, Position};
+use crate::state::{ClusterState, ContainerPort, Labels, ObjectRef, PodInfo};
+
+/// A rule's place in one table, and what it does. Positions are unique in a table, so
+/// the order is theirs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tag {
+    pub position: u32,
+    pub action: Action,
+}
+
+/// Rest-table position of what NetworkPolicy allows without naming a rule: the pod's own
+/// node, and ranges merged to fit.
+pub const NP_UNNAMED: u32 = 0;
+/// Rest-table position of the default allow: no rule of any tier or policy matched.
+pub const DEFAULT: u32 = u32::MAX;
+
+/// Rules by peer identity and by address (longest-prefix entries), each port naming the
+/// first rule that matches it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TagTable {
+    pub peers: BTreeMap<Arc<Identity>, Allowed<Tag>>,
+    pub blocks: BTreeMap<Prefix, Allowed<Tag>>,
+}
+
+impl TagTable {
+    /// The first rule matching the peer on `protocol`/`port`.
+    pub fn first(
+        &self,
+        identity: Option<&Identity>,
+        peer: IpAddr,
+        protocol: crate::state::Protocol,
+        port: u16,
+    ) -> Option<Tag> {
+        let by_identity = identity
+            .and_then(|i| self.peers.get(i))
+            .and_then(|a| a.rule_for(protocol, port));
+        let by_address =
+            prefix::lookup(&self.blocks, peer).and_then(|a| a.rule_for(protocol, port));
+        by_identity.into_iter().chain(by_address).min().copied()
+    }
+}
+
+/// A rule of a ClusterNetworkPolicy.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CnpRuleRef {
+    pub policy: String,
+    pub tier: Tier,
+    /// The rule's name, or `ingress[N]`/`egress[N]`.
+    pub rule: String,
+}
+
+impl fmt::Display for CnpRuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ClusterNetworkPolicy {} ({:?} tier) rule {}",
+            self.policy, self.tier, self.rule
+        )
+    }
+}
+
+/// What decides one direction of one local pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tiered {
+    pub admin: TagTable,
+    pub rest: TagTable,
+    /// Admin-table position `k` is `admin_rules[k - 1]`.
+    pub admin_rules: Vec<CnpRuleRef>,
+    /// Rest-table positions of NetworkPolicy's rules: `1..=np_rules`.
+    pub np_rules: u32,
+    /// NetworkPolicy isolates the pod in this direction: position `np_rules + 1` is its
+    /// default deny.
+    pub isolated: bool,
+    /// Rest-table position `np_rules + 2 + k` is `baseline_rules[k]`.
+    pub baseline_rules: Vec<CnpRuleRef>,
+}
+
+/// Who decided, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Admin(Action, CnpRuleRef),
+    /// NetworkPolicy allows, by the rule at this position of the pod's rule set
+    /// (`NP_UNNAMED`: none named).
+    NetworkPolicy(Position),
+    /// NetworkPolicy isolates the pod and none of its rules allows.
+    Isolated,
+    /// A Baseline rule (Pass ends the tier, and the default allow follows).
+    Baseline(Action, CnpRuleRef),
+    Default,
+}
+
+impl Decision {
+    pub fn allows(&self) -> bool {
+        match self {
+            Decision::Admin(a, _) => *a == Action::Accept,
+            Decision::NetworkPolicy(_) | Decision::Default => true,
+            Decision::Isolated => false,
+            Decision::Baseline(a, _) => *a != Action::Deny,
+        }
+    }
+}
+
+impl Tiered {
+    pub fn decide(
+        &self,
+        identity: Option<&Identity>,
+        peer: IpAddr,
+        protocol: crate::state::Protocol,
+        port: u16,
+    ) -> Decision {
+        if let Some(t) = self.admin.first(identity, peer, protocol, port)
+            && t.action != Action::Pass
+            && let Some(r) = (t.position as usize)
+                .checked_sub(1)
+                .and_then(|i| self.admin_rules.get(i))
+        {
+            return Decision::Admin(t.action, r.clone());
+        }
+        let Some(t) = self.rest.first(identity, peer, protocol, port) else {
+            return Decision::Default;
+        };
+        let deny = self.np_rules + 1;
+        match t.position {
+            DEFAULT => Decision::Default,
+            p if p <= self.np_rules => Decision::NetworkPolicy(p),
+            p if p == deny => Decision::Isolated,
+            p => match self.baseline_rules.get((p - deny - 1) as usize) {
+                Some(r) => Decision::Baseline(t.action, r.clone()),
+                None => Decision::Default,
+            },
+        }
+    }
+}
+
+/// The tiers of every local pod of `plan`, per direction. `node_ips`: this node's
+/// addresses (NetworkPolicy lets them reach the pods it isolates).
+pub fn resolve(
+    state: &ClusterState,
+    plan: &Plan,
+    node_ips: &[IpAddr],
+) -> BTreeMap<(ObjectRef, Direction), Tiered> {
+    let mut policies: Vec<CheckedCnp> = (state.cluster_policies.values())
+        .map(|p| check(p).0)
+        .collect();
+    policies.sort_by(|a, b| (a.tier, a.priority, &a.name).cmp(&(b.tier, b.priority, &b.name)));
+    let peers = Peers::new(state, plan);
+    let mut out = BTreeMap::new();
+    for ep in &plan.endpoints {
+        let Some(pod) = state.pods.get(&ep.pod).filter(|p| p.is_policy_subject()) else {
+            continue;
+        };
+        let ns_labels = state.namespace_labels(&ep.pod.namespace);
+        let subject_of: Vec<&CheckedCnp> = (policies.iter())
+            .filter(|p| selects(&p.subject, &ns_labels, pod))
+            .collect();
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let t = tiered(state, plan, ep, pod, dir, &subject_of, &peers, node_ips);
+            out.insert((ep.pod.clone(), dir), t);
+        }
+    }
+    out
+}
+
+/// Every identity, with its namespace's labels.
+struct Peers {
+    identities: Vec<(Arc<Identity>, Labels)>,
+}
+
+impl Peers {
+    fn new(state: &ClusterState, plan: &Plan) -> Self {
+        let mut seen = HashSet::new();
+        let identities = (plan.identities.values())
+            .filter(|i| seen.insert(Arc::as_ptr(i)))
+            .map(|i| (i.clone(), state.namespace_labels(&i.namespace)))
+            .collect();
+        Peers { identities }
+    }
+}
+
+fn selects(s: &CnpSubject, ns_labels: &Labels, pod: &PodInfo) -> bool {
+    match s {
+        CnpSubject::Namespaces(sel) => sel.matches(ns_labels),
+        CnpSubject::Pods { namespaces, pods } => {
+            namespaces.matches(ns_labels) && pods.matches(&pod.labels)
+        }
+    }
+}
+
+/// Rules of one table under construction.
+#[derive(Default)]
+struct Builder {
+    peers: BTreeMap<Arc<Identity>, Allowed<Tag>>,
+    grants: Vec<Grant<Allowed<Tag>>>,
+}
+
+impl Builder {
+    /// Adds a rule at `tag`; named ports resolve on the destination: the peer for egress,
+    /// the subject (`own_ports`) for ingress.
+    fn add_rule(
+        &mut self,
+        state: &ClusterState,
+        peers: &Peers,
+        rule: &CnpRule,
+        tag: Tag,
+        dir: Direction,
+        own_ports: &[ContainerPort],
+    ) {
+        let own = ports_of(rule.ports.as_deref(), own_ports);
+        for peer in &rule.peers {
+            match peer {
+                CnpPeer::Namespaces(_) | CnpPeer::Pods { .. } => {
+                    for (identity, ns_labels) in &peers.identities {
+                        let matches = match peer {
+                            CnpPeer::Namespaces(sel) => sel.matches(ns_labels),
+                            CnpPeer::Pods { namespaces, pods } => {
+                                namespaces.matches(ns_labels) && pods.matches(&identity.labels)
+                            }
+                            _ => false,
+                        };
+                        if !matches {
+                            continue;
+                        }
+                        let ports = match dir {
+                            Direction::Egress => ports_of(rule.ports.as_deref(), &identity.ports),
+                            Direction::Ingress => own.clone(),
+                        };
+                        if !ports.is_none() {
+                            (self.peers.entry(identity.clone()).or_default())
+                                .add(&Allowed::by(&ports, &tag));
+                        }
+                    }
+                }
+                // Named ports never stand beside these (`cnp_check` refuses the rule).
+                CnpPeer::Networks(nets) => {
+                    for net in nets {
+                        let g = Grant::from_net(*net, Vec::new(), PortSpec::All);
+                        self.grants.push(g.with_ports(Allowed::by(&own, &tag)));
+                    }
+                }
+                CnpPeer::Nodes(sel) => {
+                    for node in state.nodes.values().filter(|n| sel.matches(&n.labels)) {
+                        for ip in &node.ips {
+                            let g = Grant::to_host(*ip, PortSpec::All);
+                            self.grants.push(g.with_ports(Allowed::by(&own, &tag)));
+                        }
+                    }
+                }
+                CnpPeer::Everything => self.grants.push(everything(Allowed::by(&own, &tag))),
+            }
+        }
+    }
+
+    fn build(self) -> TagTable {
+        TagTable {
+            peers: self.peers,
+            blocks: prefix::union(&self.grants),
+        }
+    }
+}
+
+/// A grant to every address, IPv4 and IPv6.
+fn everything(ports: Allowed<Tag>) -> Grant<Allowed<Tag>> {
+    Grant {
+        prefix: Prefix::all_v6(),
+        except: Vec::new(),
+        ports,
+    }
+}
+
+/// The ports a rule's `protocols` match on a destination with `named` container ports.
+fn ports_of(list: Option<&[CnpPort]>, named: &[ContainerPort]) -> PortSpec {
+    let Some(list) = list else {
+        return PortSpec::All;
+    };
+    let mut spec = PortSpec::none();
+    for p in list {
+        let ranges: Vec<Ports> = match p {
+            CnpPort::Ports { protocol, range } => vec![match range {
+                None => Ports::all_of(*protocol),
+                Some((first, last)) => Ports {
+                    protocol: *protocol,
+                    first: *first,
+                    last: *last,
+                },
+            }],
+            CnpPort::Named(name) => (named.iter())
+                .filter(|c| c.name.as_deref() == Some(name.as_str()))
+                .map(|c| Ports::one(c.protocol, c.port))
+                .collect(),
+        };
+        spec.add(&PortSpec::from_ranges(ranges));
+    }
+    spec
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tiered(
+    state: &ClusterState,
+    plan: &Plan,
+    ep: &PlannedEndpoint,
+    pod: &PodInfo,
+    dir: Direction,
+    policies: &[&CheckedCnp],
+    peers: &Peers,
+    node_ips: &[IpAddr],
+) -> Tiered {
+    let rules_of = |p: &CheckedCnp| -> Vec<CnpRule> {
+        match dir {
+            Direction::Ingress => p.ingress.clone(),
+            Direction::Egress => p.egress.clone(),
+        }
+    };
+    let mut admin = Builder::default();
+    let mut admin_rules = Vec::new();
+    for p in policies.iter().filter(|p| p.tier == Tier::Admin) {
+        for r in rules_of(p) {
+            admin_rules.push(CnpRuleRef {
+                policy: p.name.clone(),
+                tier: Tier::Admin,
+                rule: r.name.clone(),
+            });
+            let tag = Tag {
+                position: admin_rules.len() as u32,
+                action: r.action,
+            };
+            admin.add_rule(state, peers, &r, tag, dir, &pod.ports);
+        }
+    }
+
+    // NetworkPolicy: its rule set as compiled, every allow an Accept at its position.
+    let set = match dir {
+        Direction::Ingress => ep.ingress,
+        Direction::Egress => ep.egress,
+    };
+    let np_rules = ep.rules.of(dir).len() as u32;
+    let accept = |p: Option<&Position>| Tag {
+        position: p.copied().unwrap_or(NP_UNNAMED),
+        action: Action::Accept,
+    };
+    let mut rest = Builder::default();
+    let mut np = TagTable::default();
+    if let Some(set) = set.map(|s| plan.rule_set(s)) {
+        np.peers = (set.peers.iter())
+            .map(|(i, a)| (i.clone(), a.renamed(accept)))
+            .collect();
+        np.blocks = (set.blocks.iter())
+            .map(|(p, a)| (*p, a.renamed(accept)))
+            .collect();
+        for ip in node_ips {
+            let all = Allowed::by(&PortSpec::All, &accept(None));
+            rest.grants
+                .push(Grant::to_host(*ip, PortSpec::All).with_ports(all));
+        }
+        let deny = Tag {
+            position: np_rules + 1,
+            action: Action::Deny,
+        };
+        rest.grants
+            .push(everything(Allowed::by(&PortSpec::All, &deny)));
+    }
+    let mut baseline_rules = Vec::new();
+    for p in policies.iter().filter(|p| p.tier == Tier::Baseline) {
+        for r in rules_of(p) {
+            let tag = Tag {
+                position: np_rules + 2 + baseline_rules.len() as u32,
+                action: r.action,
+            };
+            baseline_rules.push(CnpRuleRef {
+                policy: p.name.clone(),
+                tier: Tier::Baseline,
+                rule: r.name.clone(),
+            });
+            rest.add_rule(state, peers, &r, tag, dir, &pod.ports);
+        }
+    }
+    let default = Tag {
+        position: DEFAULT,
+        action: Action::Accept,
+    };
+    rest.grants
+        .push(everything(Allowed::by(&PortSpec::All, &default)));
+    let mut rest = rest.build();
+    for (identity, a) in np.peers {
+        rest.peers.entry(identity).or_default().add(&a);
+    }
+    rest.blocks = prefix::merge(&np.blocks, &rest.blocks);
+    Tiered {
+        admin: admin.build(),
+        rest,
+        admin_rules,
+        np_rules,
+        isolated: set.is_some(),
+        baseline_rules,
+    }
+}
