@@ -862,7 +862,7 @@ impl Agent {
         let now = self
             .state
             .as_ref()
-            .map(compile::cnp_check::status)
+            .map(compile::tiers::status)
             .unwrap_or_default();
         if now != self.snapshot().cluster_policies {
             for p in &now {

@@ -106,27 +106,6 @@ impl std::fmt::Display for CnpError {
     }
 }
 
-/// Every ClusterNetworkPolicy of `state` as checked, sorted by name, with its errors.
-pub fn status(state: &crate::state::ClusterState) -> Vec<crate::status::ClusterPolicyStatus> {
-    state
-        .cluster_policies
-        .values()
-        .map(|p| {
-            let (checked, errors) = check(p);
-            crate::status::ClusterPolicyStatus {
-                name: checked.name,
-                tier: format!("{:?}", checked.tier),
-                priority: checked.priority,
-                enforced: false,
-                errors: errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.location, e.message))
-                    .collect(),
-            }
-        })
-        .collect()
-}
-
 const MAX_RULES: usize = 25;
 const MAX_ITEMS: usize = 25;
 

@@ -418,3 +418,193 @@ fn tiered(
         baseline_rules,
     }
 }
+
+/// Two policies of one tier and priority that select a common pod and have rules of
+/// different actions in one direction: the one first by name decides where both match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub tier: Tier,
+    pub priority: u16,
+    /// Decides first (its name sorts first).
+    pub first: String,
+    pub second: String,
+    pub direction: Direction,
+    /// How many pods both select.
+    pub pods: usize,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} and {} ({:?} tier, both priority {}) select {} pod(s) in common with {} rules of different actions: where both match, {} decides (equal priorities are ordered by name)",
+            self.first,
+            self.second,
+            self.tier,
+            self.priority,
+            self.pods,
+            self.direction,
+            self.first
+        )
+    }
+}
+
+/// Every conflict between policies of equal tier and priority (a conservative reading:
+/// their rules' peers are not compared).
+pub fn conflicts(state: &ClusterState) -> Vec<Conflict> {
+    let mut policies: Vec<CheckedCnp> = (state.cluster_policies.values())
+        .map(|p| check(p).0)
+        .collect();
+    policies.sort_by(|a, b| (a.tier, a.priority, &a.name).cmp(&(b.tier, b.priority, &b.name)));
+    let subjects: Vec<BTreeMap<&ObjectRef, ()>> = (policies.iter())
+        .map(|p| {
+            (state.pods.iter())
+                .filter(|(r, pod)| {
+                    pod.is_policy_subject()
+                        && selects(&p.subject, &state.namespace_labels(&r.namespace), pod)
+                })
+                .map(|(r, _)| (r, ()))
+                .collect()
+        })
+        .collect();
+    let actions = |p: &CheckedCnp, dir: Direction| -> Vec<Action> {
+        let rules = match dir {
+            Direction::Ingress => &p.ingress,
+            Direction::Egress => &p.egress,
+        };
+        let mut a: Vec<Action> = rules.iter().map(|r| r.action).collect();
+        a.sort();
+        a.dedup();
+        a
+    };
+    let mut out = Vec::new();
+    for (i, a) in policies.iter().enumerate() {
+        for (j, b) in policies.iter().enumerate().skip(i + 1) {
+            if (a.tier, a.priority) != (b.tier, b.priority) {
+                break;
+            }
+            let pods = subjects[i]
+                .keys()
+                .filter(|r| subjects[j].contains_key(*r))
+                .count();
+            if pods == 0 {
+                continue;
+            }
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let (x, y) = (actions(a, dir), actions(b, dir));
+                let differ = x.iter().any(|ax| y.iter().any(|ay| ax != ay));
+                if differ {
+                    out.push(Conflict {
+                        tier: a.tier,
+                        priority: a.priority,
+                        first: a.name.clone(),
+                        second: b.name.clone(),
+                        direction: dir,
+                        pods,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every ClusterNetworkPolicy of `state` as checked, sorted by name, with its errors and
+/// the conflicts it is part of.
+pub fn status(state: &ClusterState) -> Vec<crate::status::ClusterPolicyStatus> {
+    let conflicts = conflicts(state);
+    (state.cluster_policies.values())
+        .map(|p| {
+            let (checked, errors) = check(p);
+            let name = checked.name;
+            crate::status::ClusterPolicyStatus {
+                tier: format!("{:?}", checked.tier),
+                priority: checked.priority,
+                enforced: false,
+                errors: (errors.iter())
+                    .map(|e| format!("{}: {}", e.location, e.message))
+                    .collect(),
+                conflicts: (conflicts.iter())
+                    .filter(|c| c.first == name || c.second == name)
+                    .map(ToString::to_string)
+                    .collect(),
+                name,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with(policies: &[(&str, &str, u16, &str, &str)]) -> ClusterState {
+        let mut s = ClusterState::default();
+        for (name, app) in [("web", "web"), ("db", "db")] {
+            s.pods.insert(
+                ObjectRef::new("prod", name),
+                PodInfo {
+                    labels: Labels::from([("app".to_string(), app.to_string())]),
+                    node: Some("n1".into()),
+                    host_network: false,
+                    terminated: false,
+                    ips: vec![format!("10.0.0.{}", s.pods.len() + 1).parse().expect("ip")],
+                    ports: Vec::new(),
+                },
+            );
+        }
+        for (name, tier, priority, app, action) in policies {
+            let p = serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"tier": tier, "priority": priority,
+                         "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": app}}}},
+                         "egress": [{"action": action, "to": [{"networks": ["192.0.2.0/24"]}]}]}
+            });
+            s.cluster_policies.insert(
+                name.to_string(),
+                serde_json::from_value(p).expect("a policy"),
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn equal_priorities_with_different_actions_on_common_pods_conflict() {
+        let s = state_with(&[
+            ("b-deny", "Admin", 10, "web", "Deny"),
+            ("a-accept", "Admin", 10, "web", "Accept"),
+            // Same tier and priority, same action: no conflict.
+            ("c-accept", "Admin", 10, "web", "Accept"),
+            // Different pods, another priority, another tier: none either.
+            ("d-deny-db", "Admin", 10, "db", "Deny"),
+            ("e-deny", "Admin", 11, "web", "Deny"),
+            ("f-deny", "Baseline", 10, "web", "Deny"),
+        ]);
+        let found: Vec<(String, String)> = (conflicts(&s).into_iter())
+            .map(|c| (c.first, c.second))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("a-accept".to_string(), "b-deny".to_string()),
+                ("b-deny".to_string(), "c-accept".to_string())
+            ]
+        );
+        let status = status(&s);
+        let a = status.iter().find(|p| p.name == "a-accept").expect("a");
+        assert_eq!(a.conflicts.len(), 1, "{:?}", a.conflicts);
+        assert!(
+            a.conflicts[0].contains("a-accept decides"),
+            "{}",
+            a.conflicts[0]
+        );
+        assert!(
+            status
+                .iter()
+                .find(|p| p.name == "e-deny")
+                .expect("e")
+                .conflicts
+                .is_empty()
+        );
+    }
+}

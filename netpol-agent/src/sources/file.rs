@@ -345,7 +345,7 @@ status:
         assert_eq!(node.labels.get("zone").map(String::as_str), Some("z1"));
         let ips: Vec<String> = node.ips.iter().map(ToString::to_string).collect();
         assert_eq!(ips, ["172.18.0.2", "fc00:f853:ccd:e793::2"]);
-        let status = crate::compile::cnp_check::status(s);
+        let status = crate::compile::tiers::status(s);
         assert_eq!(status.len(), 1);
         assert_eq!(
             (

@@ -142,6 +142,15 @@ pub fn render(s: &Status) -> String {
             problems.push(format!("ClusterNetworkPolicy {}: {e}", p.name));
         }
     }
+    // Each conflict is listed under both policies; shown once.
+    let conflicts: std::collections::BTreeSet<&String> = s
+        .cluster_policies
+        .iter()
+        .flat_map(|p| &p.conflicts)
+        .collect();
+    for c in conflicts {
+        problems.push(format!("ClusterNetworkPolicy conflict: {c}"));
+    }
     if problems.is_empty() {
         out.push_str("problems: none\n");
     } else {
@@ -190,6 +199,7 @@ mod tests {
                 priority: 10,
                 enforced: false,
                 errors: vec!["egress[0]: action \"Drop\" is not Accept, Deny or Pass".into()],
+                conflicts: vec!["no-metadata and other-deny (Admin tier, both priority 10) select 1 pod(s) in common".into()],
             }],
             ..Default::default()
         };
@@ -215,10 +225,11 @@ mod tests {
         for want in [
             "node n1: ready",
             "pods enforced: 2 (2 isolated by policy)",
-            "problems: 4",
+            "problems: 5",
             "policy: default/p ingress[0]: bad CIDR",
             "ClusterNetworkPolicy no-metadata (Admin tier, priority 10) is not enforced",
             "ClusterNetworkPolicy no-metadata: egress[0]: action",
+            "ClusterNetworkPolicy conflict: no-metadata and other-deny",
             "no veth hooked: default/b",
             "CONNTRACK",
             "25.0%",

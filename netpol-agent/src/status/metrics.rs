@@ -196,6 +196,18 @@ impl Collector for StatusMetrics {
         )?;
         gauge(
             e,
+            "netpol_cluster_network_policy_conflicts",
+            "Pairs of ClusterNetworkPolicies of one tier and priority whose rules of different actions apply to common pods (the first by name decides)",
+            count(
+                s.cluster_policies
+                    .iter()
+                    .flat_map(|p| &p.conflicts)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len(),
+            ),
+        )?;
+        gauge(
+            e,
             "netpol_source_error",
             "1 while the policy source fails to load (the last good state is enforced)",
             i64::from(s.source_error.is_some()),
@@ -320,6 +332,7 @@ mod tests {
             priority: 5,
             enforced: false,
             errors: vec!["a".into(), "b".into()],
+            conflicts: Vec::new(),
         });
         let text = Metrics::new(Arc::new(Mutex::new(s)), Default::default())
             .encode()

@@ -110,6 +110,10 @@ pub struct ClusterPolicyStatus {
     pub enforced: bool,
     /// What the API server would have refused in it.
     pub errors: Vec<String>,
+    /// Policies of its tier and priority that it conflicts with (see
+    /// `compile::tiers::conflicts`), and which one decides.
+    #[serde(default)]
+    pub conflicts: Vec<String>,
 }
 
 pub type Shared = Arc<Mutex<Status>>;
