@@ -64,6 +64,13 @@ fn applying<'a>(
         if key.namespace != r.namespace {
             continue;
         }
+        // A policy in audit mode isolates nothing and allows nothing.
+        let audit = (pol.metadata.annotations.as_ref())
+            .and_then(|a| a.get(netpol_agent::state::MODE_ANNOTATION))
+            .is_some_and(|m| m == "audit");
+        if audit {
+            continue;
+        }
         let spec = pol.spec.clone().unwrap_or_default();
         let (selects, valid) = match &spec.pod_selector {
             None => (true, true),

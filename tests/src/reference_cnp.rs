@@ -43,7 +43,9 @@ pub fn tier_verdict(
         .map(|p| check(p).0)
         .filter(|p| p.tier == tier && selects(state, &p.subject, subject))
         .collect();
-    policies.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+    // A policy the API server would refuse goes first (`cnp_check` says so).
+    policies
+        .sort_by(|a, b| (!a.refused, a.priority, &a.name).cmp(&(!b.refused, b.priority, &b.name)));
     for p in &policies {
         let rules = match side {
             Side::Egress => &p.egress,
@@ -118,11 +120,15 @@ fn port_matches(
             protocol: want,
             range,
         } => *want == protocol && range.is_none_or(|(lo, hi)| lo <= port && port <= hi),
+        // Names are unique per container only: any port of that name and protocol.
         CnpPort::Named(name) => match destination {
-            End::Pod(r, _) => state
-                .pods
-                .get(r)
-                .is_some_and(|pod| pod.named_port(name, protocol) == Some(port)),
+            End::Pod(r, _) => state.pods.get(r).is_some_and(|pod| {
+                pod.ports.iter().any(|c| {
+                    c.name.as_deref() == Some(name.as_str())
+                        && c.protocol == protocol
+                        && c.port == port
+                })
+            }),
             End::Outside(_) => false,
         },
     }

@@ -1,15 +1,19 @@
 //! What the API server would check in a ClusterNetworkPolicy, and what its parts mean once
 //! checked (`CheckedCnp`). Every error is reported, and bad input never opens traffic:
 //!
-//! * A peer with no field this version knows, or one the API would refuse: in an Accept
-//!   rule it matches nothing; a Deny or Pass rule becomes "deny everything" (the API's
-//!   "fail closed": <https://network-policy-api.sigs.k8s.io>, `ClusterNetworkPolicyIngressPeer`).
-//!   A protocol entry the API would refuse does the same.
+//! * A rule with a peer that has no field this version knows, or with any part the API
+//!   would refuse (a peer, a protocol entry, too many of them, too long a name): an
+//!   Accept rule matches nothing; a Deny or Pass rule becomes "deny everything" (the
+//!   API's "fail closed": <https://network-policy-api.sigs.k8s.io>,
+//!   `ClusterNetworkPolicyIngressPeer`).
 //! * An unknown action is taken as Deny.
-//! * A policy whose tier or priority cannot be read keeps only its Deny rules (and its
-//!   Pass rules, as Deny), first of all: Admin tier, priority 0.
-//! * A subject that cannot be read selects every pod (its rules can then only deny, or
-//!   allow what they allow).
+//! * A policy the API server would refuse as a whole (its tier, priority or subject
+//!   cannot be read, or it has more than 25 rules in a direction) is `refused`: it keeps
+//!   only its Deny rules (and its Pass rules, as Deny), and goes before every other
+//!   policy (Admin tier, before priority 0). A subject that cannot be read selects every
+//!   pod.
+//! * CIDRs are read as the API's `isCIDR` reads them: no leading zeros, no IPv4-mapped
+//!   IPv6 addresses.
 
 use ipnet::IpNet;
 
@@ -84,11 +88,21 @@ pub struct CnpRule {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckedCnp {
     pub name: String,
+    /// The API server would refuse the policy as a whole (see the module's notes).
+    pub refused: bool,
     pub tier: Tier,
     pub priority: u16,
     pub subject: CnpSubject,
     pub ingress: Vec<CnpRule>,
     pub egress: Vec<CnpRule>,
+}
+
+impl CheckedCnp {
+    /// Where the policy goes among others: by tier, refused ones first, then by
+    /// priority, equal priorities by name (netpol's documented order).
+    pub fn order(&self) -> (Tier, bool, u16, &str) {
+        (self.tier, !self.refused, self.priority, &self.name)
+    }
 }
 
 /// One thing the API server would have refused.
@@ -151,7 +165,8 @@ pub fn check(cnp: &ClusterNetworkPolicy) -> (CheckedCnp, Vec<CnpError>) {
             None
         }
     };
-    let subject = subject(spec.subject.as_ref(), &mut errors);
+    let (subject, subject_ok) = subject(spec.subject.as_ref(), &mut errors);
+    let mut rules_ok = true;
     for (dir, n) in [
         ("ingress", spec.ingress.len()),
         ("egress", spec.egress.len()),
@@ -161,19 +176,22 @@ pub fn check(cnp: &ClusterNetworkPolicy) -> (CheckedCnp, Vec<CnpError>) {
                 &format!("spec.{dir}"),
                 format!("{n} rules: at most {MAX_RULES}"),
             );
+            rules_ok = false;
         }
     }
     let ingress = rules("ingress", &spec.ingress, &mut errors);
     let egress = rules("egress", &spec.egress, &mut errors);
+    let refused = tier.is_none() || priority.is_none() || !subject_ok || !rules_ok;
     let mut checked = CheckedCnp {
         name: name.clone(),
+        refused,
         tier: tier.unwrap_or(Tier::Admin),
         priority: priority.unwrap_or(0),
         subject,
         ingress,
         egress,
     };
-    if tier.is_none() || priority.is_none() {
+    if refused {
         // Placed first: only what denies stays.
         for r in checked.ingress.iter_mut().chain(checked.egress.iter_mut()) {
             r.action = match r.action {
@@ -303,15 +321,16 @@ fn one_field(
     }
 }
 
-fn subject(s: Option<&crate::sources::cnp::Subject>, errors: &mut Errors) -> CnpSubject {
+/// The subject, and whether it could be read (if not: every pod).
+fn subject(s: Option<&crate::sources::cnp::Subject>, errors: &mut Errors) -> (CnpSubject, bool) {
     let all = CnpSubject::Namespaces(Selector::everything());
     let Some(s) = s else {
         errors.push("spec.subject", "required: selects every pod");
-        return all;
+        return (all, false);
     };
     let known = usize::from(s.namespaces.is_some()) + usize::from(s.pods.is_some());
     if !one_field(known, &s.unknown, "spec.subject", errors) {
-        return all;
+        return (all, false);
     }
     let parsed = match (&s.namespaces, &s.pods) {
         (Some(n), _) => selector(n, "spec.subject.namespaces", errors).map(CnpSubject::Namespaces),
@@ -319,7 +338,10 @@ fn subject(s: Option<&crate::sources::cnp::Subject>, errors: &mut Errors) -> Cnp
             .map(|(namespaces, pods)| CnpSubject::Pods { namespaces, pods }),
         _ => None,
     };
-    parsed.unwrap_or(all)
+    match parsed {
+        Some(p) => (p, true),
+        None => (all, false),
+    }
 }
 
 /// None: the peer is invalid (the rule fails closed).
@@ -365,7 +387,7 @@ fn egress_peer(p: &EgressPeer, at: &str, errors: &mut Errors) -> Option<CnpPeer>
     }
     let mut nets = Vec::with_capacity(networks.len());
     for (i, n) in networks.iter().enumerate() {
-        match n.parse::<IpNet>() {
+        match strict_cidr(n) {
             // A set of strings, as the API compares them.
             Ok(net) if !networks[..i].contains(n) => nets.push(net.trunc()),
             Ok(_) => {
@@ -379,6 +401,23 @@ fn egress_peer(p: &EgressPeer, at: &str, errors: &mut Errors) -> Option<CnpPeer>
         }
     }
     Some(CnpPeer::Networks(nets))
+}
+
+/// A CIDR as the API's `isCIDR` takes it: what `IpNet` parses, without leading zeros in
+/// an IPv4 octet or the prefix length, and not an IPv4-mapped IPv6 address.
+fn strict_cidr(s: &str) -> Result<IpNet, String> {
+    let net: IpNet = s.parse().map_err(|e| format!("{e}"))?;
+    let (addr, len) = s.split_once('/').ok_or("no prefix length")?;
+    let leading_zero = |part: &str| part.len() > 1 && part.starts_with('0');
+    if leading_zero(len) || (net.addr().is_ipv4() && addr.split('.').any(leading_zero)) {
+        return Err("leading zeros".into());
+    }
+    if let IpNet::V6(v6) = net
+        && v6.addr().to_ipv4_mapped().is_some()
+    {
+        return Err("an IPv4-mapped IPv6 address".into());
+    }
+    Ok(net)
 }
 
 /// None: invalid (the rule fails closed).
@@ -476,15 +515,16 @@ fn rule(
             Action::Deny
         }
     };
+    let mut failed = false;
     let name = match name {
         Some(n) if n.len() > 100 => {
             errors.push(&format!("{at}.name"), "longer than 100 characters");
+            failed = true;
             n.to_string()
         }
         Some(n) => n.to_string(),
         None => at.to_string(),
     };
-    let mut failed = false;
     if peers.is_empty() || peers.len() > MAX_ITEMS {
         errors.push(at, format!("{} peers: 1 to {MAX_ITEMS}", peers.len()));
         failed = true;
@@ -536,17 +576,11 @@ fn rule(
             peers: ok_peers,
             ports,
         },
-        (true, Action::Accept) if refused => CnpRule {
-            name,
-            action,
-            peers: Vec::new(),
-            ports,
-        },
-        // What failed matches nothing; the rest of the rule stays.
+        // The whole rule matches nothing.
         (true, Action::Accept) => CnpRule {
             name,
             action,
-            peers: ok_peers,
+            peers: Vec::new(),
             ports,
         },
         (true, _) => CnpRule {
@@ -648,15 +682,12 @@ mod tests {
         );
     }
 
-    /// The API's fail-closed rule for a peer this version cannot read.
+    /// The API's fail-closed rule for a peer this version cannot read: an Accept rule
+    /// matches no traffic (its other peers neither).
     #[test]
     fn an_unknown_peer_matches_nothing_in_accept_and_everything_in_deny_or_pass() {
         for (action, want_action, want_peers) in [
-            (
-                "Accept",
-                Action::Accept,
-                vec![CnpPeer::Namespaces(Selector::everything())],
-            ),
+            ("Accept", Action::Accept, vec![]),
             ("Deny", Action::Deny, vec![CnpPeer::Everything]),
             ("Pass", Action::Deny, vec![CnpPeer::Everything]),
         ] {
@@ -702,10 +733,66 @@ mod tests {
             "{{{HEAD}, egress: [{{action: Accept, to: [{{networks: [10.0.0.0/33]}}, {{namespaces: {{}}, pods: {{podSelector: {{}}}}}}, {{nodes: {{}}}}]}}]}}"
         ));
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert_eq!(
-            c.egress[0].peers,
-            vec![CnpPeer::Nodes(Selector::everything())]
-        );
+        assert!(c.egress[0].peers.is_empty(), "{:?}", c.egress[0].peers);
+    }
+
+    /// CIDRs the API's `isCIDR` refuses: the rule fails closed.
+    #[test]
+    fn cidrs_are_read_as_the_api_reads_them() {
+        for bad in ["010.244.0.0/16", "10.244.0.0/016", "::ffff:10.244.0.0/112"] {
+            let (c, errors) = checked(&format!(
+                "{{{HEAD}, egress: [{{action: Deny, to: [{{networks: [\"{bad}\"]}}]}}]}}"
+            ));
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert_eq!(c.egress[0].peers, vec![CnpPeer::Everything], "{bad}");
+        }
+        for good in [
+            "10.244.0.0/16",
+            "0.0.0.0/0",
+            "10.244.0.7/16",
+            "fd00::/8",
+            "::/0",
+        ] {
+            let (_, errors) = checked(&format!(
+                "{{{HEAD}, egress: [{{action: Deny, to: [{{networks: [\"{good}\"]}}]}}]}}"
+            ));
+            assert!(errors.is_empty(), "{good}: {errors:?}");
+        }
+    }
+
+    /// What the API server refuses as a whole keeps only what denies, first of all; a
+    /// rule it refuses fails closed.
+    #[test]
+    fn refused_policies_and_rules_fail_closed() {
+        let accept_all = "{action: Accept, from: [{namespaces: {}}]}";
+        let many: Vec<&str> = std::iter::repeat_n(accept_all, 26).collect();
+        for spec in [
+            format!("{{{HEAD}, ingress: [{}]}}", many.join(", ")),
+            format!(
+                "{{tier: Admin, priority: 10, subject: {{futureSubject: {{}}}}, ingress: [{accept_all}]}}"
+            ),
+            format!(
+                "{{tier: Admin, priority: 10, subject: {{pods: {{namespaceSelector: {{}}}}}}, ingress: [{accept_all}]}}"
+            ),
+            format!(
+                "{{tier: Middle, priority: 10, subject: {{namespaces: {{}}}}, ingress: [{accept_all}]}}"
+            ),
+        ] {
+            let (c, errors) = checked(&spec);
+            assert!(!errors.is_empty(), "{spec}");
+            assert!(c.refused, "{spec}");
+            assert!(c.ingress.iter().all(|r| r.peers.is_empty()), "{spec}");
+            assert!(
+                c.order() < (Tier::Admin, true, 0, ""),
+                "{spec}: first of all"
+            );
+        }
+        let long = "x".repeat(101);
+        let (c, errors) = checked(&format!(
+            "{{{HEAD}, ingress: [{{name: {long}, action: Accept, from: [{{namespaces: {{}}}}]}}]}}"
+        ));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(!c.refused && c.ingress[0].peers.is_empty());
     }
 
     #[test]

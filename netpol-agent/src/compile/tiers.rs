@@ -167,7 +167,7 @@ pub fn resolve(
     let mut policies: Vec<CheckedCnp> = (state.cluster_policies.values())
         .map(|p| check(p).0)
         .collect();
-    policies.sort_by(|a, b| (a.tier, a.priority, &a.name).cmp(&(b.tier, b.priority, &b.name)));
+    policies.sort_by(|a, b| a.order().cmp(&b.order()));
     let peers = Peers::new(state, plan);
     let mut out = BTreeMap::new();
     for ep in &plan.endpoints {
@@ -455,7 +455,7 @@ pub fn conflicts(state: &ClusterState) -> Vec<Conflict> {
     let mut policies: Vec<CheckedCnp> = (state.cluster_policies.values())
         .map(|p| check(p).0)
         .collect();
-    policies.sort_by(|a, b| (a.tier, a.priority, &a.name).cmp(&(b.tier, b.priority, &b.name)));
+    policies.sort_by(|a, b| a.order().cmp(&b.order()));
     let subjects: Vec<BTreeMap<&ObjectRef, ()>> = (policies.iter())
         .map(|p| {
             (state.pods.iter())
@@ -480,7 +480,7 @@ pub fn conflicts(state: &ClusterState) -> Vec<Conflict> {
     let mut out = Vec::new();
     for (i, a) in policies.iter().enumerate() {
         for (j, b) in policies.iter().enumerate().skip(i + 1) {
-            if (a.tier, a.priority) != (b.tier, b.priority) {
+            if (a.tier, a.refused, a.priority) != (b.tier, b.refused, b.priority) {
                 break;
             }
             let pods = subjects[i]
