@@ -385,8 +385,7 @@ impl Datapath {
                 .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))?
                 .try_into()
                 .with_context(|| format!("program {name} is not a classifier"))?;
-            prog.load()
-                .with_context(|| format!("verifier rejected {name}"))?;
+            load_program(prog, name)?;
         }
         let mut dp = Datapath {
             ebpf,
@@ -923,5 +922,29 @@ pub fn ifindex(iface: &str) -> io::Result<u32> {
         Err(io::Error::last_os_error())
     } else {
         Ok(idx)
+    }
+}
+
+/// Loads one program. The verifier gives up with EAGAIN when a signal arrives while it
+/// works (a child process exiting, under tokio's SIGCHLD handler): that is retried, a
+/// few times, rather than reported as a rejection.
+fn load_program(prog: &mut SchedClassifier, name: &str) -> anyhow::Result<()> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match prog.load() {
+            Ok(()) => return Ok(()),
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.kind() == std::io::ErrorKind::WouldBlock && attempt < ATTEMPTS =>
+            {
+                tracing::warn!(
+                    program = name,
+                    attempt,
+                    "verifier interrupted (EAGAIN); loading again"
+                );
+                attempt += 1;
+            }
+            Err(e) => return Err(e).with_context(|| format!("verifier rejected {name}")),
+        }
     }
 }
