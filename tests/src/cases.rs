@@ -36,6 +36,9 @@ pub struct PodDef {
     /// `node-K`; pods without one are spread over the nodes by the sandbox.
     #[serde(default)]
     pub node: Option<String>,
+    /// Shares its node's network namespace and address (needs `node`).
+    #[serde(rename = "hostNetwork", default)]
+    pub host_network: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -84,6 +87,10 @@ pub struct Model {
     /// MTU of a router hop between the nodes and the external hosts.
     #[serde(default)]
     pub external_path_mtu: Option<u32>,
+    /// Labels of the Node objects (`node-K`), which ClusterNetworkPolicy `nodes` peers
+    /// select.
+    #[serde(default)]
+    pub node_labels: BTreeMap<String, Labels>,
 }
 
 pub const DEFAULT_NODES: usize = 2;
@@ -127,6 +134,7 @@ impl Model {
                     labels: Labels::from([("pod".to_string(), pod.to_string())]),
                     ports,
                     node: None,
+                    host_network: false,
                 });
                 services.push(ServiceDef {
                     ns: ns.into(),
@@ -143,6 +151,7 @@ impl Model {
             external: Vec::new(),
             nodes: None,
             external_path_mtu: None,
+            node_labels: BTreeMap::new(),
         }
     }
 
@@ -209,6 +218,9 @@ pub struct CheckDef {
 pub struct StepDef {
     #[serde(default)]
     pub policies: Vec<Value>,
+    /// Every ClusterNetworkPolicy in force for the step.
+    #[serde(default)]
+    pub cluster_network_policies: Vec<Value>,
     #[serde(default)]
     pub namespace_labels: BTreeMap<String, Labels>,
     #[serde(default)]

@@ -143,7 +143,10 @@ fn run_step(
         apply_time: Duration::ZERO,
         counters: Vec::new(),
     };
-    match sb.apply(&step.policies, &step.namespace_labels, &step.pod_labels) {
+    let applied = sb
+        .set_cluster_policies(&step.cluster_network_policies)
+        .and_then(|()| sb.apply(&step.policies, &step.namespace_labels, &step.pod_labels));
+    match applied {
         Ok(t) => result.apply_time = t,
         Err(e) => result.error = Some(format!("apply: {e:#}")),
     }

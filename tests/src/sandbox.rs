@@ -766,14 +766,29 @@ impl Sandbox {
             .map(|c| json!({"name": c.name, "containerPort": c.port, "protocol": c.protocol}))
             .collect();
         json!({"metadata": {"name": p.name, "namespace": p.ns, "labels": self.pod_labels[&key]},
-            "spec": {"nodeName": node_name(place.node),
+            "spec": {"nodeName": node_name(place.node), "hostNetwork": p.host_network,
                      "containers": [{"name": "main", "image": "sandbox", "ports": ports}]},
             "status": {"phase": "Running", "podIP": place.ip.to_string(),
                        "podIPs": [{"ip": place.ip.to_string()}]}})
     }
 
-    /// The model's namespaces, pods and Services, created on the API server.
+    /// The model's nodes, namespaces, pods and Services, created on the API server.
     fn seed_api(&self) -> Result<()> {
+        for i in 0..self.nodes {
+            let name = node_name(i);
+            let labels = self
+                .model
+                .node_labels
+                .get(&name)
+                .cloned()
+                .unwrap_or_default();
+            self.api.apply(
+                Kind::Node,
+                json!({"metadata": {"name": name, "labels": labels},
+                       "status": {"addresses": [{"type": "InternalIP",
+                                                 "address": self.node_addr(i).to_string()}]}}),
+            )?;
+        }
         for ns in self.ns_labels.keys() {
             self.api.apply(Kind::Namespace, self.namespace_object(ns))?;
         }
@@ -848,6 +863,42 @@ impl Sandbox {
         }
         out.push_str(rest);
         Ok(out)
+    }
+
+    /// Makes `policies` the ClusterNetworkPolicies in force (installing their CRD first
+    /// when there are any), without waiting: `apply` waits for everything.
+    pub fn set_cluster_policies(&mut self, policies: &[Value]) -> Result<()> {
+        if policies.is_empty() && self.api.list(Kind::ClusterNetworkPolicy).is_empty() {
+            return Ok(());
+        }
+        self.api.install_crd();
+        let mut wanted: BTreeMap<String, Value> = BTreeMap::new();
+        for p in policies {
+            let text = self.substitute(&p.to_string())?;
+            let mut v: Value =
+                serde_json::from_str(&text).context("ClusterNetworkPolicy after substitution")?;
+            translate_ip_blocks(&mut v, self.fam());
+            let name = (v.pointer("/metadata/name").and_then(Value::as_str))
+                .ok_or_else(|| anyhow!("a ClusterNetworkPolicy without metadata.name"))?
+                .to_string();
+            wanted.insert(name, v);
+        }
+        for existing in self.api.list(Kind::ClusterNetworkPolicy) {
+            let name = existing
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !wanted.contains_key(name) {
+                self.api.delete(Kind::ClusterNetworkPolicy, "", name);
+            }
+        }
+        for (name, p) in wanted {
+            let current = self.api.get(Kind::ClusterNetworkPolicy, "", &name);
+            if current.as_ref().and_then(|c| c.get("spec")) != p.get("spec") {
+                self.api.apply(Kind::ClusterNetworkPolicy, p)?;
+            }
+        }
+        Ok(())
     }
 
     /// Applies a step's state and waits until every agent enforces it. Returns how long
@@ -1069,9 +1120,17 @@ impl Sandbox {
 }
 
 /// Rewrites every ipBlock CIDR of a policy into the sandbox's family.
+/// CIDRs of ipBlocks and ClusterNetworkPolicy `networks`, into the sandbox's family.
 fn translate_ip_blocks(v: &mut Value, fam: Family) {
     match v {
         Value::Object(map) => {
+            if let Some(Value::Array(nets)) = map.get_mut("networks") {
+                for n in nets.iter_mut() {
+                    if let Value::String(c) = n {
+                        *c = fam.translate_cidr(c);
+                    }
+                }
+            }
             if let Some(Value::Object(block)) = map.get_mut("ipBlock") {
                 if let Some(Value::String(c)) = block.get_mut("cidr") {
                     *c = fam.translate_cidr(c);

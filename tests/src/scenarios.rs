@@ -33,6 +33,7 @@ pub(crate) fn pod(name: &str, app: &str, ports: &[(&str, u16)]) -> PodDef {
             })
             .collect(),
         node: None,
+        host_network: false,
     }
 }
 
@@ -48,6 +49,7 @@ pub(crate) fn model(pods: Vec<PodDef>) -> Model {
         external: Vec::new(),
         nodes: None,
         external_path_mtu: None,
+        node_labels: BTreeMap::new(),
     }
 }
 

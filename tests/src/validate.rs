@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 /// Fields of a step (also allowed at the top level of a case without `steps`).
 const STEP: &[&str] = &[
     "policies",
+    "cluster_network_policies",
     "namespace_labels",
     "pod_labels",
     "probes",
@@ -46,16 +47,14 @@ const MODEL: &[&str] = &[
     "external",
     "nodes",
     "external_path_mtu",
+    "node_labels",
 ];
-const POD: &[&str] = &["ns", "name", "labels", "ports", "node"];
+const POD: &[&str] = &["ns", "name", "labels", "ports", "node", "hostNetwork"];
 const PORT: &[&str] = &["name", "port", "protocol"];
 const SERVICE: &[&str] = &["ns", "name", "selector", "ports"];
 const SERVICE_PORT: &[&str] = &["name", "port", "targetPort", "protocol"];
 const EXTERNAL: &[&str] = &["name", "ip", "ports"];
 const PROBES: &[&str] = &["port", "protocol"];
-
-/// ClusterNetworkPolicy fields: known, but not implemented yet.
-const CNP: &[&str] = &["cluster_network_policies", "node_labels", "hostNetwork"];
 
 type Check = Result<(), String>;
 
@@ -100,17 +99,9 @@ fn used(v: &Value) -> bool {
 }
 
 fn fields(obj: &Map<String, Value>, what: &str, allowed: &[&[&str]]) -> Check {
-    for (k, v) in obj {
+    for k in obj.keys() {
         if allowed.iter().any(|set| set.contains(&k.as_str())) {
             continue;
-        }
-        if CNP.contains(&k.as_str()) {
-            if !used(v) {
-                continue;
-            }
-            return Err(format!(
-                "{what} uses `{k}`: ClusterNetworkPolicy cases (cluster_network_policies, node_labels, hostNetwork) are not implemented by this runner"
-            ));
         }
         return Err(format!(
             "{what} uses `{k}`, which this runner does not implement"
@@ -147,6 +138,15 @@ fn check_model(model: &Value) -> Check {
         each(p.get("ports"), &format!("{what} ports"), PORT)?;
         if let Some(node) = p.get("node") {
             check_node(node, nodes, &what)?;
+        }
+        if p.get("hostNetwork").is_some_and(used) && p.get("node").is_none() {
+            return Err(format!("{what}: a hostNetwork pod needs `node`"));
+        }
+    }
+    if let Some(labels) = m.get("node_labels") {
+        let labels = object(labels, "model node_labels")?;
+        for node in labels.keys() {
+            check_node(&Value::from(node.as_str()), nodes, "model node_labels")?;
         }
     }
     for (i, svc) in array(m.get("services"), "services")?.iter().enumerate() {
@@ -254,15 +254,17 @@ mod tests {
             {"kind": "stray", "from": "x/a", "to": "pod:x/b", "port": 80, "flags": "A", "expect": false},
             {"kind": "use", "name": "c1", "expect": true}]}]});
         assert!(check_case(&ok).is_ok());
-        let cnp = json!({"id": "a", "steps": [{"cluster_network_policies": [{"a": 1}]}]});
-        assert!(
-            check_case(&cnp)
-                .unwrap_err()
-                .contains("ClusterNetworkPolicy")
-        );
+        let cnp = json!({"id": "a", "model": {"namespaces": {}, "pods": [
+            {"ns": "x", "name": "h", "node": "node-1", "hostNetwork": true}],
+            "node_labels": {"node-2": {"zone": "b"}}},
+            "steps": [{"cluster_network_policies": [{"a": 1}]}]});
+        assert!(check_case(&cnp).is_ok(), "{:?}", check_case(&cnp));
         let host = json!({"id": "a", "model": {"namespaces": {}, "pods": [
             {"ns": "x", "name": "h", "hostNetwork": true}]}});
         assert!(check_case(&host).unwrap_err().contains("hostNetwork"));
+        let labels = json!({"id": "a", "model": {"namespaces": {}, "pods": [],
+            "node_labels": {"node-3": {}}}});
+        assert!(check_case(&labels).is_err());
         let kind = json!({"id": "a", "checks": [{"kind": "teleport", "from": "x/a"}]});
         assert!(check_case(&kind).unwrap_err().contains("teleport"));
         let field = json!({"id": "a", "checks": [{"from": "x/a", "to": "pod:x/b", "port": 1, "expect": true, "ttl": 3}]});

@@ -1,8 +1,7 @@
 //! `netpol-agent explain` without `--policy-dir` reads the cluster from the API server:
 //! the tests' in-memory API server, holding the objects of the tutorial case "deny
-//! external egress" (Nodes left out: it does not serve them, and explain goes on without
-//! them), answers every pod-to-pod, pod-to-Service and pod-to-address check as the case
-//! expects. No root, no kernel.
+//! external egress" (Nodes included), answers every pod-to-pod, pod-to-Service and
+//! pod-to-address check as the case expects. No root, no kernel.
 
 use std::path::Path;
 use std::process::Command;
@@ -39,9 +38,6 @@ fn explain_reads_the_cluster_from_the_api_server() {
     rt.spawn(api.clone().serve(listener));
     for obj in world.objects() {
         let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-        if kind == "Node" {
-            continue;
-        }
         let kind = Kind::from_kind(&kind).unwrap_or_else(|| panic!("kind {kind}"));
         api.apply(kind, obj).expect("apply");
     }

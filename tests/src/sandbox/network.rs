@@ -270,8 +270,15 @@ impl Sandbox {
                 .filter(|h| *h < 255)
                 .ok_or_else(|| anyhow!("too many pods on {}", super::node_name(node)))?;
             per_node[node] += 1;
+            let key = format!("{}/{}", pod.ns, pod.name);
+            if pod.host_network {
+                // The node's own namespace and address; its servers listen there.
+                let node_ns = self.node_ns(node);
+                self.place_pod(&key, k, node, Self::node_v4(node), node_ns);
+                continue;
+            }
             let addr = v4(10, 244, node as u8 + 1, host);
-            self.plumb_pod(&format!("{}/{}", pod.ns, pod.name), k, node, addr)?;
+            self.plumb_pod(&key, k, node, addr)?;
         }
         Ok(())
     }
