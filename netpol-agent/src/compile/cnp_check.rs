@@ -206,49 +206,59 @@ pub fn check(cnp: &ClusterNetworkPolicy) -> (CheckedCnp, Vec<CnpError>) {
     (checked, errors.list)
 }
 
-/// The parts of an ingress or an egress rule that read alike.
+/// The parts of an ingress or an egress rule that read alike: `name`, `action` and
+/// `protocols`, and its peers as checked (`None`: a peer that fails closed).
 trait RuleSource {
-    fn name(&self) -> Option<&str>;
-    fn action(&self) -> Option<&str>;
-    fn protocols(&self) -> Option<&[ProtocolEntry]>;
-    /// Each peer as checked (`None`: it fails closed); `at` names the rule.
+    fn head(
+        &self,
+    ) -> (
+        &Option<String>,
+        &Option<String>,
+        &Option<Vec<ProtocolEntry>>,
+    );
     fn peers(&self, at: &str, errors: &mut Errors) -> Vec<Option<CnpPeer>>;
 }
 
 impl RuleSource for IngressRule {
-    fn name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
-    fn action(&self) -> Option<&str> {
-        self.action.as_deref()
-    }
-    fn protocols(&self) -> Option<&[ProtocolEntry]> {
-        self.protocols.as_deref()
+    fn head(
+        &self,
+    ) -> (
+        &Option<String>,
+        &Option<String>,
+        &Option<Vec<ProtocolEntry>>,
+    ) {
+        (&self.name, &self.action, &self.protocols)
     }
     fn peers(&self, at: &str, errors: &mut Errors) -> Vec<Option<CnpPeer>> {
-        let at = |j| format!("{at}.from[{j}]");
-        (self.from.iter().enumerate())
-            .map(|(j, p)| ingress_peer(p, &at(j), errors))
-            .collect()
+        checked_peers(&self.from, &format!("{at}.from"), ingress_peer, errors)
     }
 }
 
 impl RuleSource for EgressRule {
-    fn name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
-    fn action(&self) -> Option<&str> {
-        self.action.as_deref()
-    }
-    fn protocols(&self) -> Option<&[ProtocolEntry]> {
-        self.protocols.as_deref()
+    fn head(
+        &self,
+    ) -> (
+        &Option<String>,
+        &Option<String>,
+        &Option<Vec<ProtocolEntry>>,
+    ) {
+        (&self.name, &self.action, &self.protocols)
     }
     fn peers(&self, at: &str, errors: &mut Errors) -> Vec<Option<CnpPeer>> {
-        let at = |j| format!("{at}.to[{j}]");
-        (self.to.iter().enumerate())
-            .map(|(j, p)| egress_peer(p, &at(j), errors))
-            .collect()
+        checked_peers(&self.to, &format!("{at}.to"), egress_peer, errors)
     }
+}
+
+/// Each peer of a list at `at`, checked by `check`.
+fn checked_peers<P>(
+    peers: &[P],
+    at: &str,
+    check: fn(&P, &str, &mut Errors) -> Option<CnpPeer>,
+    errors: &mut Errors,
+) -> Vec<Option<CnpPeer>> {
+    (peers.iter().enumerate())
+        .map(|(j, p)| check(p, &format!("{at}[{j}]"), errors))
+        .collect()
 }
 
 /// The rules of one direction (`dir`: `ingress` or `egress`), checked in order.
@@ -257,7 +267,15 @@ fn rules<R: RuleSource>(dir: &str, list: &[R], errors: &mut Errors) -> Vec<CnpRu
         .map(|(i, r)| {
             let at = format!("{dir}[{i}]");
             let peers = r.peers(&at, errors);
-            rule(&at, r.name(), r.action(), peers, r.protocols(), errors)
+            let (name, action, protocols) = r.head();
+            rule(
+                &at,
+                name.as_deref(),
+                action.as_deref(),
+                peers,
+                protocols.as_deref(),
+                errors,
+            )
         })
         .collect()
 }

@@ -19,7 +19,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::allowed::Allowed;
-use super::cnp_check::{Action, CheckedCnp, CnpPeer, CnpPort, CnpRule, CnpSubject, Tier, check};
+use super::cnp_check::{
+    Action, CheckedCnp, CnpError, CnpPeer, CnpPort, CnpRule, CnpSubject, Tier, check,
+};
 use super::ports::{PortSpec, Ports};
 use super::prefix::{self, Grant, Prefix};
 use super::{Direction, Identity, Plan, PlannedEndpoint, Position};
@@ -449,12 +451,10 @@ impl fmt::Display for Conflict {
     }
 }
 
-/// Every conflict between policies of equal tier and priority (a conservative reading:
-/// their rules' peers are not compared).
-pub fn conflicts(state: &ClusterState) -> Vec<Conflict> {
-    let mut policies: Vec<CheckedCnp> = (state.cluster_policies.values())
-        .map(|p| check(p).0)
-        .collect();
+/// Every conflict between `policies` (as checked) of equal tier and priority (a
+/// conservative reading: their rules' peers are not compared).
+pub fn conflicts(state: &ClusterState, policies: &[CheckedCnp]) -> Vec<Conflict> {
+    let mut policies: Vec<&CheckedCnp> = policies.iter().collect();
     policies.sort_by(|a, b| a.order().cmp(&b.order()));
     let subjects: Vec<BTreeMap<&ObjectRef, ()>> = (policies.iter())
         .map(|p| {
@@ -512,10 +512,11 @@ pub fn conflicts(state: &ClusterState) -> Vec<Conflict> {
 /// Every ClusterNetworkPolicy of `state` as checked, sorted by name, with its errors and
 /// the conflicts it is part of.
 pub fn status(state: &ClusterState) -> Vec<crate::status::ClusterPolicyStatus> {
-    let conflicts = conflicts(state);
-    (state.cluster_policies.values())
-        .map(|p| {
-            let (checked, errors) = check(p);
+    let (checked, errors): (Vec<CheckedCnp>, Vec<Vec<CnpError>>) =
+        state.cluster_policies.values().map(check).unzip();
+    let conflicts = conflicts(state, &checked);
+    (checked.into_iter().zip(errors))
+        .map(|(checked, errors)| {
             let name = checked.name;
             crate::status::ClusterPolicyStatus {
                 tier: format!("{:?}", checked.tier),
@@ -580,7 +581,8 @@ mod tests {
             ("e-deny", "Admin", 11, "web", "Deny"),
             ("f-deny", "Baseline", 10, "web", "Deny"),
         ]);
-        let found: Vec<(String, String)> = (conflicts(&s).into_iter())
+        let checked: Vec<CheckedCnp> = s.cluster_policies.values().map(|p| check(p).0).collect();
+        let found: Vec<(String, String)> = (conflicts(&s, &checked).into_iter())
             .map(|c| (c.first, c.second))
             .collect();
         assert_eq!(

@@ -111,6 +111,32 @@ fn replace_all<T: PartialEq>(current: &mut T, listed: T) -> bool {
     changed
 }
 
+/// The `KindOps` of a kind kept in `ClusterState::$field`, keyed by `$key` of an
+/// object's metadata (its name, or its `namespace/name`).
+macro_rules! kind_ops {
+    ($kind:literal, $field:ident, $upsert:ident, $key:path, $fields:expr) => {
+        KindOps {
+            kind: $kind,
+            upsert: |s, o| s.$upsert(o),
+            remove: |s, o| $key(&o.metadata).is_some_and(|k| s.$field.remove(&k).is_some()),
+            adopt: |s, l| replace_all(&mut s.$field, l.$field),
+            carry: |live, relisted, o| {
+                if let Some(k) = $key(&o.metadata)
+                    && let Some(v) = live.$field.get(&k)
+                {
+                    relisted.$field.insert(k, v.clone());
+                }
+            },
+            fields: $fields,
+        }
+    };
+}
+
+/// The key of a cluster-scoped object: its name.
+fn name_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<String> {
+    meta.name.clone()
+}
+
 /// Starts the watchers; `changed` gets a message after every change (bursts collapse).
 pub fn start(client: Client, mode: ListMode, changed: mpsc::Sender<()>) -> SharedState {
     let shared: SharedState = Arc::default();
@@ -118,25 +144,7 @@ pub fn start(client: Client, mode: ListMode, changed: mpsc::Sender<()>) -> Share
     spawn(
         Api::<Namespace>::all(client.clone()),
         config.clone(),
-        KindOps {
-            kind: "Namespace",
-            upsert: |s, o| s.upsert_namespace(o),
-            remove: |s, o| {
-                o.metadata
-                    .name
-                    .as_ref()
-                    .is_some_and(|n| s.namespaces.remove(n).is_some())
-            },
-            adopt: |s, l| replace_all(&mut s.namespaces, l.namespaces),
-            carry: |live, relisted, o| {
-                if let Some(n) = o.metadata.name.as_ref()
-                    && let Some(l) = live.namespaces.get(n)
-                {
-                    relisted.namespaces.insert(n.clone(), l.clone());
-                }
-            },
-            fields: None,
-        },
+        kind_ops!("Namespace", namespaces, upsert_namespace, name_key, None),
         shared.clone(),
         changed.clone(),
     );
@@ -150,113 +158,50 @@ pub fn start(client: Client, mode: ListMode, changed: mpsc::Sender<()>) -> Share
     spawn(
         Api::<Service>::all(client.clone()),
         config.clone(),
-        KindOps {
-            kind: "Service",
-            upsert: |s, o| s.upsert_service(o),
-            remove: |s, o| object_ref(&o.metadata).is_some_and(|r| s.services.remove(&r).is_some()),
-            adopt: |s, l| replace_all(&mut s.services, l.services),
-            carry: |live, relisted, o| {
-                if let Some(r) = object_ref(&o.metadata)
-                    && let Some(v) = live.services.get(&r)
-                {
-                    relisted.services.insert(r, v.clone());
-                }
-            },
-            fields: None,
-        },
+        kind_ops!("Service", services, upsert_service, object_ref, None),
         shared.clone(),
         changed.clone(),
     );
     spawn(
         Api::<Node>::all(client.clone()),
         config.clone(),
-        KindOps {
-            kind: "Node",
-            upsert: |s, o| s.upsert_node(o),
-            remove: |s, o| {
-                o.metadata
-                    .name
-                    .as_ref()
-                    .is_some_and(|n| s.nodes.remove(n).is_some())
-            },
-            adopt: |s, l| replace_all(&mut s.nodes, l.nodes),
-            carry: |live, relisted, o| {
-                if let Some(n) = o.metadata.name.as_ref()
-                    && let Some(l) = live.nodes.get(n)
-                {
-                    relisted.nodes.insert(n.clone(), l.clone());
-                }
-            },
-            fields: None,
-        },
+        kind_ops!("Node", nodes, upsert_node, name_key, None),
         shared.clone(),
         changed.clone(),
     );
     spawn(
         Api::<ClusterNetworkPolicy>::all(client.clone()),
         config.clone(),
-        KindOps {
-            kind: "ClusterNetworkPolicy",
-            upsert: |s, o| s.upsert_cluster_policy(o),
-            remove: |s, o| {
-                o.metadata
-                    .name
-                    .as_ref()
-                    .is_some_and(|n| s.cluster_policies.remove(n).is_some())
-            },
-            adopt: |s, l| replace_all(&mut s.cluster_policies, l.cluster_policies),
-            carry: |live, relisted, o| {
-                if let Some(n) = o.metadata.name.as_ref()
-                    && let Some(l) = live.cluster_policies.get(n)
-                {
-                    relisted.cluster_policies.insert(n.clone(), l.clone());
-                }
-            },
-            fields: None,
-        },
+        kind_ops!(
+            "ClusterNetworkPolicy",
+            cluster_policies,
+            upsert_cluster_policy,
+            name_key,
+            None
+        ),
         shared.clone(),
         changed.clone(),
     );
     spawn(
         Api::<NetworkPolicy>::all(client),
-        config,
-        KindOps {
-            kind: "NetworkPolicy",
-            upsert: |s, o| s.upsert_policy(o),
-            remove: |s, o| object_ref(&o.metadata).is_some_and(|r| s.policies.remove(&r).is_some()),
-            adopt: |s, l| replace_all(&mut s.policies, l.policies),
-            carry: |live, relisted, o| {
-                if let Some(r) = object_ref(&o.metadata)
-                    && let Some(v) = live.policies.get(&r)
-                {
-                    relisted.policies.insert(r, v.clone());
-                }
-            },
-            fields: None,
-        },
+        config.clone(),
+        kind_ops!("NetworkPolicy", policies, upsert_policy, object_ref, None),
         shared.clone(),
-        changed,
+        changed.clone(),
     );
     shared
 }
 
 fn pod_ops() -> KindOps<Pod> {
-    KindOps {
-        kind: "Pod",
-        upsert: |s, o| s.upsert_pod(o),
-        remove: |s, o| object_ref(&o.metadata).is_some_and(|r| s.pods.remove(&r).is_some()),
-        adopt: |s, l| replace_all(&mut s.pods, l.pods),
-        carry: |live, relisted, o| {
-            if let Some(r) = object_ref(&o.metadata)
-                && let Some(v) = live.pods.get(&r)
-            {
-                relisted.pods.insert(r, v.clone());
-            }
-        },
-        // A finished pod holds no address: the API server leaves it out, and sends a
-        // deletion when a pod finishes.
-        fields: Some("status.phase!=Succeeded,status.phase!=Failed"),
-    }
+    // A finished pod holds no address: the API server leaves it out, and sends a
+    // deletion when a pod finishes.
+    kind_ops!(
+        "Pod",
+        pods,
+        upsert_pod,
+        object_ref,
+        Some("status.phase!=Succeeded,status.phase!=Failed")
+    )
 }
 
 fn version_of<K: Resource>(o: &K) -> Option<u64> {
