@@ -55,6 +55,30 @@ pub fn load() -> Vec<(ClusterState, Vec<Check>)> {
     out
 }
 
+/// Decides every check of every step with `decide` (given a step's cluster and its
+/// checks, an answer per check) and fails listing each answer the case disagrees with.
+pub fn assert_every_check(who: &str, decide: impl Fn(&ClusterState, &[Check]) -> Vec<bool>) {
+    let (mut checked, mut wrong) = (0, Vec::new());
+    for (s, checks) in load() {
+        for (c, got) in checks.iter().zip(decide(&s, &checks)) {
+            checked += 1;
+            if got != c.expect {
+                wrong.push(format!(
+                    "{}: {:?} -> {:?} {:?}/{}: {who} {got}, case {}",
+                    c.at, c.from, c.to, c.protocol, c.port, c.expect
+                ));
+            }
+        }
+    }
+    assert!(checked > 0);
+    assert!(
+        wrong.is_empty(),
+        "{} of {checked} checks disagree:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
 /// A step's labels and policies (each step states all the policies in force).
 fn apply_step(s: &mut ClusterState, step: &Value) {
     for (ns, l) in step["namespace_labels"].as_object().into_iter().flatten() {

@@ -3,29 +3,14 @@
 //! cases: the property tests compare the compiler with this reading, so it must say what
 //! upstream's conformance suite says. Pure userspace; no BPF.
 
-use netpol_tests::cnp_cases::load;
+use netpol_tests::cnp_cases::assert_every_check;
 use netpol_tests::reference::allowed;
 
 #[test]
 fn reference_agrees_with_every_public_cnp_check() {
-    let (mut checked, mut wrong) = (0, Vec::new());
-    for (s, checks) in load() {
-        for c in checks {
-            let got = allowed(&s, &c.from, &c.to, c.protocol, c.port);
-            checked += 1;
-            if got != c.expect {
-                wrong.push(format!(
-                    "{}: {:?} -> {:?} {:?}/{}: reference {got}, case {}",
-                    c.at, c.from, c.to, c.protocol, c.port, c.expect
-                ));
-            }
-        }
-    }
-    assert!(checked > 0);
-    assert!(
-        wrong.is_empty(),
-        "{} of {checked} checks disagree:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    assert_every_check("reference", |s, checks| {
+        (checks.iter())
+            .map(|c| allowed(s, &c.from, &c.to, c.protocol, c.port))
+            .collect()
+    });
 }
