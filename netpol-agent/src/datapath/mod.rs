@@ -400,6 +400,22 @@ impl Datapath {
         Ok(dp)
     }
 
+    /// How many instructions the verifier processed for each program (`None` where the
+    /// kernel does not say, before 5.16): the budget is 1M per program.
+    pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
+        [names::PROG_FROM_POD, names::PROG_TO_POD, names::PROG_UPLINK]
+            .into_iter()
+            .map(|name| {
+                let count = self
+                    .ebpf
+                    .program(name)
+                    .and_then(|p| p.info().ok())
+                    .and_then(|i| i.verified_instruction_count());
+                (name, count)
+            })
+            .collect()
+    }
+
     /// Records what an earlier run attached (pinned links, netlink filters), so the next
     /// reconcile replaces their programs or removes the ones no longer wanted.
     fn adopt_attachments(&mut self) {
@@ -933,7 +949,20 @@ fn load_program(prog: &mut SchedClassifier, name: &str) -> anyhow::Result<()> {
     let mut attempt = 1;
     loop {
         match prog.load() {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                // The verifier's budget is 1M instructions per program: how close each
+                // program comes shows how much room a datapath change has left.
+                let verified = prog
+                    .info()
+                    .ok()
+                    .and_then(|i| i.verified_instruction_count());
+                tracing::info!(
+                    program = name,
+                    verified_instructions = verified,
+                    "program loaded"
+                );
+                return Ok(());
+            }
             Err(aya::programs::ProgramError::LoadError { io_error, .. })
                 if io_error.kind() == std::io::ErrorKind::WouldBlock && attempt < ATTEMPTS =>
             {

@@ -253,6 +253,15 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
         portset_entries: 1024,
     };
     let mut dp = Datapath::load(AttachMode::Auto, &sizes, None).context("loading the datapath")?;
+    for (program, count) in dp.verified_instructions() {
+        if let Some(count) = count {
+            results.push((
+                format!("verifier.{program}_insns"),
+                f64::from(count),
+                "insns".into(),
+            ));
+        }
+    }
     let mut maps = dp.take_maps()?;
     const PASS: i32 = -1;
     const DROP: i32 = 2;
