@@ -119,6 +119,81 @@ pub const V4_MAPPED_PREFIX: u32 = 96;
 /// Rule-set id meaning "this direction is not isolated": everything is allowed.
 pub const RULESET_ALLOW_ALL: u32 = 0;
 
+/// Rule-set ids are handed out below this; the bits above are flags on the id an
+/// endpoint points at (and the table keys of its entries).
+pub const RULESET_ID_LIMIT: u32 = 1 << 28;
+/// The set's entries are ordered tags (`tag`), not NetworkPolicy's allows: a
+/// ClusterNetworkPolicy applies to its pods. A table's answer is its first rule
+/// matching the peer by identity or by address; without the flag any match allows.
+pub const RULESET_ORDERED: u32 = 1 << 28;
+/// The set has an Admin table (ClusterNetworkPolicy's Admin tier), keyed by the id with
+/// `RULESET_ADMIN_TABLE` set; without the flag there is no second lookup.
+pub const RULESET_HAS_ADMIN: u32 = 1 << 29;
+/// NetworkPolicy isolates the set's pods: where the Admin tier does not decide, their
+/// own node may reach them (NetworkPolicy's exemption, which the datapath applies from
+/// `NODE_ADDRS`, as for unordered sets).
+pub const RULESET_NP_ISOLATED: u32 = 1 << 30;
+/// Key bit of the Admin table's entries.
+pub const RULESET_ADMIN_TABLE: u32 = 1 << 31;
+
+/// The id without its flags.
+#[inline(always)]
+pub const fn ruleset_base(id: u32) -> u32 {
+    id & (RULESET_ID_LIMIT - 1)
+}
+
+/// Ordered verdicts: a rule's position in its table and what it does. The smaller tag is
+/// the rule that comes first.
+pub mod tag {
+    pub const ACCEPT: u32 = 0;
+    pub const DENY: u32 = 1;
+    /// Ends the tier (the Admin table's answer is then the rest table's).
+    pub const PASS: u32 = 2;
+    const ACTION_BITS: u32 = 2;
+    /// The largest position: the default allow, after every rule (names no rule).
+    pub const LAST_POSITION: u32 = u32::MAX >> ACTION_BITS;
+    /// No rule matched (also `REST_DENIED`).
+    pub const NONE: u32 = u32::MAX;
+
+    pub const fn new(position: u32, action: u32) -> u32 {
+        (position << ACTION_BITS) | action
+    }
+    pub const fn position(tag: u32) -> u32 {
+        tag >> ACTION_BITS
+    }
+    pub const fn action(tag: u32) -> u32 {
+        tag & ((1 << ACTION_BITS) - 1)
+    }
+}
+
+/// What an ordered rule set decides for a peer, given the first rule of its Admin table
+/// that matches (`tag::NONE`: none), whether the peer is the pod's own node and
+/// NetworkPolicy exempts it, and the rest table's first rule (read only when the Admin
+/// table does not decide). None: denied. Some(position): allowed by the rule at that
+/// position (`RULE_UNNAMED`: the own-node exemption or the default allow). Kept here so
+/// userspace reads tables as the datapath does.
+#[inline(always)]
+pub fn tiered_verdict(
+    admin: u32,
+    own_node_exempt: impl FnOnce() -> bool,
+    rest: impl FnOnce() -> u32,
+) -> Option<u32> {
+    if admin != tag::NONE && tag::action(admin) != tag::PASS {
+        return (tag::action(admin) == tag::ACCEPT).then_some(tag::position(admin));
+    }
+    if own_node_exempt() {
+        return Some(RULE_UNNAMED);
+    }
+    let rest = rest();
+    if rest == tag::NONE || tag::action(rest) == tag::DENY {
+        return None;
+    }
+    match tag::position(rest) {
+        tag::LAST_POSITION => Some(RULE_UNNAMED),
+        p => Some(p),
+    }
+}
+
 /// Slots of the `META` array map.
 pub mod meta {
     /// The next rule-set id to hand out: ids are never reused, also across restarts, so a

@@ -166,12 +166,20 @@ fn from_pod_full(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
     decided(at, id, why, Some(p))
 }
 
+/// Traffic between a pod and its own node passes whatever NetworkPolicy says. Under a
+/// ClusterNetworkPolicy (an ordered set) the Admin tier decides first, so the node is
+/// judged by the set (`verdict::allowed` applies the exemption after the Admin tier).
+#[inline(always)]
+fn node_exempt(set: u32, peer: &netpol_common::Addr) -> bool {
+    set & netpol_common::RULESET_ORDERED == 0 && is_node(peer)
+}
+
 /// Returns the endpoint to count on (the sender, or a local opener whose egress was
 /// decided after translation) and the reason.
 #[inline(always)]
 fn sent_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
     if !fragment_ports(p, AT_FROM_POD) {
-        return if is_node(&p.dst) {
+        return if node_exempt(sets.egress, &p.dst) {
             (id, reason::ALLOW_NODE)
         } else if sets.isolated() {
             (id, reason::DROP_FRAGMENT)
@@ -180,7 +188,7 @@ fn sent_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
         };
     }
     if p.icmp == Icmp::Error {
-        if is_node(&p.dst) {
+        if node_exempt(sets.egress, &p.dst) {
             return (id, reason::ALLOW_NODE);
         }
         // The pod answers a packet that was sent to it, about that packet only.
@@ -195,7 +203,7 @@ fn sent_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
     }
     // ICMP other than echo and errors has no connection: judged every time.
     if p.icmp == Icmp::Other {
-        return if is_node(&p.dst) {
+        return if node_exempt(sets.egress, &p.dst) {
             (id, reason::ALLOW_NODE)
         } else {
             (id, verdict::egress_opening(sets, p))
@@ -216,7 +224,7 @@ fn sent_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
     }
     // Node traffic is never tracked, so it is looked for after conntrack: the established
     // path stays one lookup.
-    if is_node(&p.dst) {
+    if node_exempt(sets.egress, &p.dst) {
         return (id, reason::ALLOW_NODE);
     }
     if is_service(p) {
@@ -297,7 +305,7 @@ fn to_pod_full(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
 #[inline(always)]
 fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, usize) {
     if !fragment_ports(p, AT_TO_POD) {
-        return if is_node(&p.src) {
+        return if node_exempt(sets.ingress, &p.src) {
             (id, reason::ALLOW_NODE)
         } else if sets.isolated() {
             (id, reason::DROP_FRAGMENT)
@@ -306,7 +314,7 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
         };
     }
     if p.icmp == Icmp::Error {
-        if is_node(&p.src) {
+        if node_exempt(sets.ingress, &p.src) {
             return (id, reason::ALLOW_NODE);
         }
         let own_quote = p.t_dst == p.dst;
@@ -319,7 +327,7 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
         };
     }
     if p.icmp == Icmp::Other {
-        return if is_node(&p.src) {
+        return if node_exempt(sets.ingress, &p.src) {
             (id, reason::ALLOW_NODE)
         } else {
             (id, verdict::ingress_opening(sets, p))
@@ -342,7 +350,7 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
         }
         return (id, verdict::judge_tracked(&hit, p, me));
     }
-    if is_node(&p.src) {
+    if node_exempt(sets.ingress, &p.src) {
         return (id, reason::ALLOW_NODE);
     }
     // A new connection. A local sender that reached this pod through a Service has its

@@ -9,12 +9,15 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use netpol_common::{
     Addr, CT_UNDECIDED, CtEntry, CtKey, IdentityKey, NO_AUDIT, NO_PORTSET, PROTO_TCP, PeerKey,
-    PeerValue, REST_DENIED, RULE_UNNAMED, RULESET_ALLOW_ALL, RULESET_ID_BITS, ct_flag,
-    ct_lifetime_ns, reason, rule_index,
+    PeerValue, REST_DENIED, RULE_UNNAMED, RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL,
+    RULESET_HAS_ADMIN, RULESET_ID_BITS, RULESET_NP_ISOLATED, RULESET_ORDERED, ct_flag,
+    ct_lifetime_ns, reason, rule_index, tag, tiered_verdict,
 };
 
 use crate::clock::now;
-use crate::maps::{CONNTRACK, CONNTRACK_NEW, IDENTITIES, PEERS_BY_IDENTITY, PEERS_CIDR, PORTSETS};
+use crate::maps::{
+    CONNTRACK, CONNTRACK_NEW, IDENTITIES, PEERS_BY_IDENTITY, PEERS_CIDR, PORTSETS, is_node,
+};
 use crate::parse::{Icmp, Packet, TCP_FIN, TCP_RST};
 
 /// A local pod's rule sets, and its endpoint id.
@@ -45,14 +48,37 @@ impl Sets {
     }
 }
 
-/// Does rule set `set` allow `peer` on `proto`/`port`, and by which rule? Rules allow
-/// by union: the peer's identity (pod-selector rules) or its address (ipBlock rules),
-/// whichever allows; when both do, the pod-selector rule is the one named.
+/// Does rule set `set` allow `peer` on `proto`/`port`, and by which rule (see
+/// `netpol_common::tiered_verdict` for what the answer names)?
+///
+/// NetworkPolicy alone (no flag on the id) allows by union: the peer's identity
+/// (pod-selector rules) or its address (ipBlock rules), whichever allows; when both do,
+/// the pod-selector rule is the one named. With ClusterNetworkPolicy, the Admin table
+/// decides first, and an ordered rest table takes the first matching rule of either
+/// lookup.
 #[inline(always)]
 pub fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> Option<u32> {
     if set == RULESET_ALLOW_ALL {
         return Some(RULE_UNNAMED);
     }
+    if set & RULESET_ORDERED == 0 {
+        return union_allowed(set, peer, proto, port);
+    }
+    let admin = if set & RULESET_HAS_ADMIN != 0 {
+        first_rule(set | RULESET_ADMIN_TABLE, peer, proto, port)
+    } else {
+        tag::NONE
+    };
+    tiered_verdict(
+        admin,
+        || set & RULESET_NP_ISOLATED != 0 && is_node(peer),
+        || first_rule(set, peer, proto, port),
+    )
+}
+
+/// NetworkPolicy's union: the identity's allow, else the address's.
+#[inline(always)]
+fn union_allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> Option<u32> {
     // SAFETY (all lookups): plain-data values, copied out.
     if let Some(identity) = unsafe { IDENTITIES.get(peer) } {
         let key = IdentityKey {
@@ -70,6 +96,56 @@ pub fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> Option<u32> {
         Some(value) => peer_allows(*value, proto, port),
         None => None,
     }
+}
+
+/// The first rule (smallest tag) of table `key_set` matching the peer by identity or by
+/// address; `tag::NONE` when none does.
+#[inline(always)]
+fn first_rule(key_set: u32, peer: &Addr, proto: u8, port: u16) -> u32 {
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&peer.0[..8]);
+    lo.copy_from_slice(&peer.0[8..]);
+    netpol_first_rule(
+        key_set,
+        u64::from_ne_bytes(hi),
+        u64::from_ne_bytes(lo),
+        u32::from(proto) << 16 | u32::from(port),
+    )
+}
+
+/// `first_rule`, as a global BPF function: the verifier checks it once, on its own,
+/// instead of once per call site and path (two lookups with a port-range scan each, at
+/// every decision of every program, would not fit its budget). Global functions take
+/// scalars only, so the address comes in two halves and protocol and port in one word.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpol_first_rule(key_set: u32, hi: u64, lo: u64, proto_port: u32) -> u32 {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&hi.to_ne_bytes());
+    bytes[8..].copy_from_slice(&lo.to_ne_bytes());
+    let peer = Addr(bytes);
+    let proto = (proto_port >> 16) as u8;
+    let port = proto_port as u16;
+    let mut first = tag::NONE;
+    // SAFETY (all lookups): plain-data values, copied out.
+    if let Some(identity) = unsafe { IDENTITIES.get(peer) } {
+        let key = IdentityKey {
+            ruleset: key_set,
+            identity: *identity,
+        };
+        if let Some(value) = unsafe { PEERS_BY_IDENTITY.get(key) } {
+            first = peer_allows(*value, proto, port).unwrap_or(tag::NONE);
+        }
+    }
+    let key = PeerKey::new(key_set, peer);
+    if let Some(value) = PEERS_CIDR.get(Key::new(RULESET_ID_BITS + 128, key))
+        && let Some(t) = peer_allows(*value, proto, port)
+        && t < first
+    {
+        first = t;
+    }
+    first
 }
 
 /// The rule of a peer entry that allows `proto`/`port`: a range of its port set, else

@@ -16,17 +16,58 @@ use super::Direction;
 use super::ports::{PortSpec, Ports};
 use crate::state::{ObjectRef, Protocol};
 
-/// One rule of one policy: `ns/name ingress[i]`.
+/// One rule of one policy: `ns/name ingress[i]`, or of a ClusterNetworkPolicy (its
+/// `policy` has no namespace).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RuleRef {
     pub policy: ObjectRef,
     pub direction: Direction,
     pub index: usize,
+    pub kind: RuleKind,
+}
+
+/// What kind of policy a rule belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RuleKind {
+    NetworkPolicy,
+    /// NetworkPolicy's default deny of the pods it isolates (a place in an ordered table:
+    /// it never allows, so nothing counts it). `policy` is the first policy isolating.
+    Isolation,
+    /// A ClusterNetworkPolicy rule of the Admin tier.
+    Admin,
+    /// A ClusterNetworkPolicy rule of the Baseline tier.
+    Baseline,
+}
+
+impl RuleRef {
+    /// Rule `index` of NetworkPolicy `policy`'s `direction` rules.
+    pub fn np(policy: ObjectRef, direction: Direction, index: usize) -> Self {
+        RuleRef {
+            policy,
+            direction,
+            index,
+            kind: RuleKind::NetworkPolicy,
+        }
+    }
 }
 
 impl fmt::Display for RuleRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}[{}]", self.policy, self.direction, self.index)
+        let (policy, dir, i) = (&self.policy, self.direction, self.index);
+        match self.kind {
+            RuleKind::NetworkPolicy => write!(f, "{policy} {dir}[{i}]"),
+            RuleKind::Isolation => write!(f, "{policy} {dir} default deny"),
+            RuleKind::Admin => write!(
+                f,
+                "ClusterNetworkPolicy {} (Admin tier) {dir}[{i}]",
+                policy.name
+            ),
+            RuleKind::Baseline => write!(
+                f,
+                "ClusterNetworkPolicy {} (Baseline tier) {dir}[{i}]",
+                policy.name
+            ),
+        }
     }
 }
 
@@ -247,11 +288,11 @@ mod tests {
     use super::*;
 
     fn rule(name: &str, index: usize) -> RuleTag {
-        Arc::new(RuleRef {
-            policy: ObjectRef::new("ns", name),
-            direction: Direction::Ingress,
+        Arc::new(RuleRef::np(
+            ObjectRef::new("ns", name),
+            Direction::Ingress,
             index,
-        })
+        ))
     }
 
     fn tcp(first: u16, last: u16) -> Ports {

@@ -50,6 +50,14 @@ struct Memo {
 
 impl Compiler {
     pub fn compile(&mut self, state: &ClusterState, node: &str) -> Plan {
+        if !state.cluster_policies.is_empty() {
+            // ClusterNetworkPolicy tables are per pod and not kept up to date here: every
+            // change compiles in full while any exists.
+            self.last_was_incremental = false;
+            self.memo = None;
+            self.pending = None;
+            return compile(state, node);
+        }
         if let Some(memo) = self.memo.as_mut()
             && memo.update(state, node)
         {

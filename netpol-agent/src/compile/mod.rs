@@ -102,6 +102,9 @@ pub struct RuleSet {
     pub peers: BTreeMap<Arc<Identity>, Allowed<Position>>,
     /// ipBlock rules: longest-prefix-match entries (see `prefix::union`).
     pub blocks: BTreeMap<Prefix, Allowed<Position>>,
+    /// A ClusterNetworkPolicy applies to the set's pods: `peers` and `blocks` are then its
+    /// rest table, as ordered tags (`netpol_common::tag`), and this holds the rest.
+    pub ordered: Option<tiers::Ordered>,
     hash: CachedHash,
 }
 
@@ -110,6 +113,7 @@ impl fmt::Debug for RuleSet {
         f.debug_struct("RuleSet")
             .field("peers", &self.peers)
             .field("blocks", &self.blocks)
+            .field("ordered", &self.ordered)
             .finish()
     }
 }
@@ -124,6 +128,7 @@ impl RuleSet {
         RuleSet {
             peers,
             blocks,
+            ordered: None,
             hash: CachedHash::default(),
         }
     }
@@ -134,13 +139,15 @@ impl RuleSet {
     ) -> (
         &BTreeMap<Arc<Identity>, Allowed<Position>>,
         &BTreeMap<Prefix, Allowed<Position>>,
+        &Option<tiers::Ordered>,
     ) {
-        (&self.peers, &self.blocks)
+        (&self.peers, &self.blocks, &self.ordered)
     }
 
     /// None when the peer is not allowed; else the position of the rule the datapath
     /// names for it, if any: its identity's entry decides first, then the longest block.
-    /// `identity`: the peer's, if it is a pod.
+    /// `identity`: the peer's, if it is a pod. The peer is not the pod's own node (whose
+    /// exemption callers apply; see `decide_from`).
     pub fn decide(
         &self,
         identity: Option<&Identity>,
@@ -148,6 +155,35 @@ impl RuleSet {
         protocol: Protocol,
         port: u16,
     ) -> Option<Option<Position>> {
+        self.decide_from(identity, peer, protocol, port, false)
+    }
+
+    /// `decide`, for a peer that may be the pod's own node (`own_node`). An unordered set
+    /// does not look: NetworkPolicy's exemption comes before it. An ordered set applies
+    /// it after the Admin tier, as the datapath does.
+    pub fn decide_from(
+        &self,
+        identity: Option<&Identity>,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+        own_node: bool,
+    ) -> Option<Option<Position>> {
+        if let Some(ordered) = &self.ordered {
+            let rest =
+                || tiers::first_tag(&self.peers, &self.blocks, identity, peer, protocol, port);
+            let admin = tiers::first_tag(
+                &ordered.admin_peers,
+                &ordered.admin_blocks,
+                identity,
+                peer,
+                protocol,
+                port,
+            );
+            let position =
+                netpol_common::tiered_verdict(admin, || ordered.np_isolated && own_node, rest)?;
+            return Some((position != netpol_common::RULE_UNNAMED).then_some(position));
+        }
         identity
             .and_then(|i| self.peers.get(i))
             .and_then(|s| s.decide(protocol, port))
@@ -167,7 +203,14 @@ impl RuleSet {
     }
 
     pub fn len(&self) -> usize {
-        self.peers.len() + self.blocks.len()
+        let admin = (self.ordered.iter()).map(|o| o.admin_peers.len() + o.admin_blocks.len());
+        self.peers.len() + self.blocks.len() + admin.sum::<usize>()
+    }
+
+    /// Every identity the set names (in both tables of an ordered set).
+    pub fn named_identities(&self) -> impl Iterator<Item = &Arc<Identity>> {
+        let admin = self.ordered.iter().flat_map(|o| o.admin_peers.keys());
+        self.peers.keys().chain(admin)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -305,6 +348,19 @@ impl Plan {
         protocol: Protocol,
         port: u16,
     ) -> Option<Option<&'a RuleTag>> {
+        self.decide_from(ep, dir, peer, protocol, port, false)
+    }
+
+    /// `decide`, for a peer that may be the pod's own node (see `RuleSet::decide_from`).
+    pub fn decide_from<'a>(
+        &'a self,
+        ep: &'a PlannedEndpoint,
+        dir: Direction,
+        peer: IpAddr,
+        protocol: Protocol,
+        port: u16,
+        own_node: bool,
+    ) -> Option<Option<&'a RuleTag>> {
         let set = match dir {
             Direction::Ingress => ep.ingress,
             Direction::Egress => ep.egress,
@@ -313,7 +369,8 @@ impl Plan {
             return Some(None);
         };
         let identity = self.identities.get(&peer).map(|i| &**i);
-        let position = self.rule_set(set).decide(identity, peer, protocol, port)?;
+        let position =
+            (self.rule_set(set)).decide_from(identity, peer, protocol, port, own_node)?;
         Some(position.and_then(|p| ep.rules.name(dir, p)))
     }
 
@@ -614,13 +671,15 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
         }
     }
 
-    Plan {
+    let mut plan = Plan {
         endpoints,
         rule_sets: rule_sets.into_iter().map(Arc::new).collect(),
         service_ports: service_ports(state),
         identities: index.addresses,
         errors,
-    }
+    };
+    tiers::apply(state, &mut plan);
+    plan
 }
 
 fn service_ports(state: &ClusterState) -> BTreeSet<ServicePort> {
@@ -739,11 +798,7 @@ fn rules_of_policy<'a>(
             Rule::new(
                 r.from.as_ref(),
                 r.ports.as_ref(),
-                RuleRef {
-                    policy: key.clone(),
-                    direction: Direction::Ingress,
-                    index: i,
-                },
+                RuleRef::np(key.clone(), Direction::Ingress, i),
             )
         })
         .collect();
@@ -756,11 +811,7 @@ fn rules_of_policy<'a>(
             Rule::new(
                 r.to.as_ref(),
                 r.ports.as_ref(),
-                RuleRef {
-                    policy: key.clone(),
-                    direction: Direction::Egress,
-                    index: i,
-                },
+                RuleRef::np(key.clone(), Direction::Egress, i),
             )
         })
         .collect();

@@ -1,7 +1,6 @@
 //! ClusterNetworkPolicy's tiers around NetworkPolicy, resolved for one local pod and one
-//! direction into ordered tables: which rule decides a peer, port by port. Not programmed
-//! into the datapath yet (issue 12); the tests check this reading against the reference
-//! and the public cases before the maps hold it.
+//! direction into ordered tables: which rule decides a peer, port by port. `apply` puts
+//! them into the plan as ordered rule sets, in the form the maps hold.
 //!
 //! Every rule that can decide gets a position, smaller first. The Admin table holds the
 //! Admin tier's rules (policies by priority, then name; rules in order). The rest table
@@ -11,20 +10,26 @@
 //! matches, looked up by the peer's identity and by its address (the smaller of the two),
 //! as the datapath looks. The Admin table decides when it answers Accept or Deny; else (a
 //! Pass, or no rule) the rest table decides, and it always answers. Two tables, because a
-//! Pass must not hide NetworkPolicy's allows behind it.
+//! Pass must not hide NetworkPolicy's allows behind it. NetworkPolicy's own-node
+//! exemption sits between them; the datapath knows the node's addresses, so it is a flag
+//! (`Ordered::np_isolated`), not an entry.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::allowed::Allowed;
+use netpol_common::{MAX_PORT_RANGES, tag};
+
+use super::allowed::{Allowed, RuleKind, RuleRef, RuleTag};
 use super::cnp_check::{
     Action, CheckedCnp, CnpError, CnpPeer, CnpPort, CnpRule, CnpSubject, Tier, check,
 };
 use super::ports::{PortSpec, Ports};
 use super::prefix::{self, Grant, Prefix};
-use super::{Direction, Identity, Plan, PlannedEndpoint, Position};
+use super::{
+    Direction, Identity, Plan, PlannedEndpoint, PolicyError, Position, RuleSet, RuleSetRef,
+};
 use crate::state::{ClusterState, ContainerPort, Labels, ObjectRef, PodInfo};
 
 /// A rule's place in one table, and what it does. Positions are unique in a table, so
@@ -74,6 +79,8 @@ pub struct CnpRuleRef {
     pub tier: Tier,
     /// The rule's name, or `ingress[N]`/`egress[N]`.
     pub rule: String,
+    /// Its index among the policy's rules of its direction.
+    pub index: usize,
 }
 
 impl fmt::Display for CnpRuleRef {
@@ -128,12 +135,15 @@ impl Decision {
 }
 
 impl Tiered {
+    /// `own_node`: the peer is an address of the pod's node (NetworkPolicy's exemption
+    /// applies after the Admin tier).
     pub fn decide(
         &self,
         identity: Option<&Identity>,
         peer: IpAddr,
         protocol: crate::state::Protocol,
         port: u16,
+        own_node: bool,
     ) -> Decision {
         if let Some(t) = self.admin.first(identity, peer, protocol, port)
             && t.action != Action::Pass
@@ -142,6 +152,9 @@ impl Tiered {
                 .and_then(|i| self.admin_rules.get(i))
         {
             return Decision::Admin(t.action, r.clone());
+        }
+        if self.isolated && own_node {
+            return Decision::NetworkPolicy(NP_UNNAMED);
         }
         let Some(t) = self.rest.first(identity, peer, protocol, port) else {
             return Decision::Default;
@@ -159,13 +172,190 @@ impl Tiered {
     }
 }
 
-/// The tiers of every local pod of `plan`, per direction. `node_ips`: this node's
-/// addresses (NetworkPolicy lets them reach the pods it isolates).
-pub fn resolve(
-    state: &ClusterState,
-    plan: &Plan,
-    node_ips: &[IpAddr],
-) -> BTreeMap<(ObjectRef, Direction), Tiered> {
+/// What an ordered rule set holds besides its rest table (`RuleSet::peers`, `blocks`):
+/// the Admin table, and whether NetworkPolicy's own-node exemption applies. Values are
+/// tags (`netpol_common::tag`) whose positions are the pod's rule positions: its
+/// NetworkPolicy rules, NetworkPolicy's default deny, its Baseline rules, then its Admin
+/// rules (see `names`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ordered {
+    pub admin_peers: BTreeMap<Arc<Identity>, Allowed<Position>>,
+    pub admin_blocks: BTreeMap<Prefix, Allowed<Position>>,
+    pub np_isolated: bool,
+}
+
+/// The first tag of a table matching the peer by identity or by address (the smaller);
+/// `tag::NONE` when none does. What the datapath's `first_rule` answers.
+pub fn first_tag(
+    peers: &BTreeMap<Arc<Identity>, Allowed<Position>>,
+    blocks: &BTreeMap<Prefix, Allowed<Position>>,
+    identity: Option<&Identity>,
+    peer: IpAddr,
+    protocol: crate::state::Protocol,
+    port: u16,
+) -> u32 {
+    let by_identity = identity
+        .and_then(|i| peers.get(i))
+        .and_then(|a| a.rule_for(protocol, port));
+    let by_address = prefix::lookup(blocks, peer).and_then(|a| a.rule_for(protocol, port));
+    by_identity
+        .into_iter()
+        .chain(by_address)
+        .min()
+        .copied()
+        .unwrap_or(tag::NONE)
+}
+
+fn action_code(a: Action) -> u32 {
+    match a {
+        Action::Accept => tag::ACCEPT,
+        Action::Deny => tag::DENY,
+        Action::Pass => tag::PASS,
+    }
+}
+
+/// A table's entries by identity and by address, as a rule set holds them.
+type Entries = (
+    BTreeMap<Arc<Identity>, Allowed<Position>>,
+    BTreeMap<Prefix, Allowed<Position>>,
+);
+
+/// A table in the maps' form, each tag renumbered by `position`; None when an entry needs
+/// more port ranges than the datapath scans (ranges of different rules cannot merge
+/// without changing which rule decides).
+fn encode(t: &TagTable, position: impl Fn(u32) -> u32) -> Option<Entries> {
+    // A range no rule names cannot happen here (every NetworkPolicy allow became a tag);
+    // were it to, it denies.
+    let f = |t: Option<&Tag>| match t {
+        Some(t) => tag::new(position(t.position), action_code(t.action)),
+        None => tag::new(0, tag::DENY),
+    };
+    let fits = |a: &Allowed<Position>| a.ranges().len() <= MAX_PORT_RANGES;
+    let peers: BTreeMap<_, _> = (t.peers.iter())
+        .map(|(i, a)| (i.clone(), a.renamed(f)))
+        .collect();
+    let blocks: BTreeMap<_, _> = (t.blocks.iter()).map(|(p, a)| (*p, a.renamed(f))).collect();
+    (peers.values().all(fits) && blocks.values().all(fits)).then_some((peers, blocks))
+}
+
+impl Tiered {
+    /// Whether any ClusterNetworkPolicy rule applies: else NetworkPolicy's set decides
+    /// alone, as it would without the tiers.
+    pub fn has_cluster_rules(&self) -> bool {
+        !self.admin_rules.is_empty() || !self.baseline_rules.is_empty()
+    }
+
+    /// The ordered rule set of this direction; None when it does not fit the datapath.
+    pub fn rule_set(&self) -> Option<RuleSet> {
+        let np = self.np_rules;
+        let admin_base = np + 1 + self.baseline_rules.len() as u32;
+        let (peers, blocks) = encode(&self.rest, |p| match p {
+            DEFAULT => tag::LAST_POSITION,
+            p => p.min(tag::LAST_POSITION - 1),
+        })?;
+        let (admin_peers, admin_blocks) = encode(&self.admin, |k| {
+            (admin_base + k).min(tag::LAST_POSITION - 1)
+        })?;
+        let mut set = RuleSet::new(peers, blocks);
+        set.ordered = Some(Ordered {
+            admin_peers,
+            admin_blocks,
+            np_isolated: self.isolated,
+        });
+        Some(set)
+    }
+
+    /// What the positions of `rule_set` name, after the pod's NetworkPolicy rules `np`.
+    pub fn names(&self, np: &[RuleTag], dir: Direction, isolated_by: &[ObjectRef]) -> Vec<RuleTag> {
+        let mut out = np.to_vec();
+        out.push(Arc::new(RuleRef {
+            policy: (isolated_by.first().cloned()).unwrap_or_else(|| ObjectRef::new("", "")),
+            direction: dir,
+            index: 0,
+            kind: RuleKind::Isolation,
+        }));
+        let cluster = |r: &CnpRuleRef, kind| {
+            Arc::new(RuleRef {
+                policy: ObjectRef::new("", &r.policy),
+                direction: dir,
+                index: r.index,
+                kind,
+            })
+        };
+        out.extend(
+            self.baseline_rules
+                .iter()
+                .map(|r| cluster(r, RuleKind::Baseline)),
+        );
+        out.extend(self.admin_rules.iter().map(|r| cluster(r, RuleKind::Admin)));
+        out
+    }
+}
+
+/// Puts ClusterNetworkPolicy into `plan` (compiled from NetworkPolicy alone): each local
+/// pod direction that a ClusterNetworkPolicy rule applies to gets an ordered rule set and
+/// its rule names. A set that does not fit the datapath denies everything in that
+/// direction, and is reported.
+pub fn apply(state: &ClusterState, plan: &mut Plan) {
+    if state.cluster_policies.is_empty() {
+        return;
+    }
+    let tables = resolve(state, plan);
+    let mut interned: BTreeMap<RuleSet, RuleSetRef> = BTreeMap::new();
+    for i in 0..plan.endpoints.len() {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let ep = &plan.endpoints[i];
+            let Some(t) = tables.get(&(ep.pod.clone(), dir)) else {
+                continue;
+            };
+            if !t.has_cluster_rules() {
+                continue;
+            }
+            let isolated_by = match dir {
+                Direction::Ingress => &ep.isolated_by.ingress,
+                Direction::Egress => &ep.isolated_by.egress,
+            };
+            let names = Arc::new(t.names(ep.rules.of(dir), dir, isolated_by));
+            let set = t.rule_set().unwrap_or_else(|| {
+                plan.errors.push(PolicyError {
+                    policy: ObjectRef::new("", "ClusterNetworkPolicy"),
+                    location: format!("{} {dir}", ep.pod),
+                    message: format!(
+                        "the tiers of this pod need more than {MAX_PORT_RANGES} port ranges for one peer; it is denied everything in this direction"
+                    ),
+                });
+                RuleSet {
+                    ordered: Some(Ordered::default()),
+                    ..Default::default()
+                }
+            });
+            let r = match interned.get(&set) {
+                Some(r) => *r,
+                None => {
+                    plan.rule_sets.push(Arc::new(set.clone()));
+                    let r = RuleSetRef(plan.rule_sets.len() - 1);
+                    interned.insert(set, r);
+                    r
+                }
+            };
+            let ep = &mut plan.endpoints[i];
+            match dir {
+                Direction::Ingress => {
+                    ep.ingress = Some(r);
+                    ep.rules.ingress = names;
+                }
+                Direction::Egress => {
+                    ep.egress = Some(r);
+                    ep.rules.egress = names;
+                }
+            }
+        }
+    }
+}
+
+/// The tiers of every local pod of `plan` (as NetworkPolicy alone compiled it), per
+/// direction.
+pub fn resolve(state: &ClusterState, plan: &Plan) -> BTreeMap<(ObjectRef, Direction), Tiered> {
     let mut policies: Vec<CheckedCnp> = (state.cluster_policies.values())
         .map(|p| check(p).0)
         .collect();
@@ -181,7 +371,7 @@ pub fn resolve(
             .filter(|p| selects(&p.subject, &ns_labels, pod))
             .collect();
         for dir in [Direction::Ingress, Direction::Egress] {
-            let t = tiered(state, plan, ep, pod, dir, &subject_of, &peers, node_ips);
+            let t = tiered(state, plan, ep, pod, dir, &subject_of, &peers);
             out.insert((ep.pod.clone(), dir), t);
         }
     }
@@ -329,7 +519,6 @@ fn tiered(
     dir: Direction,
     policies: &[&CheckedCnp],
     peers: &Peers,
-    node_ips: &[IpAddr],
 ) -> Tiered {
     let rules_of = |p: &CheckedCnp| -> Vec<CnpRule> {
         match dir {
@@ -340,11 +529,12 @@ fn tiered(
     let mut admin = Builder::default();
     let mut admin_rules = Vec::new();
     for p in policies.iter().filter(|p| p.tier == Tier::Admin) {
-        for r in rules_of(p) {
+        for (index, r) in rules_of(p).into_iter().enumerate() {
             admin_rules.push(CnpRuleRef {
                 policy: p.name.clone(),
                 tier: Tier::Admin,
                 rule: r.name.clone(),
+                index,
             });
             let tag = Tag {
                 position: admin_rules.len() as u32,
@@ -373,11 +563,6 @@ fn tiered(
         np.blocks = (set.blocks.iter())
             .map(|(p, a)| (*p, a.renamed(accept)))
             .collect();
-        for ip in node_ips {
-            let all = Allowed::by(&PortSpec::All, &accept(None));
-            rest.grants
-                .push(Grant::to_host(*ip, PortSpec::All).with_ports(all));
-        }
         let deny = Tag {
             position: np_rules + 1,
             action: Action::Deny,
@@ -387,7 +572,7 @@ fn tiered(
     }
     let mut baseline_rules = Vec::new();
     for p in policies.iter().filter(|p| p.tier == Tier::Baseline) {
-        for r in rules_of(p) {
+        for (index, r) in rules_of(p).into_iter().enumerate() {
             let tag = Tag {
                 position: np_rules + 2 + baseline_rules.len() as u32,
                 action: r.action,
@@ -396,6 +581,7 @@ fn tiered(
                 policy: p.name.clone(),
                 tier: Tier::Baseline,
                 rule: r.name.clone(),
+                index,
             });
             rest.add_rule(state, peers, &r, tag, dir, &pod.ports);
         }

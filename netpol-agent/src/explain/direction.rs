@@ -176,11 +176,7 @@ pub(super) fn judge(
                 policy_namespace: &p.key.namespace,
             };
             let grant = input.grant(&peer_items, port_items.as_deref(), peer);
-            let tag = Arc::new(RuleRef {
-                policy: p.key.clone(),
-                direction: dir,
-                index: i,
-            });
+            let tag = Arc::new(RuleRef::np(p.key.clone(), dir, i));
             grants.push((tag, grant));
         }
     }

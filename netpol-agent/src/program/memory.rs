@@ -7,7 +7,8 @@ use std::net::IpAddr;
 
 use netpol_common::{
     Addr, EndpointInfo, IdentityId, IdentityKey, IfaceInfo, NO_PORTSET, PeerKey, PeerValue,
-    PortSet, REST_DENIED, RULE_UNNAMED, RULESET_ALLOW_ALL, ServiceKey,
+    PortSet, REST_DENIED, RULE_UNNAMED, RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL, RULESET_HAS_ADMIN,
+    RULESET_NP_ISOLATED, RULESET_ORDERED, ServiceKey, tag,
 };
 
 use super::{MapError, MapOps, addr_of};
@@ -180,28 +181,79 @@ impl MemoryMaps {
         Ok(())
     }
 
-    /// Same order as `allowed()` in the BPF verdict code: the peer's identity, then the
-    /// longest block containing its address. The rule id it names when it allows.
+    /// Same order as `allowed()` in the BPF verdict code: unordered sets by union (the
+    /// peer's identity, then the longest block containing its address); ordered sets by
+    /// their first rules (`netpol_common::tiered_verdict`). The rule id it names when it
+    /// allows. `own_node`: the peer is an address of this node (`NODE_ADDRS`).
     pub fn rule_for(&self, set: u32, peer: IpAddr, proto: Protocol, port: u16) -> Option<u32> {
+        self.rule_from(set, peer, proto, port, false)
+    }
+
+    pub fn rule_from(
+        &self,
+        set: u32,
+        peer: IpAddr,
+        proto: Protocol,
+        port: u16,
+        own_node: bool,
+    ) -> Option<u32> {
         if set == RULESET_ALLOW_ALL {
             return Some(RULE_UNNAMED);
         }
-        let addr = addr_of(peer);
-        let by_identity = self.identities.get(&addr).and_then(|identity| {
-            self.by_identity.get(&IdentityKey {
+        if set & RULESET_ORDERED == 0 {
+            return self.union_rule(set, peer, proto, port);
+        }
+        let admin = if set & RULESET_HAS_ADMIN != 0 {
+            self.first_rule(set | RULESET_ADMIN_TABLE, peer, proto, port)
+        } else {
+            tag::NONE
+        };
+        netpol_common::tiered_verdict(
+            admin,
+            || set & RULESET_NP_ISOLATED != 0 && own_node,
+            || self.first_rule(set, peer, proto, port),
+        )
+    }
+
+    fn identity_value(&self, set: u32, addr: &Addr) -> Option<PeerValue> {
+        let identity = self.identities.get(addr)?;
+        self.by_identity
+            .get(&IdentityKey {
                 ruleset: set,
                 identity: *identity,
             })
-        });
-        if let Some(rule) = by_identity.and_then(|v| self.peer_allows(*v, proto, port)) {
-            return Some(rule);
-        }
+            .copied()
+    }
+
+    fn block_value(&self, set: u32, addr: &Addr) -> Option<PeerValue> {
         let id = set.to_be_bytes();
         self.cidr
             .iter()
-            .filter(|((i, a, len), _)| *i == id && prefix_match(a, *len, &addr))
+            .filter(|((i, a, len), _)| *i == id && prefix_match(a, *len, addr))
             .max_by_key(|((_, _, len), _)| *len)
-            .and_then(|(_, v)| self.peer_allows(*v, proto, port))
+            .map(|(_, v)| *v)
+    }
+
+    fn union_rule(&self, set: u32, peer: IpAddr, proto: Protocol, port: u16) -> Option<u32> {
+        let addr = addr_of(peer);
+        let by_identity = self.identity_value(set, &addr);
+        if let Some(rule) = by_identity.and_then(|v| self.peer_allows(v, proto, port)) {
+            return Some(rule);
+        }
+        (self.block_value(set, &addr)).and_then(|v| self.peer_allows(v, proto, port))
+    }
+
+    fn first_rule(&self, set: u32, peer: IpAddr, proto: Protocol, port: u16) -> u32 {
+        let addr = addr_of(peer);
+        [
+            self.identity_value(set, &addr),
+            self.block_value(set, &addr),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|v| self.peer_allows(v, proto, port))
+        .min()
+        .unwrap_or(tag::NONE)
     }
 
     pub fn allows(&self, set: u32, peer: IpAddr, proto: Protocol, port: u16) -> bool {

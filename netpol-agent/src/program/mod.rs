@@ -19,12 +19,14 @@ use std::sync::Arc;
 use netpol_common::{
     Addr, EndpointInfo, IFACE_HAS_V4, IFACE_HAS_V6, IdentityId, IdentityKey, IfaceInfo,
     MAX_PORT_RANGES, NO_AUDIT, NO_PORTSET, PeerKey, PeerValue, PortRange, PortSet, REST_DENIED,
-    RULE_UNNAMED, RULESET_ALLOW_ALL, ServiceKey, names,
+    RULE_UNNAMED, RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL, RULESET_HAS_ADMIN, RULESET_ID_LIMIT,
+    RULESET_NP_ISOLATED, RULESET_ORDERED, ServiceKey, names, ruleset_base,
 };
 
 use crate::compile::Position;
 use crate::compile::allowed::{Allowed, RuleTag};
 use crate::compile::ports::Ports;
+use crate::compile::prefix::Prefix;
 use crate::compile::{Identity, Plan, RuleSet, ServicePort};
 use crate::state::ObjectRef;
 use rules::RuleTables;
@@ -111,17 +113,44 @@ pub fn addr_of(ip: IpAddr) -> Addr {
 
 /// A rule set as it sits in the maps.
 struct LoadedSet {
+    /// The id endpoints point at: flags included (`RULESET_ORDERED`, ...).
     id: u32,
-    /// Value of each peer identity written.
+    /// Value of each peer identity written (an ordered set's rest table).
     peers: BTreeMap<IdentityId, PeerValue>,
-    /// (key, address prefix length, value) of every block entry written.
+    /// Those of an ordered set's Admin table (keyed `id | RULESET_ADMIN_TABLE`).
+    admin_peers: BTreeMap<IdentityId, PeerValue>,
+    /// (key, address prefix length, value) of every block entry written, of both tables.
     blocks: Vec<(PeerKey, u8, PeerValue)>,
 }
 
 impl LoadedSet {
     fn len(&self) -> usize {
-        self.peers.len() + self.blocks.len()
+        self.peers.len() + self.admin_peers.len() + self.blocks.len()
     }
+
+    fn identities(&self) -> impl Iterator<Item = IdentityId> + '_ {
+        self.peers.keys().chain(self.admin_peers.keys()).copied()
+    }
+
+    /// The value it holds for `identity`, in each table.
+    fn value_of(&self, identity: &IdentityId) -> (Option<&PeerValue>, Option<&PeerValue>) {
+        (self.peers.get(identity), self.admin_peers.get(identity))
+    }
+}
+
+/// The id a rule set's endpoints point at: `base` with the flags of what it holds.
+fn flagged_id(base: u32, set: &RuleSet) -> u32 {
+    let Some(o) = &set.ordered else {
+        return base;
+    };
+    let mut id = base | RULESET_ORDERED;
+    if !o.admin_peers.is_empty() || !o.admin_blocks.is_empty() {
+        id |= RULESET_HAS_ADMIN;
+    }
+    if o.np_isolated {
+        id |= RULESET_NP_ISOLATED;
+    }
+    id
 }
 
 /// What one `apply` changed, for logs and tests.
@@ -239,6 +268,7 @@ impl<M: MapOps> Programmer<M> {
             .iter()
             .map(|(k, _)| u32::from_be_bytes(k.ruleset_be))
             .chain(e.endpoints.iter().flat_map(|(_, i)| i.sets()))
+            .map(ruleset_base)
             .max()
             .unwrap_or(0);
         self.set_ids.next = self
@@ -284,7 +314,7 @@ impl<M: MapOps> Programmer<M> {
             maps,
             sets: HashMap::new(),
             // 0 means "not isolated".
-            set_ids: Ids::new(1, u32::MAX, "rule sets"),
+            set_ids: Ids::new(1, RULESET_ID_LIMIT, "rule sets"),
             // 0 is `NO_PORTSET`.
             portset_ids: Ids::new(1, u32::MAX, "port sets"),
             portsets: HashMap::new(),
@@ -344,7 +374,7 @@ impl<M: MapOps> Programmer<M> {
         let sets = self.sets.values().chain(&self.superseded);
         let (mut by_identity, mut blocks) = (0, 0);
         for set in sets {
-            by_identity += set.peers.len();
+            by_identity += set.peers.len() + set.admin_peers.len();
             blocks += set.blocks.len();
         }
         BTreeMap::from([
@@ -750,8 +780,12 @@ impl<M: MapOps> Programmer<M> {
         }
         for (set, l) in &self.sets {
             let less = moved.iter().any(|(old, new)| {
-                let before = l.peers.get(old);
-                before.is_some() && before != new.and_then(|n| l.peers.get(&n))
+                let before = l.value_of(old);
+                let after = match new {
+                    Some(n) => l.value_of(n),
+                    None => (None, None),
+                };
+                before != (None, None) && before != after
             });
             if less {
                 self.pending_renewals.insert(set.clone());
@@ -823,7 +857,7 @@ impl<M: MapOps> Programmer<M> {
             .rule_sets
             .iter()
             .filter(|s| !self.sets.contains_key(&***s))
-            .flat_map(|s| s.peers.keys());
+            .flat_map(|s| s.named_identities());
         let named: Vec<&Arc<Identity>> = named.collect();
         let mut ids = HashMap::new();
         for identity in plan.identities.values().chain(named) {
@@ -873,8 +907,8 @@ impl<M: MapOps> Programmer<M> {
             .addresses
             .values()
             .copied()
-            .chain(self.sets.values().flat_map(|l| l.peers.keys().copied()))
-            .chain(self.superseded.iter().flat_map(|l| l.peers.keys().copied()))
+            .chain(self.sets.values().flat_map(|l| l.identities()))
+            .chain(self.superseded.iter().flat_map(|l| l.identities()))
             .collect();
         self.identity_ids.retain(|_, id| named.contains(id));
     }
@@ -887,13 +921,15 @@ impl<M: MapOps> Programmer<M> {
         {
             return Ok(());
         }
-        let mine: BTreeSet<u32> = self.sets.values().map(|l| l.id).collect();
+        // Compared without flags: an Admin table's key has one endpoints never point at.
+        let mine: BTreeSet<u32> = self.sets.values().map(|l| ruleset_base(l.id)).collect();
+        let in_use: BTreeSet<u32> = in_use.iter().map(|id| ruleset_base(*id)).collect();
         let mut kept_identity_peers = Vec::new();
         for key in std::mem::take(&mut self.leftover_identity_peers) {
-            if mine.contains(&key.ruleset) {
+            if mine.contains(&ruleset_base(key.ruleset)) {
                 continue;
             }
-            if in_use.contains(&key.ruleset) {
+            if in_use.contains(&ruleset_base(key.ruleset)) {
                 kept_identity_peers.push(key);
             } else {
                 self.maps.del_identity_peer(key)?;
@@ -902,7 +938,7 @@ impl<M: MapOps> Programmer<M> {
         self.leftover_identity_peers = kept_identity_peers;
         let mut kept = Vec::new();
         for (key, len) in std::mem::take(&mut self.leftover_peers) {
-            let set = u32::from_be_bytes(key.ruleset_be);
+            let set = ruleset_base(u32::from_be_bytes(key.ruleset_be));
             if mine.contains(&set) {
                 continue; // reused id: the entry is ours now
             }
@@ -1015,11 +1051,15 @@ impl<M: MapOps> Programmer<M> {
         // Recorded before use: a restarted agent must never hand this id out again.
         self.maps.set_next_ruleset_id(id.saturating_add(1))?;
         let mut loaded = LoadedSet {
-            id,
+            id: flagged_id(id, set),
             peers: BTreeMap::new(),
+            admin_peers: BTreeMap::new(),
             blocks: Vec::with_capacity(set.blocks.len()),
         };
-        let written = self.write_entries(set, &mut loaded);
+        let mut written = self.write_table(&set.peers, &set.blocks, &mut loaded, false);
+        if let (Ok(()), Some(o)) = (&written, &set.ordered) {
+            written = self.write_table(&o.admin_peers, &o.admin_blocks, &mut loaded, true);
+        }
         if let Err(e) = written {
             // Nothing points at this id yet: take back what was written.
             let _ = self.delete_set(loaded);
@@ -1028,26 +1068,44 @@ impl<M: MapOps> Programmer<M> {
         Ok(loaded)
     }
 
-    fn write_entries(&mut self, set: &RuleSet, loaded: &mut LoadedSet) -> Result<(), MapError> {
-        for (identity, spec) in &set.peers {
+    /// Writes one table of a set: its rest (or only) table, or with `admin` its Admin
+    /// table.
+    fn write_table(
+        &mut self,
+        peers: &BTreeMap<Arc<Identity>, Allowed<Position>>,
+        blocks: &BTreeMap<Prefix, Allowed<Position>>,
+        loaded: &mut LoadedSet,
+        admin: bool,
+    ) -> Result<(), MapError> {
+        let key_id = if admin {
+            loaded.id | RULESET_ADMIN_TABLE
+        } else {
+            loaded.id
+        };
+        for (identity, spec) in peers {
             // Every identity of the plan got an id in `apply`; one without is not allowed.
             let Some(identity) = self.identity_ids.get(identity).copied() else {
                 continue;
             };
             let value = self.peer_value(spec)?;
             let key = IdentityKey {
-                ruleset: loaded.id,
+                ruleset: key_id,
                 identity,
             };
             if let Err(e) = self.maps.set_identity_peer(key, value) {
                 self.release_peer_value(value)?;
                 return Err(e);
             }
-            loaded.peers.insert(identity, value);
+            let table = if admin {
+                &mut loaded.admin_peers
+            } else {
+                &mut loaded.peers
+            };
+            table.insert(identity, value);
         }
-        for (prefix, spec) in &set.blocks {
+        for (prefix, spec) in blocks {
             let value = self.peer_value(spec)?;
-            let key = PeerKey::new(loaded.id, prefix.addr());
+            let key = PeerKey::new(key_id, prefix.addr());
             if let Err(e) = self.maps.set_peer(key, prefix.bits(), value) {
                 self.release_peer_value(value)?;
                 return Err(e);
@@ -1058,12 +1116,18 @@ impl<M: MapOps> Programmer<M> {
     }
 
     fn delete_set(&mut self, loaded: LoadedSet) -> Result<(), MapError> {
-        for (identity, value) in &loaded.peers {
-            self.maps.del_identity_peer(IdentityKey {
-                ruleset: loaded.id,
-                identity: *identity,
-            })?;
-            self.release_peer_value(*value)?;
+        let tables = [
+            (loaded.id, &loaded.peers),
+            (loaded.id | RULESET_ADMIN_TABLE, &loaded.admin_peers),
+        ];
+        for (ruleset, peers) in tables {
+            for (identity, value) in peers {
+                self.maps.del_identity_peer(IdentityKey {
+                    ruleset,
+                    identity: *identity,
+                })?;
+                self.release_peer_value(*value)?;
+            }
         }
         for (key, len, value) in &loaded.blocks {
             self.maps.del_peer(*key, *len)?;
