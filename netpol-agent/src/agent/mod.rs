@@ -856,8 +856,8 @@ impl Agent {
         self.unhooked_since = still;
     }
 
-    /// ClusterNetworkPolicies of the state, checked; a warning each time the set of
-    /// them (or their errors) changes, since none of them is enforced.
+    /// ClusterNetworkPolicies of the state, checked; logged each time the set of them (or
+    /// their errors) changes.
     fn report_cluster_policies(&mut self) -> Vec<status::ClusterPolicyStatus> {
         let now = self
             .state
@@ -866,7 +866,11 @@ impl Agent {
             .unwrap_or_default();
         if now != self.snapshot().cluster_policies {
             for p in &now {
-                warn!(policy = %p.name, tier = %p.tier, priority = p.priority, errors = ?p.errors, "ClusterNetworkPolicy read but NOT enforced: this version of netpol does not enforce ClusterNetworkPolicy");
+                if p.errors.is_empty() {
+                    info!(policy = %p.name, tier = %p.tier, priority = p.priority, "ClusterNetworkPolicy enforced");
+                } else {
+                    warn!(policy = %p.name, tier = %p.tier, priority = p.priority, errors = ?p.errors, "ClusterNetworkPolicy enforced with errors: the parts the API server would refuse fail closed");
+                }
             }
         }
         now
@@ -959,6 +963,7 @@ impl Agent {
             .map(|(rule, packets)| crate::status::RuleStatus {
                 namespace: rule.policy.namespace.clone(),
                 policy: rule.policy.name.clone(),
+                kind: rule.kind.label().to_string(),
                 direction: rule.direction.to_string(),
                 index: rule.index,
                 packets,

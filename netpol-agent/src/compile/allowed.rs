@@ -39,6 +39,17 @@ pub enum RuleKind {
     Baseline,
 }
 
+impl RuleKind {
+    /// As metrics and `/status` name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            RuleKind::NetworkPolicy | RuleKind::Isolation => "NetworkPolicy",
+            RuleKind::Admin => "Admin",
+            RuleKind::Baseline => "Baseline",
+        }
+    }
+}
+
 impl RuleRef {
     /// Rule `index` of NetworkPolicy `policy`'s `direction` rules.
     pub fn np(policy: ObjectRef, direction: Direction, index: usize) -> Self {

@@ -474,7 +474,16 @@ struct SubjectKey<'a> {
     ports: &'a [crate::state::ContainerPort],
 }
 
+/// The plan of `node`: NetworkPolicy's rule sets, then ClusterNetworkPolicy's tiers
+/// around them (`tiers::apply`).
 pub fn compile(state: &ClusterState, node: &str) -> Plan {
+    let mut plan = compile_network_policies(state, node);
+    tiers::apply(state, &mut plan);
+    plan
+}
+
+/// The plan of `node` as NetworkPolicy alone makes it.
+pub fn compile_network_policies(state: &ClusterState, node: &str) -> Plan {
     let mut errors = Vec::new();
     let policies: Vec<CompiledPolicy> = state
         .policies
@@ -671,15 +680,13 @@ pub fn compile(state: &ClusterState, node: &str) -> Plan {
         }
     }
 
-    let mut plan = Plan {
+    Plan {
         endpoints,
         rule_sets: rule_sets.into_iter().map(Arc::new).collect(),
         service_ports: service_ports(state),
         identities: index.addresses,
         errors,
-    };
-    tiers::apply(state, &mut plan);
-    plan
+    }
 }
 
 fn service_ports(state: &ClusterState) -> BTreeSet<ServicePort> {

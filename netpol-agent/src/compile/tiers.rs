@@ -707,7 +707,6 @@ pub fn status(state: &ClusterState) -> Vec<crate::status::ClusterPolicyStatus> {
             crate::status::ClusterPolicyStatus {
                 tier: format!("{:?}", checked.tier),
                 priority: checked.priority,
-                enforced: false,
                 errors: (errors.iter())
                     .map(|e| format!("{}: {}", e.location, e.message))
                     .collect(),

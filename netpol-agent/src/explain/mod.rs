@@ -32,8 +32,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::compile::Direction;
-use crate::state::{ObjectRef, Protocol};
+use crate::compile::cnp_check::Action;
+use crate::compile::tiers::Decision;
+use crate::compile::{self, Direction};
+use crate::state::{ObjectRef, PodInfo, Protocol};
 
 pub use cluster::Cluster;
 use direction::{Peer, Subject};
@@ -405,6 +407,20 @@ impl Judge<'_> {
             side.reason = "a pod always reaches itself".into();
             return Ok(side);
         }
+        if let Some(tiered) = self.cluster_tiers(key, pod, dir)
+            && let Some(ip) = other.ip()
+        {
+            let identity = tiered.identities.get(&ip).map(|i| &**i);
+            let own = own_node && !self.strict_node_traffic;
+            let decision = (tiered.tables).decide(identity, ip, self.protocol, port, own);
+            if let Some((allowed, rule, reason)) = cluster_decision(&decision, own) {
+                side.allowed = allowed;
+                side.rule = rule;
+                side.reason = reason;
+                return Ok(side);
+            }
+            // NetworkPolicy decides: explained below, as without the tiers.
+        }
         if own_node && !self.strict_node_traffic {
             side.reason = "traffic between a pod and its own node always passes".into();
             return Ok(side);
@@ -446,6 +462,23 @@ impl Judge<'_> {
         Ok(side)
     }
 
+    /// The ClusterNetworkPolicy tables of `key`'s direction `dir`, when a rule of one
+    /// applies to it, with the identities they name (computed from the cluster as the
+    /// agent of the pod's node compiles it).
+    fn cluster_tiers(&self, key: &ObjectRef, pod: &PodInfo, dir: Direction) -> Option<TieredSide> {
+        let state = &self.cluster.state;
+        if state.cluster_policies.is_empty() {
+            return None;
+        }
+        let plan = compile::compile_network_policies(state, pod.node.as_deref()?);
+        let mut tables = compile::tiers::resolve(state, &plan);
+        let tables = tables.remove(&(key.clone(), dir))?;
+        tables.has_cluster_rules().then_some(TieredSide {
+            tables,
+            identities: plan.identities,
+        })
+    }
+
     /// The source's egress when there is no backend to judge it against.
     fn egress_alone(&self, from: &End<'_>) -> Side {
         let End::Pod { key, pod, .. } = from else {
@@ -468,4 +501,38 @@ impl Judge<'_> {
             errors: isolation.errors,
         }
     }
+}
+
+/// A direction's ClusterNetworkPolicy tables.
+struct TieredSide {
+    tables: compile::tiers::Tiered,
+    identities: std::collections::BTreeMap<IpAddr, std::sync::Arc<compile::Identity>>,
+}
+
+/// (allowed, deciding rule, reason) when a ClusterNetworkPolicy tier, NetworkPolicy's
+/// own-node exemption or the default decides; None when NetworkPolicy's rules do.
+fn cluster_decision(d: &Decision, own_node: bool) -> Option<(bool, Option<String>, String)> {
+    let verb = |a: &Action| match a {
+        Action::Accept => "accepted",
+        Action::Deny => "denied",
+        Action::Pass => "passed (to the default allow)",
+    };
+    Some(match d {
+        Decision::Admin(a, r) | Decision::Baseline(a, r) => (
+            d.allows(),
+            Some(r.to_string()),
+            format!("{} by {r}", verb(a)),
+        ),
+        Decision::NetworkPolicy(_) if own_node => (
+            true,
+            None,
+            "traffic between a pod and its own node passes (NetworkPolicy's exemption; no Admin-tier rule matched)".into(),
+        ),
+        Decision::NetworkPolicy(_) | Decision::Isolated => return None,
+        Decision::Default => (
+            true,
+            None,
+            "no ClusterNetworkPolicy rule matched and no NetworkPolicy isolates it: allowed".into(),
+        ),
+    })
 }

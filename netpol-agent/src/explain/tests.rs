@@ -82,6 +82,10 @@ fn cluster(extra: &str) -> Cluster {
             "Node" => c
                 .add_node(&serde_yaml::from_value::<Node>(v).unwrap())
                 .unwrap(),
+            "ClusterNetworkPolicy" => {
+                let p = serde_yaml::from_value::<crate::sources::cnp::ClusterNetworkPolicy>(v);
+                s.upsert_cluster_policy(&p.unwrap()).unwrap();
+            }
             other => panic!("kind {other}"),
         }
     }
@@ -656,4 +660,71 @@ spec: {clusterIP: 10.96.0.11, selector: {app: none}, ports: [{port: 80}]}
     assert_eq!(x.backends, Some(Vec::new()));
     assert!(x.reason.contains("no backend"), "{}", x.reason);
     assert!(text::render(&x).starts_with("DENIED"));
+}
+
+/// The tutorials' cluster-wide rules: nothing reaches the metadata service (Admin), DNS
+/// to the `web` pods is allowed at Baseline, and the rest of `other`'s ingress is denied
+/// at Baseline.
+const TIERS: &str = r#"
+kind: ClusterNetworkPolicy
+metadata: {name: no-metadata}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {}}
+  egress:
+  - {name: metadata, action: Deny, to: [{networks: [169.254.169.254/32]}]}
+  - {name: to-web-pass, action: Pass, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}}]}
+---
+kind: ClusterNetworkPolicy
+metadata: {name: baseline}
+spec:
+  tier: Baseline
+  priority: 5
+  subject: {namespaces: {matchLabels: {team: ops}}}
+  ingress:
+  - {name: deny-rest, action: Deny, from: [{namespaces: {}}]}
+"#;
+
+#[test]
+fn cluster_network_policy_tiers_name_the_rule_that_decided() {
+    let c = cluster(TIERS);
+    let x = ask(&c, "default/client", "169.254.169.254", "80/TCP");
+    assert!(!x.allowed, "{x:?}");
+    assert_eq!(
+        x.egress.rule.as_deref(),
+        Some("ClusterNetworkPolicy no-metadata (Admin tier) rule metadata")
+    );
+    assert!(x.egress.reason.starts_with("denied by"), "{}", x.egress.reason);
+
+    // Pass leaves the Admin tier; nothing else isolates the client: allowed by default.
+    let x = ask(&c, "default/client", "default/web-2", "8081/TCP");
+    assert!(x.allowed, "{x:?}");
+    assert!(x.egress.reason.contains("allowed"), "{}", x.egress.reason);
+
+    // Baseline denies ingress to `other` from any pod.
+    let x = ask(&c, "default/client", "other/mon", "9000/TCP");
+    assert!(!x.allowed);
+    assert_eq!(
+        x.ingress.rule.as_deref(),
+        Some("ClusterNetworkPolicy baseline (Baseline tier) rule deny-rest")
+    );
+}
+
+#[test]
+fn network_policy_decides_between_the_tiers() {
+    // An NetworkPolicy allow for `other/mon` comes before the Baseline deny.
+    let allow = r#"
+kind: NetworkPolicy
+metadata: {name: allow-client, namespace: other}
+spec:
+  podSelector: {matchLabels: {app: mon}}
+  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: client}}}]}]
+"#;
+    let c = cluster(&format!("{TIERS}\n---\n{allow}"));
+    let x = ask(&c, "default/client", "other/mon", "9000/TCP");
+    assert!(x.allowed, "{x:?}");
+    assert_eq!(x.ingress.rule.as_deref(), Some("other/allow-client ingress[0]"));
+    let x = ask(&c, "default/web-1", "other/mon", "9000/TCP");
+    assert!(!x.allowed, "{x:?}");
 }

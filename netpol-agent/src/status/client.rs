@@ -131,12 +131,6 @@ pub fn render(s: &Status) -> String {
     for o in &s.rejected_objects {
         problems.push(format!("not taken in: {o}"));
     }
-    for p in s.cluster_policies.iter().filter(|p| !p.enforced) {
-        problems.push(format!(
-            "ClusterNetworkPolicy {} ({} tier, priority {}) is not enforced by this version of netpol",
-            p.name, p.tier, p.priority
-        ));
-    }
     for p in &s.cluster_policies {
         for e in &p.errors {
             problems.push(format!("ClusterNetworkPolicy {}: {e}", p.name));
@@ -197,7 +191,6 @@ mod tests {
                 name: "no-metadata".into(),
                 tier: "Admin".into(),
                 priority: 10,
-                enforced: false,
                 errors: vec!["egress[0]: action \"Drop\" is not Accept, Deny or Pass".into()],
                 conflicts: vec!["no-metadata and other-deny (Admin tier, both priority 10) select 1 pod(s) in common".into()],
             }],
@@ -225,9 +218,8 @@ mod tests {
         for want in [
             "node n1: ready",
             "pods enforced: 2 (2 isolated by policy)",
-            "problems: 5",
+            "problems: 4",
             "policy: default/p ingress[0]: bad CIDR",
-            "ClusterNetworkPolicy no-metadata (Admin tier, priority 10) is not enforced",
             "ClusterNetworkPolicy no-metadata: egress[0]: action",
             "ClusterNetworkPolicy conflict: no-metadata and other-deny",
             "no veth hooked: default/b",

@@ -245,6 +245,7 @@ mod tests {
             rules: vec![crate::status::RuleStatus {
                 namespace: "default".into(),
                 policy: "web".into(),
+                kind: "NetworkPolicy".into(),
                 direction: "ingress".into(),
                 index: 0,
                 packets: 7,

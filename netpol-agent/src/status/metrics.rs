@@ -161,7 +161,7 @@ impl Collector for StatusMetrics {
         }
         let mut by_rule = encoder.encode_descriptor(
             "netpol_policy_rule_packets",
-            "Packets allowed per NetworkPolicy rule on this node: connection openings it allowed and the packets of those connections",
+            "Packets allowed per NetworkPolicy or ClusterNetworkPolicy rule on this node: connection openings it allowed and the packets of those connections",
             None,
             MetricType::Counter,
         )?;
@@ -170,6 +170,7 @@ impl Collector for StatusMetrics {
             let labels = [
                 ("namespace", r.namespace.as_str()),
                 ("policy", r.policy.as_str()),
+                ("kind", r.kind.as_str()),
                 ("rule", rule.as_str()),
                 ("direction", r.direction.as_str()),
             ];
@@ -184,9 +185,9 @@ impl Collector for StatusMetrics {
         )?;
         gauge(
             e,
-            "netpol_cluster_network_policies_unenforced",
-            "ClusterNetworkPolicies present in the cluster that this agent does not enforce",
-            count(s.cluster_policies.iter().filter(|p| !p.enforced).count()),
+            "netpol_cluster_network_policies",
+            "ClusterNetworkPolicies the agent enforces (with their errors failing closed)",
+            count(s.cluster_policies.len()),
         )?;
         gauge(
             e,
@@ -322,6 +323,7 @@ mod tests {
         s.rules.push(crate::status::RuleStatus {
             namespace: "default".into(),
             policy: "web".into(),
+            kind: "NetworkPolicy".into(),
             direction: "ingress".into(),
             index: 1,
             packets: 42,
@@ -330,7 +332,6 @@ mod tests {
             name: "deny-metadata".into(),
             tier: "Admin".into(),
             priority: 5,
-            enforced: false,
             errors: vec!["a".into(), "b".into()],
             conflicts: Vec::new(),
         });
@@ -349,7 +350,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "netpol_policy_rule_packets_total{namespace=\"default\",policy=\"web\",rule=\"ingress[1]\",direction=\"ingress\"} 42\n"
+                "netpol_policy_rule_packets_total{namespace=\"default\",policy=\"web\",kind=\"NetworkPolicy\",rule=\"ingress[1]\",direction=\"ingress\"} 42\n"
             ),
             "{text}"
         );
@@ -358,7 +359,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("netpol_cluster_network_policies_unenforced 1\n"),
+            text.contains("netpol_cluster_network_policies 1\n"),
             "{text}"
         );
         assert!(

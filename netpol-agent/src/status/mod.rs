@@ -34,8 +34,12 @@ pub struct EndpointStatus {
 /// One policy rule the maps name, and the packets it allowed on this node.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RuleStatus {
+    /// Empty for a ClusterNetworkPolicy.
     pub namespace: String,
     pub policy: String,
+    /// `NetworkPolicy`, or the tier of a ClusterNetworkPolicy rule: `Admin`, `Baseline`.
+    #[serde(default)]
+    pub kind: String,
     /// `ingress` or `egress`.
     pub direction: String,
     pub index: usize,
@@ -106,8 +110,6 @@ pub struct ClusterPolicyStatus {
     /// `Admin` or `Baseline`, as checked (see `compile::cnp_check` for unreadable ones).
     pub tier: String,
     pub priority: u16,
-    /// False in this version: ClusterNetworkPolicy is read and checked, not enforced.
-    pub enforced: bool,
     /// What the API server would have refused in it.
     pub errors: Vec<String>,
     /// Policies of its tier and priority that it conflicts with (see
