@@ -194,6 +194,20 @@ pub fn tiered_verdict(
     }
 }
 
+/// The position of the rule that denies, in an ordered set whose `tiered_verdict` denied:
+/// the Admin table's Deny, else the rest table's (NetworkPolicy's default deny or a
+/// Baseline Deny); `RULE_UNNAMED` when no rule did (an empty table).
+#[inline(always)]
+pub fn denying_position(admin: u32, rest: impl FnOnce() -> u32) -> u32 {
+    if admin != tag::NONE && tag::action(admin) == tag::DENY {
+        return tag::position(admin);
+    }
+    match rest() {
+        t if t != tag::NONE && tag::action(t) == tag::DENY => tag::position(t),
+        _ => RULE_UNNAMED,
+    }
+}
+
 /// Slots of the `META` array map.
 pub mod meta {
     /// The next rule-set id to hand out: ids are never reused, also across restarts, so a

@@ -113,7 +113,11 @@ pub fn report(id: u32, why: usize, hook: u8, ifindex: u32, p: Option<&Packet>) {
                 (*e).dport = p.dport;
                 (*e).proto = p.proto;
                 (*e).flags = events::HAS_TUPLE;
-                (*e).rule = if names_rule(why) { p.rule } else { 0 };
+                (*e).rule = if names_rule(why) || denied_by_rule(why) {
+                    p.rule
+                } else {
+                    0
+                };
             }
             None => {
                 (*e).src = netpol_common::Addr([0; 16]);
@@ -127,6 +131,12 @@ pub fn report(id: u32, why: usize, hook: u8, ifindex: u32, p: Option<&Packet>) {
         }
     }
     entry.submit(0);
+}
+
+/// Drops an ordered set's rule may have decided (`Packet::rule` names it, or is 0).
+#[inline(always)]
+fn denied_by_rule(why: usize) -> bool {
+    why == reason::DROP_EGRESS || why == reason::DROP_INGRESS
 }
 
 /// Verdicts a rule decided: `Packet::rule` names it.

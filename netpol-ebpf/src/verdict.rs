@@ -11,7 +11,7 @@ use netpol_common::{
     Addr, CT_UNDECIDED, CtEntry, CtKey, IdentityKey, NO_AUDIT, NO_PORTSET, PROTO_TCP, PeerKey,
     PeerValue, REST_DENIED, RULE_UNNAMED, RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL,
     RULESET_HAS_ADMIN, RULESET_ID_BITS, RULESET_NP_ISOLATED, RULESET_ORDERED, ct_flag,
-    ct_lifetime_ns, reason, rule_index, tag, tiered_verdict,
+    ct_lifetime_ns, denying_position, reason, rule_index, tag, tiered_verdict,
 };
 
 use crate::clock::now;
@@ -74,6 +74,22 @@ pub fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> Option<u32> {
         || set & RULESET_NP_ISOLATED != 0 && is_node(peer),
         || first_rule(set, peer, proto, port),
     )
+}
+
+/// For a drop event: the position of the rule of an ordered set that denies `peer`
+/// (`RULE_UNNAMED` for unordered sets: NetworkPolicy denies by having no rule). Only on
+/// the drop path, so allowed packets do not pay for it.
+#[inline(always)]
+fn denying_rule(set: u32, peer: &Addr, proto: u8, port: u16) -> u32 {
+    if set & RULESET_ORDERED == 0 {
+        return RULE_UNNAMED;
+    }
+    let admin = if set & RULESET_HAS_ADMIN != 0 {
+        first_rule(set | RULESET_ADMIN_TABLE, peer, proto, port)
+    } else {
+        tag::NONE
+    };
+    denying_position(admin, || first_rule(set, peer, proto, port))
 }
 
 /// NetworkPolicy's union: the identity's allow, else the address's.
@@ -356,6 +372,7 @@ fn revalidate(
         allowed(current, &opener, p.proto, acceptor_port)
     };
     let Some(rule) = decided else {
+        p.rule = 0;
         return Some(if i_am_opener {
             reason::DROP_EGRESS
         } else {
@@ -519,7 +536,11 @@ pub fn egress_opening(sets: Sets, p: &mut Packet) -> usize {
             audit_egress(sets, &peer, p, port);
             allow_reason(sets.egress)
         }
-        None => reason::DROP_EGRESS,
+        None => {
+            let position = denying_rule(sets.egress, &p.t_dst, p.proto, p.dport);
+            p.rule = rule_index(sets.egress_rules, position);
+            reason::DROP_EGRESS
+        }
     }
 }
 
@@ -553,7 +574,11 @@ pub fn ingress_opening(sets: Sets, p: &mut Packet) -> usize {
             audit_ingress(sets, &peer, p, port);
             allow_reason(sets.ingress)
         }
-        None => reason::DROP_INGRESS,
+        None => {
+            let position = denying_rule(sets.ingress, &p.t_src, p.proto, p.dport);
+            p.rule = rule_index(sets.ingress_rules, position);
+            reason::DROP_INGRESS
+        }
     }
 }
 

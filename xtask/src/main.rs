@@ -139,6 +139,14 @@ fn shared_cases() -> Result<PathBuf> {
     Ok(dir)
 }
 
+fn cnp_cases() -> Result<PathBuf> {
+    let dir = root().join("../shared/conformance/cnp");
+    if !dir.is_dir() {
+        bail!("{} not found", dir.display());
+    }
+    Ok(dir)
+}
+
 fn realnet_cases() -> Result<PathBuf> {
     let dir = root().join("../shared/conformance/realnet");
     if !dir.is_dir() {
@@ -467,13 +475,17 @@ fn test() -> Result<()> {
     // must keep working on kernels where TCX is preferred.
     let mut cases = case_files(&shared)?;
     cases.extend(case_files(&root().join("tests/cases"))?);
+    // With the ClusterNetworkPolicy cases (Admin and Baseline tiers, node peers,
+    // host-network pods).
+    let cnp = case_files(&cnp_cases()?)?;
     for (mode, family) in [("auto", "ipv4"), ("auto", "ipv6"), ("netlink", "ipv4")] {
         step(&format!(
             "conformance in the sandbox (root): {family}, attach mode {mode}"
         ));
         sh(sandbox_cmd(&bins, mode, family)
             .args(["conformance", "--cases"])
-            .args(&cases))?;
+            .args(&cases)
+            .args(&cnp))?;
     }
     // The same cases, and the real-network ones, with pods networked by the reference
     // CNI plugins (invoked as a container runtime invokes them), routed (ptp) and bridged,

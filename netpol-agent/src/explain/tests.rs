@@ -695,7 +695,11 @@ fn cluster_network_policy_tiers_name_the_rule_that_decided() {
         x.egress.rule.as_deref(),
         Some("ClusterNetworkPolicy no-metadata (Admin tier) rule metadata")
     );
-    assert!(x.egress.reason.starts_with("denied by"), "{}", x.egress.reason);
+    assert!(
+        x.egress.reason.starts_with("denied by"),
+        "{}",
+        x.egress.reason
+    );
 
     // Pass leaves the Admin tier; nothing else isolates the client: allowed by default.
     let x = ask(&c, "default/client", "default/web-2", "8081/TCP");
@@ -724,7 +728,58 @@ spec:
     let c = cluster(&format!("{TIERS}\n---\n{allow}"));
     let x = ask(&c, "default/client", "other/mon", "9000/TCP");
     assert!(x.allowed, "{x:?}");
-    assert_eq!(x.ingress.rule.as_deref(), Some("other/allow-client ingress[0]"));
+    assert_eq!(
+        x.ingress.rule.as_deref(),
+        Some("other/allow-client ingress[0]")
+    );
     let x = ask(&c, "default/web-1", "other/mon", "9000/TCP");
     assert!(!x.allowed, "{x:?}");
+}
+
+/// The README's example (deploy/examples/cluster-network-policies.yaml) does what it says.
+#[test]
+fn the_cluster_network_policy_example_does_what_the_readme_says() {
+    let dns = r#"
+kind: Namespace
+metadata: {name: kube-system}
+---
+kind: Pod
+metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec: {nodeName: node-b, containers: [{name: c, image: i, ports: [{containerPort: 53, protocol: UDP}]}]}
+status: {podIP: 10.244.2.53}
+"#;
+    let example = include_str!("../../../deploy/examples/cluster-network-policies.yaml");
+    let c = cluster(&format!("{dns}\n---\n{example}"));
+    let x = ask(&c, "default/client", "169.254.169.254", "80/TCP");
+    assert!(!x.allowed);
+    assert!(
+        x.egress.reason.contains("deny-metadata-service"),
+        "{}",
+        x.egress.reason
+    );
+    let x = ask(&c, "default/client", "kube-system/coredns", "53/UDP");
+    assert!(x.allowed, "{x:?}");
+    assert!(x.egress.reason.contains("rule dns"), "{}", x.egress.reason);
+    for to in ["default/web-2", "192.0.2.1"] {
+        let x = ask(&c, "default/client", to, "8081/TCP");
+        assert!(!x.allowed, "{to}: {x:?}");
+        assert!(
+            x.egress.reason.contains("rule everything-else"),
+            "{}",
+            x.egress.reason
+        );
+    }
+    // A namespace's own policy relaxes the baseline for the pods it isolates.
+    let allow = r#"
+kind: NetworkPolicy
+metadata: {name: web-out, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {app: web}}}]}]
+"#;
+    let c = cluster(&format!("{dns}\n---\n{example}\n---\n{allow}"));
+    assert!(ask(&c, "default/client", "default/web-2", "8081/TCP").allowed);
+    // ... but not past the Admin tier.
+    assert!(!ask(&c, "default/client", "169.254.169.254", "80/TCP").allowed);
 }

@@ -209,4 +209,85 @@ spec:
         assert_eq!((range.start, range.end), (Some(53), Some(54)));
         assert_eq!(protocols[1].destination_named_port.as_deref(), Some("dns"));
     }
+
+    /// `deploy/crd` serves the kind the watchers ask for, and its schema keeps every field
+    /// these types read (a field the schema does not list would be pruned by the API
+    /// server before netpol sees it).
+    #[test]
+    fn the_deployed_crd_serves_what_the_agent_reads() {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+            CustomResourceDefinition, JSONSchemaProps,
+        };
+        let text = include_str!("../../../deploy/crd/clusternetworkpolicies.yaml");
+        let crd: CustomResourceDefinition = serde_yaml::from_str(text).expect("a CRD");
+        assert_eq!(crd.spec.group, GROUP);
+        assert_eq!(crd.spec.names.kind, KIND);
+        assert_eq!(crd.spec.names.plural, PLURAL);
+        assert_eq!(crd.spec.scope, "Cluster");
+        let v = &crd.spec.versions[0];
+        assert_eq!(
+            (v.name.as_str(), v.served, v.storage),
+            (VERSION, true, true)
+        );
+        let root = v
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref());
+        let field = |s: &JSONSchemaProps, path: &[&str]| -> JSONSchemaProps {
+            let mut at = s.clone();
+            for name in path {
+                let next = match name.strip_suffix("[]") {
+                    Some(name) => at.properties.as_ref().and_then(|p| p.get(name)).and_then(
+                        |a| match &a.items {
+                            Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(s)) => Some((**s).clone()),
+                            _ => None,
+                        },
+                    ),
+                    None => at.properties.as_ref().and_then(|p| p.get(*name)).cloned(),
+                };
+                at = next.unwrap_or_else(|| panic!("{path:?}: no {name}"));
+            }
+            at
+        };
+        let root = root.expect("a schema");
+        for path in [
+            &["spec", "tier"][..],
+            &["spec", "priority"],
+            &[
+                "spec",
+                "subject",
+                "namespaces",
+                "matchExpressions[]",
+                "values",
+            ],
+            &["spec", "subject", "pods", "podSelector", "matchLabels"],
+            &["spec", "ingress[]", "from[]", "pods", "namespaceSelector"],
+            &[
+                "spec",
+                "ingress[]",
+                "protocols[]",
+                "tcp",
+                "destinationPort",
+                "range",
+                "end",
+            ],
+            &["spec", "ingress[]", "protocols[]", "destinationNamedPort"],
+            &["spec", "egress[]", "name"],
+            &["spec", "egress[]", "action"],
+            &["spec", "egress[]", "to[]", "networks"],
+            &["spec", "egress[]", "to[]", "nodes", "matchLabels"],
+            &[
+                "spec",
+                "egress[]",
+                "protocols[]",
+                "sctp",
+                "destinationPort",
+                "number",
+            ],
+        ] {
+            field(root, path);
+        }
+        let rules = field(root, &["spec", "egress"]);
+        assert_eq!(rules.max_items, Some(25));
+    }
 }
