@@ -715,8 +715,8 @@ impl Agent {
                     events.set_pods(self.known_pods(plan));
                     events.set_rules(self.rule_names());
                 }
-                self.report_policy_problems(plan);
                 let cluster_policies = self.report_cluster_policies();
+                self.report_policy_problems(plan, &cluster_policies);
                 let digest = self.digest.clone();
                 let versions = self.versions.clone();
                 let occupancy = self.programmer.occupancy();
@@ -878,11 +878,16 @@ impl Agent {
 
     /// Kubernetes Events for the policies whose problems changed (never waits: a full
     /// queue loses reports, logged).
-    fn report_policy_problems(&mut self, plan: &compile::Plan) {
+    fn report_policy_problems(
+        &mut self,
+        plan: &compile::Plan,
+        cluster_policies: &[status::ClusterPolicyStatus],
+    ) {
         let (Some(tx), Some(state)) = (&self.policy_events, &self.state) else {
             return;
         };
-        for report in self.policy_problems.changes(&plan.errors, state) {
+        let changes = (self.policy_problems).changes(&plan.errors, cluster_policies, state);
+        for report in changes {
             if let Err(e) = tx.try_send(report) {
                 warn!(error = %e, "Kubernetes Event for a policy not published");
             }
