@@ -15,8 +15,9 @@ use netpol_agent::datapath::{AttachMode, Datapath, Hook, MapSizes};
 use netpol_agent::program::MapOps;
 use netpol_agent::program::kernel::KernelMaps;
 use netpol_common::{
-    Addr, EndpointInfo, IFACE_HAS_V4, IfaceInfo, PROTO_TCP, PeerKey, PeerValue, PortRange, PortSet,
-    REST_DENIED,
+    Addr, EndpointInfo, IFACE_HAS_V4, IfaceInfo, NO_PORTSET, PROTO_TCP, PeerKey, PeerValue,
+    PortRange, PortSet, REST_DENIED, RULESET_ADMIN_TABLE, RULESET_HAS_ADMIN, RULESET_ORDERED,
+    ruleset_base, tag,
 };
 use netpol_tests::netbench;
 use netpol_tests::sandbox::{Config, Family};
@@ -121,8 +122,8 @@ fn program_client(maps: &mut KernelMaps, set: u32) -> Result<()> {
 }
 
 /// Rule set `set` with `n` distinct /24 blocks under 10.0.0.0/8 (the peer's among them),
-/// each allowing TCP 443 only.
-fn program_cidrs(maps: &mut KernelMaps, set: u32, n: u32) -> Result<()> {
+/// each allowing TCP 443 only, by `rule` (a position, or a tag in an ordered set).
+fn program_cidrs(maps: &mut KernelMaps, set: u32, n: u32, rule: u32) -> Result<()> {
     let mut ports = PortSet::default();
     ports.ranges[0] = PortRange {
         proto: PROTO_TCP,
@@ -130,12 +131,13 @@ fn program_cidrs(maps: &mut KernelMaps, set: u32, n: u32) -> Result<()> {
         first: 443,
         last: 443,
         _pad2: 0,
-        rule: 1,
+        rule,
     };
     ports.len = 1;
-    maps.set_portset(set, &ports)?;
+    let portset = ruleset_base(set);
+    maps.set_portset(portset, &ports)?;
     let value = PeerValue {
-        portset: set,
+        portset,
         rest_rule: REST_DENIED,
     };
     let peer_block = [PEER[0], PEER[1], PEER[2], 0];
@@ -248,7 +250,8 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
         conntrack_new_entries: 65_536,
         peer_entries: 1024,
         identity_entries: 4096,
-        cidr_entries: 16_384,
+        // Two sets of 10k blocks (NetworkPolicy's and the tiered one) and the smaller ones.
+        cidr_entries: 32_768,
         service_entries: 1024,
         portset_entries: 1024,
     };
@@ -275,7 +278,7 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
 
     // Established: the SYN opens a tracked connection and the SYN-ACK answers it (so it
     // is a replied connection, as every established one is); its ACKs are measured.
-    program_cidrs(&mut maps, 1, 1)?;
+    program_cidrs(&mut maps, 1, 1, 1)?;
     program_client(&mut maps, 1)?;
     let (v, _) = dp.test_run(Hook::FromPod, &syn, 1)?;
     if v != PASS {
@@ -298,7 +301,7 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
     let probe = frame(CLIENT, PEER, 40001, 444, 0x02);
     for (n, name) in [(1, "1"), (1000, "1k"), (10_000, "10k")] {
         let set = 10 + n;
-        program_cidrs(&mut maps, set, n)?;
+        program_cidrs(&mut maps, set, n, 1)?;
         program_client(&mut maps, set)?;
         results.push((
             format!("dp.new_flow_{name}_ns"),
@@ -306,6 +309,46 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
             "ns".into(),
         ));
     }
+    // The same under ClusterNetworkPolicy (an ordered set with an Admin table): the Admin
+    // table answers Pass for 10.0.0.0/8, the rest table's blocks accept TCP 443 only, so
+    // the probe is denied after both tables, and the drop path looks up which rule denied.
+    let base = 20_000;
+    let set = base | RULESET_ORDERED | RULESET_HAS_ADMIN;
+    program_cidrs(&mut maps, set, 10_000, tag::new(1, tag::ACCEPT))?;
+    let pass = PeerValue {
+        portset: NO_PORTSET,
+        rest_rule: tag::new(1, tag::PASS),
+    };
+    let admin = PeerKey::new(set | RULESET_ADMIN_TABLE, Addr::from_v4([10, 0, 0, 0]));
+    maps.set_peer(admin, 96 + 8, pass)?;
+    program_client(&mut maps, set)?;
+    results.push((
+        "dp.new_flow_tiered_10k_ns".into(),
+        measure(&mut dp, Hook::FromPod, &probe, args, DROP)?,
+        "ns".into(),
+    ));
+    // An established connection that set allowed (Pass, then the rest table's Accept):
+    // the established path never looks at the rules, whatever decided the opening.
+    let syn = frame(CLIENT, PEER, 40002, 443, 0x02);
+    let (v, _) = dp.test_run(Hook::FromPod, &syn, 1)?;
+    if v != PASS {
+        bail!("the tiered opening SYN was dropped ({v})");
+    }
+    let (v, _) = dp.test_run(Hook::ToPod, &frame(PEER, CLIENT, 443, 40002, 0x12), 1)?;
+    if v != PASS {
+        bail!("the tiered SYN-ACK was dropped ({v})");
+    }
+    results.push((
+        "dp.established_tiered_ns".into(),
+        measure(
+            &mut dp,
+            Hook::FromPod,
+            &frame(CLIENT, PEER, 40002, 443, 0x10),
+            args,
+            PASS,
+        )?,
+        "ns".into(),
+    ));
     let get = |name: &str| {
         results
             .iter()
