@@ -32,7 +32,10 @@ use fast::Side;
 use fragments::{AT_FROM_POD, AT_TO_POD, AT_UPLINK, fragment_ports, record_first_fragment};
 use maps::{count, endpoint, iface_of, iface_sets, is_node, is_service, scratch, sets_of};
 use neighbour::{link_message, not_for, own_address, own_neighbour_message, own_target};
-use netpol_common::{Addr, CT_UNDECIDED, IFACE_HAS_V4, IfaceInfo, ct_flag, events as ev, reason};
+use netpol_common::{
+    Addr, CT_UNDECIDED, IFACE_HAS_V4, IfaceInfo, RULE_UNNAMED, RULESET_ORDERED, ct_flag,
+    events as ev, reason,
+};
 use parse::{Icmp, Packet, Parsed};
 use verdict::{Decided, Judged, Sets, UNDECIDED};
 
@@ -171,7 +174,7 @@ fn from_pod_full(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
 /// judged by the set (`verdict::allowed` applies the exemption after the Admin tier).
 #[inline(always)]
 fn node_exempt(set: u32, peer: &netpol_common::Addr) -> bool {
-    set & netpol_common::RULESET_ORDERED == 0 && is_node(peer)
+    set & RULESET_ORDERED == 0 && is_node(peer)
 }
 
 /// Returns the endpoint to count on (the sender, or a local opener whose egress was
@@ -222,9 +225,14 @@ fn sent_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
         }
         verdict::forget(&hit);
     }
-    // Node traffic is never tracked, so it is looked for after conntrack: the established
-    // path stays one lookup.
+    // Node traffic is looked for after conntrack, so the established path stays one
+    // lookup. It is tracked only when the other side's set is ordered: there a reply
+    // without an entry would be judged as an opening (an Admin Deny of the node would
+    // drop it).
     if node_exempt(sets.egress, &p.dst) {
+        if sets.ingress & RULESET_ORDERED != 0 {
+            verdict::track(p, Decided::by(sets.egress, RULE_UNNAMED), UNDECIDED, 0);
+        }
         return (id, reason::ALLOW_NODE);
     }
     if is_service(p) {
@@ -351,6 +359,10 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
         return (id, verdict::judge_tracked(&hit, p, me));
     }
     if node_exempt(sets.ingress, &p.src) {
+        // A kubelet probe: its replies leave through the egress side (see `sent_by_pod`).
+        if sets.egress & RULESET_ORDERED != 0 {
+            verdict::track(p, UNDECIDED, Decided::by(sets.ingress, RULE_UNNAMED), 0);
+        }
         return (id, reason::ALLOW_NODE);
     }
     // A new connection. A local sender that reached this pod through a Service has its

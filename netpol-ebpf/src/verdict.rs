@@ -366,11 +366,11 @@ fn revalidate(
     }
     // The opening tuple: the acceptor's address and port, seen from the opener.
     let (opener, acceptor, acceptor_port) = opening(hit, p);
-    let decided = if i_am_opener {
-        allowed(current, &acceptor, p.proto, acceptor_port)
-    } else {
-        allowed(current, &opener, p.proto, acceptor_port)
-    };
+    let peer = if i_am_opener { &acceptor } else { &opener };
+    // Unordered sets leave the pod's own node to the hooks' exemption, which a tracked
+    // connection (seeded, or opened under an ordered set) never reaches: applied here.
+    let decided = allowed(current, peer, p.proto, acceptor_port)
+        .or_else(|| (current & RULESET_ORDERED == 0 && is_node(peer)).then_some(RULE_UNNAMED));
     let Some(rule) = decided else {
         p.rule = 0;
         return Some(if i_am_opener {

@@ -785,7 +785,13 @@ impl<M: MapOps> Programmer<M> {
                     Some(n) => l.value_of(n),
                     None => (None, None),
                 };
-                before != (None, None) && before != after
+                if l.id & RULESET_ORDERED != 0 {
+                    // A Deny matches by identity too, and no entry is the default's
+                    // answer: any change of entry can decide otherwise.
+                    before != after
+                } else {
+                    before != (None, None) && before != after
+                }
             });
             if less {
                 self.pending_renewals.insert(set.clone());
