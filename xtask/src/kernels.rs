@@ -30,6 +30,8 @@ const TESTS: &[&str] = &[
     "root_rule_attribution",
     "root_audit",
     "root_datapath_log",
+    "root_cnp_datapath",
+    "root_cnp_attack_datapath",
 ];
 
 /// Modules the tests need (veth pairs, netlink clsact filters, the kernel's connection
