@@ -226,11 +226,12 @@ fn sent_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
         verdict::forget(&hit);
     }
     // Node traffic is looked for after conntrack, so the established path stays one
-    // lookup. It is tracked only when the other side's set is ordered: there a reply
-    // without an entry would be judged as an opening (an Admin Deny of the node would
-    // drop it).
+    // lookup. It is tracked for isolated pods: under an ordered set (now, or after a
+    // policy change) a reply without an entry would be judged as an opening, and an
+    // Admin Deny of the node would drop it. (A pod that becomes isolated from nothing
+    // has its connections seeded from the kernel's table.)
     if node_exempt(sets.egress, &p.dst) {
-        if sets.ingress & RULESET_ORDERED != 0 {
+        if sets.isolated() {
             verdict::track(p, Decided::by(sets.egress, RULE_UNNAMED), UNDECIDED, 0);
         }
         return (id, reason::ALLOW_NODE);
@@ -360,7 +361,7 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
     }
     if node_exempt(sets.ingress, &p.src) {
         // A kubelet probe: its replies leave through the egress side (see `sent_by_pod`).
-        if sets.egress & RULESET_ORDERED != 0 {
+        if sets.isolated() {
             verdict::track(p, UNDECIDED, Decided::by(sets.ingress, RULE_UNNAMED), 0);
         }
         return (id, reason::ALLOW_NODE);

@@ -369,8 +369,13 @@ fn revalidate(
     let peer = if i_am_opener { &acceptor } else { &opener };
     // Unordered sets leave the pod's own node to the hooks' exemption, which a tracked
     // connection (seeded, or opened under an ordered set) never reaches: applied here.
-    let decided = allowed(current, peer, p.proto, acceptor_port)
-        .or_else(|| (current & RULESET_ORDERED == 0 && is_node(peer)).then_some(RULE_UNNAMED));
+    let by_rule = allowed(current, peer, p.proto, acceptor_port);
+    let node_exempt = by_rule.is_none() && current & RULESET_ORDERED == 0 && is_node(peer);
+    let decided = if node_exempt {
+        Some(RULE_UNNAMED)
+    } else {
+        by_rule
+    };
     let Some(rule) = decided else {
         p.rule = 0;
         return Some(if i_am_opener {
@@ -381,7 +386,8 @@ fn revalidate(
     };
     // A side decided here for the first time (its pod did not open the entry): this is
     // that side's opening, and its audit-mode policies judge it too.
-    if stored == CT_UNDECIDED {
+    // (The node's exemption is no opening that audit-mode policies judge.)
+    if stored == CT_UNDECIDED && !node_exempt {
         if i_am_opener {
             audit_egress(sets, &acceptor, p, acceptor_port);
         } else {

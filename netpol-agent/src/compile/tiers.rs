@@ -14,7 +14,7 @@
 //! exemption sits between them; the datapath knows the node's addresses, so it is a flag
 //! (`Ordered::np_isolated`), not an entry.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -353,8 +353,10 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
     }
 }
 
-/// The tiers of every local pod of `plan` (as NetworkPolicy alone compiled it), per
-/// direction.
+/// The tiers of every local pod of `plan` (as NetworkPolicy alone compiled it) that a
+/// ClusterNetworkPolicy selects, per direction. Pods alike in what the tables depend on
+/// (their NetworkPolicy set and rule count, their named ports, the policies selecting
+/// them: the replicas of a deployment) share one computation.
 pub fn resolve(state: &ClusterState, plan: &Plan) -> BTreeMap<(ObjectRef, Direction), Tiered> {
     let mut policies: Vec<CheckedCnp> = (state.cluster_policies.values())
         .map(|p| check(p).0)
@@ -362,17 +364,42 @@ pub fn resolve(state: &ClusterState, plan: &Plan) -> BTreeMap<(ObjectRef, Direct
     policies.sort_by(|a, b| a.order().cmp(&b.order()));
     let peers = Peers::new(state, plan);
     let mut out = BTreeMap::new();
+    type Alike<'a> = (
+        Direction,
+        Option<super::RuleSetRef>,
+        usize,
+        &'a [ContainerPort],
+        Vec<usize>,
+    );
+    let mut done: HashMap<Alike, Tiered> = HashMap::new();
     for ep in &plan.endpoints {
         let Some(pod) = state.pods.get(&ep.pod).filter(|p| p.is_policy_subject()) else {
             continue;
         };
         let ns_labels = state.namespace_labels(&ep.pod.namespace);
-        let subject_of: Vec<&CheckedCnp> = (policies.iter())
-            .filter(|p| selects(&p.subject, &ns_labels, pod))
+        let selecting: Vec<usize> = (0..policies.len())
+            .filter(|i| selects(&policies[*i].subject, &ns_labels, pod))
             .collect();
+        if selecting.is_empty() {
+            continue;
+        }
+        let subject_of: Vec<&CheckedCnp> = selecting.iter().map(|i| &policies[*i]).collect();
         for dir in [Direction::Ingress, Direction::Egress] {
-            let t = tiered(state, plan, ep, pod, dir, &subject_of, &peers);
-            out.insert((ep.pod.clone(), dir), t);
+            let set = match dir {
+                Direction::Ingress => ep.ingress,
+                Direction::Egress => ep.egress,
+            };
+            let key = (
+                dir,
+                set,
+                ep.rules.of(dir).len(),
+                &pod.ports[..],
+                selecting.clone(),
+            );
+            let t = done
+                .entry(key)
+                .or_insert_with(|| tiered(state, plan, ep, pod, dir, &subject_of, &peers));
+            out.insert((ep.pod.clone(), dir), t.clone());
         }
     }
     out
@@ -423,6 +450,9 @@ impl Builder {
         own_ports: &[ContainerPort],
     ) {
         let own = ports_of(rule.ports.as_deref(), own_ports);
+        // Without named ports, every destination gets the same ports: computed once.
+        let named = (rule.ports.iter().flatten()).any(|p| matches!(p, CnpPort::Named(_)));
+        let by_number = (!named).then(|| ports_of(rule.ports.as_deref(), &[]));
         for peer in &rule.peers {
             match peer {
                 CnpPeer::Namespaces(_) | CnpPeer::Pods { .. } => {
@@ -437,9 +467,12 @@ impl Builder {
                         if !matches {
                             continue;
                         }
-                        let ports = match dir {
-                            Direction::Egress => ports_of(rule.ports.as_deref(), &identity.ports),
-                            Direction::Ingress => own.clone(),
+                        let ports = match (dir, &by_number) {
+                            (Direction::Egress, Some(ports)) => ports.clone(),
+                            (Direction::Egress, None) => {
+                                ports_of(rule.ports.as_deref(), &identity.ports)
+                            }
+                            (Direction::Ingress, _) => own.clone(),
                         };
                         if !ports.is_none() {
                             (self.peers.entry(identity.clone()).or_default())

@@ -20,7 +20,7 @@ use netpol_common::{
     Addr, EndpointInfo, IFACE_HAS_V4, IFACE_HAS_V6, IdentityId, IdentityKey, IfaceInfo,
     MAX_PORT_RANGES, NO_AUDIT, NO_PORTSET, PeerKey, PeerValue, PortRange, PortSet, REST_DENIED,
     RULE_UNNAMED, RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL, RULESET_HAS_ADMIN, RULESET_ID_LIMIT,
-    RULESET_NP_ISOLATED, RULESET_ORDERED, ServiceKey, names, ruleset_base,
+    RULESET_NP_ISOLATED, RULESET_ORDERED, ServiceKey, names, ruleset_base, tag,
 };
 
 use crate::compile::Position;
@@ -136,6 +136,16 @@ impl LoadedSet {
     fn value_of(&self, identity: &IdentityId) -> (Option<&PeerValue>, Option<&PeerValue>) {
         (self.peers.get(identity), self.admin_peers.get(identity))
     }
+}
+
+/// Whether an ordered table's entry has a rule that is not an Accept.
+fn not_only_accepts(a: &Allowed<Position>) -> bool {
+    let tags = a
+        .ranges()
+        .iter()
+        .filter_map(|(_, t)| *t)
+        .chain(a.rest().copied());
+    tags.map(tag::action).any(|action| action != tag::ACCEPT)
 }
 
 /// The id a rule set's endpoints point at: `base` with the flags of what it holds.
@@ -433,12 +443,15 @@ impl<M: MapOps> Programmer<M> {
         // below.
         self.recognise_sets(plan);
         let plan_ids = self.identity_ids_of(plan)?;
+        // Ids written by this apply: no connection names them yet, nothing to renew.
+        let mut fresh: HashSet<u32> = HashSet::new();
         for set in &plan.rule_sets {
             if self.sets.contains_key(&**set) {
                 continue;
             }
             match self.write_set(set) {
                 Ok(loaded) => {
+                    fresh.insert(loaded.id);
                     stats.rule_sets_added += 1;
                     stats.peer_entries_written += loaded.len();
                     self.sets.insert(set.clone(), loaded);
@@ -450,7 +463,7 @@ impl<M: MapOps> Programmer<M> {
         }
         // 2. Addresses take their identities; a set that allowed an address more under its
         // earlier identity is renewed, so its connections are decided again.
-        self.write_identities(plan, &plan_ids, &mut stats)?;
+        self.write_identities(plan, &plan_ids, &fresh, &mut stats)?;
         let set_ids: Vec<Option<u32>> = plan
             .rule_sets
             .iter()
@@ -711,6 +724,7 @@ impl<M: MapOps> Programmer<M> {
         &mut self,
         plan: &Plan,
         plan_ids: &HashMap<*const Identity, IdentityId>,
+        fresh: &HashSet<u32>,
         stats: &mut ApplyStats,
     ) -> Result<(), MapError> {
         let mut want: BTreeMap<Addr, IdentityId> = BTreeMap::new();
@@ -721,18 +735,25 @@ impl<M: MapOps> Programmer<M> {
         }
         // (identity before, identity after; None: the address is left without one).
         let mut moved: BTreeSet<(IdentityId, Option<IdentityId>)> = BTreeSet::new();
+        // Identities of addresses that had none (as far as this run knows).
+        let mut first: BTreeSet<IdentityId> = BTreeSet::new();
         for (addr, id) in &want {
             let before = self
                 .addresses
                 .get(addr)
                 .or_else(|| self.retired_addresses.get(addr));
-            if let Some(old) = before
-                && old != id
-            {
-                moved.insert((*old, Some(*id)));
+            match before {
+                Some(old) if old != id => {
+                    moved.insert((*old, Some(*id)));
+                }
+                Some(_) => {}
+                None => {
+                    first.insert(*id);
+                }
             }
         }
         self.note_renewals(&moved);
+        self.note_first_identities(&first, fresh);
         // Removals first: they make room.
         let gone: Vec<(Addr, IdentityId)> = self
             .addresses
@@ -771,6 +792,37 @@ impl<M: MapOps> Programmer<M> {
         self.note_renewals(&lost);
         self.renew_pending(plan, stats);
         Ok(())
+    }
+
+    /// Records the ordered sets whose connections with an address that had no identity
+    /// may be decided otherwise now that it has one: those with a Deny or Pass for it
+    /// (without an identity only address rules matched it; Accepts can only allow more).
+    /// Unordered sets only allow, so they never need it.
+    fn note_first_identities(&mut self, first: &BTreeSet<IdentityId>, fresh: &HashSet<u32>) {
+        if first.is_empty() {
+            return;
+        }
+        let named: Vec<&Arc<Identity>> = (self.identity_ids.iter())
+            .filter(|(_, id)| first.contains(id))
+            .map(|(i, _)| i)
+            .collect();
+        for (set, l) in &self.sets {
+            let Some(o) = &set.ordered else {
+                continue;
+            };
+            if fresh.contains(&l.id) {
+                continue;
+            }
+            let restricts = named.iter().any(|i| {
+                [set.peers.get(*i), o.admin_peers.get(*i)]
+                    .into_iter()
+                    .flatten()
+                    .any(not_only_accepts)
+            });
+            if restricts {
+                self.pending_renewals.insert(set.clone());
+            }
+        }
     }
 
     /// Records the loaded sets that allowed an address more before a move.
