@@ -403,6 +403,25 @@ impl Lab {
             .collect()
     }
 
+    /// (reason, rule) of each verdict event, named as the agent's history names them.
+    pub fn named_events(
+        &self,
+        events: &[netpol_common::VerdictEvent],
+    ) -> Vec<(String, Option<String>)> {
+        let mut h = netpol_agent::events::History::new("n1");
+        h.set_rules(
+            (self.pr.rule_names().iter())
+                .map(|(id, r)| (*id, r.to_string()))
+                .collect(),
+        );
+        for e in events {
+            h.push(e, 0);
+        }
+        (h.page(0, usize::MAX).events.into_iter())
+            .map(|e| (e.reason, e.rule))
+            .collect()
+    }
+
     pub fn counters(&self, id: u32) -> [u64; reason::COUNT] {
         self.pr.maps().counters(id).expect("counters").packets
     }

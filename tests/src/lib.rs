@@ -5,6 +5,7 @@ pub mod attach;
 pub mod bridged;
 pub mod cases;
 pub mod cnp_cases;
+pub mod cnp_fixtures;
 pub mod conformance;
 pub mod decide;
 pub mod decide_tiers;

@@ -15,25 +15,17 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use netpol_agent::compile::cnp_check::check;
 use netpol_agent::compile::compile;
 use netpol_agent::program::memory::MemoryMaps;
 use netpol_agent::program::{MapError, Programmer, addr_of};
-use netpol_agent::sources::cnp::ClusterNetworkPolicy;
 use netpol_agent::state::{
     ClusterState, ContainerPort, Labels, NodeInfo, ObjectRef, PodInfo, Protocol,
 };
-use serde_json::{Value, json};
+use netpol_tests::cnp_fixtures::{add_cnp, labels};
+use serde_json::json;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 fn remote_pod(app: &str, addr: &str) -> PodInfo {
@@ -76,21 +68,6 @@ fn world() -> ClusterState {
         remote_pod("bad", "10.244.2.30"),
     );
     s
-}
-
-fn add_cnp(s: &mut ClusterState, name: &str, tier: &str, priority: i64, mut spec: Value) {
-    spec["tier"] = json!(tier);
-    spec["priority"] = json!(priority);
-    let p: ClusterNetworkPolicy = serde_json::from_value(json!({
-        "apiVersion": "policy.networking.k8s.io/v1alpha2",
-        "kind": "ClusterNetworkPolicy",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("a ClusterNetworkPolicy");
-    let (_, errors) = check(&p);
-    assert!(errors.is_empty(), "{name} is valid: {errors:?}");
-    s.cluster_policies.insert(name.into(), p);
 }
 
 /// Admin: the server's ingress from pods labelled `app: bad` is denied.

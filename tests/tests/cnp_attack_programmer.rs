@@ -10,30 +10,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use netpol_agent::compile::cnp_check::check;
 use netpol_agent::compile::compile;
 use netpol_agent::program::memory::MemoryMaps;
 use netpol_agent::program::{Existing, MapError, MapOps, Programmer, addr_of};
-use netpol_agent::sources::cnp::ClusterNetworkPolicy;
 use netpol_agent::state::{
     ClusterState, ContainerPort, Labels, NodeInfo, ObjectRef, PodInfo, Protocol,
 };
 use netpol_common::{
     Addr, EndpointInfo, IdentityId, IdentityKey, IfaceInfo, PeerKey, PeerValue, PortSet, ServiceKey,
 };
+use netpol_tests::cnp_fixtures::{add_cnp, labels};
 use netpol_tests::decide_tiers::{allowed, per_node};
 use netpol_tests::reference::{self, End};
 use serde_json::{Value, json};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// Namespace `prod`; nodes n1 (10.0.0.1) and n2 (10.0.0.2); `prod/server` on n1
@@ -71,21 +63,6 @@ fn world() -> ClusterState {
         );
     }
     s
-}
-
-fn add_cnp(s: &mut ClusterState, name: &str, tier: &str, priority: i64, mut spec: Value) {
-    spec["tier"] = json!(tier);
-    spec["priority"] = json!(priority);
-    let p: ClusterNetworkPolicy = serde_json::from_value(json!({
-        "apiVersion": "policy.networking.k8s.io/v1alpha2",
-        "kind": "ClusterNetworkPolicy",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("a ClusterNetworkPolicy");
-    let (_, errors) = check(&p);
-    assert!(errors.is_empty(), "{name} is valid: {errors:?}");
-    s.cluster_policies.insert(name.into(), p);
 }
 
 fn pod(s: &ClusterState, name: &str) -> End {

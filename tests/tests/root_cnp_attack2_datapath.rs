@@ -13,10 +13,10 @@
 //! veth pairs, which goes away with the thread. Nothing leaves the namespace.
 
 use netpol_agent::compile::cnp_check::check;
-use netpol_agent::sources::cnp::ClusterNetworkPolicy;
-use netpol_agent::state::{Labels, NodeInfo};
+use netpol_agent::state::NodeInfo;
+use netpol_tests::cnp_fixtures::{add_cnp, add_cnp_unchecked, labels, pods_with_app};
 use netpol_tests::lab::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Another pod of the cluster, on node n2.
 const X4: [u8; 4] = [10, 2, 0, 5];
@@ -28,13 +28,6 @@ const LATE4: [u8; 4] = [10, 2, 0, 77];
 struct Ifs {
     c: u32,
     s: u32,
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// `base()` with namespace `default` labelled, node n1 (this node: 10.1.0.1 and
@@ -73,35 +66,6 @@ fn remote(addr: [u8; 4], app: &str) -> PodInfo {
     p
 }
 
-fn add_cnp(st: &mut ClusterState, name: &str, tier: &str, priority: i64, spec: Value) {
-    add_cnp_unchecked(st, name, tier, priority, spec);
-    let (_, errors) = check(&st.cluster_policies[name]);
-    assert!(errors.is_empty(), "{name} is valid: {errors:?}");
-}
-
-fn add_cnp_unchecked(
-    st: &mut ClusterState,
-    name: &str,
-    tier: &str,
-    priority: i64,
-    mut spec: Value,
-) {
-    spec["tier"] = json!(tier);
-    spec["priority"] = json!(priority);
-    let p: ClusterNetworkPolicy = serde_json::from_value(json!({
-        "apiVersion": "policy.networking.k8s.io/v1alpha2",
-        "kind": "ClusterNetworkPolicy",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("a ClusterNetworkPolicy");
-    st.cluster_policies.insert(name.into(), p);
-}
-
-fn subject(app: &str) -> Value {
-    json!({"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": app}}}})
-}
-
 /// Admin: an ingress rule for `app` naming a peer ingress rules cannot have (`nodes`): it
 /// fails closed, "deny everything" into `app`, its own node included. (Ingress peers are
 /// pods and namespaces only: no valid ingress rule matches the node's address; a rule
@@ -114,7 +78,7 @@ fn admin_deny_ingress_from_node(st: &mut ClusterState, app: &str) {
         &name,
         "Admin",
         10,
-        json!({"subject": subject(app),
+        json!({"subject": pods_with_app(app),
                "ingress": [{"action": "Deny", "from": [{"nodes": {}}]}]}),
     );
     let (_, errors) = check(&st.cluster_policies[&name]);
@@ -128,7 +92,7 @@ fn admin_deny_egress_to_nodes(st: &mut ClusterState, app: &str) {
         &format!("deny-node-egress-{app}"),
         "Admin",
         10,
-        json!({"subject": subject(app),
+        json!({"subject": pods_with_app(app),
                "egress": [{"action": "Deny", "to": [{"nodes": {}}]}]}),
     );
 }
@@ -317,7 +281,7 @@ fn root_cnp_attack2_remote_connection_survives_when_np_isolated_egress_becomes_o
         "deny-egress-all",
         "Admin",
         10,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "egress": [{"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}]}),
     );
     lab.apply();
@@ -580,7 +544,7 @@ fn root_cnp_attack2_unordered_fallback_is_for_the_node_only() {
         "accept-x",
         "Admin",
         10,
-        json!({"subject": subject("client"),
+        json!({"subject": pods_with_app("client"),
                "egress": [{"action": "Accept", "to": [{"pods": {"namespaceSelector": {},
                    "podSelector": {"matchLabels": {"app": "x"}}}}]}]}),
     );
@@ -690,7 +654,7 @@ fn root_cnp_attack2_finding_connection_from_a_late_known_pod_outlives_an_admin_d
         "deny-bad",
         "Admin",
         10,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "ingress": [{"action": "Deny", "from": [{"pods": {"namespaceSelector": {},
                    "podSelector": {"matchLabels": {"app": "bad"}}}}]}]}),
     );

@@ -10,10 +10,10 @@
 //! veth pairs, which goes away with the thread. Nothing leaves the namespace.
 
 use netpol_agent::compile::cnp_check::check;
-use netpol_agent::sources::cnp::ClusterNetworkPolicy;
-use netpol_agent::state::{Labels, NodeInfo};
+use netpol_agent::state::NodeInfo;
+use netpol_tests::cnp_fixtures::{add_cnp, add_cnp_unchecked, labels, pods_with_app};
 use netpol_tests::lab::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Another pod of the cluster, on node n2.
 const X4: [u8; 4] = [10, 2, 0, 5];
@@ -24,13 +24,6 @@ struct Ifs {
     c: u32,
     s: u32,
     up: u32,
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// `base()` with namespace `default` labelled, node n1 (this node: 10.1.0.1 and
@@ -62,30 +55,6 @@ fn cnp_state() -> ClusterState {
         st.pods.insert(ObjectRef::new("default", name), p);
     }
     st
-}
-
-fn add_cnp(st: &mut ClusterState, name: &str, tier: &str, priority: i64, mut spec: Value) {
-    spec["tier"] = json!(tier);
-    spec["priority"] = json!(priority);
-    let p: ClusterNetworkPolicy = serde_json::from_value(json!({
-        "apiVersion": "policy.networking.k8s.io/v1alpha2",
-        "kind": "ClusterNetworkPolicy",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("a ClusterNetworkPolicy");
-    st.cluster_policies.insert(name.into(), p);
-}
-
-/// `add_cnp`, for a policy the API server accepts as it is.
-fn add_valid_cnp(st: &mut ClusterState, name: &str, tier: &str, priority: i64, spec: Value) {
-    add_cnp(st, name, tier, priority, spec);
-    let (_, errors) = check(&st.cluster_policies[name]);
-    assert!(errors.is_empty(), "{name} is valid: {errors:?}");
-}
-
-fn subject(app: &str) -> Value {
-    json!({"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": app}}}})
 }
 
 fn lab_with(st: ClusterState) -> (Lab, Ifs) {
@@ -122,12 +91,12 @@ fn lab_with(st: ClusterState) -> (Lab, Ifs) {
 #[test]
 fn root_cnp_attack_finding_node_probe_reply_dropped_by_admin_egress_deny() {
     let mut st = cnp_state();
-    add_valid_cnp(
+    add_cnp(
         &mut st,
         "deny-all-egress",
         "Admin",
         10,
-        json!({"subject": subject("client"),
+        json!({"subject": pods_with_app("client"),
                "egress": [{"action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}]}]}),
     );
     let (mut lab, ifs) = lab_with(st);
@@ -153,12 +122,12 @@ fn root_cnp_attack_finding_node_probe_reply_dropped_by_admin_egress_deny() {
 #[test]
 fn root_cnp_attack_finding_node_probe_reply_dropped_by_baseline_egress_deny_v6() {
     let mut st = cnp_state();
-    add_valid_cnp(
+    add_cnp(
         &mut st,
         "baseline-deny-egress",
         "Baseline",
         10,
-        json!({"subject": subject("client"),
+        json!({"subject": pods_with_app("client"),
                "egress": [{"action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}]}]}),
     );
     let (mut lab, ifs) = lab_with(st);
@@ -190,12 +159,12 @@ fn root_cnp_attack_finding_node_probe_reply_dropped_by_baseline_egress_deny_v6()
 #[test]
 fn root_cnp_attack_finding_reply_from_own_node_dropped_by_failed_closed_ingress_deny() {
     let mut st = cnp_state();
-    add_cnp(
+    add_cnp_unchecked(
         &mut st,
         "deny-ingress-from-nodes",
         "Admin",
         10,
-        json!({"subject": subject("client"),
+        json!({"subject": pods_with_app("client"),
                "ingress": [{"action": "Deny", "from": [{"nodes": {}}]}]}),
     );
     let (_, errors) = check(&st.cluster_policies["deny-ingress-from-nodes"]);
@@ -266,12 +235,12 @@ fn root_cnp_attack_node_probe_reply_passes_under_networkpolicy_egress_deny() {
 #[test]
 fn root_cnp_attack_node_probe_reply_passes_when_both_sides_are_ordered() {
     let mut st = cnp_state();
-    add_valid_cnp(
+    add_cnp(
         &mut st,
         "deny-all-egress",
         "Admin",
         10,
-        json!({"subject": subject("client"),
+        json!({"subject": pods_with_app("client"),
                "ingress": [{"action": "Accept", "from": [{"namespaces": {}}]}],
                "egress": [{"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}]}),
     );
@@ -311,12 +280,12 @@ fn root_cnp_attack_node_probe_reply_passes_when_both_sides_are_ordered() {
 fn root_cnp_attack_finding_node_connection_cut_when_the_cluster_policy_goes() {
     let mut st = cnp_state();
     set_policy(&mut st, "server-ingress-none", SERVER_INGRESS_NONE);
-    add_valid_cnp(
+    add_cnp(
         &mut st,
         "accept-x",
         "Admin",
         10,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "ingress": [{"action": "Accept", "from": [{"pods": {"namespaceSelector": {},
                    "podSelector": {"matchLabels": {"app": "x"}}}}]}]}),
     );
@@ -409,12 +378,12 @@ fn root_cnp_attack_finding_seeded_node_connection_cut_by_networkpolicy_isolation
 #[ignore = "open: a Service backend on this node's host network is reached by local delivery after translation, which no hook sees; the reply is taken for the node's and passes (needs a socket-level hook)"]
 fn root_cnp_attack_finding_service_with_a_backend_on_the_own_node_escapes_admin_deny() {
     let mut st = cnp_state();
-    add_valid_cnp(
+    add_cnp(
         &mut st,
         "deny-nodes",
         "Admin",
         10,
-        json!({"subject": subject("client"),
+        json!({"subject": pods_with_app("client"),
                "egress": [{"action": "Deny", "to": [{"nodes": {}}]}]}),
     );
     let (mut lab, ifs) = lab_with(st);
@@ -447,12 +416,12 @@ fn root_cnp_attack_finding_service_with_a_backend_on_the_own_node_escapes_admin_
 #[test]
 fn root_cnp_attack_service_with_a_backend_on_another_node_is_denied_at_the_uplink() {
     let mut st = cnp_state();
-    add_valid_cnp(
+    add_cnp(
         &mut st,
         "deny-nodes",
         "Admin",
         10,
-        json!({"subject": subject("client"),
+        json!({"subject": pods_with_app("client"),
                "egress": [{"action": "Deny", "to": [{"nodes": {}}]}]}),
     );
     let (mut lab, ifs) = lab_with(st);
@@ -481,12 +450,12 @@ fn root_cnp_attack_service_with_a_backend_on_another_node_is_denied_at_the_uplin
 #[test]
 fn root_cnp_attack_hairpin_to_itself_is_judged_by_cluster_policy() {
     let mut st = cnp_state();
-    add_valid_cnp(
+    add_cnp(
         &mut st,
         "deny-pods",
         "Admin",
         10,
-        json!({"subject": subject("client"),
+        json!({"subject": pods_with_app("client"),
                "egress": [{"action": "Deny", "to": [{"namespaces": {}}]}]}),
     );
     let (mut lab, ifs) = lab_with(st);
@@ -523,12 +492,12 @@ fn server_sets(lab: &Lab) -> (u32, u32) {
 #[test]
 fn root_cnp_attack_hairpin_passes_when_no_rule_covers_the_pod_itself() {
     let mut st = cnp_state();
-    add_valid_cnp(
+    add_cnp(
         &mut st,
         "deny-x",
         "Admin",
         10,
-        json!({"subject": subject("client"),
+        json!({"subject": pods_with_app("client"),
                "egress": [{"action": "Deny", "to": [{"pods": {"namespaceSelector": {},
                    "podSelector": {"matchLabels": {"app": "x"}}}}]}]}),
     );
@@ -563,12 +532,12 @@ fn root_cnp_attack_hairpin_passes_when_no_rule_covers_the_pod_itself() {
 #[test]
 fn root_cnp_attack_finding_relabelled_peer_keeps_its_connection_past_an_admin_deny() {
     let mut st = cnp_state();
-    add_valid_cnp(
+    add_cnp(
         &mut st,
         "deny-bad",
         "Admin",
         10,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "ingress": [{"action": "Deny", "from": [{"pods": {"namespaceSelector": {},
                    "podSelector": {"matchLabels": {"app": "bad"}}}}]}]}),
     );
@@ -636,12 +605,12 @@ fn root_cnp_attack_finding_relabelled_peer_keeps_its_connection_past_an_admin_de
 #[test]
 fn root_cnp_attack_finding_reused_address_keeps_its_connection_past_an_admin_deny() {
     let mut st = cnp_state();
-    add_valid_cnp(
+    add_cnp(
         &mut st,
         "deny-bad",
         "Admin",
         10,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "ingress": [{"action": "Deny", "from": [{"pods": {"namespaceSelector": {},
                    "podSelector": {"matchLabels": {"app": "bad"}}}}]}]}),
     );
@@ -703,11 +672,11 @@ fn root_cnp_attack_finding_reused_address_keeps_its_connection_past_an_admin_den
 fn root_cnp_attack_policy_flip_accept_to_deny_cuts_the_connection() {
     let mut st = cnp_state();
     let spec = |action: &str| {
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "ingress": [{"action": action, "from": [{"pods": {"namespaceSelector": {},
                    "podSelector": {"matchLabels": {"app": "x"}}}}]}]})
     };
-    add_valid_cnp(&mut st, "x-rule", "Admin", 10, spec("Accept"));
+    add_cnp(&mut st, "x-rule", "Admin", 10, spec("Accept"));
     let (mut lab, ifs) = lab_with(st);
     lab.verdict(
         "x's SYN",
@@ -730,7 +699,7 @@ fn root_cnp_attack_policy_flip_accept_to_deny_cuts_the_connection() {
         &v4(X4, SERVER4, TCP, &tcp(50011, 80, ACK)),
         PASS,
     );
-    add_valid_cnp(&mut lab.state, "x-rule", "Admin", 10, spec("Deny"));
+    add_cnp(&mut lab.state, "x-rule", "Admin", 10, spec("Deny"));
     lab.apply();
     lab.verdict(
         "data after the flip to Deny",
@@ -750,12 +719,12 @@ fn root_cnp_attack_policy_flip_accept_to_deny_cuts_the_connection() {
 #[test]
 fn root_cnp_attack_first_rule_order_in_the_datapath() {
     let mut st = cnp_state();
-    add_valid_cnp(
+    add_cnp(
         &mut st,
         "order",
         "Admin",
         10,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "ingress": [
                  {"action": "Deny", "from": [{"pods": {"namespaceSelector": {},
                      "podSelector": {"matchLabels": {"app": "x"}}}}],
@@ -764,12 +733,12 @@ fn root_cnp_attack_first_rule_order_in_the_datapath() {
                   "protocols": [{"tcp": {"destinationPort": {"range": {"start": 85, "end": 100}}}}]},
                  {"action": "Pass", "from": [{"namespaces": {}}]}]}),
     );
-    add_valid_cnp(
+    add_cnp(
         &mut st,
         "egress-order",
         "Admin",
         11,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "egress": [
                  {"action": "Deny", "to": [{"networks": ["10.2.0.0/16"]}],
                   "protocols": [{"tcp": {"destinationPort": {"number": 443}}}]},
@@ -777,12 +746,12 @@ fn root_cnp_attack_first_rule_order_in_the_datapath() {
                      "podSelector": {"matchLabels": {"app": "x"}}}}]},
                  {"action": "Deny", "to": [{"networks": ["10.2.0.0/16"]}]}]}),
     );
-    add_valid_cnp(
+    add_cnp(
         &mut st,
         "baseline",
         "Baseline",
         10,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
     );
     let (mut lab, ifs) = lab_with(st);

@@ -7,26 +7,19 @@
 //! Each test runs in a network namespace of its own thread with veth pairs; nothing
 //! leaves it.
 
-use std::collections::HashMap;
-
-use netpol_agent::events::History;
-use netpol_agent::sources::cnp::ClusterNetworkPolicy;
 use netpol_agent::state::ClusterState;
-use netpol_common::{VerdictEvent, reason};
+use netpol_common::reason;
+use netpol_tests::cnp_fixtures::{add_cnp, pods_with_app};
 use netpol_tests::lab::*;
+use serde_json::Value;
 
-/// Adds (or replaces) ClusterNetworkPolicy `name`, subject: the `client` pods.
-fn set_cnp(s: &mut ClusterState, name: &str, tier: &str, priority: u32, rules: &str) {
-    let json = format!(
-        r#"{{"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
-            "metadata": {{"name": "{name}"}},
-            "spec": {{"tier": "{tier}", "priority": {priority},
-                      "subject": {{"pods": {{"namespaceSelector": {{}}, "podSelector": {{"matchLabels": {{"app": "client"}}}}}}}},
-                      {rules}}}}}"#
-    );
-    let p: ClusterNetworkPolicy =
-        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{name}: {e}: {json}"));
-    s.upsert_cluster_policy(&p).expect("cluster policy");
+/// Adds (or replaces) ClusterNetworkPolicy `name` whose subject is the `client` pods;
+/// `rules`: its `ingress`/`egress` members, as JSON.
+fn set_cnp(s: &mut ClusterState, name: &str, tier: &str, priority: i64, rules: &str) {
+    let mut spec: Value = serde_json::from_str(&format!("{{{rules}}}"))
+        .unwrap_or_else(|e| panic!("{name}: {e}: {rules}"));
+    spec["subject"] = pods_with_app("client");
+    add_cnp(s, name, tier, priority, spec);
 }
 
 fn client_lab(st: ClusterState) -> (Lab, u32) {
@@ -43,21 +36,6 @@ fn client_lab(st: ClusterState) -> (Lab, u32) {
         },
     );
     (lab, i[0])
-}
-
-/// (reason, rule) of each event, as the agent's history names them.
-fn named(lab: &Lab, events: &[VerdictEvent]) -> Vec<(String, Option<String>)> {
-    let mut h = History::new("n1");
-    let names: HashMap<u32, String> = (lab.pr.rule_names().iter())
-        .map(|(id, r)| (*id, r.to_string()))
-        .collect();
-    h.set_rules(names);
-    for e in events {
-        h.push(e, 0);
-    }
-    (h.page(0, usize::MAX).events.into_iter())
-        .map(|e| (e.reason, e.rule))
-        .collect()
 }
 
 const DENY_Y_80: &str = r#""egress": [{"name": "no-y-web", "action": "Deny", "to": [{"networks": ["10.2.0.0/16"]}],
@@ -98,7 +76,7 @@ fn root_cnp_admin_deny_beats_a_network_policy_allow_and_names_its_rule() {
         Some(reason::DROP_EGRESS),
     );
     let events = lab.drain_events();
-    let got = named(&lab, &events);
+    let got = lab.named_events(&events);
     assert_eq!(
         got,
         vec![

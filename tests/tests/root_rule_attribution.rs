@@ -9,9 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use netpol_agent::events::History;
 use netpol_agent::state::Protocol;
-use netpol_common::VerdictEvent;
 use netpol_tests::lab::*;
 
 /// `a` allows 10.2.0.0/16 TCP 80; `b` allows 10.2.0.0/16 on every port. Port 80 is
@@ -35,26 +33,6 @@ fn lab_with(policies: &[(&str, &str)], events: EventOptions) -> (Lab, u32) {
         events,
     );
     (lab, i[0])
-}
-
-/// The rule names the programs use, as the agent's history names them.
-fn named(lab: &Lab, events: &[VerdictEvent]) -> Vec<(String, Option<String>)> {
-    let mut h = History::new("n1");
-    h.set_rules(
-        lab.pr
-            .rule_names()
-            .iter()
-            .map(|(id, r)| (*id, r.to_string()))
-            .collect(),
-    );
-    for e in events {
-        h.push(e, 0);
-    }
-    h.page(0, usize::MAX)
-        .events
-        .into_iter()
-        .map(|e| (e.reason, e.rule))
-        .collect()
 }
 
 #[test]
@@ -125,7 +103,7 @@ fn root_rules_count_every_packet_of_the_connections_they_allowed() {
         ])
     );
     let events = lab.drain_events();
-    let named = named(&lab, &events);
+    let named = lab.named_events(&events);
     assert_eq!(
         named,
         vec![
@@ -166,7 +144,8 @@ fn root_rules_the_programs_name_are_the_plans() {
         assert_eq!(lab.run(Hook::FromPod, vc, &syn), PASS, "port {port}");
     }
     let events = lab.drain_events();
-    let from_programs: Vec<Option<String>> = named(&lab, &events)
+    let from_programs: Vec<Option<String>> = lab
+        .named_events(&events)
         .into_iter()
         .map(|(_, rule)| rule)
         .collect();

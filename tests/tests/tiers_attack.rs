@@ -9,8 +9,8 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use netpol_agent::sources::cnp::ClusterNetworkPolicy;
 use netpol_agent::state::{ClusterState, ContainerPort, NodeInfo, ObjectRef, PodInfo, Protocol};
+use netpol_tests::cnp_fixtures::add_cnp_as_written;
 use netpol_tests::decide_tiers::{allowed, per_node};
 use netpol_tests::generate::Rng;
 use netpol_tests::reference::{self, End};
@@ -113,19 +113,7 @@ fn add_cnp(s: &mut ClusterState, name: &str, tier: &str, priority: i64, mut spec
     if spec.get("subject").is_none() {
         spec["subject"] = json!({"namespaces": {}});
     }
-    add_raw_cnp(s, name, spec);
-}
-
-/// A policy as written (no defaults filled in).
-fn add_raw_cnp(s: &mut ClusterState, name: &str, spec: Value) {
-    let p: ClusterNetworkPolicy = serde_json::from_value(json!({
-        "apiVersion": "policy.networking.k8s.io/v1alpha2",
-        "kind": "ClusterNetworkPolicy",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("a ClusterNetworkPolicy");
-    s.cluster_policies.insert(name.into(), p);
+    add_cnp_as_written(s, name, spec);
 }
 
 fn add_np(s: &mut ClusterState, ns: &str, name: &str, spec: Value) {

@@ -32,6 +32,7 @@ const TESTS: &[&str] = &[
     "root_datapath_log",
     "root_cnp_datapath",
     "root_cnp_attack_datapath",
+    "root_cnp_attack2_datapath",
 ];
 
 /// Modules the tests need (veth pairs, netlink clsact filters, the kernel's connection
