@@ -363,6 +363,7 @@ pub fn resolve(state: &ClusterState, plan: &Plan) -> BTreeMap<(ObjectRef, Direct
         .collect();
     policies.sort_by(|a, b| a.order().cmp(&b.order()));
     let peers = Peers::new(state, plan);
+    let mut tables = TierTables::default();
     let mut out = BTreeMap::new();
     type Alike<'a> = (
         Direction,
@@ -377,13 +378,13 @@ pub fn resolve(state: &ClusterState, plan: &Plan) -> BTreeMap<(ObjectRef, Direct
             continue;
         };
         let ns_labels = state.namespace_labels(&ep.pod.namespace);
-        let selecting: Vec<usize> = (0..policies.len())
-            .filter(|i| selects(&policies[*i].subject, &ns_labels, pod))
+        let selecting: Vec<(usize, &CheckedCnp)> = (policies.iter().enumerate())
+            .filter(|(_, p)| selects(&p.subject, &ns_labels, pod))
             .collect();
         if selecting.is_empty() {
             continue;
         }
-        let subject_of: Vec<&CheckedCnp> = selecting.iter().map(|i| &policies[*i]).collect();
+        let indexes: Vec<usize> = selecting.iter().map(|(i, _)| *i).collect();
         for dir in [Direction::Ingress, Direction::Egress] {
             let set = match dir {
                 Direction::Ingress => ep.ingress,
@@ -394,11 +395,11 @@ pub fn resolve(state: &ClusterState, plan: &Plan) -> BTreeMap<(ObjectRef, Direct
                 set,
                 ep.rules.of(dir).len(),
                 &pod.ports[..],
-                selecting.clone(),
+                indexes.clone(),
             );
-            let t = done
-                .entry(key)
-                .or_insert_with(|| tiered(state, plan, ep, pod, dir, &subject_of, &peers));
+            let t = done.entry(key).or_insert_with(|| {
+                tiered((state, &peers), plan, ep, pod, dir, &selecting, &mut tables)
+            });
             out.insert((ep.pod.clone(), dir), t.clone());
         }
     }
@@ -543,41 +544,124 @@ fn ports_of(list: Option<&[CnpPort]>, named: &[ContainerPort]) -> PortSpec {
     spec
 }
 
-#[allow(clippy::too_many_arguments)]
-fn tiered(
+/// One tier's table for a set of policies, positions from 1 in their order, with the
+/// rules they name; what it depends on is `TierKey`.
+#[derive(Clone)]
+struct TierTable {
+    table: TagTable,
+    rules: Vec<CnpRuleRef>,
+}
+
+/// (direction, the tier's policies selecting the pod (indexes), the pod's named ports
+/// when they matter (ingress)).
+type TierKey = (Direction, Vec<usize>, Vec<ContainerPort>);
+
+/// Tier tables already built: pods selected by the same policies share them, whatever
+/// their NetworkPolicy.
+#[derive(Default)]
+struct TierTables {
+    built: HashMap<(Tier, TierKey), TierTable>,
+}
+
+impl TierTables {
+    fn get(
+        &mut self,
+        ctx: (&ClusterState, &Peers),
+        tier: Tier,
+        dir: Direction,
+        selecting: &[(usize, &CheckedCnp)],
+        own_ports: &[ContainerPort],
+    ) -> TierTable {
+        let of_tier: Vec<(usize, &CheckedCnp)> = (selecting.iter())
+            .filter(|(_, p)| p.tier == tier)
+            .copied()
+            .collect();
+        let ports = match dir {
+            Direction::Ingress => own_ports.to_vec(),
+            Direction::Egress => Vec::new(),
+        };
+        let key = (
+            tier,
+            (dir, of_tier.iter().map(|(i, _)| *i).collect(), ports),
+        );
+        let (state, peers) = ctx;
+        (self.built.entry(key))
+            .or_insert_with(|| tier_table(state, peers, tier, dir, &of_tier, own_ports))
+            .clone()
+    }
+}
+
+/// The table of `policies` (one tier's, in order) for a pod with named ports `own_ports`.
+fn tier_table(
     state: &ClusterState,
-    plan: &Plan,
-    ep: &PlannedEndpoint,
-    pod: &PodInfo,
-    dir: Direction,
-    policies: &[&CheckedCnp],
     peers: &Peers,
-) -> Tiered {
-    let rules_of = |p: &CheckedCnp| -> Vec<CnpRule> {
-        match dir {
-            Direction::Ingress => p.ingress.clone(),
-            Direction::Egress => p.egress.clone(),
-        }
-    };
-    let mut admin = Builder::default();
-    let mut admin_rules = Vec::new();
-    for p in policies.iter().filter(|p| p.tier == Tier::Admin) {
-        for (index, r) in rules_of(p).into_iter().enumerate() {
-            admin_rules.push(CnpRuleRef {
+    tier: Tier,
+    dir: Direction,
+    policies: &[(usize, &CheckedCnp)],
+    own_ports: &[ContainerPort],
+) -> TierTable {
+    let mut b = Builder::default();
+    let mut rules = Vec::new();
+    for (_, p) in policies {
+        let of_dir = match dir {
+            Direction::Ingress => &p.ingress,
+            Direction::Egress => &p.egress,
+        };
+        for (index, r) in of_dir.iter().enumerate() {
+            rules.push(CnpRuleRef {
                 policy: p.name.clone(),
-                tier: Tier::Admin,
+                tier,
                 rule: r.name.clone(),
                 index,
             });
             let tag = Tag {
-                position: admin_rules.len() as u32,
+                position: rules.len() as u32,
                 action: r.action,
             };
-            admin.add_rule(state, peers, &r, tag, dir, &pod.ports);
+            b.add_rule(state, peers, r, tag, dir, own_ports);
         }
     }
+    TierTable {
+        table: b.build(),
+        rules,
+    }
+}
 
-    // NetworkPolicy: its rule set as compiled, every allow an Accept at its position.
+/// `t` with every position moved up by `by`.
+fn shifted(t: &TagTable, by: u32) -> TagTable {
+    let f = |tag: Option<&Tag>| match tag {
+        Some(t) => Tag {
+            position: t.position + by,
+            action: t.action,
+        },
+        // Not made by `tier_table` (every range it writes names its rule).
+        None => Tag {
+            position: 0,
+            action: Action::Deny,
+        },
+    };
+    TagTable {
+        peers: (t.peers.iter())
+            .map(|(i, a)| (i.clone(), a.renamed(f)))
+            .collect(),
+        blocks: (t.blocks.iter()).map(|(p, a)| (*p, a.renamed(f))).collect(),
+    }
+}
+
+fn tiered(
+    ctx: (&ClusterState, &Peers),
+    plan: &Plan,
+    ep: &PlannedEndpoint,
+    pod: &PodInfo,
+    dir: Direction,
+    selecting: &[(usize, &CheckedCnp)],
+    tables: &mut TierTables,
+) -> Tiered {
+    let admin = tables.get(ctx, Tier::Admin, dir, selecting, &pod.ports);
+    let baseline = tables.get(ctx, Tier::Baseline, dir, selecting, &pod.ports);
+
+    // NetworkPolicy: its rule set as compiled, every allow an Accept at its position, its
+    // default deny next; then the Baseline rules; then the default allow.
     let set = match dir {
         Direction::Ingress => ep.ingress,
         Direction::Egress => ep.egress,
@@ -587,8 +671,14 @@ fn tiered(
         position: p.copied().unwrap_or(NP_UNNAMED),
         action: Action::Accept,
     };
-    let mut rest = Builder::default();
     let mut np = TagTable::default();
+    let mut last = vec![everything(Allowed::by(
+        &PortSpec::All,
+        &Tag {
+            position: DEFAULT,
+            action: Action::Accept,
+        },
+    ))];
     if let Some(set) = set.map(|s| plan.rule_set(s)) {
         np.peers = (set.peers.iter())
             .map(|(i, a)| (i.clone(), a.renamed(accept)))
@@ -600,43 +690,21 @@ fn tiered(
             position: np_rules + 1,
             action: Action::Deny,
         };
-        rest.grants
-            .push(everything(Allowed::by(&PortSpec::All, &deny)));
+        last.push(everything(Allowed::by(&PortSpec::All, &deny)));
     }
-    let mut baseline_rules = Vec::new();
-    for p in policies.iter().filter(|p| p.tier == Tier::Baseline) {
-        for (index, r) in rules_of(p).into_iter().enumerate() {
-            let tag = Tag {
-                position: np_rules + 2 + baseline_rules.len() as u32,
-                action: r.action,
-            };
-            baseline_rules.push(CnpRuleRef {
-                policy: p.name.clone(),
-                tier: Tier::Baseline,
-                rule: r.name.clone(),
-                index,
-            });
-            rest.add_rule(state, peers, &r, tag, dir, &pod.ports);
-        }
-    }
-    let default = Tag {
-        position: DEFAULT,
-        action: Action::Accept,
-    };
-    rest.grants
-        .push(everything(Allowed::by(&PortSpec::All, &default)));
-    let mut rest = rest.build();
+    let mut rest = shifted(&baseline.table, np_rules + 1);
     for (identity, a) in np.peers {
         rest.peers.entry(identity).or_default().add(&a);
     }
-    rest.blocks = prefix::merge(&np.blocks, &rest.blocks);
+    let last = prefix::union(&last);
+    rest.blocks = prefix::merge(&np.blocks, &prefix::merge(&rest.blocks, &last));
     Tiered {
-        admin: admin.build(),
+        admin: admin.table,
         rest,
-        admin_rules,
+        admin_rules: admin.rules,
         np_rules,
         isolated: set.is_some(),
-        baseline_rules,
+        baseline_rules: baseline.rules,
     }
 }
 
