@@ -973,6 +973,7 @@ fn root_attack_node_traffic_and_spoofing_the_node() {
         "client",
         Some(reason::ALLOW_NODE),
     );
+    // The probe of an isolated pod is tracked: its answer rides that connection.
     lab.expect(
         "probe answer",
         Hook::FromPod,
@@ -980,7 +981,7 @@ fn root_attack_node_traffic_and_spoofing_the_node() {
         &v4(CLIENT4, NODE4, TCP, &tcp(8080, 55555, SYN | ACK)),
         PASS,
         "client",
-        Some(reason::ALLOW_NODE),
+        Some(reason::ALLOW_TRACKED),
     );
     lab.expect(
         "IPv6 probe from the node",
@@ -1036,13 +1037,13 @@ fn root_attack_self_through_service_masqueraded_passes() {
         Some(reason::ALLOW_NODE),
     );
     lab.expect(
-        "answer to the node's address",
+        "answer to the node's address (the tracked hairpin)",
         Hook::FromPod,
         1,
         &v4(CLIENT4, NODE4, TCP, &tcp(8080, 61000, SYN | ACK)),
         PASS,
         "client",
-        Some(reason::ALLOW_NODE),
+        Some(reason::ALLOW_TRACKED),
     );
     lab.expect(
         "un-DNATed answer from the ClusterIP",

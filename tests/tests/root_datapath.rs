@@ -1321,13 +1321,14 @@ fn root_own_node_traffic_passes() {
         s,
         Some(reason::ALLOW_NODE),
     );
+    // An isolated pod's node connections are tracked: the answer rides the probe's.
     b.expect(
         "its answer",
         Hook::FromPod,
         &V4::new(SERVER4, NODE4, TCP).packet(&tcp(8080, 50000, SYN | ACK)),
         PASS,
         s,
-        Some(reason::ALLOW_NODE),
+        Some(reason::ALLOW_TRACKED),
     );
     let c = b.client;
     b.expect(

@@ -312,6 +312,10 @@ fn isolated(pols: &[Pol], pod: Pod, egress: bool) -> bool {
 /// Does `pod`'s egress (ingress) allow a connection to (from) `peer` on `proto`/`port`
 /// (the acceptor's port)? ICMP has no ports: only rules without ports allow it.
 fn side_allows(pols: &[Pol], pod: Pod, egress: bool, peer: Ip, proto: u8, port: u16) -> bool {
+    // The pod's own node, whatever the rules (also for a connection decided again).
+    if peer == N {
+        return true;
+    }
     let Some(rules) = rules_of(pols, pod, egress) else {
         return true;
     };
@@ -446,6 +450,11 @@ impl Model {
             pkt.src
         };
         if other == N {
+            // It passes; a connection of an isolated pod with its node is tracked (its
+            // replies and the ICMP errors about it are known).
+            if let Body::Plain(l4) | Body::FirstFrag(l4, _) = &pkt.body {
+                self.node_flow(pod, pkt.src, pkt.dst, *l4);
+            }
             return ("own node", true);
         }
         match &pkt.body {
@@ -523,6 +532,37 @@ impl Model {
                     )
                 }
             }
+        }
+    }
+
+    /// The conntrack side of a packet between `pod` and its node (it always passes): it
+    /// rides its connection's entry, or opens one when the pod is isolated.
+    fn node_flow(&mut self, pod: Pod, src: Ip, dst: Ip, l4: L4) {
+        let (proto, sport, dport) = l4.tuple();
+        let flags = l4.flags();
+        let key = conn_key(proto, (src, sport), (dst, dport));
+        let syn_only = (proto == TCP && flags & SYN != 0 && flags & ACK == 0)
+            || matches!(l4, L4::Echo { reply: false, .. });
+        let ends = proto == TCP && flags & (FIN | RST) != 0;
+        if let Some(conn) = self.conns.get_mut(&key) {
+            let from_acceptor = (src, sport) == conn.acceptor;
+            if syn_only && !from_acceptor && conn.closing {
+                // A new opening on a finished connection's tuple: the old one is over.
+                self.conns.remove(&key);
+            } else if !(syn_only && from_acceptor) {
+                conn.closing |= ends;
+                return;
+            }
+        }
+        if isolated(&self.pols, pod, true) || isolated(&self.pols, pod, false) {
+            self.conns.insert(
+                key,
+                Conn {
+                    opener: (src, sport),
+                    acceptor: (dst, dport),
+                    closing: ends,
+                },
+            );
         }
     }
 
