@@ -2,7 +2,9 @@
 
 use netpol_agent::compile::cnp_check::check;
 use netpol_agent::sources::cnp::{API_VERSION, ClusterNetworkPolicy, KIND};
-use netpol_agent::state::{ClusterState, Labels};
+use netpol_agent::state::{ClusterState, Labels, NodeInfo};
+
+use crate::lab::{IpAddr, NODE4, ObjectRef, PodInfo, REMOTE_NODE4, base, ip6, pod, v4a};
 use serde_json::{Value, json};
 
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -44,4 +46,46 @@ pub fn add_cnp(s: &mut ClusterState, name: &str, tier: &str, priority: i64, spec
 /// A subject (or peer) of the pods labelled `app` in every namespace.
 pub fn pods_with_app(app: &str) -> Value {
     json!({"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": app}}}})
+}
+
+/// Another pod of the cluster (`cnp_state`), on node n2.
+pub const X4: [u8; 4] = [10, 2, 0, 5];
+/// A pod labelled `app: bad` (`cnp_state`), on node n2.
+pub const BAD4: [u8; 4] = [10, 2, 0, 9];
+
+/// The lab's `base()` with namespace `default` labelled, node n1 (this node: 10.1.0.1 and
+/// fd00:1::1) and n2 (172.18.0.2), and the remote pods `x` (app: x) and `bad`
+/// (app: bad) on n2.
+pub fn cnp_state() -> ClusterState {
+    let mut st = base();
+    st.namespaces.insert(
+        "default".into(),
+        labels(&[("kubernetes.io/metadata.name", "default")]),
+    );
+    st.nodes.insert(
+        "n1".into(),
+        NodeInfo {
+            labels: labels(&[("role", "worker")]),
+            ips: vec![v4a(NODE4), IpAddr::V6(ip6("fd00:1::1"))],
+        },
+    );
+    st.nodes.insert(
+        "n2".into(),
+        NodeInfo {
+            labels: labels(&[("role", "control-plane")]),
+            ips: vec![v4a(REMOTE_NODE4)],
+        },
+    );
+    for (name, addr, app) in [("x", X4, "x"), ("bad", BAD4, "bad")] {
+        st.pods
+            .insert(ObjectRef::new("default", name), remote(addr, app));
+    }
+    st
+}
+
+/// A pod of node n2 labelled `app`.
+pub fn remote(addr: [u8; 4], app: &str) -> PodInfo {
+    let mut p = pod(&[v4a(addr)], app);
+    p.node = Some("n2".into());
+    p
 }

@@ -13,57 +13,18 @@
 //! veth pairs, which goes away with the thread. Nothing leaves the namespace.
 
 use netpol_agent::compile::cnp_check::check;
-use netpol_agent::state::NodeInfo;
-use netpol_tests::cnp_fixtures::{add_cnp, add_cnp_unchecked, labels, pods_with_app};
+use netpol_tests::cnp_fixtures::{
+    X4, add_cnp, add_cnp_unchecked, cnp_state, pods_with_app, remote,
+};
 use netpol_tests::lab::*;
 use serde_json::json;
 
-/// Another pod of the cluster, on node n2.
-const X4: [u8; 4] = [10, 2, 0, 5];
-/// A pod labelled `app: bad`, on node n2.
-const BAD4: [u8; 4] = [10, 2, 0, 9];
 /// An address of n2's pod range that no pod the agent knows holds (yet).
 const LATE4: [u8; 4] = [10, 2, 0, 77];
 
 struct Ifs {
     c: u32,
     s: u32,
-}
-
-/// `base()` with namespace `default` labelled, node n1 (this node: 10.1.0.1 and
-/// fd00:1::1) and n2 (172.18.0.2), and the remote pods `x` (app: x) and `bad` (app: bad)
-/// on n2.
-fn cnp_state() -> ClusterState {
-    let mut st = base();
-    st.namespaces.insert(
-        "default".into(),
-        labels(&[("kubernetes.io/metadata.name", "default")]),
-    );
-    st.nodes.insert(
-        "n1".into(),
-        NodeInfo {
-            labels: labels(&[("role", "worker")]),
-            ips: vec![v4a(NODE4), IpAddr::V6(ip6("fd00:1::1"))],
-        },
-    );
-    st.nodes.insert(
-        "n2".into(),
-        NodeInfo {
-            labels: labels(&[("role", "control-plane")]),
-            ips: vec![v4a(REMOTE_NODE4)],
-        },
-    );
-    for (name, addr, app) in [("x", X4, "x"), ("bad", BAD4, "bad")] {
-        st.pods
-            .insert(ObjectRef::new("default", name), remote(addr, app));
-    }
-    st
-}
-
-fn remote(addr: [u8; 4], app: &str) -> PodInfo {
-    let mut p = pod(&[v4a(addr)], app);
-    p.node = Some("n2".into());
-    p
 }
 
 /// Admin: an ingress rule for `app` naming a peer ingress rules cannot have (`nodes`): it

@@ -406,6 +406,17 @@ enum At {
     ToPod,
 }
 
+/// A packet's connection, whether it only opens one (a SYN; an echo request opens like
+/// a SYN: from the acceptor it is an opening), and whether it ends one (FIN or RST).
+fn segment(src: Ip, dst: Ip, l4: L4) -> (ConnKey, bool, bool) {
+    let (proto, sport, dport) = l4.tuple();
+    let flags = l4.flags();
+    let syn_only = (proto == TCP && flags & SYN != 0 && flags & ACK == 0)
+        || matches!(l4, L4::Echo { reply: false, .. });
+    let ends = proto == TCP && flags & (FIN | RST) != 0;
+    (conn_key(proto, (src, sport), (dst, dport)), syn_only, ends)
+}
+
 /// (protocol, lower end, higher end): a connection whatever the direction.
 type ConnKey = (u8, (Ip, u16), (Ip, u16));
 
@@ -538,12 +549,8 @@ impl Model {
     /// The conntrack side of a packet between `pod` and its node (it always passes): it
     /// rides its connection's entry, or opens one when the pod is isolated.
     fn node_flow(&mut self, pod: Pod, src: Ip, dst: Ip, l4: L4) {
-        let (proto, sport, dport) = l4.tuple();
-        let flags = l4.flags();
-        let key = conn_key(proto, (src, sport), (dst, dport));
-        let syn_only = (proto == TCP && flags & SYN != 0 && flags & ACK == 0)
-            || matches!(l4, L4::Echo { reply: false, .. });
-        let ends = proto == TCP && flags & (FIN | RST) != 0;
+        let (_, sport, dport) = l4.tuple();
+        let (key, syn_only, ends) = segment(src, dst, l4);
         if let Some(conn) = self.conns.get_mut(&key) {
             let from_acceptor = (src, sport) == conn.acceptor;
             if syn_only && !from_acceptor && conn.closing {
@@ -568,12 +575,7 @@ impl Model {
 
     fn flow(&mut self, pod: Pod, hook: At, src: Ip, dst: Ip, l4: L4) -> (&'static str, bool) {
         let (proto, sport, dport) = l4.tuple();
-        let flags = l4.flags();
-        let key = conn_key(proto, (src, sport), (dst, dport));
-        // An echo request opens like a SYN: from the acceptor it is an opening.
-        let syn_only = (proto == TCP && flags & SYN != 0 && flags & ACK == 0)
-            || matches!(l4, L4::Echo { reply: false, .. });
-        let ends = proto == TCP && flags & (FIN | RST) != 0;
+        let (key, syn_only, ends) = segment(src, dst, l4);
         // A pod with no isolation at all need not have its flows tracked (the brief
         // allows it, and the datapath does not): at its hooks, no entry is made or ended.
         let untracked = !isolated(&self.pols, pod, true) && !isolated(&self.pols, pod, false);
