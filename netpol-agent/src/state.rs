@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use tracing::warn;
 
 use crate::sources::cnp::ClusterNetworkPolicy;
 
@@ -114,8 +115,7 @@ pub struct ClusterState {
     /// ClusterIPs and ports of each Service (headless Services have no address).
     pub services: BTreeMap<ObjectRef, ServiceInfo>,
     pub policies: BTreeMap<ObjectRef, NetworkPolicy>,
-    /// ClusterNetworkPolicies by name (cluster-scoped): read, checked and reported, not
-    /// enforced yet.
+    /// ClusterNetworkPolicies by name (cluster-scoped).
     pub cluster_policies: BTreeMap<String, ClusterNetworkPolicy>,
     /// Nodes by name: what `nodes` peers of ClusterNetworkPolicies select.
     pub nodes: BTreeMap<String, NodeInfo>,
@@ -126,6 +126,9 @@ pub struct ClusterState {
 pub struct NodeInfo {
     pub labels: Labels,
     pub ips: Vec<IpAddr>,
+    /// `spec.podCIDRs`: where the node's pods get their addresses. A pod address the
+    /// agent cannot name is told from an outside one by these.
+    pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// What kube-proxy translates for a Service: each ClusterIP on each port.
@@ -335,9 +338,20 @@ impl ClusterState {
                 ips.push(ip);
             }
         }
+        let spec = node.spec.as_ref();
+        let mut pod_cidrs = Vec::new();
+        let listed = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+        for c in listed.iter().chain(spec.and_then(|s| s.pod_cidr.as_ref())) {
+            match c.parse::<ipnet::IpNet>() {
+                Ok(net) if !pod_cidrs.contains(&net.trunc()) => pod_cidrs.push(net.trunc()),
+                Ok(_) => {}
+                Err(e) => warn!(node = %name, cidr = %c, error = %e, "ignoring a bad podCIDR"),
+            }
+        }
         let info = NodeInfo {
             labels: node.metadata.labels.clone().unwrap_or_default(),
             ips,
+            pod_cidrs,
         };
         Ok(replace(&mut self.nodes, name, info))
     }

@@ -136,6 +136,12 @@ pub const RULESET_NP_ISOLATED: u32 = 1 << 30;
 /// Key bit of the Admin table's entries.
 pub const RULESET_ADMIN_TABLE: u32 = 1 << 31;
 
+/// A rule-set id no set is given: its `PEERS_CIDR` entries are the cluster's pod address
+/// ranges (the nodes' `podCIDRs`). An address inside them that has no identity is a pod
+/// the agent cannot name (not known yet, or `IDENTITIES` full); ordered tables look it
+/// up as `IDENTITY_UNKNOWN_POD`.
+pub const RULESET_POD_RANGES: u32 = RULESET_ID_LIMIT - 1;
+
 /// The id without its flags.
 #[inline(always)]
 pub const fn ruleset_base(id: u32) -> u32 {
@@ -306,6 +312,12 @@ impl EndpointInfo {
 /// labels, named ports) share one, so a pod coming or going is one write to `IDENTITIES`.
 /// 0 is never handed out.
 pub type IdentityId = u32;
+
+/// The identity ordered tables give a pod address the agent cannot name (see
+/// `RULESET_POD_RANGES`): it matches every Deny and Pass rule that selects pods or
+/// namespaces and no Accept rule, the API's fail-closed reading of a peer it cannot
+/// tell. Never handed out to a pod.
+pub const IDENTITY_UNKNOWN_POD: IdentityId = u32::MAX;
 
 /// Key of `PEERS_BY_IDENTITY`: a rule set and a peer identity.
 #[repr(C)]

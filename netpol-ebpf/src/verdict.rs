@@ -8,10 +8,11 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use netpol_common::{
-    Addr, CT_UNDECIDED, CtEntry, CtKey, IdentityKey, NO_AUDIT, NO_PORTSET, PROTO_TCP, PeerKey,
-    PeerValue, REST_DENIED, RULE_UNNAMED, RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL,
-    RULESET_HAS_ADMIN, RULESET_ID_BITS, RULESET_NP_ISOLATED, RULESET_ORDERED, ct_flag,
-    ct_lifetime_ns, denying_position, reason, rule_index, tag, tiered_verdict,
+    Addr, CT_UNDECIDED, CtEntry, CtKey, IDENTITY_UNKNOWN_POD, IdentityKey, NO_AUDIT, NO_PORTSET,
+    PROTO_TCP, PeerKey, PeerValue, REST_DENIED, RULE_UNNAMED, RULESET_ADMIN_TABLE,
+    RULESET_ALLOW_ALL, RULESET_HAS_ADMIN, RULESET_ID_BITS, RULESET_NP_ISOLATED, RULESET_ORDERED,
+    RULESET_POD_RANGES, ct_flag, ct_lifetime_ns, denying_position, reason, rule_index, tag,
+    tiered_verdict,
 };
 
 use crate::clock::now;
@@ -145,10 +146,21 @@ pub extern "C" fn netpol_first_rule(key_set: u32, hi: u64, lo: u64, proto_port: 
     let port = proto_port as u16;
     let mut first = tag::NONE;
     // SAFETY (all lookups): plain-data values, copied out.
-    if let Some(identity) = unsafe { IDENTITIES.get(peer) } {
+    let identity = match unsafe { IDENTITIES.get(peer) } {
+        Some(identity) => Some(*identity),
+        // A pod address the agent cannot name: Deny and Pass rules that select pods
+        // match it (fail closed), Accept rules do not.
+        None => PEERS_CIDR
+            .get(Key::new(
+                RULESET_ID_BITS + 128,
+                PeerKey::new(RULESET_POD_RANGES, peer),
+            ))
+            .map(|_| IDENTITY_UNKNOWN_POD),
+    };
+    if let Some(identity) = identity {
         let key = IdentityKey {
             ruleset: key_set,
-            identity: *identity,
+            identity,
         };
         if let Some(value) = unsafe { PEERS_BY_IDENTITY.get(key) } {
             first = peer_allows(*value, proto, port).unwrap_or(tag::NONE);

@@ -131,6 +131,7 @@ pub fn cluster(model: &Value) -> ClusterState {
             NodeInfo {
                 labels: labels(&model["node_labels"][&name]),
                 ips: vec![node_ip(&name)],
+                pod_cidrs: Vec::new(),
             },
         );
     }

@@ -53,9 +53,13 @@ pub const X4: [u8; 4] = [10, 2, 0, 5];
 /// A pod labelled `app: bad` (`cnp_state`), on node n2.
 pub const BAD4: [u8; 4] = [10, 2, 0, 9];
 
+fn net(s: &str) -> ipnet::IpNet {
+    s.parse().expect("constant")
+}
+
 /// The lab's `base()` with namespace `default` labelled, node n1 (this node: 10.1.0.1 and
-/// fd00:1::1) and n2 (172.18.0.2), and the remote pods `x` (app: x) and `bad`
-/// (app: bad) on n2.
+/// fd00:1::1; pods in 10.1.0.0/24 and fd00:1::/64) and n2 (172.18.0.2; pods in
+/// 10.2.0.0/24), and the remote pods `x` (app: x) and `bad` (app: bad) on n2.
 pub fn cnp_state() -> ClusterState {
     let mut st = base();
     st.namespaces.insert(
@@ -67,6 +71,7 @@ pub fn cnp_state() -> ClusterState {
         NodeInfo {
             labels: labels(&[("role", "worker")]),
             ips: vec![v4a(NODE4), IpAddr::V6(ip6("fd00:1::1"))],
+            pod_cidrs: vec![net("10.1.0.0/24"), net("fd00:1::/64")],
         },
     );
     st.nodes.insert(
@@ -74,6 +79,7 @@ pub fn cnp_state() -> ClusterState {
         NodeInfo {
             labels: labels(&[("role", "control-plane")]),
             ips: vec![v4a(REMOTE_NODE4)],
+            pod_cidrs: vec![net("10.2.0.0/24")],
         },
     );
     for (name, addr, app) in [("x", X4, "x"), ("bad", BAD4, "bad")] {

@@ -298,9 +298,11 @@ pub fn add_cluster_policies(rng: &mut Rng, s: &mut ClusterState) {
         }
         s.nodes.insert(
             node.to_string(),
+            // No pod ranges: every pod is known, and outside addresses are not pods.
             NodeInfo {
                 labels: labels(rng),
                 ips,
+                pod_cidrs: Vec::new(),
             },
         );
     }

@@ -53,6 +53,7 @@ fn world() -> ClusterState {
             NodeInfo {
                 labels: Labels::new(),
                 ips: vec![ip(addr)],
+                pod_cidrs: Vec::new(),
             },
         );
     }

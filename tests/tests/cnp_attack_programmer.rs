@@ -28,7 +28,8 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
 }
 
-/// Namespace `prod`; nodes n1 (10.0.0.1) and n2 (10.0.0.2); `prod/server` on n1
+/// Namespace `prod`; nodes n1 (10.0.0.1, pods in 10.244.1.0/24) and n2 (10.0.0.2, pods in
+/// 10.244.2.0/24); `prod/server` on n1
 /// (10.244.1.10), `prod/good` (10.244.2.20) and `prod/bad` (10.244.2.30, app: bad) on n2.
 fn world() -> ClusterState {
     let mut s = ClusterState::default();
@@ -36,12 +37,16 @@ fn world() -> ClusterState {
         "prod".into(),
         labels(&[("kubernetes.io/metadata.name", "prod")]),
     );
-    for (name, addr) in [("n1", "10.0.0.1"), ("n2", "10.0.0.2")] {
+    for (name, addr, pods) in [
+        ("n1", "10.0.0.1", "10.244.1.0/24"),
+        ("n2", "10.0.0.2", "10.244.2.0/24"),
+    ] {
         s.nodes.insert(
             name.into(),
             NodeInfo {
                 labels: Labels::new(),
                 ips: vec![ip(addr)],
+                pod_cidrs: vec![pods.parse().expect("constant")],
             },
         );
     }
@@ -176,9 +181,10 @@ fn maps_allow_server_ingress<M: MapOps>(
 /// else does, and the rest table's default allow lets `bad` in. Under NetworkPolicy an
 /// address without identity is allowed less; under an ordered set it escapes Deny
 /// rules: this fails open. (The same holds while a new pod's address is not yet known to
-/// the agent: its traffic meets no pod-selector Deny.)
+/// the agent: its traffic meets no pod-selector Deny.) Fixed: an address without an
+/// identity inside the nodes' pod ranges is looked up as the unknown pod, which every
+/// Deny and Pass rule selecting pods matches.
 #[test]
-#[ignore = "open: an address without an identity (IDENTITIES full, or a pod the agent does not know yet) escapes Deny rules that select pods; it is logged and counted as an overflow, but fails open for Deny"]
 fn cnp_attack_finding_peer_without_identity_escapes_an_admin_deny() {
     let mut s = world();
     add_cnp(
@@ -219,6 +225,82 @@ fn cnp_attack_finding_peer_without_identity_escapes_an_admin_deny() {
         !maps_allow_server_ingress(&pr, |m| &m.inner, &s, "bad"),
         "bad (app: bad, its identity not written) must stay denied by the Admin Deny"
     );
+}
+
+/// Guard for the fix above: the unknown pod is only what lies in the pod ranges. An
+/// address outside them without an identity (an outside host) and a node address inside
+/// a pod range (a gateway) are not pods: the pod-selecting Deny does not touch them, the
+/// default allow lets them in. An Accept rule never matches the unknown pod: with Accept
+/// for `good` before a Deny of every namespace (decided before `deny-bad`), an unknown
+/// pod address is denied.
+#[test]
+fn cnp_attack_unknown_pod_is_only_what_lies_in_the_pod_ranges() {
+    let mut s = world();
+    if let Some(n1) = s.nodes.get_mut("n1") {
+        n1.ips.push(ip("10.244.1.1"));
+    }
+    add_cnp(
+        &mut s,
+        "deny-bad",
+        "Admin",
+        10,
+        json!({"subject": {"namespaces": {}},
+               "ingress": [{"action": "Deny", "from": [{"pods": {"namespaceSelector": {},
+                   "podSelector": {"matchLabels": {"app": "bad"}}}}]}]}),
+    );
+    add_cnp(
+        &mut s,
+        "only-good-from-pods",
+        "Admin",
+        5,
+        json!({"subject": {"pods": {"namespaceSelector": {},
+                   "podSelector": {"matchLabels": {"app": "server"}}}},
+               "ingress": [
+                   {"action": "Accept", "from": [{"pods": {"namespaceSelector": {},
+                       "podSelector": {"matchLabels": {"app": "good"}}}}]},
+                   {"action": "Deny", "from": [{"namespaces": {}}]}]}),
+    );
+    let plan = compile(&s, "n1");
+    assert!(plan.errors.is_empty(), "{:?}", plan.errors);
+    let mut pr = Programmer::new(MemoryMaps::default(), 1000);
+    pr.apply(&plan, &BTreeMap::new()).expect("programmed");
+    let server = addr_of(s.pods[&ObjectRef::new("prod", "server")].ips[0]);
+    let set = pr.maps().endpoints[&server].ingress_set;
+    let allows = |peer: &str| {
+        (pr.maps())
+            .rule_from(set, ip(peer), Protocol::Tcp, 80, false)
+            .is_some()
+    };
+    assert!(allows("10.244.2.20"), "good is accepted");
+    assert!(!allows("10.244.2.30"), "bad is denied");
+    assert!(allows("192.0.2.7"), "an outside address is no pod");
+    assert!(allows("10.244.1.1"), "a node's gateway address is no pod");
+    assert!(
+        !allows("10.244.2.99"),
+        "an unknown pod address matches the Deny of every namespace, not the Accept"
+    );
+    // The plan decides alike (what explain and the tests' model use).
+    let ep = (plan.endpoints.iter())
+        .find(|e| e.pod.name == "server")
+        .expect("server is local");
+    for (peer, want) in [
+        ("10.244.2.20", true),
+        ("10.244.2.30", false),
+        ("192.0.2.7", true),
+        ("10.244.1.1", true),
+        ("10.244.2.99", false),
+    ] {
+        let got = plan
+            .decide(
+                ep,
+                netpol_agent::compile::Direction::Ingress,
+                ip(peer),
+                Protocol::Tcp,
+                80,
+            )
+            .is_some();
+        assert_eq!(got, want, "plan for {peer}");
+    }
 }
 
 /// FOUND (a documented limit, demonstrated): one valid Admin rule accepting 17 separate

@@ -754,3 +754,65 @@ fn root_cnp_attack_first_rule_order_in_the_datapath() {
     egress(&mut lab, BAD4, 80, DROP);
     egress(&mut lab, Y4B, 80, PASS);
 }
+
+// ---------------------------------------------------------------------------------------
+// Pod addresses the agent cannot name
+// ---------------------------------------------------------------------------------------
+
+/// FOUND (cnp_attack_programmer first showed it on the maps): an Admin rule denies the
+/// client ingress from pods labelled `app: bad`. A pod address without an identity (a
+/// pod the agent has not seen yet, or `IDENTITIES` full) matched no rule that selects
+/// pods, so it escaped the Deny. Fixed: inside the nodes' pod ranges it is the unknown
+/// pod, which Deny and Pass rules selecting pods match. Addresses outside the ranges and
+/// the node's own are not pods and are not touched.
+#[test]
+fn root_cnp_attack_finding_unknown_pod_address_escapes_a_pod_selecting_deny() {
+    let mut st = cnp_state();
+    add_cnp(
+        &mut st,
+        "deny-bad",
+        "Admin",
+        10,
+        json!({"subject": pods_with_app("client"),
+               "ingress": [{"action": "Deny", "from": [pods_with_app("bad")]}]}),
+    );
+    let (mut lab, ifs) = lab_with(st);
+    let syn = |src: [u8; 4], sport: u16| v4(src, CLIENT4, TCP, &tcp(sport, 8080, SYN));
+    lab.verdict("bad's SYN", Hook::ToPod, ifs.c, &syn(BAD4, 41000), DROP);
+    lab.verdict("x's SYN", Hook::ToPod, ifs.c, &syn(X4, 41001), PASS);
+    lab.verdict(
+        "an unknown address in n2's pod range",
+        Hook::ToPod,
+        ifs.c,
+        &syn([10, 2, 0, 77], 41002),
+        DROP,
+    );
+    lab.verdict(
+        "an outside address (no pod range)",
+        Hook::ToPod,
+        ifs.c,
+        &syn([192, 0, 2, 7], 41003),
+        PASS,
+    );
+    lab.verdict(
+        "the node (its address lies in n1's pod range)",
+        Hook::ToPod,
+        ifs.c,
+        &syn(NODE4, 41004),
+        PASS,
+    );
+    let unknown6 = v6(
+        ip6("fd00:1::77"),
+        client6(),
+        TCP,
+        64,
+        &tcp(41005, 8080, SYN),
+    );
+    lab.verdict(
+        "an unknown IPv6 address in n1's pod range",
+        Hook::ToPod,
+        ifs.c,
+        &unknown6,
+        DROP,
+    );
+}

@@ -44,6 +44,7 @@ fn world() -> ClusterState {
             NodeInfo {
                 labels: [("role".to_string(), role.to_string())].into(),
                 ips: vec![ip(addr)],
+                pod_cidrs: Vec::new(),
             },
         );
     }

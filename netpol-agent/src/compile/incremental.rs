@@ -16,7 +16,7 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Identity, Plan, compile, service_ports};
+use super::{Identity, Plan, compile, pod_ranges, service_ports};
 use crate::state::{ClusterState, Labels, ObjectRef, PodInfo};
 
 /// A change of more pods than this share of the cluster compiles in full (cheaper).
@@ -205,6 +205,7 @@ impl Memo {
             };
         }
         self.plan.service_ports = service_ports(state);
+        self.plan.pod_ranges = pod_ranges(state);
         true
     }
 

@@ -60,6 +60,7 @@ pub struct Identity {
     pub labels: Labels,
     /// Named ports of egress rules resolve on the destination pod.
     pub ports: Vec<ContainerPort>,
+    unknown: bool,
     hash: CachedHash,
 }
 
@@ -69,12 +70,26 @@ impl Identity {
             namespace,
             labels,
             ports,
+            unknown: false,
             hash: CachedHash::default(),
         }
     }
 
-    fn fields(&self) -> (&String, &Labels, &Vec<ContainerPort>) {
-        (&self.namespace, &self.labels, &self.ports)
+    /// A pod address without a known pod (`UNKNOWN_POD`): no selector selects it; Deny
+    /// and Pass rules of ClusterNetworkPolicy that select pods match it.
+    fn unknown_pod() -> Self {
+        Identity {
+            unknown: true,
+            ..Identity::new(String::new(), Labels::new(), Vec::new())
+        }
+    }
+
+    pub fn is_unknown_pod(&self) -> bool {
+        self.unknown
+    }
+
+    fn fields(&self) -> (&String, &Labels, &Vec<ContainerPort>, bool) {
+        (&self.namespace, &self.labels, &self.ports, self.unknown)
     }
 }
 
@@ -84,6 +99,7 @@ impl fmt::Debug for Identity {
             .field("namespace", &self.namespace)
             .field("labels", &self.labels)
             .field("ports", &self.ports)
+            .field("unknown", &self.unknown)
             .finish()
     }
 }
@@ -323,6 +339,10 @@ pub struct Plan {
     pub service_ports: BTreeSet<ServicePort>,
     /// The identity of every pod address of the cluster that policy can select.
     pub identities: BTreeMap<IpAddr, Arc<Identity>>,
+    /// The cluster's pod address ranges (true) with holes (false) for node addresses: an
+    /// address in them without an identity is a pod the agent cannot name (see
+    /// `netpol_common::RULESET_POD_RANGES`).
+    pub pod_ranges: BTreeMap<Prefix, bool>,
     pub errors: Vec<PolicyError>,
 }
 
@@ -333,8 +353,14 @@ impl Plan {
 
     /// What the datapath decides for `peer` under rule set `r`.
     pub fn allows(&self, r: RuleSetRef, peer: IpAddr, protocol: Protocol, port: u16) -> bool {
-        let identity = self.identities.get(&peer).map(|i| &**i);
-        self.rule_set(r).allows(identity, peer, protocol, port)
+        self.rule_set(r)
+            .allows(self.identity_of(peer, false), peer, protocol, port)
+    }
+
+    /// The identity the datapath looks `peer` up by: its own, else, inside the pod ranges
+    /// and not an address of this node, the unknown pod's.
+    pub fn identity_of(&self, peer: IpAddr, own_node: bool) -> Option<&Identity> {
+        peer_identity(&self.identities, &self.pod_ranges, peer, own_node)
     }
 
     /// What the datapath decides for `peer` in direction `dir` of local pod `ep`: None
@@ -368,7 +394,7 @@ impl Plan {
         let Some(set) = set else {
             return Some(None);
         };
-        let identity = self.identities.get(&peer).map(|i| &**i);
+        let identity = self.identity_of(peer, own_node);
         let position =
             (self.rule_set(set)).decide_from(identity, peer, protocol, port, own_node)?;
         Some(position.and_then(|p| ep.rules.name(dir, p)))
@@ -685,7 +711,43 @@ pub fn compile_network_policies(state: &ClusterState, node: &str) -> Plan {
         rule_sets: rule_sets.into_iter().map(Arc::new).collect(),
         service_ports: service_ports(state),
         identities: index.addresses,
+        pod_ranges: pod_ranges(state),
         errors,
+    }
+}
+
+/// The nodes' `podCIDRs`, with every node address cut out (a node's gateway address may
+/// lie in its pod range; it is not a pod).
+pub fn pod_ranges(state: &ClusterState) -> BTreeMap<Prefix, bool> {
+    let nodes: Vec<Prefix> = (state.nodes.values())
+        .flat_map(|n| n.ips.iter().map(|ip| Prefix::host(*ip)))
+        .collect();
+    let grants: Vec<Grant> = (state.nodes.values())
+        .flat_map(|n| n.pod_cidrs.iter())
+        .map(|net| Grant::from_net(*net, nodes.clone(), PortSpec::All))
+        .collect();
+    (prefix::union(&grants).into_iter())
+        .map(|(p, ports)| (p, !ports.is_none()))
+        .collect()
+}
+
+/// The unknown pod of `netpol_common::IDENTITY_UNKNOWN_POD`.
+pub static UNKNOWN_POD: std::sync::LazyLock<Arc<Identity>> =
+    std::sync::LazyLock::new(|| Arc::new(Identity::unknown_pod()));
+
+/// `Plan::identity_of`, from its parts.
+pub fn peer_identity<'a>(
+    identities: &'a BTreeMap<IpAddr, Arc<Identity>>,
+    pod_ranges: &BTreeMap<Prefix, bool>,
+    peer: IpAddr,
+    own_node: bool,
+) -> Option<&'a Identity> {
+    match identities.get(&peer) {
+        Some(i) => Some(i),
+        None if !own_node && prefix::lookup(pod_ranges, peer) == Some(&true) => {
+            Some(&**UNKNOWN_POD)
+        }
+        None => None,
     }
 }
 

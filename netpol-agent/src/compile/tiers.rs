@@ -30,7 +30,7 @@ use super::prefix::{self, Grant, Prefix};
 use super::{
     Direction, Identity, Plan, PlannedEndpoint, PolicyError, Position, RuleSet, RuleSetRef,
 };
-use crate::state::{ClusterState, ContainerPort, Labels, ObjectRef, PodInfo};
+use crate::state::{ClusterState, ContainerPort, Labels, ObjectRef, PodInfo, Protocol};
 
 /// A rule's place in one table, and what it does. Positions are unique in a table, so
 /// the order is theirs.
@@ -454,6 +454,20 @@ impl Builder {
         // Without named ports, every destination gets the same ports: computed once.
         let named = (rule.ports.iter().flatten()).any(|p| matches!(p, CnpPort::Named(_)));
         let by_number = (!named).then(|| ports_of(rule.ports.as_deref(), &[]));
+        // A pod the agent cannot name: each Deny or Pass rule that selects pods may be
+        // about it, no Accept rule is (fail closed).
+        let selects_pods =
+            (rule.peers.iter()).any(|p| matches!(p, CnpPeer::Namespaces(_) | CnpPeer::Pods { .. }));
+        if selects_pods && tag.action != Action::Accept {
+            let ports = match dir {
+                Direction::Egress => ports_of_unknown(rule.ports.as_deref()),
+                Direction::Ingress => own.clone(),
+            };
+            if !ports.is_none() {
+                (self.peers.entry(super::UNKNOWN_POD.clone()).or_default())
+                    .add(&Allowed::by(&ports, &tag));
+            }
+        }
         for peer in &rule.peers {
             match peer {
                 CnpPeer::Namespaces(_) | CnpPeer::Pods { .. } => {
@@ -540,6 +554,26 @@ fn ports_of(list: Option<&[CnpPort]>, named: &[ContainerPort]) -> PortSpec {
                 .collect(),
         };
         spec.add(&PortSpec::from_ranges(ranges));
+    }
+    spec
+}
+
+/// `ports_of` for a destination whose named ports are unknown: a named port may be any
+/// port of any protocol.
+fn ports_of_unknown(list: Option<&[CnpPort]>) -> PortSpec {
+    let Some(list) = list else {
+        return PortSpec::All;
+    };
+    let mut spec = PortSpec::none();
+    for p in list {
+        spec.add(&match p {
+            CnpPort::Named(_) => PortSpec::from_ranges(
+                [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+                    .map(Ports::all_of)
+                    .to_vec(),
+            ),
+            CnpPort::Ports { .. } => ports_of(Some(std::slice::from_ref(p)), &[]),
+        });
     }
     spec
 }

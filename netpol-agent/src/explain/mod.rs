@@ -410,7 +410,8 @@ impl Judge<'_> {
         if let Some(tiered) = self.cluster_tiers(key, pod, dir)
             && let Some(ip) = other.ip()
         {
-            let identity = tiered.identities.get(&ip).map(|i| &**i);
+            let identity =
+                compile::peer_identity(&tiered.identities, &tiered.pod_ranges, ip, own_node);
             let own = own_node && !self.strict_node_traffic;
             let decision = (tiered.tables).decide(identity, ip, self.protocol, port, own);
             if let Some((allowed, rule, reason)) = cluster_decision(&decision, own) {
@@ -476,6 +477,7 @@ impl Judge<'_> {
         tables.has_cluster_rules().then_some(TieredSide {
             tables,
             identities: plan.identities,
+            pod_ranges: plan.pod_ranges,
         })
     }
 
@@ -507,6 +509,7 @@ impl Judge<'_> {
 struct TieredSide {
     tables: compile::tiers::Tiered,
     identities: std::collections::BTreeMap<IpAddr, std::sync::Arc<compile::Identity>>,
+    pod_ranges: std::collections::BTreeMap<compile::prefix::Prefix, bool>,
 }
 
 /// (allowed, deciding rule, reason) when a ClusterNetworkPolicy tier, NetworkPolicy's

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use netpol_common::{
-    Addr, EndpointInfo, IdentityId, IdentityKey, IfaceInfo, NO_PORTSET, PeerKey, PeerValue,
-    PortSet, REST_DENIED, RULE_UNNAMED, RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL, RULESET_HAS_ADMIN,
-    RULESET_NP_ISOLATED, RULESET_ORDERED, ServiceKey, tag,
+    Addr, EndpointInfo, IDENTITY_UNKNOWN_POD, IdentityId, IdentityKey, IfaceInfo, NO_PORTSET,
+    PeerKey, PeerValue, PortSet, REST_DENIED, RULE_UNNAMED, RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL,
+    RULESET_HAS_ADMIN, RULESET_NP_ISOLATED, RULESET_ORDERED, RULESET_POD_RANGES, ServiceKey, tag,
 };
 
 use super::{MapError, MapOps, addr_of};
@@ -215,12 +215,24 @@ impl MemoryMaps {
         )
     }
 
-    fn identity_value(&self, set: u32, addr: &Addr) -> Option<PeerValue> {
-        let identity = self.identities.get(addr)?;
+    /// `unknown_pods`: an address without an identity inside the pod ranges, and not
+    /// this node's, is looked up as `IDENTITY_UNKNOWN_POD` (ordered tables).
+    fn identity_value(&self, set: u32, addr: &Addr, unknown_pods: bool) -> Option<PeerValue> {
+        let identity = match self.identities.get(addr) {
+            Some(i) => *i,
+            None if unknown_pods
+                && !self.node_addrs.contains_key(addr)
+                && (self.block_value(RULESET_POD_RANGES, addr))
+                    .is_some_and(|v| v.rest_rule != REST_DENIED) =>
+            {
+                IDENTITY_UNKNOWN_POD
+            }
+            None => return None,
+        };
         self.by_identity
             .get(&IdentityKey {
                 ruleset: set,
-                identity: *identity,
+                identity,
             })
             .copied()
     }
@@ -236,7 +248,7 @@ impl MemoryMaps {
 
     fn union_rule(&self, set: u32, peer: IpAddr, proto: Protocol, port: u16) -> Option<u32> {
         let addr = addr_of(peer);
-        let by_identity = self.identity_value(set, &addr);
+        let by_identity = self.identity_value(set, &addr, false);
         if let Some(rule) = by_identity.and_then(|v| self.peer_allows(v, proto, port)) {
             return Some(rule);
         }
@@ -246,7 +258,7 @@ impl MemoryMaps {
     fn first_rule(&self, set: u32, peer: IpAddr, proto: Protocol, port: u16) -> u32 {
         let addr = addr_of(peer);
         [
-            self.identity_value(set, &addr),
+            self.identity_value(set, &addr, true),
             self.block_value(set, &addr),
         ]
         .into_iter()

@@ -17,10 +17,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use netpol_common::{
-    Addr, EndpointInfo, IFACE_HAS_V4, IFACE_HAS_V6, IdentityId, IdentityKey, IfaceInfo,
-    MAX_PORT_RANGES, NO_AUDIT, NO_PORTSET, PeerKey, PeerValue, PortRange, PortSet, REST_DENIED,
-    RULE_UNNAMED, RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL, RULESET_HAS_ADMIN, RULESET_ID_LIMIT,
-    RULESET_NP_ISOLATED, RULESET_ORDERED, ServiceKey, names, ruleset_base, tag,
+    Addr, EndpointInfo, IDENTITY_UNKNOWN_POD, IFACE_HAS_V4, IFACE_HAS_V6, IdentityId, IdentityKey,
+    IfaceInfo, MAX_PORT_RANGES, NO_AUDIT, NO_PORTSET, PeerKey, PeerValue, PortRange, PortSet,
+    REST_DENIED, RULE_UNNAMED, RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL, RULESET_HAS_ADMIN,
+    RULESET_NP_ISOLATED, RULESET_ORDERED, RULESET_POD_RANGES, ServiceKey, names, ruleset_base, tag,
 };
 
 use crate::compile::Position;
@@ -238,6 +238,11 @@ pub struct Programmer<M: MapOps> {
     ifaces: BTreeMap<u32, IfaceInfo>,
     services: BTreeSet<ServiceKey>,
     node_addrs: BTreeSet<Addr>,
+    /// The pod ranges written (`RULESET_POD_RANGES`), by address and prefix length: true
+    /// for a range, false for a hole.
+    pod_ranges: BTreeMap<(Addr, u8), bool>,
+    /// Adopted pod ranges: their values are unknown until written again.
+    stale_pod_ranges: bool,
     /// Entries of an adopted earlier run's rule sets, deleted once nothing points at them.
     leftover_peers: Vec<(PeerKey, u8)>,
     leftover_identity_peers: Vec<IdentityKey>,
@@ -272,7 +277,15 @@ impl<M: MapOps> Programmer<M> {
     /// (and so counters) carry over, and its rule sets keep enforcing until every endpoint
     /// has flipped to a new one; then they are deleted. Returns the endpoints adopted.
     pub fn adopt(&mut self) -> Result<usize, MapError> {
-        let e = self.maps.existing()?;
+        let mut e = self.maps.existing()?;
+        let (ranges, peers): (Vec<_>, Vec<_>) = (std::mem::take(&mut e.peers).into_iter())
+            .partition(|(k, _)| u32::from_be_bytes(k.ruleset_be) == RULESET_POD_RANGES);
+        e.peers = peers;
+        // Values are not listed: rewritten at the next apply, which diffs against these.
+        self.pod_ranges = (ranges.into_iter())
+            .map(|(k, len)| ((k.addr, len), false))
+            .collect();
+        self.stale_pod_ranges = !self.pod_ranges.is_empty();
         let max_set = e
             .peers
             .iter()
@@ -306,6 +319,7 @@ impl<M: MapOps> Programmer<M> {
             .iter()
             .map(|(_, i)| *i)
             .chain(e.identity_peers.iter().map(|k| k.identity))
+            .filter(|i| *i != IDENTITY_UNKNOWN_POD)
             .max()
             .unwrap_or(0);
         // New identity ids never alias what the earlier run's rule sets name.
@@ -324,7 +338,7 @@ impl<M: MapOps> Programmer<M> {
             maps,
             sets: HashMap::new(),
             // 0 means "not isolated".
-            set_ids: Ids::new(1, RULESET_ID_LIMIT, "rule sets"),
+            set_ids: Ids::new(1, RULESET_POD_RANGES, "rule sets"),
             // 0 is `NO_PORTSET`.
             portset_ids: Ids::new(1, u32::MAX, "port sets"),
             portsets: HashMap::new(),
@@ -336,6 +350,8 @@ impl<M: MapOps> Programmer<M> {
             ifaces: BTreeMap::new(),
             services: BTreeSet::new(),
             node_addrs: BTreeSet::new(),
+            pod_ranges: BTreeMap::new(),
+            stale_pod_ranges: false,
             leftover_peers: Vec::new(),
             leftover_identity_peers: Vec::new(),
             leftover_portsets: Vec::new(),
@@ -437,6 +453,9 @@ impl<M: MapOps> Programmer<M> {
         ifindexes: &BTreeMap<ObjectRef, u32>,
     ) -> Result<ApplyStats, MapError> {
         let mut stats = ApplyStats::default();
+
+        // 0. The pod ranges, before any table names the unknown pod.
+        self.write_pod_ranges(&plan.pod_ranges)?;
 
         // 1. Identities get ids; new rule sets are written in full before anything points
         // at them. A set that does not fit is left out; the pods that need it are handled
@@ -923,6 +942,10 @@ impl<M: MapOps> Programmer<M> {
             if ids.contains_key(&ptr) {
                 continue;
             }
+            if identity.is_unknown_pod() {
+                // Reserved: written by `write_table`, never held by an address.
+                continue;
+            }
             let id = match self.identity_ids.get_key_value(&**identity) {
                 Some((key, id)) if Arc::ptr_eq(key, identity) => *id,
                 Some((_, id)) => {
@@ -942,9 +965,10 @@ impl<M: MapOps> Programmer<M> {
                         Some(id) => id,
                         None => {
                             let id = self.next_identity;
-                            self.next_identity = id
-                                .checked_add(1)
-                                .ok_or(MapError::IdsExhausted("identities"))?;
+                            if id == IDENTITY_UNKNOWN_POD {
+                                return Err(MapError::IdsExhausted("identities"));
+                            }
+                            self.next_identity = id + 1;
                             id
                         }
                     };
@@ -1142,7 +1166,11 @@ impl<M: MapOps> Programmer<M> {
         };
         for (identity, spec) in peers {
             // Every identity of the plan got an id in `apply`; one without is not allowed.
-            let Some(identity) = self.identity_ids.get(identity).copied() else {
+            let id = match identity.is_unknown_pod() {
+                true => Some(IDENTITY_UNKNOWN_POD),
+                false => self.identity_ids.get(identity).copied(),
+            };
+            let Some(identity) = id else {
                 continue;
             };
             let value = self.peer_value(spec)?;
@@ -1214,6 +1242,35 @@ impl<M: MapOps> Programmer<M> {
             }
         }
         out
+    }
+
+    /// Makes the pod-range entries (`RULESET_POD_RANGES`) hold exactly `ranges`.
+    fn write_pod_ranges(&mut self, ranges: &BTreeMap<Prefix, bool>) -> Result<(), MapError> {
+        let value = |in_range: bool| PeerValue {
+            portset: NO_PORTSET,
+            rest_rule: if in_range { RULE_UNNAMED } else { REST_DENIED },
+        };
+        let want: BTreeMap<(Addr, u8), bool> = (ranges.iter())
+            .map(|(p, in_range)| ((p.addr(), p.bits()), *in_range))
+            .collect();
+        for (&(addr, len), &in_range) in &want {
+            if self.pod_ranges.get(&(addr, len)) != Some(&in_range) || self.stale_pod_ranges {
+                let key = PeerKey::new(RULESET_POD_RANGES, addr);
+                self.maps.set_peer(key, len, value(in_range))?;
+                self.pod_ranges.insert((addr, len), in_range);
+            }
+        }
+        let gone: Vec<(Addr, u8)> = (self.pod_ranges.keys())
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for (addr, len) in gone {
+            self.maps
+                .del_peer(PeerKey::new(RULESET_POD_RANGES, addr), len)?;
+            self.pod_ranges.remove(&(addr, len));
+        }
+        self.stale_pod_ranges = false;
+        Ok(())
     }
 
     /// Makes the node-address map hold exactly `addrs` (every address of this node: traffic

@@ -453,3 +453,51 @@ fn occupancy_counts_what_the_maps_hold() {
         assert!(o[names::ENDPOINTS] > 0 && o[names::PORTSETS] > 0);
     }
 }
+
+/// The pod ranges (`RULESET_POD_RANGES`) are written with the plan, follow its changes,
+/// survive a restart (not taken for an earlier run's leftover rule set, nor counted when
+/// the next rule-set id is chosen), and holes for node addresses are written as holes.
+#[test]
+fn pod_ranges_follow_the_nodes_and_survive_a_restart() {
+    let mut s = state(80);
+    s.nodes.insert(
+        "n1".into(),
+        crate::state::NodeInfo {
+            ips: vec!["10.244.1.1".parse().unwrap()],
+            pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
+            ..Default::default()
+        },
+    );
+    let plan = compile::compile(&s, "n1");
+    let mut first = Programmer::new(MemoryMaps::default(), 100);
+    first.apply(&plan, &ifindexes(&plan)).unwrap();
+    let ranges = |m: &MemoryMaps| -> Vec<(IpAddr, u8, bool)> {
+        let id = RULESET_POD_RANGES.to_be_bytes();
+        (m.cidr.iter())
+            .filter(|((set, _, _), _)| *set == id)
+            .map(|((_, a, len), v)| {
+                let ip = std::net::Ipv6Addr::from(a.0);
+                let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+                (ip, *len, v.rest_rule != REST_DENIED)
+            })
+            .collect()
+    };
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let want = vec![
+        (ip("10.244.1.0"), 120, true),
+        (ip("10.244.1.1"), 128, false),
+    ];
+    assert_eq!(ranges(first.maps()), want);
+
+    let maps = std::mem::take(first.maps_mut());
+    let mut second = Programmer::new(maps, 100);
+    second.adopt().unwrap();
+    assert!(second.set_ids.next < RULESET_POD_RANGES, "not a rule set");
+    second.apply(&plan, &ifindexes(&plan)).unwrap();
+    assert_eq!(ranges(second.maps()), want, "kept across a restart");
+
+    s.nodes.clear();
+    let plan = compile::compile(&s, "n1");
+    second.apply(&plan, &ifindexes(&plan)).unwrap();
+    assert_eq!(ranges(second.maps()), vec![], "gone with the node");
+}
