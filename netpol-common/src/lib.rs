@@ -383,6 +383,16 @@ pub const REST_DENIED: u32 = u32::MAX;
 /// bounded. The compiler reports a rule set that needs more instead of truncating it.
 pub const MAX_PORT_RANGES: usize = 16;
 
+/// Port sets of ordered tables (ClusterNetworkPolicy) chain: ranges of different rules
+/// cannot merge without changing which rule decides, so one peer may need more than one
+/// set. `netpol_first_rule` follows at most this many.
+pub const MAX_PORTSET_CHAIN: usize = 4;
+/// The ranges one peer entry of an ordered table can hold.
+pub const MAX_ORDERED_PORT_RANGES: usize = MAX_PORT_RANGES * MAX_PORTSET_CHAIN;
+/// `PortSet::len` holds the number of ranges below this shift and the id of the set that
+/// continues it above (0: none), so port-set ids stay below `1 << (32 - shift)`.
+pub const PORTSET_NEXT_SHIFT: u32 = 8;
+
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct PortRange {
@@ -399,18 +409,31 @@ pub struct PortRange {
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct PortSet {
+    /// The number of ranges, and the id of the set that continues this one (see
+    /// `PORTSET_NEXT_SHIFT`).
     pub len: u32,
     pub ranges: [PortRange; MAX_PORT_RANGES],
 }
 
 impl PortSet {
+    #[inline(always)]
+    pub const fn count(&self) -> u32 {
+        self.len & ((1 << PORTSET_NEXT_SHIFT) - 1)
+    }
+
+    /// The id of the set holding the next ranges, or `NO_PORTSET`.
+    #[inline(always)]
+    pub const fn next(&self) -> u32 {
+        self.len >> PORTSET_NEXT_SHIFT
+    }
+
     /// The decision the datapath makes: the rule of the range that holds the port, if
     /// any. Kept here so userspace tests exercise the same code.
     #[inline(always)]
     pub fn rule_for(&self, proto: u8, port: u16) -> Option<u32> {
         let mut i = 0;
         while i < MAX_PORT_RANGES {
-            if i as u32 >= self.len {
+            if i as u32 >= self.count() {
                 return None;
             }
             let r = &self.ranges[i];

@@ -163,17 +163,37 @@ pub extern "C" fn netpol_first_rule(key_set: u32, hi: u64, lo: u64, proto_port: 
             identity,
         };
         if let Some(value) = unsafe { PEERS_BY_IDENTITY.get(key) } {
-            first = peer_allows(*value, proto, port).unwrap_or(tag::NONE);
+            first = first_tag(*value, proto, port);
         }
     }
     let key = PeerKey::new(key_set, peer);
-    if let Some(value) = PEERS_CIDR.get(Key::new(RULESET_ID_BITS + 128, key))
-        && let Some(t) = peer_allows(*value, proto, port)
-        && t < first
-    {
-        first = t;
+    if let Some(value) = PEERS_CIDR.get(Key::new(RULESET_ID_BITS + 128, key)) {
+        first = first.min(first_tag(*value, proto, port));
     }
     first
+}
+
+/// `peer_allows` for an ordered table, whose port sets may chain; `tag::NONE` when no
+/// rule matches.
+#[inline(always)]
+fn first_tag(value: PeerValue, proto: u8, port: u16) -> u32 {
+    let mut id = value.portset;
+    let mut i = 0;
+    while i < MAX_PORTSET_CHAIN && id != NO_PORTSET {
+        // SAFETY: plain-data value.
+        let Some(ports) = (unsafe { PORTSETS.get(id) }) else {
+            break;
+        };
+        if let Some(rule) = ports.rule_for(proto, port) {
+            return rule;
+        }
+        id = ports.next();
+        i += 1;
+    }
+    match value.rest_rule {
+        REST_DENIED => tag::NONE,
+        rule => rule,
+    }
 }
 
 /// The rule of a peer entry that allows `proto`/`port`: a range of its port set, else

@@ -308,8 +308,8 @@ fn cnp_attack_unknown_pod_is_only_what_lies_in_the_pod_ranges() {
 /// port ranges on one peer entry. The whole ingress direction of the server is then
 /// replaced by an empty ordered set and "denied everything": also `bad`, which no rule of
 /// any tier denies (the default allow applies), and the server's own node.
+/// Fixed: the port sets of ordered tables chain (up to 64 ranges per peer).
 #[test]
-#[ignore = "open: a pod direction whose ordered tables need more than 16 port ranges for one peer is denied everything in that direction (reported in plan.errors; README, Limits)"]
 fn cnp_attack_finding_seventeen_ports_in_one_accept_rule_deny_unrelated_peers() {
     let mut s = world();
     let ports: Vec<Value> = (0..17u16)
@@ -333,6 +333,85 @@ fn cnp_attack_finding_seventeen_ports_in_one_accept_rule_deny_unrelated_peers() 
     assert!(
         allowed(&s, &nodes, &src, &dst, Protocol::Tcp, 80),
         "bad -> server:80 is allowed (no rule denies it); the plan reports: {:?}",
+        plan.errors
+    );
+}
+
+/// Guard for chained port sets: two Admin rules accept 40 separate ports from `good`
+/// (three chained sets on `good`'s entry), the next rule denies `good` every port. Each
+/// accepted port passes, each port between them is denied, on the maps as on the plan;
+/// 65 ranges (more than a chain holds) deny the direction and are reported.
+#[test]
+fn cnp_attack_forty_ports_of_one_rule_decide_port_by_port() {
+    let with_ports = |n: u16| {
+        let mut s = world();
+        let good = json!([{"pods": {"namespaceSelector": {},
+                                    "podSelector": {"matchLabels": {"app": "good"}}}}]);
+        let ports: Vec<Value> = (0..n)
+            .map(|i| json!({"tcp": {"destinationPort": {"number": 1000 + 2 * i}}}))
+            .collect();
+        // At most 25 protocol entries per rule: 20 per Accept rule.
+        let mut rules: Vec<Value> = (ports.chunks(20))
+            .map(|c| json!({"action": "Accept", "from": good, "protocols": c}))
+            .collect();
+        rules.push(json!({"action": "Deny", "from": good}));
+        add_cnp(
+            &mut s,
+            "good-ports-only",
+            "Admin",
+            10,
+            json!({"subject": {"pods": {"namespaceSelector": {},
+                       "podSelector": {"matchLabels": {"app": "server"}}}},
+                   "ingress": rules}),
+        );
+        s
+    };
+    let s = with_ports(40);
+    let plan = compile(&s, "n1");
+    assert!(plan.errors.is_empty(), "{:?}", plan.errors);
+    let mut pr = Programmer::new(MemoryMaps::default(), 1000);
+    pr.apply(&plan, &BTreeMap::new()).expect("programmed");
+    let server = addr_of(s.pods[&ObjectRef::new("prod", "server")].ips[0]);
+    let set = pr.maps().endpoints[&server].ingress_set;
+    let good = ip("10.244.2.20");
+    for i in 0..40u16 {
+        for (port, want) in [(1000 + 2 * i, true), (1001 + 2 * i, false)] {
+            let got = (pr.maps())
+                .rule_from(set, good, Protocol::Tcp, port, false)
+                .is_some();
+            assert_eq!(got, want, "good -> server:{port}");
+        }
+    }
+    assert!(
+        (pr.maps())
+            .rule_from(set, ip("10.244.2.30"), Protocol::Tcp, 1001, false)
+            .is_some(),
+        "bad: no rule matches it"
+    );
+    let nodes = per_node(&s, &["n1", "n2"]);
+    let (src, dst) = (pod(&s, "good"), pod(&s, "server"));
+    for port in [1000, 1001, 1078, 1079, 1080] {
+        assert_eq!(
+            allowed(&s, &nodes, &src, &dst, Protocol::Tcp, port),
+            reference::allowed(&s, &src, &dst, Protocol::Tcp, port),
+            "port {port}"
+        );
+    }
+
+    // Chains are released link by link: without the policy, no port set is left.
+    let bare = compile(&world(), "n1");
+    pr.apply(&bare, &BTreeMap::new()).expect("programmed");
+    assert!(
+        pr.maps().portsets.is_empty(),
+        "{:?}",
+        pr.maps().portsets.keys()
+    );
+
+    let s = with_ports(65);
+    let plan = compile(&s, "n1");
+    assert!(
+        (plan.errors.iter()).any(|e| e.message.contains("port ranges")),
+        "{:?}",
         plan.errors
     );
 }

@@ -816,3 +816,54 @@ fn root_cnp_attack_finding_unknown_pod_address_escapes_a_pod_selecting_deny() {
         DROP,
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Port sets of ordered tables that chain
+// ---------------------------------------------------------------------------------------
+
+/// FOUND (cnp_attack_programmer first showed it): more than 16 port ranges for one peer
+/// of an ordered table denied the whole direction. Fixed: the port sets chain. Two Admin
+/// rules accept 40 separate ports from `x` (three chained sets), the next denies `x`
+/// every port: the datapath decides port by port, through every link.
+#[test]
+fn root_cnp_attack_finding_forty_ports_for_one_peer_chain_their_port_sets() {
+    let mut st = cnp_state();
+    let ports: Vec<serde_json::Value> = (0..40u16)
+        .map(|i| json!({"tcp": {"destinationPort": {"number": 1000 + 2 * i}}}))
+        .collect();
+    let x = json!([pods_with_app("x")]);
+    let mut rules: Vec<serde_json::Value> = (ports.chunks(20))
+        .map(|c| json!({"action": "Accept", "from": x, "protocols": c}))
+        .collect();
+    rules.push(json!({"action": "Deny", "from": x}));
+    add_cnp(
+        &mut st,
+        "x-ports-only",
+        "Admin",
+        10,
+        json!({"subject": pods_with_app("client"), "ingress": rules}),
+    );
+    let (mut lab, ifs) = lab_with(st);
+    for (i, (port, want)) in [
+        (1000, PASS),
+        (1001, DROP),
+        (1038, PASS),
+        (1040, PASS),
+        (1065, DROP),
+        (1066, PASS),
+        (1078, PASS),
+        (1079, DROP),
+        (1080, DROP),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        lab.verdict(
+            &format!("x's SYN to client:{port}"),
+            Hook::ToPod,
+            ifs.c,
+            &v4(X4, CLIENT4, TCP, &tcp(42000 + i as u16, port, SYN)),
+            want,
+        );
+    }
+}

@@ -19,7 +19,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use netpol_common::{MAX_PORT_RANGES, tag};
+use netpol_common::{MAX_ORDERED_PORT_RANGES, tag};
 
 use super::allowed::{Allowed, RuleKind, RuleRef, RuleTag};
 use super::cnp_check::{
@@ -230,7 +230,7 @@ fn encode(t: &TagTable, position: impl Fn(u32) -> u32) -> Option<Entries> {
         Some(t) => tag::new(position(t.position), action_code(t.action)),
         None => tag::new(0, tag::DENY),
     };
-    let fits = |a: &Allowed<Position>| a.ranges().len() <= MAX_PORT_RANGES;
+    let fits = |a: &Allowed<Position>| a.ranges().len() <= MAX_ORDERED_PORT_RANGES;
     let peers: BTreeMap<_, _> = (t.peers.iter())
         .map(|(i, a)| (i.clone(), a.renamed(f)))
         .collect();
@@ -321,7 +321,7 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
                     policy: ObjectRef::new("", "ClusterNetworkPolicy"),
                     location: format!("{} {dir}", ep.pod),
                     message: format!(
-                        "the tiers of this pod need more than {MAX_PORT_RANGES} port ranges for one peer; it is denied everything in this direction"
+                        "the tiers of this pod need more than {MAX_ORDERED_PORT_RANGES} port ranges for one peer; it is denied everything in this direction"
                     ),
                 });
                 RuleSet {

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use netpol_common::{
-    Addr, EndpointInfo, IDENTITY_UNKNOWN_POD, IdentityId, IdentityKey, IfaceInfo, NO_PORTSET,
-    PeerKey, PeerValue, PortSet, REST_DENIED, RULE_UNNAMED, RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL,
-    RULESET_HAS_ADMIN, RULESET_NP_ISOLATED, RULESET_ORDERED, RULESET_POD_RANGES, ServiceKey, tag,
+    Addr, EndpointInfo, IDENTITY_UNKNOWN_POD, IdentityId, IdentityKey, IfaceInfo,
+    MAX_PORTSET_CHAIN, NO_PORTSET, PeerKey, PeerValue, PortSet, REST_DENIED, RULE_UNNAMED,
+    RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL, RULESET_HAS_ADMIN, RULESET_NP_ISOLATED,
+    RULESET_ORDERED, RULESET_POD_RANGES, ServiceKey, tag,
 };
 
 use super::{MapError, MapOps, addr_of};
@@ -263,9 +264,24 @@ impl MemoryMaps {
         ]
         .into_iter()
         .flatten()
-        .filter_map(|v| self.peer_allows(v, proto, port))
+        .filter_map(|v| self.first_tag(v, proto, port))
         .min()
         .unwrap_or(tag::NONE)
+    }
+
+    /// `peer_allows` following chained port sets, as ordered tables are read.
+    fn first_tag(&self, value: PeerValue, proto: Protocol, port: u16) -> Option<u32> {
+        let mut id = value.portset;
+        for _ in 0..MAX_PORTSET_CHAIN {
+            let Some(set) = self.portsets.get(&id).filter(|_| id != NO_PORTSET) else {
+                break;
+            };
+            if let Some(rule) = set.rule_for(proto.number(), port) {
+                return Some(rule);
+            }
+            id = set.next();
+        }
+        (value.rest_rule != REST_DENIED).then_some(value.rest_rule)
     }
 
     pub fn allows(&self, set: u32, peer: IpAddr, proto: Protocol, port: u16) -> bool {

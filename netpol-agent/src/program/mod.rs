@@ -18,9 +18,10 @@ use std::sync::Arc;
 
 use netpol_common::{
     Addr, EndpointInfo, IDENTITY_UNKNOWN_POD, IFACE_HAS_V4, IFACE_HAS_V6, IdentityId, IdentityKey,
-    IfaceInfo, MAX_PORT_RANGES, NO_AUDIT, NO_PORTSET, PeerKey, PeerValue, PortRange, PortSet,
-    REST_DENIED, RULE_UNNAMED, RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL, RULESET_HAS_ADMIN,
-    RULESET_NP_ISOLATED, RULESET_ORDERED, RULESET_POD_RANGES, ServiceKey, names, ruleset_base, tag,
+    IfaceInfo, MAX_ORDERED_PORT_RANGES, MAX_PORT_RANGES, NO_AUDIT, NO_PORTSET, PORTSET_NEXT_SHIFT,
+    PeerKey, PeerValue, PortRange, PortSet, REST_DENIED, RULE_UNNAMED, RULESET_ADMIN_TABLE,
+    RULESET_ALLOW_ALL, RULESET_HAS_ADMIN, RULESET_NP_ISOLATED, RULESET_ORDERED, RULESET_POD_RANGES,
+    ServiceKey, names, ruleset_base, tag,
 };
 
 use crate::compile::Position;
@@ -220,6 +221,8 @@ impl Ids {
 /// A port set as it sits in the maps, keyed by its ranges.
 struct LoadedPortSet {
     id: u32,
+    /// The set it chains to (`NO_PORTSET`: none), held once by this one.
+    next: u32,
     /// Entries using it.
     refs: usize,
 }
@@ -340,7 +343,8 @@ impl<M: MapOps> Programmer<M> {
             // 0 means "not isolated".
             set_ids: Ids::new(1, RULESET_POD_RANGES, "rule sets"),
             // 0 is `NO_PORTSET`.
-            portset_ids: Ids::new(1, u32::MAX, "port sets"),
+            // Ids fit above the count in `PortSet::len` (a chain's link).
+            portset_ids: Ids::new(1, 1 << (32 - PORTSET_NEXT_SHIFT), "port sets"),
             portsets: HashMap::new(),
             rule_tables: RuleTables::new(),
             endpoint_ids: BTreeMap::new(),
@@ -1064,20 +1068,24 @@ impl<M: MapOps> Programmer<M> {
         self.release_portset(value.portset)
     }
 
+    /// The port set holding `ranges`; more than `MAX_PORT_RANGES` are chained (only
+    /// ordered tables need it, and only their lookup follows chains).
     fn portset_for(&mut self, ranges: &[(Ports, Option<Position>)]) -> Result<u32, MapError> {
         // compile() already replaced sets that do not fit with "none".
-        if ranges.is_empty() || ranges.len() > MAX_PORT_RANGES {
+        if ranges.is_empty() || ranges.len() > MAX_ORDERED_PORT_RANGES {
             return Ok(NO_PORTSET);
         }
         if let Some(loaded) = self.portsets.get_mut(ranges) {
             loaded.refs += 1;
             return Ok(loaded.id);
         }
+        let (here, rest) = ranges.split_at(ranges.len().min(MAX_PORT_RANGES));
+        let next = self.portset_for(rest)?;
         let mut encoded = PortSet {
-            len: ranges.len() as u32,
+            len: here.len() as u32 | next << PORTSET_NEXT_SHIFT,
             ..Default::default()
         };
-        for ((r, rule), slot) in ranges.iter().zip(encoded.ranges.iter_mut()) {
+        for ((r, rule), slot) in here.iter().zip(encoded.ranges.iter_mut()) {
             *slot = PortRange {
                 proto: r.protocol.number(),
                 _pad: 0,
@@ -1087,9 +1095,18 @@ impl<M: MapOps> Programmer<M> {
                 rule: rule.unwrap_or(RULE_UNNAMED),
             };
         }
-        let id = self.portset_ids.take()?;
-        self.maps.set_portset(id, &encoded)?;
-        let loaded = LoadedPortSet { id, refs: 1 };
+        let written = self.portset_ids.take().and_then(|id| {
+            self.maps.set_portset(id, &encoded)?;
+            Ok(id)
+        });
+        let id = match written {
+            Ok(id) => id,
+            Err(e) => {
+                self.release_portset(next)?;
+                return Err(e);
+            }
+        };
+        let loaded = LoadedPortSet { id, next, refs: 1 };
         self.portsets.insert(ranges.to_vec(), loaded);
         Ok(id)
     }
@@ -1109,9 +1126,11 @@ impl<M: MapOps> Programmer<M> {
         if let Some(loaded) = self.portsets.get_mut(&key) {
             loaded.refs -= 1;
             if loaded.refs == 0 {
+                let next = loaded.next;
                 self.portsets.remove(&key);
                 self.maps.del_portset(id)?;
                 self.portset_ids.release(id);
+                self.release_portset(next)?;
             }
         }
         Ok(())
