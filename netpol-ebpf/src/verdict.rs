@@ -8,11 +8,11 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use netpol_common::{
-    Addr, CT_UNDECIDED, CtEntry, CtKey, IDENTITY_UNKNOWN_POD, IdentityKey, NO_AUDIT, NO_PORTSET,
-    PROTO_TCP, PeerKey, PeerValue, REST_DENIED, RULE_UNNAMED, RULESET_ADMIN_TABLE,
-    RULESET_ALLOW_ALL, RULESET_HAS_ADMIN, RULESET_ID_BITS, RULESET_NP_ISOLATED, RULESET_ORDERED,
-    RULESET_POD_RANGES, ct_flag, ct_lifetime_ns, denying_position, reason, rule_index, tag,
-    tiered_verdict,
+    Addr, CT_UNDECIDED, CtEntry, CtKey, IDENTITY_UNKNOWN_POD, IdentityKey, MAX_PORTSET_CHAIN,
+    NO_AUDIT, NO_PORTSET, PROTO_TCP, PeerKey, PeerValue, REST_DENIED, RULE_UNNAMED,
+    RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL, RULESET_HAS_ADMIN, RULESET_ID_BITS,
+    RULESET_NP_ISOLATED, RULESET_ORDERED, RULESET_POD_RANGES, ct_flag, ct_lifetime_ns,
+    denying_position, reason, rule_index, tag, tiered_verdict,
 };
 
 use crate::clock::now;
