@@ -149,13 +149,17 @@ pub extern "C" fn netpol_first_rule(key_set: u32, hi: u64, lo: u64, proto_port: 
     let identity = match unsafe { IDENTITIES.get(peer) } {
         Some(identity) => Some(*identity),
         // A pod address the agent cannot name: Deny and Pass rules that select pods
-        // match it (fail closed), Accept rules do not.
-        None => PEERS_CIDR
-            .get(Key::new(
-                RULESET_ID_BITS + 128,
-                PeerKey::new(RULESET_POD_RANGES, peer),
-            ))
-            .map(|_| IDENTITY_UNKNOWN_POD),
+        // match it (fail closed), Accept rules do not. Holes (node addresses) and this
+        // node's own addresses are no pods.
+        None => match PEERS_CIDR.get(Key::new(
+            RULESET_ID_BITS + 128,
+            PeerKey::new(RULESET_POD_RANGES, peer),
+        )) {
+            Some(range) if range.rest_rule != REST_DENIED && !is_node(&peer) => {
+                Some(IDENTITY_UNKNOWN_POD)
+            }
+            _ => None,
+        },
     };
     if let Some(identity) = identity {
         let key = IdentityKey {

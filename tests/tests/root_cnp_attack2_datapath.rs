@@ -19,8 +19,10 @@ use netpol_tests::cnp_fixtures::{
 use netpol_tests::lab::*;
 use serde_json::json;
 
-/// An address of n2's pod range that no pod the agent knows holds (yet).
-const LATE4: [u8; 4] = [10, 2, 0, 77];
+/// An address no pod the agent knows holds (yet), outside the nodes' pod ranges (a CNI that gives pods addresses the agent cannot tell
+/// from outside ones): inside them, an unknown pod is denied by the Deny from its first
+/// packet (`root_cnp_attack_datapath`).
+const LATE4: [u8; 4] = [10, 3, 0, 77];
 
 struct Ifs {
     c: u32,
@@ -602,8 +604,8 @@ fn root_cnp_attack2_finding_seeded_node_connection_gets_a_false_audit_finding() 
 // ---------------------------------------------------------------------------------------
 
 /// FOUND (PASS of denied traffic). An Admin rule denies the server's ingress from pods
-/// labelled `app: bad`. A pod the agent does not know yet (its address has no identity:
-/// the open fail-open of `cnp_attack_programmer`) connects from 10.2.0.77. Then the agent
+/// labelled `app: bad`. A pod the agent does not know yet, with an address outside the
+/// nodes' pod ranges (so not taken for the unknown pod), connects from 10.3.0.77. Then the agent
 /// learns the pod: labelled `app: bad`. New connections from it are denied, but its
 /// established one goes on forever: the address had no identity before, so no set is
 /// renewed (see `cnp_attack2_programmer`).
