@@ -717,10 +717,14 @@ pub fn compile_network_policies(state: &ClusterState, node: &str) -> Plan {
 }
 
 /// The nodes' `podCIDRs`, with every node address cut out (a node's gateway address may
-/// lie in its pod range; it is not a pod).
+/// lie in its pod range; it is not a pod), and each range's network address (no pod gets
+/// it; flannel gives it to the node's VXLAN device).
 pub fn pod_ranges(state: &ClusterState) -> BTreeMap<Prefix, bool> {
+    let networks =
+        (state.nodes.values()).flat_map(|n| n.pod_cidrs.iter().map(|c| Prefix::host(c.network())));
     let nodes: Vec<Prefix> = (state.nodes.values())
         .flat_map(|n| n.ips.iter().map(|ip| Prefix::host(*ip)))
+        .chain(networks)
         .collect();
     let grants: Vec<Grant> = (state.nodes.values())
         .flat_map(|n| n.pod_cidrs.iter())

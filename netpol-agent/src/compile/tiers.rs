@@ -455,7 +455,8 @@ impl Builder {
         let named = (rule.ports.iter().flatten()).any(|p| matches!(p, CnpPort::Named(_)));
         let by_number = (!named).then(|| ports_of(rule.ports.as_deref(), &[]));
         // A pod the agent cannot name: each Deny or Pass rule that selects pods may be
-        // about it, no Accept rule is (fail closed).
+        // about it, and denies it (a Pass would skip the Deny rules after it); no Accept
+        // rule is about it. Fail closed.
         let selects_pods =
             (rule.peers.iter()).any(|p| matches!(p, CnpPeer::Namespaces(_) | CnpPeer::Pods { .. }));
         if selects_pods && tag.action != Action::Accept {
@@ -463,9 +464,13 @@ impl Builder {
                 Direction::Egress => ports_of_unknown(rule.ports.as_deref()),
                 Direction::Ingress => own.clone(),
             };
+            let deny = Tag {
+                action: Action::Deny,
+                ..tag
+            };
             if !ports.is_none() {
                 (self.peers.entry(super::UNKNOWN_POD.clone()).or_default())
-                    .add(&Allowed::by(&ports, &tag));
+                    .add(&Allowed::by(&ports, &deny));
             }
         }
         for peer in &rule.peers {

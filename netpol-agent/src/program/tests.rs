@@ -483,8 +483,10 @@ fn pod_ranges_follow_the_nodes_and_survive_a_restart() {
             .collect()
     };
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    // The range, with holes at its network address and the node's address.
     let want = vec![
         (ip("10.244.1.0"), 120, true),
+        (ip("10.244.1.0"), 128, false),
         (ip("10.244.1.1"), 128, false),
     ];
     assert_eq!(ranges(first.maps()), want);
