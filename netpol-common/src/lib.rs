@@ -313,6 +313,9 @@ impl EndpointInfo {
 /// 0 is never handed out.
 pub type IdentityId = u32;
 
+/// "No identity": never handed out.
+pub const NO_IDENTITY: IdentityId = 0;
+
 /// The identity ordered tables give a pod address the agent cannot name (see
 /// `RULESET_POD_RANGES`): it matches every Deny and Pass rule that selects pods or
 /// namespaces and no Accept rule, the API's fail-closed reading of a peer it cannot

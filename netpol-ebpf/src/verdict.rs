@@ -9,7 +9,7 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use netpol_common::{
     Addr, CT_UNDECIDED, CtEntry, CtKey, IDENTITY_UNKNOWN_POD, IdentityKey, MAX_PORTSET_CHAIN,
-    NO_AUDIT, NO_PORTSET, PROTO_TCP, PeerKey, PeerValue, REST_DENIED, RULE_UNNAMED,
+    NO_AUDIT, NO_IDENTITY, NO_PORTSET, PROTO_TCP, PeerKey, PeerValue, REST_DENIED, RULE_UNNAMED,
     RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL, RULESET_HAS_ADMIN, RULESET_ID_BITS,
     RULESET_NP_ISOLATED, RULESET_ORDERED, RULESET_POD_RANGES, ct_flag, ct_lifetime_ns,
     denying_position, reason, rule_index, tag, tiered_verdict,
@@ -65,15 +65,16 @@ pub fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> Option<u32> {
     if set & RULESET_ORDERED == 0 {
         return union_allowed(set, peer, proto, port);
     }
+    let identity = ordered_identity(peer);
     let admin = if set & RULESET_HAS_ADMIN != 0 {
-        first_rule(set | RULESET_ADMIN_TABLE, peer, proto, port)
+        first_rule(set | RULESET_ADMIN_TABLE, identity, peer, proto, port)
     } else {
         tag::NONE
     };
     tiered_verdict(
         admin,
         || set & RULESET_NP_ISOLATED != 0 && is_node(peer),
-        || first_rule(set, peer, proto, port),
+        || first_rule(set, identity, peer, proto, port),
     )
 }
 
@@ -85,12 +86,13 @@ fn denying_rule(set: u32, peer: &Addr, proto: u8, port: u16) -> u32 {
     if set & RULESET_ORDERED == 0 {
         return RULE_UNNAMED;
     }
+    let identity = ordered_identity(peer);
     let admin = if set & RULESET_HAS_ADMIN != 0 {
-        first_rule(set | RULESET_ADMIN_TABLE, peer, proto, port)
+        first_rule(set | RULESET_ADMIN_TABLE, identity, peer, proto, port)
     } else {
         tag::NONE
     };
-    denying_position(admin, || first_rule(set, peer, proto, port))
+    denying_position(admin, || first_rule(set, identity, peer, proto, port))
 }
 
 /// NetworkPolicy's union: the identity's allow, else the address's.
@@ -115,18 +117,61 @@ fn union_allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> Option<u32> {
     }
 }
 
-/// The first rule (smallest tag) of table `key_set` matching the peer by identity or by
-/// address; `tag::NONE` when none does.
+/// An address as two scalars (global BPF functions take nothing else), and back.
 #[inline(always)]
-fn first_rule(key_set: u32, peer: &Addr, proto: u8, port: u16) -> u32 {
+fn halves(peer: &Addr) -> (u64, u64) {
     let mut hi = [0u8; 8];
     let mut lo = [0u8; 8];
     hi.copy_from_slice(&peer.0[..8]);
     lo.copy_from_slice(&peer.0[8..]);
+    (u64::from_ne_bytes(hi), u64::from_ne_bytes(lo))
+}
+
+#[inline(always)]
+fn from_halves(hi: u64, lo: u64) -> Addr {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&hi.to_ne_bytes());
+    bytes[8..].copy_from_slice(&lo.to_ne_bytes());
+    Addr(bytes)
+}
+
+/// The identity ordered tables look the peer up by (`NO_IDENTITY`: none), found once
+/// for both tables.
+#[inline(always)]
+fn ordered_identity(peer: &Addr) -> u32 {
+    let (hi, lo) = halves(peer);
+    netpol_ordered_identity(hi, lo)
+}
+
+/// `ordered_identity`, as a global BPF function (checked once by the verifier): the
+/// address's identity; else, for an address in the pod ranges that is neither a hole
+/// (a node address) nor this node's, `IDENTITY_UNKNOWN_POD`: a pod the agent cannot name,
+/// which Deny and Pass rules selecting pods deny and Accept rules do not match.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpol_ordered_identity(hi: u64, lo: u64) -> u32 {
+    let peer = from_halves(hi, lo);
+    // SAFETY (all lookups): plain-data values, copied out.
+    if let Some(identity) = unsafe { IDENTITIES.get(peer) } {
+        return *identity;
+    }
+    let range = PeerKey::new(RULESET_POD_RANGES, peer);
+    match PEERS_CIDR.get(Key::new(RULESET_ID_BITS + 128, range)) {
+        Some(r) if r.rest_rule != REST_DENIED && !is_node(&peer) => IDENTITY_UNKNOWN_POD,
+        _ => NO_IDENTITY,
+    }
+}
+
+/// The first rule (smallest tag) of table `key_set` matching the peer by `identity` (its
+/// `ordered_identity`) or by address; `tag::NONE` when none does.
+#[inline(always)]
+fn first_rule(key_set: u32, identity: u32, peer: &Addr, proto: u8, port: u16) -> u32 {
+    let (hi, lo) = halves(peer);
     netpol_first_rule(
         key_set,
-        u64::from_ne_bytes(hi),
-        u64::from_ne_bytes(lo),
+        identity,
+        hi,
+        lo,
         u32::from(proto) << 16 | u32::from(port),
     )
 }
@@ -137,35 +182,23 @@ fn first_rule(key_set: u32, peer: &Addr, proto: u8, port: u16) -> u32 {
 /// scalars only, so the address comes in two halves and protocol and port in one word.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn netpol_first_rule(key_set: u32, hi: u64, lo: u64, proto_port: u32) -> u32 {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&hi.to_ne_bytes());
-    bytes[8..].copy_from_slice(&lo.to_ne_bytes());
-    let peer = Addr(bytes);
+pub extern "C" fn netpol_first_rule(
+    key_set: u32,
+    identity: u32,
+    hi: u64,
+    lo: u64,
+    proto_port: u32,
+) -> u32 {
+    let peer = from_halves(hi, lo);
     let proto = (proto_port >> 16) as u8;
     let port = proto_port as u16;
     let mut first = tag::NONE;
-    // SAFETY (all lookups): plain-data values, copied out.
-    let identity = match unsafe { IDENTITIES.get(peer) } {
-        Some(identity) => Some(*identity),
-        // A pod address the agent cannot name: Deny and Pass rules that select pods
-        // match it (fail closed), Accept rules do not. Holes (node addresses) and this
-        // node's own addresses are no pods.
-        None => match PEERS_CIDR.get(Key::new(
-            RULESET_ID_BITS + 128,
-            PeerKey::new(RULESET_POD_RANGES, peer),
-        )) {
-            Some(range) if range.rest_rule != REST_DENIED && !is_node(&peer) => {
-                Some(IDENTITY_UNKNOWN_POD)
-            }
-            _ => None,
-        },
-    };
-    if let Some(identity) = identity {
+    if identity != NO_IDENTITY {
         let key = IdentityKey {
             ruleset: key_set,
             identity,
         };
+        // SAFETY: plain-data value, copied out.
         if let Some(value) = unsafe { PEERS_BY_IDENTITY.get(key) } {
             first = first_tag(*value, proto, port);
         }
