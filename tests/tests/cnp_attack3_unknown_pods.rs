@@ -18,7 +18,7 @@ use netpol_agent::program::{Programmer, addr_of};
 use netpol_agent::state::{
     ClusterState, ContainerPort, Labels, NodeInfo, ObjectRef, PodInfo, Protocol,
 };
-use netpol_tests::cnp_fixtures::{add_cnp, labels};
+use netpol_tests::cnp_fixtures::{add_cnp, labels, pods_with_app};
 use netpol_tests::reference::{self, End};
 use serde_json::{Value, json};
 
@@ -85,14 +85,6 @@ fn add_pod(s: &mut ClusterState, name: &str, node: &str, addr: &str) {
     );
 }
 
-fn pods(app: &str) -> Value {
-    json!({"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": app}}}})
-}
-
-fn subject(app: &str) -> Value {
-    json!({"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": app}}}})
-}
-
 /// The state programmed into fresh `MemoryMaps` (this node: n1).
 fn programmed(s: &ClusterState) -> Programmer<MemoryMaps> {
     let plan = compile(s, "n1");
@@ -125,6 +117,11 @@ fn maps_allow(
     (pr.maps())
         .rule_from(set, ip(peer), proto, port, false)
         .is_some()
+}
+
+/// `maps_allow` for the server, on TCP port 80.
+fn server_tcp80(pr: &Programmer<MemoryMaps>, s: &ClusterState, dir: Direction, peer: &str) -> bool {
+    maps_allow(pr, s, "server", dir, peer, Protocol::Tcp, 80)
 }
 
 /// What the plan decides for the same.
@@ -168,15 +165,15 @@ fn cnp_attack3_finding_unknown_pod_matches_a_pass_and_skips_a_later_admin_deny()
         "pass-good",
         "Admin",
         5,
-        json!({"subject": subject("server"),
-               "ingress": [{"action": "Pass", "from": [pods("good")]}]}),
+        json!({"subject": pods_with_app("server"),
+               "ingress": [{"action": "Pass", "from": [pods_with_app("good")]}]}),
     );
     add_cnp(
         &mut s,
         "deny-all-pods",
         "Admin",
         10,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
     );
     // The truth: with the stranger known, the spec denies it.
@@ -195,24 +192,8 @@ fn cnp_attack3_finding_unknown_pod_matches_a_pass_and_skips_a_later_admin_deny()
     // Sanity of the tables for known pods.
     let pr = programmed(&s);
     let ing = Direction::Ingress;
-    assert!(maps_allow(
-        &pr,
-        &s,
-        "server",
-        ing,
-        "10.244.2.20",
-        Protocol::Tcp,
-        80
-    ));
-    assert!(!maps_allow(
-        &pr,
-        &s,
-        "server",
-        ing,
-        "10.244.2.30",
-        Protocol::Tcp,
-        80
-    ));
+    assert!(server_tcp80(&pr, &s, ing, "10.244.2.20"), "10.244.2.20");
+    assert!(!server_tcp80(&pr, &s, ing, "10.244.2.30"), "10.244.2.30");
     // The agent does not know the stranger yet.
     assert!(
         !maps_allow(&pr, &s, "server", ing, "10.244.2.99", Protocol::Tcp, 80),
@@ -239,15 +220,15 @@ fn cnp_attack3_finding_unknown_pod_pass_hides_an_address_deny_it_met_before() {
         "pass-good",
         "Admin",
         5,
-        json!({"subject": subject("server"),
-               "egress": [{"action": "Pass", "to": [pods("good")]}]}),
+        json!({"subject": pods_with_app("server"),
+               "egress": [{"action": "Pass", "to": [pods_with_app("good")]}]}),
     );
     add_cnp(
         &mut s,
         "deny-pod-block",
         "Admin",
         10,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "egress": [{"action": "Deny", "to": [{"networks": ["10.244.0.0/16"]}]}]}),
     );
     let mut truth = s.clone();
@@ -261,37 +242,16 @@ fn cnp_attack3_finding_unknown_pod_pass_hides_an_address_deny_it_met_before() {
     ));
     let pr = programmed(&s);
     let eg = Direction::Egress;
-    assert!(!maps_allow(
-        &pr,
-        &s,
-        "server",
-        eg,
-        "10.244.2.30",
-        Protocol::Tcp,
-        80
-    ));
-    assert!(maps_allow(
-        &pr,
-        &s,
-        "server",
-        eg,
-        "10.244.2.20",
-        Protocol::Tcp,
-        80
-    ));
+    assert!(!server_tcp80(&pr, &s, eg, "10.244.2.30"), "10.244.2.30");
+    assert!(server_tcp80(&pr, &s, eg, "10.244.2.20"), "10.244.2.20");
     // Without pod ranges (the datapath before 41f1bdb) the block's Deny drops it.
     let mut outside = s.clone();
     outside.nodes.clear();
     let pr_outside = programmed(&outside);
-    assert!(!maps_allow(
-        &pr_outside,
-        &outside,
-        "server",
-        eg,
-        "10.244.2.99",
-        Protocol::Tcp,
-        80
-    ));
+    assert!(
+        !server_tcp80(&pr_outside, &outside, eg, "10.244.2.99"),
+        "10.244.2.99"
+    );
     assert!(
         !maps_allow(&pr, &s, "server", eg, "10.244.2.99", Protocol::Tcp, 80),
         "maps: the unknown pod's Pass hides the block's Deny"
@@ -316,7 +276,7 @@ fn cnp_attack3_finding_pod_range_network_address_is_taken_for_a_pod() {
         "deny-all-pods",
         "Admin",
         10,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
     );
     let pr = programmed(&s);
@@ -325,15 +285,7 @@ fn cnp_attack3_finding_pod_range_network_address_is_taken_for_a_pod() {
         maps_allow(&pr, &s, "server", ing, "10.0.0.2", Protocol::Tcp, 80),
         "n2"
     );
-    assert!(!maps_allow(
-        &pr,
-        &s,
-        "server",
-        ing,
-        "10.244.2.77",
-        Protocol::Tcp,
-        80
-    ));
+    assert!(!server_tcp80(&pr, &s, ing, "10.244.2.77"), "10.244.2.77");
     assert!(
         maps_allow(&pr, &s, "server", ing, "10.244.2.0", Protocol::Tcp, 80),
         "n2's flannel.1 address (its pod range's network address) is no pod"
@@ -357,20 +309,12 @@ fn cnp_attack3_unknown_pod_in_admin_and_baseline_orders() {
         "deny-bad-then-pass",
         "Admin",
         5,
-        json!({"subject": subject("server"),
-               "ingress": [{"action": "Deny", "from": [pods("bad")]},
-                           {"action": "Pass", "from": [pods("good")]}]}),
+        json!({"subject": pods_with_app("server"),
+               "ingress": [{"action": "Deny", "from": [pods_with_app("bad")]},
+                           {"action": "Pass", "from": [pods_with_app("good")]}]}),
     );
     let pr = programmed(&s);
-    assert!(!maps_allow(
-        &pr,
-        &s,
-        "server",
-        ing,
-        "10.244.2.99",
-        Protocol::Tcp,
-        80
-    ));
+    assert!(!server_tcp80(&pr, &s, ing, "10.244.2.99"), "10.244.2.99");
     assert!(!plan_allows(
         &s,
         "server",
@@ -379,15 +323,7 @@ fn cnp_attack3_unknown_pod_in_admin_and_baseline_orders() {
         Protocol::Tcp,
         80
     ));
-    assert!(maps_allow(
-        &pr,
-        &s,
-        "server",
-        ing,
-        "10.244.2.20",
-        Protocol::Tcp,
-        80
-    ));
+    assert!(server_tcp80(&pr, &s, ing, "10.244.2.20"), "10.244.2.20");
 
     // Baseline only: Accept good, then Deny every pod.
     let mut s = world();
@@ -396,8 +332,8 @@ fn cnp_attack3_unknown_pod_in_admin_and_baseline_orders() {
         "baseline",
         "Baseline",
         5,
-        json!({"subject": subject("server"),
-               "ingress": [{"action": "Accept", "from": [pods("good")]},
+        json!({"subject": pods_with_app("server"),
+               "ingress": [{"action": "Accept", "from": [pods_with_app("good")]},
                            {"action": "Deny", "from": [{"namespaces": {}}]}]}),
     );
     let pr = programmed(&s);
@@ -430,7 +366,7 @@ fn cnp_attack3_unknown_pod_in_admin_and_baseline_orders() {
         "pass-all-pods",
         "Admin",
         5,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "ingress": [{"action": "Pass", "from": [{"namespaces": {}}]}]}),
     );
     add_cnp(
@@ -438,7 +374,7 @@ fn cnp_attack3_unknown_pod_in_admin_and_baseline_orders() {
         "baseline-deny",
         "Baseline",
         5,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
     );
     let json = r#"{"metadata": {"name": "allow-block", "namespace": "prod"},
@@ -478,7 +414,7 @@ fn cnp_attack3_unknown_pod_and_named_ports() {
         "deny-named",
         "Admin",
         5,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "egress": [{"action": "Deny", "to": [{"namespaces": {}}],
                            "protocols": [{"destinationNamedPort": "dns"}]}],
                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}],
@@ -550,7 +486,7 @@ fn cnp_attack3_pod_ranges_of_odd_shapes() {
         "deny-all-pods",
         "Admin",
         10,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
     );
     let ing = Direction::Ingress;
@@ -614,7 +550,7 @@ fn cnp_attack3_restart_with_pod_ranges_then_ranges_change() {
         "deny-all-pods",
         "Admin",
         10,
-        json!({"subject": subject("server"),
+        json!({"subject": pods_with_app("server"),
                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
     );
     let mut first = programmed(&s);
@@ -665,15 +601,15 @@ fn with_ports(s: &mut ClusterState, name: &str, subj: &str, first: u16, n: u16) 
         .map(|i| json!({"tcp": {"destinationPort": {"number": first + 2 * i}}}))
         .collect();
     let mut rules: Vec<Value> = (ports.chunks(20))
-        .map(|c| json!({"action": "Accept", "from": [pods("good")], "protocols": c}))
+        .map(|c| json!({"action": "Accept", "from": [pods_with_app("good")], "protocols": c}))
         .collect();
-    rules.push(json!({"action": "Deny", "from": [pods("good")]}));
+    rules.push(json!({"action": "Deny", "from": [pods_with_app("good")]}));
     add_cnp(
         s,
         name,
         "Admin",
         10,
-        json!({"subject": subject(subj), "ingress": rules}),
+        json!({"subject": pods_with_app(subj), "ingress": rules}),
     );
 }
 
@@ -751,16 +687,16 @@ fn cnp_attack3_chains_shared_and_released() {
         json!({"subject": {"pods": {"namespaceSelector": {},
                    "podSelector": {"matchExpressions": [{"key": "app", "operator": "In",
                        "values": ["server", "server2"]}]}}},
-               "ingress": [{"action": "Accept", "from": [pods("good")], "protocols": ports},
-                           {"action": "Deny", "from": [pods("good")]}]}),
+               "ingress": [{"action": "Accept", "from": [pods_with_app("good")], "protocols": ports},
+                           {"action": "Deny", "from": [pods_with_app("good")]}]}),
     );
     add_cnp(
         &mut s,
         "server2-deny-bad",
         "Admin",
         20,
-        json!({"subject": subject("server2"),
-               "ingress": [{"action": "Deny", "from": [pods("bad")]}]}),
+        json!({"subject": pods_with_app("server2"),
+               "ingress": [{"action": "Deny", "from": [pods_with_app("bad")]}]}),
     );
     let mut pr = programmed(&s);
     assert_ne!(
@@ -786,9 +722,9 @@ fn cnp_attack3_chains_shared_and_released() {
         "server2-ports",
         "Admin",
         10,
-        json!({"subject": subject("server2"),
-               "ingress": [{"action": "Accept", "from": [pods("good")], "protocols": ports2},
-                           {"action": "Deny", "from": [pods("good")]}]}),
+        json!({"subject": pods_with_app("server2"),
+               "ingress": [{"action": "Accept", "from": [pods_with_app("good")], "protocols": ports2},
+                           {"action": "Deny", "from": [pods_with_app("good")]}]}),
     );
     let mut pr = programmed(&s);
     check_server(&pr, &s, "tail shared");
@@ -844,8 +780,8 @@ fn cnp_attack3_identity_ids_never_reach_the_unknown_pod() {
         "deny-bad",
         "Admin",
         10,
-        json!({"subject": subject("server"),
-               "ingress": [{"action": "Deny", "from": [pods("bad")]}]}),
+        json!({"subject": pods_with_app("server"),
+               "ingress": [{"action": "Deny", "from": [pods_with_app("bad")]}]}),
     );
     let mut maps = MemoryMaps::default();
     netpol_agent::program::MapOps::set_identity(
