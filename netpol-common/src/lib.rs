@@ -388,7 +388,7 @@ pub const MAX_PORT_RANGES: usize = 16;
 
 /// Port sets of ordered tables (ClusterNetworkPolicy) chain: ranges of different rules
 /// cannot merge without changing which rule decides, so one peer may need more than one
-/// set. `netpol_first_rule` follows at most this many.
+/// set. The datapath's ordered lookups follow at most this many.
 pub const MAX_PORTSET_CHAIN: usize = 4;
 /// The ranges one peer entry of an ordered table can hold.
 pub const MAX_ORDERED_PORT_RANGES: usize = MAX_PORT_RANGES * MAX_PORTSET_CHAIN;

@@ -97,12 +97,13 @@ fn audited(at: At, p: &Packet) {
 
 /// What a frame that is not an IP packet gets at a pod's veth.
 #[inline(always)]
-fn not_ip(at: At, iface: &IfaceInfo, sets: Sets, parsed: &Parsed, sent: bool) -> i32 {
+fn not_ip(at: At, iface: &IfaceInfo, sets: Sets, p: &Packet, parsed: Parsed, sent: bool) -> i32 {
     let id = iface.endpoint_id;
     match parsed {
-        Parsed::Arp(spa) => {
-            let own = iface.flags & IFACE_HAS_V4 != 0 && Addr::from_v4(*spa) == iface.addr4;
-            if !sent || own || *spa == [0; 4] {
+        Parsed::Arp => {
+            let spa = p.src;
+            let own = iface.flags & IFACE_HAS_V4 != 0 && spa == iface.addr4;
+            if !sent || own || spa == Addr::from_v4([0; 4]) {
                 verdict(id, reason::ALLOW_NEIGHBOUR)
             } else {
                 decided(at, id, reason::DROP_SPOOFED, None)
@@ -130,26 +131,28 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     if fast::established(&ctx, iface, Side::Sends) {
         return TC_ACT_UNSPEC;
     }
-    let v = from_pod_full(&ctx, iface);
+    let Some(p) = scratch() else {
+        return TC_ACT_UNSPEC;
+    };
+    let parsed = parse::parse(&ctx, p);
+    let v = from_pod_full(&ctx, iface, p, parsed);
     log::flush();
     v
 }
 
-/// Everything but the established path. A function of its own (a BPF subprogram), so
-/// its stack and the established path's are never live together.
+/// Everything but the established path and parsing. A function of its own (a BPF
+/// subprogram), like those two, so no two of their stacks are live together: Linux before
+/// 6.9 caps a call chain's frames at 512 bytes together (`tests/tests/bpf_stack_depth.rs`).
 #[inline(never)]
-fn from_pod_full(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
+fn from_pod_full(ctx: &TcContext, iface: &IfaceInfo, p: &mut Packet, parsed: Parsed) -> i32 {
     let sets = iface_sets(iface);
-    let Some(p) = scratch() else {
-        return TC_ACT_UNSPEC;
-    };
     let at = At {
         hook: ev::AT_FROM_POD,
         ifindex: maps::ifindex(ctx),
     };
-    match parse::parse(ctx, p) {
+    match parsed {
         Parsed::Ip => {}
-        other => return not_ip(at, iface, sets, &other, true),
+        other => return not_ip(at, iface, sets, p, other, true),
     }
     let id = iface.endpoint_id;
     let why = if p.v4_in_v6 {
@@ -267,25 +270,26 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     if fast::established(&ctx, iface, Side::Receives) {
         return TC_ACT_UNSPEC;
     }
-    let v = to_pod_full(&ctx, iface);
+    let Some(p) = scratch() else {
+        return TC_ACT_UNSPEC;
+    };
+    let parsed = parse::parse(&ctx, p);
+    let v = to_pod_full(&ctx, iface, p, parsed);
     log::flush();
     v
 }
 
-/// Everything but the established path (see `from_pod_full`).
+/// Everything but the established path and parsing (see `from_pod_full`).
 #[inline(never)]
-fn to_pod_full(ctx: &TcContext, iface: &IfaceInfo) -> i32 {
+fn to_pod_full(ctx: &TcContext, iface: &IfaceInfo, p: &mut Packet, parsed: Parsed) -> i32 {
     let sets = iface_sets(iface);
-    let Some(p) = scratch() else {
-        return TC_ACT_UNSPEC;
-    };
     let at = At {
         hook: ev::AT_TO_POD,
         ifindex: maps::ifindex(ctx),
     };
-    match parse::parse(ctx, p) {
+    match parsed {
         Parsed::Ip => {}
-        other => return not_ip(at, iface, sets, &other, false),
+        other => return not_ip(at, iface, sets, p, other, false),
     }
     let id = iface.endpoint_id;
     if p.v4_in_v6 {
@@ -420,20 +424,20 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
     if fast::tracked_at_uplink(&ctx) {
         return TC_ACT_UNSPEC;
     }
-    let v = uplink_full(&ctx);
+    let Some(p) = scratch() else {
+        return TC_ACT_UNSPEC;
+    };
+    let Parsed::Ip = parse::parse(&ctx, p) else {
+        return TC_ACT_UNSPEC;
+    };
+    let v = uplink_full(&ctx, p);
     log::flush();
     v
 }
 
-/// Everything but tracked connections (see `from_pod_full`).
+/// Everything but tracked connections and parsing (see `from_pod_full`).
 #[inline(never)]
-fn uplink_full(ctx: &TcContext) -> i32 {
-    let Some(p) = scratch() else {
-        return TC_ACT_UNSPEC;
-    };
-    let Parsed::Ip = parse::parse(ctx, p) else {
-        return TC_ACT_UNSPEC;
-    };
+fn uplink_full(ctx: &TcContext, p: &mut Packet) -> i32 {
     if p.icmp == Icmp::Error || p.v4_in_v6 {
         return TC_ACT_UNSPEC; // decided at the pod's veth
     }

@@ -108,19 +108,24 @@ impl Packet {
     }
 }
 
+/// What `parse` found (fieldless: a BPF subprogram returns it in one register, and a
+/// payload would leave undefined bytes there, which the verifier refuses to read).
+#[repr(u8)]
 pub enum Parsed {
     /// An IP packet, written into the `Packet` passed in.
     Ip,
-    /// ARP; the sender protocol address (IPv4) for anti-spoofing.
-    Arp([u8; 4]),
+    /// ARP; the sender protocol address (IPv4) is in `Packet::src`, for anti-spoofing.
+    Arp,
     /// Any other ethertype, VLAN tags included.
     OtherFrame,
     Malformed,
 }
 
 /// Parses the frame into `p` (which lives in a per-CPU scratch map: a `Packet` is too big
-/// for the BPF stack next to everything else).
-#[inline(always)]
+/// for the BPF stack next to everything else). A BPF subprogram that the hooks call
+/// before their full path: the header buffers on its stack are then never live beside
+/// the full path's frame.
+#[inline(never)]
 pub fn parse(ctx: &TcContext, p: &mut Packet) -> Parsed {
     // A VLAN tag may sit in the skb's metadata rather than the frame.
     // SAFETY: the context pointer is valid for the whole program run.
@@ -136,7 +141,10 @@ pub fn parse(ctx: &TcContext, p: &mut Packet) -> Parsed {
         ETH_P_IP => parse_v4(ctx, p),
         ETH_P_IPV6 => parse_v6(ctx, p),
         ETH_P_ARP => match load::<[u8; 4]>(ctx, ETH_HLEN + 14) {
-            Some(spa) => Parsed::Arp(spa),
+            Some(spa) => {
+                p.src = Addr::from_v4(spa);
+                Parsed::Arp
+            }
             None => Parsed::Malformed,
         },
         _ => Parsed::OtherFrame,

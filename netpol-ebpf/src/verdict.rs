@@ -127,13 +127,39 @@ fn halves(peer: &Addr) -> (u64, u64) {
     (u64::from_ne_bytes(hi), u64::from_ne_bytes(lo))
 }
 
-#[inline(always)]
-fn from_halves(hi: u64, lo: u64) -> Addr {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&hi.to_ne_bytes());
-    bytes[8..].copy_from_slice(&lo.to_ne_bytes());
-    Addr(bytes)
+/// A `PEERS_CIDR` key (the layout of `Key<PeerKey>`) built in place from an address in
+/// halves, so the address sits on the stack once. The global functions end the deepest
+/// call chains, whose frames Linux before 6.9 caps at 512 bytes together (each rounded up
+/// to 32): they keep theirs within 32 (`tests/tests/bpf_stack_depth.rs` checks).
+#[repr(C)]
+struct CidrKey {
+    prefix_len: u32,
+    ruleset_be: [u8; 4],
+    addr: Addr,
 }
+
+impl CidrKey {
+    #[inline(always)]
+    fn new(set: u32, hi: u64, lo: u64) -> Self {
+        let mut addr = Addr([0; 16]);
+        addr.0[..8].copy_from_slice(&hi.to_ne_bytes());
+        addr.0[8..].copy_from_slice(&lo.to_ne_bytes());
+        CidrKey {
+            prefix_len: RULESET_ID_BITS + 128,
+            ruleset_be: set.to_be_bytes(),
+            addr,
+        }
+    }
+
+    #[inline(always)]
+    fn lpm(&self) -> &Key<PeerKey> {
+        // SAFETY: `Key<PeerKey>` is packed (alignment 1) and lays out the same fields in
+        // the same order: a u32, then the rule set's 4 bytes, then the 16-byte address.
+        unsafe { &*(self as *const CidrKey).cast::<Key<PeerKey>>() }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<CidrKey>() == core::mem::size_of::<Key<PeerKey>>());
 
 /// The identity ordered tables look the peer up by (`NO_IDENTITY`: none), found once
 /// for both tables.
@@ -149,15 +175,16 @@ fn ordered_identity(peer: &Addr) -> u32 {
 /// which Deny and Pass rules selecting pods deny and Accept rules do not match.
 #[unsafe(no_mangle)]
 #[inline(never)]
+// By reference: a copy of the address would take 16 more bytes of this frame.
+#[allow(clippy::needless_borrows_for_generic_args)]
 pub extern "C" fn netpol_ordered_identity(hi: u64, lo: u64) -> u32 {
-    let peer = from_halves(hi, lo);
+    let range = CidrKey::new(RULESET_POD_RANGES, hi, lo);
     // SAFETY (all lookups): plain-data values, copied out.
-    if let Some(identity) = unsafe { IDENTITIES.get(peer) } {
+    if let Some(identity) = unsafe { IDENTITIES.get(&range.addr) } {
         return *identity;
     }
-    let range = PeerKey::new(RULESET_POD_RANGES, peer);
-    match PEERS_CIDR.get(Key::new(RULESET_ID_BITS + 128, range)) {
-        Some(r) if r.rest_rule != REST_DENIED && !is_node(&peer) => IDENTITY_UNKNOWN_POD,
+    match PEERS_CIDR.get(range.lpm()) {
+        Some(r) if r.rest_rule != REST_DENIED && !is_node(&range.addr) => IDENTITY_UNKNOWN_POD,
         _ => NO_IDENTITY,
     }
 }
@@ -166,54 +193,53 @@ pub extern "C" fn netpol_ordered_identity(hi: u64, lo: u64) -> u32 {
 /// `ordered_identity`) or by address; `tag::NONE` when none does.
 #[inline(always)]
 fn first_rule(key_set: u32, identity: u32, peer: &Addr, proto: u8, port: u16) -> u32 {
+    let proto_port = u32::from(proto) << 16 | u32::from(port);
+    let by_identity = if identity != NO_IDENTITY {
+        netpol_first_by_identity(key_set, identity, proto_port)
+    } else {
+        tag::NONE
+    };
     let (hi, lo) = halves(peer);
-    netpol_first_rule(
-        key_set,
-        identity,
-        hi,
-        lo,
-        u32::from(proto) << 16 | u32::from(port),
-    )
+    by_identity.min(netpol_first_by_address(key_set, hi, lo, proto_port))
 }
 
-/// `first_rule`, as a global BPF function: the verifier checks it once, on its own,
-/// instead of once per call site and path (two lookups with a port-range scan each, at
-/// every decision of every program, would not fit its budget). Global functions take
-/// scalars only, so the address comes in two halves and protocol and port in one word.
+// The two lookups of `first_rule`, as global BPF functions: the verifier checks each
+// once, on its own, instead of once per call site and path (two lookups with a
+// port-range scan each, at every decision of every program, would not fit its budget).
+// Global functions take scalars only, so the address comes in two halves and protocol
+// and port in one word. Two functions, not one, so each frame stays within 32 bytes.
+
+/// The first rule of table `key_set` matching identity `identity`.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn netpol_first_rule(
-    key_set: u32,
-    identity: u32,
-    hi: u64,
-    lo: u64,
-    proto_port: u32,
-) -> u32 {
-    let peer = from_halves(hi, lo);
-    let proto = (proto_port >> 16) as u8;
-    let port = proto_port as u16;
-    let mut first = tag::NONE;
-    if identity != NO_IDENTITY {
-        let key = IdentityKey {
-            ruleset: key_set,
-            identity,
-        };
-        // SAFETY: plain-data value, copied out.
-        if let Some(value) = unsafe { PEERS_BY_IDENTITY.get(key) } {
-            first = first_tag(*value, proto, port);
-        }
+pub extern "C" fn netpol_first_by_identity(key_set: u32, identity: u32, proto_port: u32) -> u32 {
+    let key = IdentityKey {
+        ruleset: key_set,
+        identity,
+    };
+    // SAFETY: plain-data value, copied out.
+    match unsafe { PEERS_BY_IDENTITY.get(key) } {
+        Some(value) => first_tag(*value, proto_port),
+        None => tag::NONE,
     }
-    let key = PeerKey::new(key_set, peer);
-    if let Some(value) = PEERS_CIDR.get(Key::new(RULESET_ID_BITS + 128, key)) {
-        first = first.min(first_tag(*value, proto, port));
+}
+
+/// The first rule of table `key_set` matching the address `hi`:`lo`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn netpol_first_by_address(key_set: u32, hi: u64, lo: u64, proto_port: u32) -> u32 {
+    match PEERS_CIDR.get(CidrKey::new(key_set, hi, lo).lpm()) {
+        Some(value) => first_tag(*value, proto_port),
+        None => tag::NONE,
     }
-    first
 }
 
 /// `peer_allows` for an ordered table, whose port sets may chain; `tag::NONE` when no
 /// rule matches.
 #[inline(always)]
-fn first_tag(value: PeerValue, proto: u8, port: u16) -> u32 {
+fn first_tag(value: PeerValue, proto_port: u32) -> u32 {
+    let proto = (proto_port >> 16) as u8;
+    let port = proto_port as u16;
     let mut id = value.portset;
     let mut i = 0;
     while i < MAX_PORTSET_CHAIN && id != NO_PORTSET {
