@@ -45,6 +45,8 @@ pub mod names {
     pub const PROG_UPLINK: &str = "uplink_egress";
     /// Does nothing: the baseline of the datapath benchmarks.
     pub const PROG_EMPTY: &str = "empty";
+    /// Only the established path's conntrack lookup: the benchmarks' floor for it.
+    pub const PROG_CONNTRACK_FLOOR: &str = "conntrack_floor";
     /// Ends the TC chain with "pass"; only the attach-order tests load it.
     pub const PROG_PASS_STOP: &str = "pass_stop";
 }

@@ -335,6 +335,16 @@ pub fn established(ctx: &TcContext, iface: &IfaceInfo, side: Side) -> bool {
     true
 }
 
+/// For the `conntrack_floor` benchmark: the packet's tuple and its `CONNTRACK` lookup,
+/// nothing else. True when an entry exists.
+#[inline(always)]
+pub fn conntrack_only(ctx: &TcContext) -> bool {
+    match tuple(ctx) {
+        Some(t) => CONNTRACK.get_ptr_mut(key_of(&t).0).is_some(),
+        None => false,
+    }
+}
+
 /// At an uplink: true when the packet belongs to a live replied connection whose
 /// opener's egress needs no check here (passes uncounted, as the full path passes it);
 /// false when the full path must look at it. A subprogram, like `established`.

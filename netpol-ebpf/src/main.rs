@@ -8,6 +8,7 @@
 //!   a Service with a remote backend is decided, after translation.
 //!
 //! * `empty`: does nothing; the baseline of `cargo xtask bench`.
+//! * `conntrack_floor`: only the established path's conntrack lookup, for the bench.
 //!
 //! Modules follow a packet: `parse` (headers), `fragments`, `neighbour` (what a pod may
 //! say on its link), `verdict` (rules and connection tracking), `maps` (the shared maps).
@@ -546,6 +547,18 @@ fn came_from(sender: &netpol_common::EndpointInfo, came_in: u32) -> bool {
 #[classifier]
 pub fn empty(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
+}
+
+/// The established path's one step that no design with a conntrack map avoids, alone:
+/// the tuple read in place and one `CONNTRACK` lookup. The benchmarks print it next to
+/// `empty` and the established path; never attached.
+#[classifier]
+pub fn conntrack_floor(ctx: TcContext) -> i32 {
+    if fast::conntrack_only(&ctx) {
+        TC_ACT_UNSPEC
+    } else {
+        TC_ACT_SHOT
+    }
 }
 
 /// Ends the TC chain with "pass". Never loaded by the agent: the attach-order tests

@@ -98,6 +98,8 @@ pub enum Hook {
     Uplink,
     /// The empty classifier (never attached): the benchmarks' baseline.
     Empty,
+    /// Only the established path's conntrack lookup (never attached): its floor.
+    ConntrackFloor,
 }
 
 impl Hook {
@@ -109,12 +111,13 @@ impl Hook {
             Hook::ToPod => names::PROG_TO_POD,
             Hook::Uplink => names::PROG_UPLINK,
             Hook::Empty => names::PROG_EMPTY,
+            Hook::ConntrackFloor => names::PROG_CONNTRACK_FLOOR,
         }
     }
     fn attach_type(self) -> TcAttachType {
         match self {
             Hook::FromPod => TcAttachType::Ingress,
-            Hook::ToPod | Hook::Uplink | Hook::Empty => TcAttachType::Egress,
+            Hook::ToPod | Hook::Uplink | Hook::Empty | Hook::ConntrackFloor => TcAttachType::Egress,
         }
     }
 }
@@ -379,6 +382,7 @@ impl Datapath {
             names::PROG_TO_POD,
             names::PROG_UPLINK,
             names::PROG_EMPTY,
+            names::PROG_CONNTRACK_FLOOR,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

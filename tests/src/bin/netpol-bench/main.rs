@@ -295,6 +295,13 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
         measure(&mut dp, Hook::FromPod, &ack, args, PASS)?,
         "ns".into(),
     ));
+    // The same ACK's conntrack lookup alone (it finds the entry): what any established
+    // path that looks a connection up in a hash map pays at least.
+    results.push((
+        "dp.conntrack_floor_ns".into(),
+        measure(&mut dp, Hook::ConntrackFloor, &ack, args, PASS)?,
+        "ns".into(),
+    ));
 
     // A new flow, decided against n CIDR entries. The probe matches a block but not its
     // port, so it is denied, never tracked, and every repeat is a new flow.
@@ -360,7 +367,9 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
     let established_ratio = get("dp.established_ns") / empty;
     let new_10k_ratio = get("dp.new_flow_10k_ns") / empty;
     let new_10k_above = get("dp.new_flow_10k_ns") - empty;
+    let floor_ratio = get("dp.conntrack_floor_ns") / empty;
     results.push(("dp.established_ratio".into(), established_ratio, "x".into()));
+    results.push(("dp.conntrack_floor_ratio".into(), floor_ratio, "x".into()));
     results.push(("dp.new_flow_10k_ratio".into(), new_10k_ratio, "x".into()));
     results.push((
         "dp.new_flow_10k_above_empty_ns".into(),
