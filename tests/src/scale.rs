@@ -8,9 +8,13 @@
 //!   on TCP 8080 and may reach every pod of its own namespace.
 //!
 //! The benchmark's node is `node-0`; addresses are 10.0.0.0/8 (pod i is 10.i>>16.i>>8.i).
+//!
+//! `admin_egress` is a ClusterNetworkPolicy to add to either: the control-plane bench's
+//! `narrow-admin` case, and `cnp_scale_probe`'s `one-admin`.
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use netpol_agent::sources::cnp::ClusterNetworkPolicy;
 use netpol_agent::state::{ClusterState, ContainerPort, Labels, ObjectRef, PodInfo, Protocol};
 use serde_json::{Value, json};
 
@@ -108,6 +112,34 @@ pub fn policy_ref(d: usize) -> ObjectRef {
         namespace_of(d * REPLICAS),
         format!("pol-{}", app_of(d * REPLICAS)),
     )
+}
+
+/// A ClusterNetworkPolicy named `name` with `spec`.
+pub fn cluster_policy(name: &str, spec: Value) -> Result<ClusterNetworkPolicy, serde_json::Error> {
+    serde_json::from_value(json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+}
+
+/// An Admin policy over every namespace, two egress rules: a Deny to networks, then an
+/// Accept to pods by label (`tier: tier-1`, a third of all pods). Every local pod gets
+/// ordered egress sets.
+pub fn admin_egress() -> Result<(String, ClusterNetworkPolicy), serde_json::Error> {
+    let name = "admin-egress";
+    let policy = cluster_policy(
+        name,
+        json!({"tier": "Admin", "priority": 10,
+        "subject": {"namespaces": {}},
+        "egress": [
+          {"action": "Deny", "to": [{"networks": ["192.0.2.0/24", "198.51.100.0/24"]}]},
+          {"action": "Accept", "to": [{"pods": {"namespaceSelector": {},
+              "podSelector": {"matchLabels": {"tier": "tier-1"}}}}]}
+        ]}),
+    )?;
+    Ok((name.to_string(), policy))
 }
 
 /// The whole cluster.

@@ -41,29 +41,12 @@ use netpol_tests::scale::{self, Generator, LOCAL_NODE};
 use serde_json::{Value, json};
 
 fn cnp(name: &str, spec: Value) -> ClusterNetworkPolicy {
-    serde_json::from_value(json!({
-        "apiVersion": "policy.networking.k8s.io/v1alpha2",
-        "kind": "ClusterNetworkPolicy",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("a ClusterNetworkPolicy")
+    scale::cluster_policy(name, spec).expect("a ClusterNetworkPolicy")
 }
 
 fn one_admin(s: &mut ClusterState) {
-    s.cluster_policies.insert(
-        "admin-egress".into(),
-        cnp(
-            "admin-egress",
-            json!({"tier": "Admin", "priority": 10,
-            "subject": {"namespaces": {}},
-            "egress": [
-              {"action": "Deny", "to": [{"networks": ["192.0.2.0/24", "198.51.100.0/24"]}]},
-              {"action": "Accept", "to": [{"pods": {"namespaceSelector": {},
-                  "podSelector": {"matchLabels": {"tier": "tier-1"}}}}]}
-            ]}),
-        ),
-    );
+    let (name, policy) = scale::admin_egress().expect("a ClusterNetworkPolicy");
+    s.cluster_policies.insert(name, policy);
 }
 
 /// One Admin policy whose subject is one pod (not on the compiled node): no local pod is

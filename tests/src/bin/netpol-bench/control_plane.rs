@@ -16,10 +16,27 @@ use netpol_tests::scale::{self, Generator, LOCAL_NODE};
 
 use super::Entry;
 
+/// The cases: each generator's cluster, and the narrow one under an Admin policy that
+/// gives every local pod ordered egress sets (`scale::admin_egress`).
+const CASES: [(Generator, bool); 3] = [
+    (Generator::Narrow, false),
+    (Generator::Broad, false),
+    (Generator::Narrow, true),
+];
+
+fn case_name(generator: Generator, admin: bool) -> String {
+    if admin {
+        format!("{}-admin", generator.name())
+    } else {
+        generator.name().to_string()
+    }
+}
+
 pub fn run_all(sizes: &[usize], results: &mut Vec<Entry>) -> Result<()> {
     let exe = std::env::current_exe().context("locating netpol-bench")?;
-    for generator in [Generator::Narrow, Generator::Broad] {
-        let name = generator.name();
+    for (generator, admin) in CASES {
+        let name = case_name(generator, admin);
+        let name = name.as_str();
         for &pods in sizes {
             println!("control plane: {name}, {pods} pods ...");
             let out = Command::new(&exe)
@@ -58,16 +75,17 @@ pub fn run_all(sizes: &[usize], results: &mut Vec<Entry>) -> Result<()> {
 
 /// One (generator, size): prints its entries as JSON on stdout.
 pub fn run_case(case: &[String]) -> Result<()> {
-    let [generator, pods] = case else {
-        bail!("--cp-case GENERATOR PODS");
+    let [name, pods] = case else {
+        bail!("--cp-case CASE PODS (narrow, broad or narrow-admin)");
     };
-    let generator = match generator.as_str() {
-        "narrow" => Generator::Narrow,
-        "broad" => Generator::Broad,
-        other => bail!("unknown generator {other:?}"),
+    let Some((generator, admin)) = CASES
+        .into_iter()
+        .find(|(g, a)| case_name(*g, *a) == name.as_str())
+    else {
+        bail!("unknown case {name:?}");
     };
     let pods: usize = pods.parse().context("PODS")?;
-    let entries = measure(generator, pods)?;
+    let entries = measure(generator, admin, pods)?;
     println!("{}", serde_json::to_string(&entries)?);
     Ok(())
 }
@@ -75,9 +93,13 @@ pub fn run_case(case: &[String]) -> Result<()> {
 /// Repetitions of each single change.
 const ROUNDS: usize = 5;
 
-fn measure(generator: Generator, pods: usize) -> Result<Vec<Entry>> {
-    let prefix = format!("cp.{}.{pods}", generator.name());
+fn measure(generator: Generator, admin: bool, pods: usize) -> Result<Vec<Entry>> {
+    let prefix = format!("cp.{}.{pods}", case_name(generator, admin));
     let mut state = scale::cluster(generator, pods).context("generating the cluster")?;
+    if admin {
+        let (name, policy) = scale::admin_egress().context("the Admin policy")?;
+        state.cluster_policies.insert(name, policy);
+    }
     let sizes = MapSizes {
         conntrack_entries: 1024,
         conntrack_new_entries: 1024,
