@@ -98,7 +98,8 @@ pub enum Hook {
     Uplink,
     /// The empty classifier (never attached): the benchmarks' baseline.
     Empty,
-    /// Only the established path's conntrack lookup (never attached): its floor.
+    /// Only the established path's conntrack lookup (never attached, and loaded only when
+    /// a test run asks for it): its floor.
     ConntrackFloor,
 }
 
@@ -382,7 +383,6 @@ impl Datapath {
             names::PROG_TO_POD,
             names::PROG_UPLINK,
             names::PROG_EMPTY,
-            names::PROG_CONNTRACK_FLOOR,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -867,6 +867,10 @@ impl Datapath {
         ingress_ifindex: u32,
     ) -> Result<(i32, std::time::Duration)> {
         let prog = classifier(&mut self.ebpf, hook.program())?;
+        // The benchmark's floor is loaded the first time it runs: never in the agent.
+        if hook == Hook::ConntrackFloor && prog.fd().is_err() {
+            load_program(prog, hook.program())?;
+        }
         // struct __sk_buff up to `ifindex` (offset 40), with `ingress_ifindex` (offset 36).
         // Every other field zero.
         let mut ctx = [0u8; 44];
