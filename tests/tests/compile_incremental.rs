@@ -100,17 +100,65 @@ fn mutate(rng: &mut Rng, s: &mut ClusterState, nodes: &[&str], step: usize) -> S
     format!("{what}: {r}")
 }
 
+/// `mutate`, and now and then a change only ClusterNetworkPolicy sees: a node relabelled
+/// (what `nodes` peers select) or a ClusterNetworkPolicy removed.
+fn mutate_with_cnp(rng: &mut Rng, s: &mut ClusterState, nodes: &[&str], step: usize) -> String {
+    if !rng.chance(10) {
+        return mutate(rng, s, nodes, step);
+    }
+    if rng.chance(50)
+        && let Some((name, n)) = s.nodes.iter_mut().next()
+    {
+        n.labels.insert("zone".into(), format!("z{}", rng.below(3)));
+        return format!("node {name} relabelled");
+    }
+    match s.cluster_policies.keys().next().cloned() {
+        Some(name) => {
+            s.cluster_policies.remove(&name);
+            format!("cluster policy {name} removed")
+        }
+        None => "nothing".into(),
+    }
+}
+
+type Mutation = fn(&mut Rng, &mut ClusterState, &[&str], usize) -> String;
+
 fn check_sequence(
-    mut s: ClusterState,
+    s: ClusterState,
     node: &str,
     nodes: &[&str],
     rng: &mut Rng,
     steps: usize,
     label: &str,
 ) -> (usize, usize) {
+    let c = check_sequence_with(s, node, nodes, rng, steps, label, mutate);
+    (c.incremental, c.total)
+}
+
+/// Plans of a sequence: how many, how many incremental, and how many of those while a
+/// ClusterNetworkPolicy existed.
+struct Counts {
+    total: usize,
+    incremental: usize,
+    incremental_under_cnp: usize,
+}
+
+fn check_sequence_with(
+    mut s: ClusterState,
+    node: &str,
+    nodes: &[&str],
+    rng: &mut Rng,
+    steps: usize,
+    label: &str,
+    mutate: Mutation,
+) -> Counts {
     let mut compiler = Compiler::default();
     let mut history = Vec::new();
-    let (mut incremental, mut total) = (0, 0);
+    let mut c = Counts {
+        total: 0,
+        incremental: 0,
+        incremental_under_cnp: 0,
+    };
     for step in 0..steps {
         let got = compiler.compile(&s, node);
         let want = compile(&s, node);
@@ -124,12 +172,15 @@ fn check_sequence(
             "{label}, step {step}: the incremental plan differs from a full compile\nchanges so far: {history:#?}\nincremental: {got:#?}\nfull: {want:#?}"
         );
         if compiler.last_was_incremental {
-            incremental += 1;
+            c.incremental += 1;
+            if !s.cluster_policies.is_empty() {
+                c.incremental_under_cnp += 1;
+            }
         }
-        total += 1;
+        c.total += 1;
         history.push(mutate(rng, &mut s, nodes, step));
     }
-    (incremental, total)
+    c
 }
 
 #[test]
@@ -151,6 +202,49 @@ fn incremental_equals_full_on_generated_clusters() {
     assert!(
         incremental * 8 >= total,
         "only {incremental} of {total} plans took the incremental path"
+    );
+}
+
+/// The same with ClusterNetworkPolicies of both tiers (and the nodes their `nodes` peers
+/// select) in every cluster: their tables depend on the set of identities too, so remote
+/// changes stay incremental while any exists.
+#[test]
+fn incremental_equals_full_with_cluster_network_policies() {
+    let seed = env_or("NETPOL_INCR_SEED", 1);
+    let sequences = env_or("NETPOL_INCR_SEQUENCES", 300);
+    let steps = env_or("NETPOL_INCR_STEPS", 40) as usize;
+    let (mut incremental, mut total, mut with_cnp, mut under_cnp) = (0, 0, 0, 0);
+    for i in 0..sequences {
+        let mut rng = Rng::new(seed.wrapping_mul(1_000_033).wrapping_add(i));
+        let mut s = generate::cluster(&mut rng);
+        generate::add_cluster_policies(&mut rng, &mut s);
+        if !s.cluster_policies.is_empty() {
+            with_cnp += 1;
+        }
+        let label = format!("with CNPs, NETPOL_INCR_SEED={seed}, sequence {i}");
+        let c = check_sequence_with(
+            s,
+            NODES[0],
+            &NODES,
+            &mut rng,
+            steps,
+            &label,
+            mutate_with_cnp,
+        );
+        incremental += c.incremental;
+        total += c.total;
+        under_cnp += c.incremental_under_cnp;
+    }
+    println!(
+        "{incremental} of {total} plans were incremental, {under_cnp} of them while a ClusterNetworkPolicy existed ({with_cnp} sequences had one)"
+    );
+    assert!(
+        with_cnp * 2 >= sequences,
+        "only {with_cnp} of {sequences} sequences had a ClusterNetworkPolicy"
+    );
+    assert!(
+        under_cnp * 16 >= total,
+        "only {under_cnp} of {total} plans took the incremental path under a ClusterNetworkPolicy"
     );
 }
 

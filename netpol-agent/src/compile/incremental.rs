@@ -1,4 +1,5 @@
-//! `Compiler`: [`compile`] with memory. Rule sets depend on the policies, the namespaces,
+//! `Compiler`: [`compile`] with memory. Rule sets depend on the policies (NetworkPolicies
+//! and ClusterNetworkPolicies), the namespaces, the nodes (what `nodes` peers select),
 //! this node's pods and the *set* of identities in the cluster, not on which addresses
 //! have them. So when a change touches only other nodes' pods and every identity it
 //! touches exists before and after (a replica added or removed, a pod taking another
@@ -17,7 +18,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{Identity, Plan, compile, pod_ranges, service_ports};
-use crate::state::{ClusterState, Labels, ObjectRef, PodInfo};
+use crate::sources::cnp::ClusterNetworkPolicy;
+use crate::state::{ClusterState, Labels, NodeInfo, ObjectRef, PodInfo};
 
 /// A change of more pods than this share of the cluster compiles in full (cheaper).
 const MAX_CHANGED_SHARE: usize = 8;
@@ -36,6 +38,8 @@ struct Memo {
     node: String,
     namespaces: BTreeMap<String, Labels>,
     policies: BTreeMap<ObjectRef, NetworkPolicy>,
+    cluster_policies: BTreeMap<String, ClusterNetworkPolicy>,
+    nodes: BTreeMap<String, NodeInfo>,
     pods: BTreeMap<ObjectRef, PodInfo>,
     /// Identities of the cluster's subject pods, with how many pods have each.
     identities: HashMap<Arc<Identity>, usize>,
@@ -50,14 +54,6 @@ struct Memo {
 
 impl Compiler {
     pub fn compile(&mut self, state: &ClusterState, node: &str) -> Plan {
-        if !state.cluster_policies.is_empty() {
-            // ClusterNetworkPolicy tables are per pod and not kept up to date here: every
-            // change compiles in full while any exists.
-            self.last_was_incremental = false;
-            self.memo = None;
-            self.pending = None;
-            return compile(state, node);
-        }
         if let Some(memo) = self.memo.as_mut()
             && memo.update(state, node)
         {
@@ -106,6 +102,8 @@ impl Compiler {
             node,
             namespaces: state.namespaces.clone(),
             policies: state.policies.clone(),
+            cluster_policies: state.cluster_policies.clone(),
+            nodes: state.nodes.clone(),
             pods: state.pods.clone(),
             identities,
             holders,
@@ -141,6 +139,8 @@ impl Memo {
             || self.address_dependent
             || state.namespaces != self.namespaces
             || state.policies != self.policies
+            || state.cluster_policies != self.cluster_policies
+            || (!state.cluster_policies.is_empty() && state.nodes != self.nodes)
         {
             return false;
         }

@@ -412,11 +412,28 @@ struct Peers {
 }
 
 impl Peers {
+    /// The identities of every policy subject in the cluster, as NetworkPolicy's rule
+    /// sets see them: whether a pod holds an address (or lost it to another pod holding
+    /// the same one) changes no table, so a change that only moves addresses between
+    /// pods of known identities leaves every table as it was (`Compiler` relies on it).
+    /// The plan's own values are reused where it has them, so identities stay shared.
     fn new(state: &ClusterState, plan: &Plan) -> Self {
-        let mut seen = HashSet::new();
-        let identities = (plan.identities.values())
-            .filter(|i| seen.insert(Arc::as_ptr(i)))
-            .map(|i| (i.clone(), state.namespace_labels(&i.namespace)))
+        let shared: HashMap<&Identity, &Arc<Identity>> =
+            plan.identities.values().map(|a| (&**a, a)).collect();
+        let mut seen: HashSet<(&str, &Labels, &[ContainerPort])> = HashSet::new();
+        let identities = (state.pods.iter())
+            .filter(|(_, p)| p.is_policy_subject())
+            .filter(|(r, p)| seen.insert((r.namespace.as_str(), &p.labels, &p.ports[..])))
+            .map(|(r, p)| {
+                let identity =
+                    Identity::new(r.namespace.clone(), p.labels.clone(), p.ports.clone());
+                let arc = match shared.get(&identity) {
+                    Some(a) => (*a).clone(),
+                    None => Arc::new(identity),
+                };
+                let ns_labels = state.namespace_labels(&r.namespace);
+                (arc, ns_labels)
+            })
             .collect();
         Peers { identities }
     }
