@@ -67,7 +67,7 @@ struct Args {
     net_pods: usize,
     /// Internal: run one control-plane case in this process and print its entries as
     /// JSON (each case runs in its own process, so its resident memory is its own).
-    #[arg(long, hide = true, num_args = 2, value_names = ["GENERATOR", "PODS"])]
+    #[arg(long, hide = true, num_args = 2, value_names = ["CASE", "PODS"])]
     cp_case: Option<Vec<String>>,
 }
 
