@@ -159,7 +159,14 @@ impl CidrKey {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<CidrKey>() == core::mem::size_of::<Key<PeerKey>>());
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    let data = offset_of!(Key<PeerKey>, data);
+    assert!(size_of::<CidrKey>() == size_of::<Key<PeerKey>>());
+    assert!(offset_of!(CidrKey, prefix_len) == offset_of!(Key<PeerKey>, prefix_len));
+    assert!(offset_of!(CidrKey, ruleset_be) == data + offset_of!(PeerKey, ruleset_be));
+    assert!(offset_of!(CidrKey, addr) == data + offset_of!(PeerKey, addr));
+};
 
 /// The identity ordered tables look the peer up by (`NO_IDENTITY`: none), found once
 /// for both tables.
