@@ -32,6 +32,9 @@ pub mod names {
     pub const EVENT_STATS: &str = "EVENT_STATS";
     pub const UPLINKS: &str = "UPLINKS";
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
+    /// Ordered rule set (its id without flags) -> the id of its Admin table, which the
+    /// sets of pods under the same Admin rules share.
+    pub const ADMIN_TABLES: &str = "ADMIN_TABLES";
     pub const META: &str = "META";
     pub const COUNTERS: &str = "COUNTERS";
     /// Packets allowed per rule (a per-CPU array indexed by `rule_index`).
@@ -53,7 +56,7 @@ pub mod names {
 
 /// Version of the map layout (the types in this crate). Pins live under a directory named
 /// after it, so an agent whose maps differ never adopts maps it cannot read.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Default map sizes; the agent can override them at load time.
 pub mod sizes {
@@ -73,6 +76,8 @@ pub mod sizes {
     pub const SERVICE_FLOWS_NEW: u32 = 16_384;
     pub const UPLINKS: u32 = 64;
     pub const NODE_ADDRS: u32 = 1024;
+    /// One per ordered rule set, at most.
+    pub const ADMIN_TABLES: u32 = 16_384;
     /// Endpoint ids index the counters array, so this bounds the id space too.
     pub const COUNTERS: u32 = 8192;
     /// Slots of the rule counters (`rule_index`): past this many, rules are not named.
@@ -128,8 +133,9 @@ pub const RULESET_ID_LIMIT: u32 = 1 << 28;
 /// ClusterNetworkPolicy applies to its pods. A table's answer is its first rule
 /// matching the peer by identity or by address; without the flag any match allows.
 pub const RULESET_ORDERED: u32 = 1 << 28;
-/// The set has an Admin table (ClusterNetworkPolicy's Admin tier), keyed by the id with
-/// `RULESET_ADMIN_TABLE` set; without the flag there is no second lookup.
+/// The set has an Admin table (ClusterNetworkPolicy's Admin tier): `ADMIN_TABLES` names
+/// it, and its entries are keyed by that table's id with `RULESET_ADMIN_TABLE` set;
+/// without the flag there is no second lookup.
 pub const RULESET_HAS_ADMIN: u32 = 1 << 29;
 /// NetworkPolicy isolates the set's pods: where the Admin tier does not decide, their
 /// own node may reach them (NetworkPolicy's exemption, which the datapath applies from

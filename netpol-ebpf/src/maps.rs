@@ -36,6 +36,9 @@ pub static PEERS_BY_IDENTITY: HashMap<IdentityKey, PeerValue> =
 #[map]
 pub static PEERS_CIDR: LpmTrie<PeerKey, PeerValue> =
     LpmTrie::with_max_entries(sizes::PEERS_CIDR, 0);
+/// Ordered rule set (id without flags) -> its Admin table's id.
+#[map]
+pub static ADMIN_TABLES: HashMap<u32, u32> = HashMap::with_max_entries(sizes::ADMIN_TABLES, 0);
 #[map]
 pub static PORTSETS: HashMap<u32, PortSet> = HashMap::with_max_entries(sizes::PORTSETS, 0);
 #[map]

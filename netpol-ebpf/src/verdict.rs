@@ -12,12 +12,13 @@ use netpol_common::{
     NO_AUDIT, NO_IDENTITY, NO_PORTSET, PROTO_TCP, PeerKey, PeerValue, REST_DENIED, RULE_UNNAMED,
     RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL, RULESET_HAS_ADMIN, RULESET_ID_BITS,
     RULESET_NP_ISOLATED, RULESET_ORDERED, RULESET_POD_RANGES, ct_flag, ct_lifetime_ns,
-    denying_position, reason, rule_index, tag, tiered_verdict,
+    denying_position, reason, rule_index, ruleset_base, tag, tiered_verdict,
 };
 
 use crate::clock::now;
 use crate::maps::{
-    CONNTRACK, CONNTRACK_NEW, IDENTITIES, PEERS_BY_IDENTITY, PEERS_CIDR, PORTSETS, is_node,
+    ADMIN_TABLES, CONNTRACK, CONNTRACK_NEW, IDENTITIES, PEERS_BY_IDENTITY, PEERS_CIDR, PORTSETS,
+    is_node,
 };
 use crate::parse::{Icmp, Packet, TCP_FIN, TCP_RST};
 
@@ -66,11 +67,7 @@ pub fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> Option<u32> {
         return union_allowed(set, peer, proto, port);
     }
     let identity = ordered_identity(peer);
-    let admin = if set & RULESET_HAS_ADMIN != 0 {
-        first_rule(set | RULESET_ADMIN_TABLE, identity, peer, proto, port)
-    } else {
-        tag::NONE
-    };
+    let admin = admin_rule(set, identity, peer, proto, port);
     tiered_verdict(
         admin,
         || set & RULESET_NP_ISOLATED != 0 && is_node(peer),
@@ -87,12 +84,23 @@ fn denying_rule(set: u32, peer: &Addr, proto: u8, port: u16) -> u32 {
         return RULE_UNNAMED;
     }
     let identity = ordered_identity(peer);
-    let admin = if set & RULESET_HAS_ADMIN != 0 {
-        first_rule(set | RULESET_ADMIN_TABLE, identity, peer, proto, port)
-    } else {
-        tag::NONE
-    };
+    let admin = admin_rule(set, identity, peer, proto, port);
     denying_position(admin, || first_rule(set, identity, peer, proto, port))
+}
+
+/// The first rule of the Admin table of ordered set `set` matching the peer (`tag::NONE`:
+/// none, or the set has no Admin table). A set whose table is not named (never: the agent
+/// names it before any endpoint points at the set) answers with a Deny: fail closed.
+#[inline(always)]
+fn admin_rule(set: u32, identity: u32, peer: &Addr, proto: u8, port: u16) -> u32 {
+    if set & RULESET_HAS_ADMIN == 0 {
+        return tag::NONE;
+    }
+    // SAFETY: plain-data value, copied out.
+    match unsafe { ADMIN_TABLES.get(ruleset_base(set)) } {
+        Some(table) => first_rule(*table | RULESET_ADMIN_TABLE, identity, peer, proto, port),
+        None => tag::new(RULE_UNNAMED, tag::DENY),
+    }
 }
 
 /// NetworkPolicy's union: the identity's allow, else the address's.

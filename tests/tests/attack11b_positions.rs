@@ -210,6 +210,7 @@ fn copy(m: &MemoryMaps) -> MemoryMaps {
         ifaces: m.ifaces.clone(),
         services: m.services.clone(),
         node_addrs: m.node_addrs.clone(),
+        admin_tables: m.admin_tables.clone(),
         next_ruleset_id: m.next_ruleset_id,
         writes: 0,
         peer_capacity: None,

@@ -139,6 +139,12 @@ impl MapOps for RefusingIdentities {
     fn del_node_addr(&mut self, addr: Addr) -> Result<(), MapError> {
         self.inner.del_node_addr(addr)
     }
+    fn set_admin_table(&mut self, set: u32, table: u32) -> Result<(), MapError> {
+        self.inner.set_admin_table(set, table)
+    }
+    fn del_admin_table(&mut self, set: u32) -> Result<(), MapError> {
+        self.inner.del_admin_table(set)
+    }
     fn set_next_ruleset_id(&mut self, next: u32) -> Result<(), MapError> {
         self.inner.set_next_ruleset_id(next)
     }

@@ -188,14 +188,9 @@ impl RuleSet {
         if let Some(ordered) = &self.ordered {
             let rest =
                 || tiers::first_tag(&self.peers, &self.blocks, identity, peer, protocol, port);
-            let admin = tiers::first_tag(
-                &ordered.admin_peers,
-                &ordered.admin_blocks,
-                identity,
-                peer,
-                protocol,
-                port,
-            );
+            let admin = (ordered.admin.as_ref()).map_or(netpol_common::tag::NONE, |a| {
+                a.first(identity, peer, protocol, port)
+            });
             let position =
                 netpol_common::tiered_verdict(admin, || ordered.np_isolated && own_node, rest)?;
             return Some((position != netpol_common::RULE_UNNAMED).then_some(position));
@@ -219,13 +214,13 @@ impl RuleSet {
     }
 
     pub fn len(&self) -> usize {
-        let admin = (self.ordered.iter()).map(|o| o.admin_peers.len() + o.admin_blocks.len());
+        let admin = (self.ordered.iter().flat_map(|o| &o.admin)).map(|a| a.len());
         self.peers.len() + self.blocks.len() + admin.sum::<usize>()
     }
 
     /// Every identity the set names (in both tables of an ordered set).
     pub fn named_identities(&self) -> impl Iterator<Item = &Arc<Identity>> {
-        let admin = self.ordered.iter().flat_map(|o| o.admin_peers.keys());
+        let admin = (self.ordered.iter().flat_map(|o| &o.admin)).flat_map(|a| a.peers.keys());
         self.peers.keys().chain(admin)
     }
 

@@ -12,7 +12,9 @@
 //! Pass, or no rule) the rest table decides, and it always answers. Two tables, because a
 //! Pass must not hide NetworkPolicy's allows behind it. NetworkPolicy's own-node
 //! exemption sits between them; the datapath knows the node's addresses, so it is a flag
-//! (`Ordered::np_isolated`), not an entry.
+//! (`Ordered::np_isolated`), not an entry. The Admin table is shared by every set of pods
+//! under the same Admin rules (`AdminTable`), so its positions come first in a pod's
+//! rule names, before NetworkPolicy's.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use netpol_common::{MAX_ORDERED_PORT_RANGES, tag};
 
 use super::allowed::{Allowed, RuleKind, RuleRef, RuleTag};
+use super::cached_hash::CachedHash;
 use super::cnp_check::{
     Action, CheckedCnp, CnpError, CnpPeer, CnpPort, CnpRule, CnpSubject, Tier, check,
 };
@@ -173,16 +176,82 @@ impl Tiered {
 }
 
 /// What an ordered rule set holds besides its rest table (`RuleSet::peers`, `blocks`):
-/// the Admin table, and whether NetworkPolicy's own-node exemption applies. Values are
-/// tags (`netpol_common::tag`) whose positions are the pod's rule positions: its
-/// NetworkPolicy rules, NetworkPolicy's default deny, its Baseline rules, then its Admin
-/// rules (see `names`).
+/// its Admin table, and whether NetworkPolicy's own-node exemption applies. Values are
+/// tags (`netpol_common::tag`) whose positions are the pod's rule positions: its Admin
+/// rules, its NetworkPolicy rules, NetworkPolicy's default deny, then its Baseline rules
+/// (see `names`). The Admin rules come first so that their positions do not depend on the
+/// pod's NetworkPolicy: pods under the same Admin rules share one Admin table.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ordered {
-    pub admin_peers: BTreeMap<Arc<Identity>, Allowed<Position>>,
-    pub admin_blocks: BTreeMap<Prefix, Allowed<Position>>,
+    /// None: no Admin rule applies.
+    pub admin: Option<Arc<AdminTable>>,
     pub np_isolated: bool,
 }
+
+/// An Admin table in the maps' form. It is written once under an id of its own, and every
+/// ordered set of pods under the same Admin rules points at it (`ADMIN_TABLES`): with ten
+/// policies over a cluster, a copy per set was most of the identity map.
+///
+/// Its fields are not changed once it is in a `Plan`: its hash is kept at first use.
+#[derive(Clone, Default)]
+pub struct AdminTable {
+    pub peers: BTreeMap<Arc<Identity>, Allowed<Position>>,
+    pub blocks: BTreeMap<Prefix, Allowed<Position>>,
+    hash: CachedHash,
+}
+
+impl AdminTable {
+    pub fn new(
+        peers: BTreeMap<Arc<Identity>, Allowed<Position>>,
+        blocks: BTreeMap<Prefix, Allowed<Position>>,
+    ) -> Self {
+        AdminTable {
+            peers,
+            blocks,
+            hash: CachedHash::default(),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn fields(
+        &self,
+    ) -> (
+        &BTreeMap<Arc<Identity>, Allowed<Position>>,
+        &BTreeMap<Prefix, Allowed<Position>>,
+    ) {
+        (&self.peers, &self.blocks)
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len() + self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The first tag matching the peer (`tag::NONE`: none), as the datapath reads it.
+    pub fn first(
+        &self,
+        identity: Option<&Identity>,
+        peer: IpAddr,
+        protocol: crate::state::Protocol,
+        port: u16,
+    ) -> u32 {
+        first_tag(&self.peers, &self.blocks, identity, peer, protocol, port)
+    }
+}
+
+impl fmt::Debug for AdminTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminTable")
+            .field("peers", &self.peers)
+            .field("blocks", &self.blocks)
+            .finish()
+    }
+}
+
+super::cached_hash::by_fields!(AdminTable);
 
 /// The first tag of a table matching the peer by identity or by address (the smaller);
 /// `tag::NONE` when none does. What the datapath's `first_rule` answers.
@@ -247,33 +316,26 @@ impl Tiered {
 
     /// The ordered rule set of this direction; None when it does not fit the datapath.
     pub fn rule_set(&self) -> Option<RuleSet> {
-        let np = self.np_rules;
-        let admin_base = np + 1 + self.baseline_rules.len() as u32;
+        let admin_rules = self.admin_rules.len() as u32;
         let (peers, blocks) = encode(&self.rest, |p| match p {
             DEFAULT => tag::LAST_POSITION,
-            p => p.min(tag::LAST_POSITION - 1),
+            NP_UNNAMED => NP_UNNAMED,
+            p => p.saturating_add(admin_rules).min(tag::LAST_POSITION - 1),
         })?;
-        let (admin_peers, admin_blocks) = encode(&self.admin, |k| {
-            (admin_base + k).min(tag::LAST_POSITION - 1)
-        })?;
+        let (admin_peers, admin_blocks) = encode(&self.admin, |k| k.min(tag::LAST_POSITION - 1))?;
+        let admin = (!admin_peers.is_empty() || !admin_blocks.is_empty())
+            .then(|| Arc::new(AdminTable::new(admin_peers, admin_blocks)));
         let mut set = RuleSet::new(peers, blocks);
         set.ordered = Some(Ordered {
-            admin_peers,
-            admin_blocks,
+            admin,
             np_isolated: self.isolated,
         });
         Some(set)
     }
 
-    /// What the positions of `rule_set` name, after the pod's NetworkPolicy rules `np`.
+    /// What the positions of `rule_set` name: its Admin rules, the pod's NetworkPolicy
+    /// rules `np`, NetworkPolicy's default deny, its Baseline rules.
     pub fn names(&self, np: &[RuleTag], dir: Direction, isolated_by: &[ObjectRef]) -> Vec<RuleTag> {
-        let mut out = np.to_vec();
-        out.push(Arc::new(RuleRef {
-            policy: (isolated_by.first().cloned()).unwrap_or_else(|| ObjectRef::new("", "")),
-            direction: dir,
-            index: 0,
-            kind: RuleKind::Isolation,
-        }));
         let cluster = |r: &CnpRuleRef, kind| {
             Arc::new(RuleRef {
                 policy: ObjectRef::new("", &r.policy),
@@ -282,12 +344,21 @@ impl Tiered {
                 kind,
             })
         };
+        let mut out: Vec<RuleTag> = (self.admin_rules.iter())
+            .map(|r| cluster(r, RuleKind::Admin))
+            .collect();
+        out.extend_from_slice(np);
+        out.push(Arc::new(RuleRef {
+            policy: (isolated_by.first().cloned()).unwrap_or_else(|| ObjectRef::new("", "")),
+            direction: dir,
+            index: 0,
+            kind: RuleKind::Isolation,
+        }));
         out.extend(
             self.baseline_rules
                 .iter()
                 .map(|r| cluster(r, RuleKind::Baseline)),
         );
-        out.extend(self.admin_rules.iter().map(|r| cluster(r, RuleKind::Admin)));
         out
     }
 }
@@ -302,6 +373,7 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
     }
     let tables = resolve(state, plan);
     let mut interned: BTreeMap<RuleSet, RuleSetRef> = BTreeMap::new();
+    let mut admin_tables: HashSet<Arc<AdminTable>> = HashSet::new();
     for i in 0..plan.endpoints.len() {
         for dir in [Direction::Ingress, Direction::Egress] {
             let ep = &plan.endpoints[i];
@@ -316,7 +388,7 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
                 Direction::Egress => &ep.isolated_by.egress,
             };
             let names = Arc::new(t.names(ep.rules.of(dir), dir, isolated_by));
-            let set = t.rule_set().unwrap_or_else(|| {
+            let mut set = t.rule_set().unwrap_or_else(|| {
                 plan.errors.push(PolicyError {
                     policy: ObjectRef::new("", "ClusterNetworkPolicy"),
                     location: format!("{} {dir}", ep.pod),
@@ -329,6 +401,18 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
                     ..Default::default()
                 }
             });
+            // One `Arc` per distinct Admin table: the sets sharing it compare it, and the
+            // programmer writes it, once.
+            if let Some(o) = &mut set.ordered
+                && let Some(admin) = &mut o.admin
+            {
+                match admin_tables.get(&**admin) {
+                    Some(shared) => *admin = shared.clone(),
+                    None => {
+                        admin_tables.insert(admin.clone());
+                    }
+                }
+            }
             let r = match interned.get(&set) {
                 Some(r) => *r,
                 None => {

@@ -19,6 +19,8 @@ pub struct KernelMaps {
     pub endpoints: HashMap<MapData, Addr, EndpointInfo>,
     pub services: HashMap<MapData, ServiceKey, u32>,
     pub node_addrs: HashMap<MapData, Addr, u32>,
+    /// Ordered rule set -> its Admin table.
+    pub admin_tables: HashMap<MapData, u32, u32>,
     /// Replied connections.
     pub conntrack: HashMap<MapData, CtKey, CtEntry>,
     /// Connections waiting for their first reply.
@@ -205,6 +207,14 @@ impl MapOps for KernelMaps {
     fn del_node_addr(&mut self, addr: Addr) -> Result<(), MapError> {
         gone_ok(self.node_addrs.remove(&addr)).map_err(op(names::NODE_ADDRS, "remove"))
     }
+    fn set_admin_table(&mut self, set: u32, table: u32) -> Result<(), MapError> {
+        self.admin_tables
+            .insert(set, table, 0)
+            .map_err(op(names::ADMIN_TABLES, "insert"))
+    }
+    fn del_admin_table(&mut self, set: u32) -> Result<(), MapError> {
+        gone_ok(self.admin_tables.remove(&set)).map_err(op(names::ADMIN_TABLES, "remove"))
+    }
     fn forget_connections(
         &mut self,
         addrs: &std::collections::BTreeSet<Addr>,
@@ -254,6 +264,10 @@ impl MapOps for KernelMaps {
         }
         for k in self.node_addrs.keys() {
             e.node_addrs.push(k.map_err(op(names::NODE_ADDRS, "read"))?);
+        }
+        for kv in self.admin_tables.iter() {
+            e.admin_tables
+                .push(kv.map_err(op(names::ADMIN_TABLES, "read"))?);
         }
         let next = self
             .meta

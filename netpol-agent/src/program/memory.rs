@@ -9,7 +9,7 @@ use netpol_common::{
     Addr, EndpointInfo, IDENTITY_UNKNOWN_POD, IdentityId, IdentityKey, IfaceInfo,
     MAX_PORTSET_CHAIN, NO_PORTSET, PeerKey, PeerValue, PortSet, REST_DENIED, RULE_UNNAMED,
     RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL, RULESET_HAS_ADMIN, RULESET_NP_ISOLATED,
-    RULESET_ORDERED, RULESET_POD_RANGES, ServiceKey, tag,
+    RULESET_ORDERED, RULESET_POD_RANGES, ServiceKey, ruleset_base, tag,
 };
 
 use super::{MapError, MapOps, addr_of};
@@ -26,6 +26,8 @@ pub struct MemoryMaps {
     pub ifaces: BTreeMap<u32, IfaceInfo>,
     pub services: BTreeMap<ServiceKey, ()>,
     pub node_addrs: BTreeMap<Addr, ()>,
+    /// Ordered set (id without flags) -> its Admin table.
+    pub admin_tables: BTreeMap<u32, u32>,
     pub next_ruleset_id: u32,
     pub writes: usize,
     /// Capacity of the two peer maps together, like a full BPF map (None = unbounded).
@@ -107,6 +109,15 @@ impl MapOps for MemoryMaps {
         self.node_addrs.remove(&addr);
         Ok(())
     }
+    fn set_admin_table(&mut self, set: u32, table: u32) -> Result<(), MapError> {
+        self.writes += 1;
+        self.admin_tables.insert(set, table);
+        Ok(())
+    }
+    fn del_admin_table(&mut self, set: u32) -> Result<(), MapError> {
+        self.admin_tables.remove(&set);
+        Ok(())
+    }
     fn set_next_ruleset_id(&mut self, next: u32) -> Result<(), MapError> {
         self.next_ruleset_id = next;
         Ok(())
@@ -134,6 +145,7 @@ impl MapOps for MemoryMaps {
             ifaces: self.ifaces.iter().map(|(k, v)| (*k, *v)).collect(),
             services: self.services.keys().copied().collect(),
             node_addrs: self.node_addrs.keys().copied().collect(),
+            admin_tables: self.admin_tables.iter().map(|(s, t)| (*s, *t)).collect(),
             next_ruleset_id: self.next_ruleset_id,
             peers: self
                 .cidr
@@ -204,10 +216,13 @@ impl MemoryMaps {
         if set & RULESET_ORDERED == 0 {
             return self.union_rule(set, peer, proto, port);
         }
-        let admin = if set & RULESET_HAS_ADMIN != 0 {
-            self.first_rule(set | RULESET_ADMIN_TABLE, peer, proto, port)
-        } else {
+        let admin = if set & RULESET_HAS_ADMIN == 0 {
             tag::NONE
+        } else {
+            match self.admin_tables.get(&ruleset_base(set)) {
+                Some(table) => self.first_rule(table | RULESET_ADMIN_TABLE, peer, proto, port),
+                None => tag::new(RULE_UNNAMED, tag::DENY),
+            }
         };
         netpol_common::tiered_verdict(
             admin,

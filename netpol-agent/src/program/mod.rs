@@ -28,6 +28,7 @@ use crate::compile::Position;
 use crate::compile::allowed::{Allowed, RuleTag};
 use crate::compile::ports::Ports;
 use crate::compile::prefix::Prefix;
+use crate::compile::tiers::AdminTable;
 use crate::compile::{Identity, Plan, RuleSet, ServicePort};
 use crate::state::ObjectRef;
 use rules::RuleTables;
@@ -65,6 +66,9 @@ pub trait MapOps {
     fn set_service(&mut self, key: ServiceKey) -> Result<(), MapError>;
     fn del_service(&mut self, key: ServiceKey) -> Result<(), MapError>;
     fn set_node_addr(&mut self, addr: Addr) -> Result<(), MapError>;
+    /// Names the Admin table of ordered set `set` (its id without flags).
+    fn set_admin_table(&mut self, set: u32, table: u32) -> Result<(), MapError>;
+    fn del_admin_table(&mut self, set: u32) -> Result<(), MapError>;
     fn del_node_addr(&mut self, addr: Addr) -> Result<(), MapError>;
     /// Persists the next rule-set id (ids are never reused, also across restarts).
     fn set_next_ruleset_id(&mut self, next: u32) -> Result<(), MapError>;
@@ -87,6 +91,8 @@ pub struct Existing {
     pub ifaces: Vec<(u32, IfaceInfo)>,
     pub services: Vec<ServiceKey>,
     pub node_addrs: Vec<Addr>,
+    /// (ordered set, its Admin table)
+    pub admin_tables: Vec<(u32, u32)>,
     /// The next rule-set id an earlier run would have handed out (0: none recorded).
     pub next_ruleset_id: u32,
     /// ipBlock entries: (key, address prefix length)
@@ -112,31 +118,38 @@ pub fn addr_of(ip: IpAddr) -> Addr {
     }
 }
 
+/// The entries of one table as written.
+#[derive(Default)]
+struct LoadedTable {
+    /// Value of each peer identity written.
+    peers: BTreeMap<IdentityId, PeerValue>,
+    /// (key, address prefix length, value) of every block entry written.
+    blocks: Vec<(PeerKey, u8, PeerValue)>,
+}
+
+impl LoadedTable {
+    fn len(&self) -> usize {
+        self.peers.len() + self.blocks.len()
+    }
+}
+
 /// A rule set as it sits in the maps.
 struct LoadedSet {
     /// The id endpoints point at: flags included (`RULESET_ORDERED`, ...).
     id: u32,
-    /// Value of each peer identity written (an ordered set's rest table).
-    peers: BTreeMap<IdentityId, PeerValue>,
-    /// Those of an ordered set's Admin table (keyed `id | RULESET_ADMIN_TABLE`).
-    admin_peers: BTreeMap<IdentityId, PeerValue>,
-    /// (key, address prefix length, value) of every block entry written, of both tables.
-    blocks: Vec<(PeerKey, u8, PeerValue)>,
+    /// Its table (an ordered set's rest table).
+    table: LoadedTable,
+    /// An ordered set's Admin table, in `Programmer::admin_tables`.
+    admin: Option<Arc<AdminTable>>,
 }
 
-impl LoadedSet {
-    fn len(&self) -> usize {
-        self.peers.len() + self.admin_peers.len() + self.blocks.len()
-    }
-
-    fn identities(&self) -> impl Iterator<Item = IdentityId> + '_ {
-        self.peers.keys().chain(self.admin_peers.keys()).copied()
-    }
-
-    /// The value it holds for `identity`, in each table.
-    fn value_of(&self, identity: &IdentityId) -> (Option<&PeerValue>, Option<&PeerValue>) {
-        (self.peers.get(identity), self.admin_peers.get(identity))
-    }
+/// An Admin table as it sits in the maps: keyed by its own id with `RULESET_ADMIN_TABLE`,
+/// named by each set holding it in `ADMIN_TABLES`.
+struct LoadedAdmin {
+    id: u32,
+    table: LoadedTable,
+    /// Loaded sets (current or superseded) holding it: deleted at 0.
+    holders: usize,
 }
 
 /// Whether an ordered table's entry has a rule that is not an Accept.
@@ -155,7 +168,7 @@ fn flagged_id(base: u32, set: &RuleSet) -> u32 {
         return base;
     };
     let mut id = base | RULESET_ORDERED;
-    if !o.admin_peers.is_empty() || !o.admin_blocks.is_empty() {
+    if o.admin.is_some() {
         id |= RULESET_HAS_ADMIN;
     }
     if o.np_isolated {
@@ -231,6 +244,9 @@ pub struct Programmer<M: MapOps> {
     maps: M,
     /// Keyed by the latest plan's own `Arc` of each set (see `recognise_sets`).
     sets: HashMap<Arc<RuleSet>, LoadedSet>,
+    /// Admin tables, shared by the ordered sets of `sets` and `superseded`. Their ids are
+    /// rule-set ids (`set_ids`).
+    admin_tables: HashMap<Arc<AdminTable>, LoadedAdmin>,
     set_ids: Ids,
     portsets: HashMap<Vec<(Ports, Option<Position>)>, LoadedPortSet>,
     portset_ids: Ids,
@@ -250,6 +266,8 @@ pub struct Programmer<M: MapOps> {
     leftover_peers: Vec<(PeerKey, u8)>,
     leftover_identity_peers: Vec<IdentityKey>,
     leftover_portsets: Vec<u32>,
+    /// `ADMIN_TABLES` entries of an adopted earlier run: (set, Admin table).
+    leftover_admin_tables: Vec<(u32, u32)>,
     /// Identity ids are never reused (no stale entry can alias a new identity).
     /// Keyed by the latest plan's own `Arc` of each identity, like `sets`.
     identity_ids: HashMap<Arc<Identity>, IdentityId>,
@@ -294,6 +312,7 @@ impl<M: MapOps> Programmer<M> {
             .iter()
             .map(|(k, _)| u32::from_be_bytes(k.ruleset_be))
             .chain(e.endpoints.iter().flat_map(|(_, i)| i.sets()))
+            .chain(e.admin_tables.iter().flat_map(|(s, t)| [*s, *t]))
             .map(ruleset_base)
             .max()
             .unwrap_or(0);
@@ -332,6 +351,7 @@ impl<M: MapOps> Programmer<M> {
         self.leftover_peers = e.peers;
         self.leftover_identity_peers = e.identity_peers;
         self.leftover_portsets = e.portsets;
+        self.leftover_admin_tables = e.admin_tables;
         Ok(self.endpoints.len())
     }
 
@@ -340,6 +360,7 @@ impl<M: MapOps> Programmer<M> {
         Programmer {
             maps,
             sets: HashMap::new(),
+            admin_tables: HashMap::new(),
             // 0 means "not isolated".
             set_ids: Ids::new(1, RULESET_POD_RANGES, "rule sets"),
             // 0 is `NO_PORTSET`.
@@ -359,6 +380,7 @@ impl<M: MapOps> Programmer<M> {
             leftover_peers: Vec::new(),
             leftover_identity_peers: Vec::new(),
             leftover_portsets: Vec::new(),
+            leftover_admin_tables: Vec::new(),
             identity_ids: HashMap::new(),
             // 0 is never an identity.
             next_identity: 1,
@@ -401,11 +423,12 @@ impl<M: MapOps> Programmer<M> {
     /// Entries this programmer has written in each map it owns, by map name (the
     /// conntrack maps are the datapath's).
     pub fn occupancy(&self) -> BTreeMap<&'static str, usize> {
-        let sets = self.sets.values().chain(&self.superseded);
+        let sets = self.sets.values().chain(&self.superseded).map(|s| &s.table);
+        let admin = self.admin_tables.values().map(|a| &a.table);
         let (mut by_identity, mut blocks) = (0, 0);
-        for set in sets {
-            by_identity += set.peers.len() + set.admin_peers.len();
-            blocks += set.blocks.len();
+        for table in sets.chain(admin) {
+            by_identity += table.peers.len();
+            blocks += table.blocks.len();
         }
         BTreeMap::from([
             (names::ENDPOINTS, self.endpoints.len()),
@@ -476,7 +499,7 @@ impl<M: MapOps> Programmer<M> {
                 Ok(loaded) => {
                     fresh.insert(loaded.id);
                     stats.rule_sets_added += 1;
-                    stats.peer_entries_written += loaded.len();
+                    stats.peer_entries_written += loaded.table.len();
                     self.sets.insert(set.clone(), loaded);
                 }
                 Err(e) => {
@@ -837,10 +860,13 @@ impl<M: MapOps> Programmer<M> {
                 continue;
             }
             let restricts = named.iter().any(|i| {
-                [set.peers.get(*i), o.admin_peers.get(*i)]
-                    .into_iter()
-                    .flatten()
-                    .any(not_only_accepts)
+                [
+                    set.peers.get(*i),
+                    o.admin.as_ref().and_then(|a| a.peers.get(*i)),
+                ]
+                .into_iter()
+                .flatten()
+                .any(not_only_accepts)
             });
             if restricts {
                 self.pending_renewals.insert(set.clone());
@@ -855,9 +881,9 @@ impl<M: MapOps> Programmer<M> {
         }
         for (set, l) in &self.sets {
             let less = moved.iter().any(|(old, new)| {
-                let before = l.value_of(old);
+                let before = self.value_of(l, old);
                 let after = match new {
-                    Some(n) => l.value_of(n),
+                    Some(n) => self.value_of(l, n),
                     None => (None, None),
                 };
                 if l.id & RULESET_ORDERED != 0 {
@@ -872,6 +898,18 @@ impl<M: MapOps> Programmer<M> {
                 self.pending_renewals.insert(set.clone());
             }
         }
+    }
+
+    /// The value set `l` holds for `identity`, in each of its tables.
+    fn value_of<'a>(
+        &'a self,
+        l: &'a LoadedSet,
+        identity: &IdentityId,
+    ) -> (Option<&'a PeerValue>, Option<&'a PeerValue>) {
+        let admin = (l.admin.as_ref())
+            .and_then(|a| self.admin_tables.get(a))
+            .and_then(|a| a.table.peers.get(identity));
+        (l.table.peers.get(identity), admin)
     }
 
     /// Writes each pending set again under a new id; what does not fit stays pending.
@@ -891,7 +929,7 @@ impl<M: MapOps> Programmer<M> {
             match self.write_set(&set) {
                 Ok(loaded) => {
                     stats.rule_sets_renewed += 1;
-                    stats.peer_entries_written += loaded.len();
+                    stats.peer_entries_written += loaded.table.len();
                     if let Some(old) = self.sets.insert(set, loaded) {
                         self.superseded.push(old);
                     }
@@ -993,8 +1031,17 @@ impl<M: MapOps> Programmer<M> {
             .addresses
             .values()
             .copied()
-            .chain(self.sets.values().flat_map(|l| l.identities()))
-            .chain(self.superseded.iter().flat_map(|l| l.identities()))
+            .chain(
+                self.sets
+                    .values()
+                    .flat_map(|l| l.table.peers.keys().copied()),
+            )
+            .chain(
+                self.superseded
+                    .iter()
+                    .flat_map(|l| l.table.peers.keys().copied()),
+            )
+            .chain((self.admin_tables.values()).flat_map(|a| a.table.peers.keys().copied()))
             .collect();
         self.identity_ids.retain(|_, id| named.contains(id));
     }
@@ -1004,12 +1051,29 @@ impl<M: MapOps> Programmer<M> {
         if self.leftover_peers.is_empty()
             && self.leftover_identity_peers.is_empty()
             && self.leftover_portsets.is_empty()
+            && self.leftover_admin_tables.is_empty()
         {
             return Ok(());
         }
         // Compared without flags: an Admin table's key has one endpoints never point at.
-        let mine: BTreeSet<u32> = self.sets.values().map(|l| ruleset_base(l.id)).collect();
-        let in_use: BTreeSet<u32> = in_use.iter().map(|id| ruleset_base(*id)).collect();
+        let mine: BTreeSet<u32> = (self.sets.values().map(|l| ruleset_base(l.id)))
+            .chain(self.admin_tables.values().map(|a| a.id))
+            .collect();
+        let mut in_use: BTreeSet<u32> = in_use.iter().map(|id| ruleset_base(*id)).collect();
+        // An adopted set still in use keeps its Admin table, and its name in the map.
+        let mut kept_admin_tables = Vec::new();
+        for (set, table) in std::mem::take(&mut self.leftover_admin_tables) {
+            if mine.contains(&set) {
+                continue;
+            }
+            if in_use.contains(&set) {
+                kept_admin_tables.push((set, table));
+            } else {
+                self.maps.del_admin_table(set)?;
+            }
+        }
+        in_use.extend(kept_admin_tables.iter().map(|(_, table)| *table));
+        self.leftover_admin_tables = kept_admin_tables;
         let mut kept_identity_peers = Vec::new();
         for key in std::mem::take(&mut self.leftover_identity_peers) {
             if mine.contains(&ruleset_base(key.ruleset)) {
@@ -1148,18 +1212,21 @@ impl<M: MapOps> Programmer<M> {
     }
 
     fn write_set(&mut self, set: &RuleSet) -> Result<LoadedSet, MapError> {
-        let id = self.set_ids.take()?;
-        // Recorded before use: a restarted agent must never hand this id out again.
-        self.maps.set_next_ruleset_id(id.saturating_add(1))?;
+        let id = self.take_set_id()?;
         let mut loaded = LoadedSet {
             id: flagged_id(id, set),
-            peers: BTreeMap::new(),
-            admin_peers: BTreeMap::new(),
-            blocks: Vec::with_capacity(set.blocks.len()),
+            table: LoadedTable::default(),
+            admin: None,
         };
-        let mut written = self.write_table(&set.peers, &set.blocks, &mut loaded, false);
-        if let (Ok(()), Some(o)) = (&written, &set.ordered) {
-            written = self.write_table(&o.admin_peers, &o.admin_blocks, &mut loaded, true);
+        let mut written = self.write_table(loaded.id, &set.peers, &set.blocks, &mut loaded.table);
+        if let (Ok(()), Some(admin)) = (
+            &written,
+            set.ordered.as_ref().and_then(|o| o.admin.as_ref()),
+        ) {
+            written = self.hold_admin_table(id, admin);
+            if written.is_ok() {
+                loaded.admin = Some(admin.clone());
+            }
         }
         if let Err(e) = written {
             // Nothing points at this id yet: take back what was written.
@@ -1169,20 +1236,76 @@ impl<M: MapOps> Programmer<M> {
         Ok(loaded)
     }
 
-    /// Writes one table of a set: its rest (or only) table, or with `admin` its Admin
-    /// table.
+    fn take_set_id(&mut self) -> Result<u32, MapError> {
+        let id = self.set_ids.take()?;
+        // Recorded before use: a restarted agent must never hand this id out again.
+        self.maps.set_next_ruleset_id(id.saturating_add(1))?;
+        Ok(id)
+    }
+
+    /// Names `table` the Admin table of the set `set` (its id without flags), writing the
+    /// table first if no set holds it yet.
+    fn hold_admin_table(&mut self, set: u32, table: &Arc<AdminTable>) -> Result<(), MapError> {
+        let id = match self.admin_tables.get(table) {
+            Some(loaded) => loaded.id,
+            None => {
+                let id = self.take_set_id()?;
+                let key = id | RULESET_ADMIN_TABLE;
+                let mut written = LoadedTable::default();
+                if let Err(e) = self.write_table(key, &table.peers, &table.blocks, &mut written) {
+                    let _ = self.delete_table(key, written);
+                    return Err(e);
+                }
+                let loaded = LoadedAdmin {
+                    id,
+                    table: written,
+                    holders: 0,
+                };
+                self.admin_tables.insert(table.clone(), loaded);
+                id
+            }
+        };
+        match self.maps.set_admin_table(set, id) {
+            Ok(()) => {
+                if let Some(loaded) = self.admin_tables.get_mut(table) {
+                    loaded.holders += 1;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // No holder yet: `release_admin_table` deletes it again.
+                if self.admin_tables.get(table).is_some_and(|l| l.holders == 0) {
+                    self.release_admin_table(table)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// One holder of `table` fewer: the last deletes it.
+    fn release_admin_table(&mut self, table: &Arc<AdminTable>) -> Result<(), MapError> {
+        let Some(loaded) = self.admin_tables.get_mut(table) else {
+            return Ok(());
+        };
+        loaded.holders = loaded.holders.saturating_sub(1);
+        if loaded.holders > 0 {
+            return Ok(());
+        }
+        if let Some(loaded) = self.admin_tables.remove(table) {
+            self.delete_table(loaded.id | RULESET_ADMIN_TABLE, loaded.table)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one table under key `key_id` (a set's id, or an Admin table's with its key
+    /// bit), recording what it wrote in `loaded`.
     fn write_table(
         &mut self,
+        key_id: u32,
         peers: &BTreeMap<Arc<Identity>, Allowed<Position>>,
         blocks: &BTreeMap<Prefix, Allowed<Position>>,
-        loaded: &mut LoadedSet,
-        admin: bool,
+        loaded: &mut LoadedTable,
     ) -> Result<(), MapError> {
-        let key_id = if admin {
-            loaded.id | RULESET_ADMIN_TABLE
-        } else {
-            loaded.id
-        };
         for (identity, spec) in peers {
             // Every identity of the plan got an id in `apply`; one without is not allowed.
             let id = match identity.is_unknown_pod() {
@@ -1201,12 +1324,7 @@ impl<M: MapOps> Programmer<M> {
                 self.release_peer_value(value)?;
                 return Err(e);
             }
-            let table = if admin {
-                &mut loaded.admin_peers
-            } else {
-                &mut loaded.peers
-            };
-            table.insert(identity, value);
+            loaded.peers.insert(identity, value);
         }
         for (prefix, spec) in blocks {
             let value = self.peer_value(spec)?;
@@ -1221,25 +1339,27 @@ impl<M: MapOps> Programmer<M> {
     }
 
     fn delete_set(&mut self, loaded: LoadedSet) -> Result<(), MapError> {
-        let tables = [
-            (loaded.id, &loaded.peers),
-            (loaded.id | RULESET_ADMIN_TABLE, &loaded.admin_peers),
-        ];
-        for (ruleset, peers) in tables {
-            for (identity, value) in peers {
-                self.maps.del_identity_peer(IdentityKey {
-                    ruleset,
-                    identity: *identity,
-                })?;
-                self.release_peer_value(*value)?;
-            }
-        }
-        for (key, len, value) in &loaded.blocks {
-            self.maps.del_peer(*key, *len)?;
-            self.release_peer_value(*value)?;
+        if let Some(admin) = &loaded.admin {
+            self.maps.del_admin_table(ruleset_base(loaded.id))?;
+            self.release_admin_table(admin)?;
         }
         // The id is not released: conntrack entries may still name it, and an entry must
         // never validate against a different rule set that reused it.
+        self.delete_table(loaded.id, loaded.table)
+    }
+
+    fn delete_table(&mut self, key_id: u32, table: LoadedTable) -> Result<(), MapError> {
+        for (identity, value) in &table.peers {
+            self.maps.del_identity_peer(IdentityKey {
+                ruleset: key_id,
+                identity: *identity,
+            })?;
+            self.release_peer_value(*value)?;
+        }
+        for (key, len, value) in &table.blocks {
+            self.maps.del_peer(*key, *len)?;
+            self.release_peer_value(*value)?;
+        }
         Ok(())
     }
 }

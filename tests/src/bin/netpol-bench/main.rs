@@ -316,7 +316,8 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
             "ns".into(),
         ));
     }
-    // The same under ClusterNetworkPolicy (an ordered set with an Admin table): the Admin
+    // The same under ClusterNetworkPolicy (an ordered set with an Admin table, named in
+    // `ADMIN_TABLES`): the Admin
     // table answers Pass for 10.0.0.0/8, the rest table's blocks accept TCP 443 only, so
     // the probe is denied after both tables, and the drop path looks up which rule denied.
     let base = 20_000;
@@ -326,7 +327,12 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
         portset: NO_PORTSET,
         rest_rule: tag::new(1, tag::PASS),
     };
-    let admin = PeerKey::new(set | RULESET_ADMIN_TABLE, Addr::from_v4([10, 0, 0, 0]));
+    let admin_table = base + 1;
+    maps.set_admin_table(base, admin_table)?;
+    let admin = PeerKey::new(
+        admin_table | RULESET_ADMIN_TABLE,
+        Addr::from_v4([10, 0, 0, 0]),
+    );
     maps.set_peer(admin, 96 + 8, pass)?;
     program_client(&mut maps, set)?;
     results.push((
