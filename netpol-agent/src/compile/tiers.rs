@@ -4,9 +4,9 @@
 //!
 //! Every rule that can decide gets a position, smaller first. The Admin table holds the
 //! Admin tier's rules (policies by priority, then name; rules in order). The rest table
-//! holds NetworkPolicy's allows (their positions in the pod's rule set), NetworkPolicy's
-//! default deny when it isolates the pod, the Baseline tier's rules, and the default
-//! allow. For a peer and a port, a table answers with the first position whose rule
+//! holds NetworkPolicy's allows (their positions in the pod's rule set) and its default
+//! deny when it isolates the pod, else the Baseline tier's rules (which an isolated pod
+//! never reaches); and the default allow. For a peer and a port, a table answers with the first position whose rule
 //! matches, looked up by the peer's identity and by its address (the smaller of the two),
 //! as the datapath looks. The Admin table decides when it answers Accept or Deny; else (a
 //! Pass, or no rule) the rest table decides, and it always answers. Two tables, because a
@@ -314,6 +314,13 @@ impl Tiered {
         !self.admin_rules.is_empty() || !self.baseline_rules.is_empty()
     }
 
+    /// Whether the direction needs an ordered set: an Admin rule applies, or a Baseline
+    /// rule can decide (NetworkPolicy does not isolate the pod). Else NetworkPolicy's own
+    /// set decides the same, and is shared with the pods that have it.
+    pub fn needs_ordered_set(&self) -> bool {
+        !self.admin_rules.is_empty() || (!self.isolated && !self.baseline_rules.is_empty())
+    }
+
     /// The ordered rule set of this direction; None when it does not fit the datapath.
     pub fn rule_set(&self) -> Option<RuleSet> {
         let admin_rules = self.admin_rules.len() as u32;
@@ -364,8 +371,8 @@ impl Tiered {
 }
 
 /// Puts ClusterNetworkPolicy into `plan` (compiled from NetworkPolicy alone): each local
-/// pod direction that a ClusterNetworkPolicy rule applies to gets an ordered rule set and
-/// its rule names. A set that does not fit the datapath denies everything in that
+/// pod direction that a ClusterNetworkPolicy rule can decide gets an ordered rule set and
+/// its rule names (`Tiered::needs_ordered_set`). A set that does not fit the datapath denies everything in that
 /// direction, and is reported.
 pub fn apply(state: &ClusterState, plan: &mut Plan) {
     if state.cluster_policies.is_empty() {
@@ -380,7 +387,7 @@ pub fn apply(state: &ClusterState, plan: &mut Plan) {
             let Some(t) = tables.get(&(ep.pod.clone(), dir)) else {
                 continue;
             };
-            if !t.has_cluster_rules() {
+            if !t.needs_ordered_set() {
                 continue;
             }
             let isolated_by = match dir {
@@ -832,7 +839,12 @@ fn tiered(
         };
         last.push(everything(Allowed::by(&PortSpec::All, &deny)));
     }
-    let mut rest = shifted(&baseline.table, np_rules + 1);
+    // A pod NetworkPolicy isolates never reaches the Baseline tier (its default deny
+    // matches every peer first): its rest table leaves the Baseline entries out.
+    let mut rest = match set {
+        Some(_) => TagTable::default(),
+        None => shifted(&baseline.table, np_rules + 1),
+    };
     for (identity, a) in np.peers {
         rest.peers.entry(identity).or_default().add(&a);
     }
