@@ -141,6 +141,9 @@ struct LoadedSet {
     table: LoadedTable,
     /// An ordered set's Admin table, in `Programmer::admin_tables`.
     admin: Option<Arc<AdminTable>>,
+    /// Entries written with it: its table's, and its Admin table's when no set held it
+    /// before (for `ApplyStats`).
+    written: usize,
 }
 
 /// An Admin table as it sits in the maps: keyed by its own id with `RULESET_ADMIN_TABLE`,
@@ -435,6 +438,13 @@ impl<M: MapOps> Programmer<M> {
             (names::IFACES, self.ifaces.len()),
             (names::SERVICES, self.services.len()),
             (names::NODE_ADDRS, self.node_addrs.len()),
+            (
+                names::ADMIN_TABLES,
+                (self.admin_tables.values())
+                    .map(|a| a.holders)
+                    .sum::<usize>()
+                    + self.leftover_admin_tables.len(),
+            ),
             (names::IDENTITIES, self.addresses.len()),
             (
                 names::PEERS_BY_IDENTITY,
@@ -499,7 +509,7 @@ impl<M: MapOps> Programmer<M> {
                 Ok(loaded) => {
                     fresh.insert(loaded.id);
                     stats.rule_sets_added += 1;
-                    stats.peer_entries_written += loaded.table.len();
+                    stats.peer_entries_written += loaded.written;
                     self.sets.insert(set.clone(), loaded);
                 }
                 Err(e) => {
@@ -929,7 +939,7 @@ impl<M: MapOps> Programmer<M> {
             match self.write_set(&set) {
                 Ok(loaded) => {
                     stats.rule_sets_renewed += 1;
-                    stats.peer_entries_written += loaded.table.len();
+                    stats.peer_entries_written += loaded.written;
                     if let Some(old) = self.sets.insert(set, loaded) {
                         self.superseded.push(old);
                     }
@@ -1217,22 +1227,28 @@ impl<M: MapOps> Programmer<M> {
             id: flagged_id(id, set),
             table: LoadedTable::default(),
             admin: None,
+            written: 0,
         };
         let mut written = self.write_table(loaded.id, &set.peers, &set.blocks, &mut loaded.table);
         if let (Ok(()), Some(admin)) = (
             &written,
             set.ordered.as_ref().and_then(|o| o.admin.as_ref()),
         ) {
-            written = self.hold_admin_table(id, admin);
-            if written.is_ok() {
-                loaded.admin = Some(admin.clone());
-            }
+            written = match self.hold_admin_table(id, admin) {
+                Ok(entries) => {
+                    loaded.admin = Some(admin.clone());
+                    loaded.written = entries;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
         }
         if let Err(e) = written {
             // Nothing points at this id yet: take back what was written.
             let _ = self.delete_set(loaded);
             return Err(e);
         }
+        loaded.written += loaded.table.len();
         Ok(loaded)
     }
 
@@ -1244,8 +1260,9 @@ impl<M: MapOps> Programmer<M> {
     }
 
     /// Names `table` the Admin table of the set `set` (its id without flags), writing the
-    /// table first if no set holds it yet.
-    fn hold_admin_table(&mut self, set: u32, table: &Arc<AdminTable>) -> Result<(), MapError> {
+    /// table first if no set holds it yet. Returns the table entries it wrote.
+    fn hold_admin_table(&mut self, set: u32, table: &Arc<AdminTable>) -> Result<usize, MapError> {
+        let mut entries = 0;
         let id = match self.admin_tables.get(table) {
             Some(loaded) => loaded.id,
             None => {
@@ -1256,6 +1273,7 @@ impl<M: MapOps> Programmer<M> {
                     let _ = self.delete_table(key, written);
                     return Err(e);
                 }
+                entries = written.len();
                 let loaded = LoadedAdmin {
                     id,
                     table: written,
@@ -1270,7 +1288,7 @@ impl<M: MapOps> Programmer<M> {
                 if let Some(loaded) = self.admin_tables.get_mut(table) {
                     loaded.holders += 1;
                 }
-                Ok(())
+                Ok(entries)
             }
             Err(e) => {
                 // No holder yet: `release_admin_table` deletes it again.
