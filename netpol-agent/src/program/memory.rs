@@ -45,7 +45,9 @@ impl MapOps for MemoryMaps {
         Ok(())
     }
     fn set_peer(&mut self, key: PeerKey, len: u8, value: PeerValue) -> Result<(), MapError> {
-        self.check_capacity()?;
+        if !self.cidr.contains_key(&(key.ruleset_be, key.addr, len)) {
+            self.check_capacity()?;
+        }
         self.writes += 1;
         self.cidr.insert((key.ruleset_be, key.addr, len), value);
         Ok(())
@@ -55,7 +57,9 @@ impl MapOps for MemoryMaps {
         Ok(())
     }
     fn set_identity_peer(&mut self, key: IdentityKey, value: PeerValue) -> Result<(), MapError> {
-        self.check_capacity()?;
+        if !self.by_identity.contains_key(&key) {
+            self.check_capacity()?;
+        }
         self.writes += 1;
         self.by_identity.insert(key, value);
         Ok(())
@@ -179,7 +183,8 @@ fn prefix_match(entry: &Addr, len: u8, addr: &Addr) -> bool {
 }
 
 impl MemoryMaps {
-    /// Like a full BPF map: the two peer maps together hold at most `peer_capacity`.
+    /// Like a full BPF map: the two peer maps together hold at most `peer_capacity` (an
+    /// existing key can still be written).
     fn check_capacity(&self) -> Result<(), MapError> {
         if self
             .peer_capacity
