@@ -60,32 +60,34 @@ impl Sets {
 /// lookup.
 #[inline(always)]
 pub fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> Option<u32> {
-    if set == RULESET_ALLOW_ALL {
-        return Some(RULE_UNNAMED);
-    }
-    if set & RULESET_ORDERED == 0 {
-        return union_allowed(set, peer, proto, port);
-    }
-    let identity = ordered_identity(peer);
-    let admin = admin_rule(set, identity, peer, proto, port);
-    tiered_verdict(
-        admin,
-        || set & RULESET_NP_ISOLATED != 0 && is_node(peer),
-        || first_rule(set, identity, peer, proto, port),
-    )
+    decide(set, peer, proto, port).ok()
 }
 
-/// For a drop event: the position of the rule of an ordered set that denies `peer`
-/// (`RULE_UNNAMED` for unordered sets: NetworkPolicy denies by having no rule). Only on
-/// the drop path, so allowed packets do not pay for it.
+/// `allowed`, and when denied, for the drop event, the position of the rule of an
+/// ordered set that denies (`RULE_UNNAMED` for unordered sets: NetworkPolicy denies by
+/// having no rule). Each table is read once: the denial is named from the same answers.
 #[inline(always)]
-fn denying_rule(set: u32, peer: &Addr, proto: u8, port: u16) -> u32 {
+fn decide(set: u32, peer: &Addr, proto: u8, port: u16) -> Result<u32, u32> {
+    if set == RULESET_ALLOW_ALL {
+        return Ok(RULE_UNNAMED);
+    }
     if set & RULESET_ORDERED == 0 {
-        return RULE_UNNAMED;
+        return union_allowed(set, peer, proto, port).ok_or(RULE_UNNAMED);
     }
     let identity = ordered_identity(peer);
     let admin = admin_rule(set, identity, peer, proto, port);
-    denying_position(admin, || first_rule(set, identity, peer, proto, port))
+    // Read by `tiered_verdict` whenever the Admin table does not deny, which is every
+    // denial `denying_position` needs it for.
+    let mut rest = tag::NONE;
+    let verdict = tiered_verdict(
+        admin,
+        || set & RULESET_NP_ISOLATED != 0 && is_node(peer),
+        || {
+            rest = first_rule(set, identity, peer, proto, port);
+            rest
+        },
+    );
+    verdict.ok_or_else(|| denying_position(admin, || rest))
 }
 
 /// The first rule of the Admin table of ordered set `set` matching the peer (`tag::NONE`:
@@ -644,16 +646,15 @@ pub fn forget(hit: &Hit) {
 /// would not.
 #[inline(always)]
 pub fn egress_opening(sets: Sets, p: &mut Packet) -> usize {
-    match allowed(sets.egress, &p.t_dst, p.proto, p.dport) {
-        Some(rule) => {
+    match decide(sets.egress, &p.t_dst, p.proto, p.dport) {
+        Ok(rule) => {
             p.position = rule;
             p.rule = rule_index(sets.egress_rules, rule);
             let (peer, port) = (p.t_dst, p.dport);
             audit_egress(sets, &peer, p, port);
             allow_reason(sets.egress)
         }
-        None => {
-            let position = denying_rule(sets.egress, &p.t_dst, p.proto, p.dport);
+        Err(position) => {
             p.rule = rule_index(sets.egress_rules, position);
             reason::DROP_EGRESS
         }
@@ -682,16 +683,15 @@ fn audit_ingress(sets: Sets, peer: &Addr, p: &mut Packet, port: u16) {
 /// audit-mode policies would not.
 #[inline(always)]
 pub fn ingress_opening(sets: Sets, p: &mut Packet) -> usize {
-    match allowed(sets.ingress, &p.t_src, p.proto, p.dport) {
-        Some(rule) => {
+    match decide(sets.ingress, &p.t_src, p.proto, p.dport) {
+        Ok(rule) => {
             p.position = rule;
             p.rule = rule_index(sets.ingress_rules, rule);
             let (peer, port) = (p.t_src, p.dport);
             audit_ingress(sets, &peer, p, port);
             allow_reason(sets.ingress)
         }
-        None => {
-            let position = denying_rule(sets.ingress, &p.t_src, p.proto, p.dport);
+        Err(position) => {
             p.rule = rule_index(sets.ingress_rules, position);
             reason::DROP_INGRESS
         }
