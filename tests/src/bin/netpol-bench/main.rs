@@ -317,9 +317,9 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
         ));
     }
     // The same under ClusterNetworkPolicy (an ordered set with an Admin table, named in
-    // `ADMIN_TABLES`): the Admin
-    // table answers Pass for 10.0.0.0/8, the rest table's blocks accept TCP 443 only, so
-    // the probe is denied after both tables, and the drop path looks up which rule denied.
+    // `ADMIN_TABLES`): the Admin table answers Pass for 10.0.0.0/8, the rest table's
+    // blocks accept TCP 443 only, so the probe is denied after both tables, and named by
+    // the rule the rest table answered.
     let base = 20_000;
     let set = base | RULESET_ORDERED | RULESET_HAS_ADMIN;
     program_cidrs(&mut maps, set, 10_000, tag::new(1, tag::ACCEPT))?;
