@@ -65,8 +65,8 @@ async fn main() -> std::process::ExitCode {
         return match netpol_agent::datapath::cleanup::cleanup(pin_dir) {
             Ok(r) => {
                 println!(
-                    "removed {} pinned TCX links, {} netlink filters, {} pin directories",
-                    r.tcx_links, r.netlink_filters, r.pin_dirs
+                    "removed {} pinned TCX links, {} node cgroup links, {} netlink filters, {} pin directories",
+                    r.tcx_links, r.node_hooks, r.netlink_filters, r.pin_dirs
                 );
                 if r.remaining.is_empty() {
                     if *wait {

@@ -46,6 +46,9 @@ pub mod names {
     pub const PROG_TO_POD: &str = "to_pod";
     /// Attached to the node's uplinks, TC egress: pod traffic leaving the node after NAT.
     pub const PROG_UPLINK: &str = "uplink_egress";
+    /// Attached to the node's root cgroup (v2), cgroup_skb ingress: what the node's own
+    /// sockets take in, after translation.
+    pub const PROG_TO_NODE: &str = "to_node";
     /// Does nothing: the baseline of the datapath benchmarks.
     pub const PROG_EMPTY: &str = "empty";
     /// Only the established path's conntrack lookup: the benchmarks' floor for it.
@@ -805,6 +808,7 @@ pub mod events {
     pub const AT_FROM_POD: u8 = 0;
     pub const AT_TO_POD: u8 = 1;
     pub const AT_UPLINK: u8 = 2;
+    pub const AT_TO_NODE: u8 = 3;
     /// `VerdictEvent::flags`: the addresses and ports are the packet's (frames that are
     /// not IP have none).
     pub const HAS_TUPLE: u8 = 1;

@@ -6,6 +6,9 @@
 //!   decided here on the backend actually chosen.
 //! * `uplink_egress`: the node's uplinks, TC egress: where a local client's egress towards
 //!   a Service with a remote backend is decided, after translation.
+//! * `to_node`: cgroup_skb ingress on the node's root cgroup (v2): what the node's own
+//!   sockets take in, after translation. Where a local client's egress towards a Service
+//!   whose backend is this node (its host network) is decided: no TC hook sees that packet.
 //!
 //! * `empty`: does nothing; the baseline of `cargo xtask bench`.
 //! * `conntrack_floor`: only the established path's conntrack lookup, for the bench.
@@ -28,7 +31,11 @@ mod parse;
 mod service;
 mod verdict;
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
+    macros::{cgroup_skb, classifier},
+    programs::{SkBuffContext, TcContext},
+};
 use fast::Side;
 use fragments::{AT_FROM_POD, AT_TO_POD, AT_UPLINK, fragment_ports, record_first_fragment};
 use maps::{count, endpoint, iface_of, iface_sets, is_node, is_service, scratch, sets_of};
@@ -499,6 +506,79 @@ fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
     }
     if why == reason::ALLOW_UNISOLATED {
         return None;
+    }
+    Some((sender.id, why))
+}
+
+/// cgroup_skb verdicts.
+const SK_DROP: i32 = 0;
+const SK_PASS: i32 = 1;
+
+/// What this node's own sockets take in. The packet is past translation and reassembly;
+/// ICMP never reaches here (the stack answers it), so only ports are decided.
+#[cgroup_skb(ingress)]
+pub fn to_node(ctx: SkBuffContext) -> i32 {
+    let Some(p) = scratch() else {
+        return SK_PASS;
+    };
+    let Parsed::Ip = parse::parse_l3(&ctx, p) else {
+        return SK_PASS;
+    };
+    let v = to_node_full(&ctx, p);
+    log::flush();
+    v
+}
+
+/// Everything but parsing (see `from_pod_full`).
+#[inline(never)]
+fn to_node_full(ctx: &SkBuffContext, p: &mut Packet) -> i32 {
+    let Some((id, why)) = delivered_to_node(p) else {
+        return SK_PASS;
+    };
+    let at = At {
+        hook: ev::AT_TO_NODE,
+        // SAFETY: the context pointer is valid for the whole program run.
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+    };
+    if decided(at, id, why, Some(p)) == TC_ACT_SHOT {
+        SK_DROP
+    } else {
+        SK_PASS
+    }
+}
+
+/// The decision on a packet a node socket takes in: `None` passes uncounted (not a local
+/// pod's packet to this node, or one NetworkPolicy's own-node exemption lets in, or one of
+/// a connection decided already); otherwise the sending pod and the reason.
+///
+/// A pod's own packet to the node was decided at its veth, and its entry is found here. A
+/// packet without one was translated on its way (a Service whose backend is this node):
+/// its egress is decided now, on the backend, as `to_pod` and the uplinks do for other
+/// backends, and the Service record learns the backend, so its replies meet the same
+/// verdict. The sender's address is not checked against where the packet came in: a
+/// forged one is judged by the forged pod's rules, which at worst drops it.
+#[inline(always)]
+fn delivered_to_node(p: &mut Packet) -> Option<(u32, usize)> {
+    if p.icmp != Icmp::None || !is_node(&p.dst) {
+        return None;
+    }
+    let sender = endpoint(&p.src)?;
+    let sets = sets_of(&sender);
+    if node_exempt(sets.egress, &p.dst) {
+        return None;
+    }
+    if let Some(hit) = verdict::lookup(p)
+        && verdict::usable(&hit, p)
+    {
+        return local_sender_on_entry(&hit, p, &sender).map(|r| (sender.id, r));
+    }
+    let why = verdict::egress_opening(sets, p);
+    if why < reason::FIRST_DROP {
+        let egress = Decided::by(sets.egress, p.position);
+        verdict::track(p, egress, UNDECIDED, ct_flag::DEFERRED_EGRESS);
+        service::learn_backend(p, sets.egress, true);
+    } else {
+        service::learn_backend(p, CT_UNDECIDED, true);
     }
     Some((sender.id, why))
 }

@@ -1,7 +1,9 @@
-//! Packet headers to a `Packet`. Uses `bpf_skb_load_bytes` (via `TcContext::load`), so it
-//! works on non-linear skbs and every read is bounds-checked by the kernel.
+//! Packet headers to a `Packet`. Uses `bpf_skb_load_bytes` (via `SkBuff::load`) where the
+//! bytes are not in the linear part, so it works on non-linear skbs and every read is
+//! bounds-checked by the kernel. TC programs see an Ethernet frame; the socket-level hook
+//! (`to_node`) sees the packet from its IP header on.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{SkBuffContext, TcContext, sk_buff::SkBuff};
 use netpol_common::{Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 const ETH_HLEN: usize = 14;
@@ -22,9 +24,9 @@ const MAX_DIRECT_OFFSET: usize = 512;
 /// linear part (the common case, and much cheaper than a helper call), else copied with
 /// `bpf_skb_load_bytes`, which also reaches paged data. `None`: past the end.
 #[inline(always)]
-fn load<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+fn load<T: Copy>(ctx: &SkBuff, off: usize) -> Option<T> {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let (start, end) = unsafe { ((*ctx.skb).data as usize, (*ctx.skb).data_end as usize) };
     let len = core::mem::size_of::<T>();
     if off > MAX_DIRECT_OFFSET {
         return ctx.load::<T>(off).ok();
@@ -132,14 +134,15 @@ pub fn parse(ctx: &TcContext, p: &mut Packet) -> Parsed {
     if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
         return Parsed::OtherFrame;
     }
+    let ctx = &ctx.skb;
     let Some(eth) = load::<[u8; 14]>(ctx, 0) else {
         return Parsed::Malformed;
     };
     p.eth_group = eth[0] & 1 != 0;
     let ethertype = [eth[12], eth[13]];
     match u16::from_be_bytes(ethertype) {
-        ETH_P_IP => parse_v4(ctx, p),
-        ETH_P_IPV6 => parse_v6(ctx, p),
+        ETH_P_IP => parse_v4(ctx, p, ETH_HLEN),
+        ETH_P_IPV6 => parse_v6(ctx, p, ETH_HLEN),
         ETH_P_ARP => match load::<[u8; 4]>(ctx, ETH_HLEN + 14) {
             Some(spa) => {
                 p.src = Addr::from_v4(spa);
@@ -147,6 +150,18 @@ pub fn parse(ctx: &TcContext, p: &mut Packet) -> Parsed {
             }
             None => Parsed::Malformed,
         },
+        _ => Parsed::OtherFrame,
+    }
+}
+
+/// `parse` for a packet that starts at its IP header (a socket-level hook's), whose
+/// family the skb's protocol says. Anything else is `OtherFrame`.
+#[inline(never)]
+pub fn parse_l3(ctx: &SkBuffContext, p: &mut Packet) -> Parsed {
+    p.eth_group = false;
+    match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => parse_v4(&ctx.skb, p, 0),
+        ETH_P_IPV6 => parse_v6(&ctx.skb, p, 0),
         _ => Parsed::OtherFrame,
     }
 }
@@ -173,8 +188,8 @@ fn reset(p: &mut Packet, proto: u8, hop_limit: u8, frag: Frag) {
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &TcContext, p: &mut Packet) -> Parsed {
-    let Some(hdr) = load::<[u8; 20]>(ctx, ETH_HLEN) else {
+fn parse_v4(ctx: &SkBuff, p: &mut Packet, l3: usize) -> Parsed {
+    let Some(hdr) = load::<[u8; 20]>(ctx, l3) else {
         return Parsed::Malformed;
     };
     let ihl = ((hdr[0] & 0x0f) as usize) * 4;
@@ -193,7 +208,7 @@ fn parse_v4(ctx: &TcContext, p: &mut Packet) -> Parsed {
     p.src = Addr::from_v4([hdr[12], hdr[13], hdr[14], hdr[15]]);
     p.dst = Addr::from_v4([hdr[16], hdr[17], hdr[18], hdr[19]]);
     reset(p, hdr[9], hdr[8], frag);
-    if l4(ctx, p, ETH_HLEN + ihl) {
+    if l4(ctx, p, l3 + ihl) {
         Parsed::Ip
     } else {
         Parsed::Malformed
@@ -219,8 +234,8 @@ fn v4_in_v6(a: &[u8; 16]) -> bool {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &TcContext, p: &mut Packet) -> Parsed {
-    let Some(hdr) = load::<[u8; 8]>(ctx, ETH_HLEN) else {
+fn parse_v6(ctx: &SkBuff, p: &mut Packet, l3: usize) -> Parsed {
+    let Some(hdr) = load::<[u8; 8]>(ctx, l3) else {
         return Parsed::Malformed;
     };
     if hdr[0] >> 4 != 6 {
@@ -228,17 +243,17 @@ fn parse_v6(ctx: &TcContext, p: &mut Packet) -> Parsed {
     }
     // One load at a time: a tuple of both made older verifiers (5.10, 6.1) see a read of
     // a stack slot that the failed load's path never wrote.
-    let Some(src) = load::<[u8; 16]>(ctx, ETH_HLEN + 8) else {
+    let Some(src) = load::<[u8; 16]>(ctx, l3 + 8) else {
         return Parsed::Malformed;
     };
-    let Some(dst) = load::<[u8; 16]>(ctx, ETH_HLEN + 24) else {
+    let Some(dst) = load::<[u8; 16]>(ctx, l3 + 24) else {
         return Parsed::Malformed;
     };
     p.src = Addr(src);
     p.dst = Addr(dst);
     let mapped = v4_in_v6(&p.src.0) || v4_in_v6(&p.dst.0);
     let mut next = hdr[6];
-    let mut off = ETH_HLEN + 40;
+    let mut off = l3 + 40;
     let mut frag = Frag::Whole;
     let mut frag_next = 0;
     for _ in 0..MAX_EXT_HEADERS {
@@ -301,7 +316,7 @@ fn parse_v6(ctx: &TcContext, p: &mut Packet) -> Parsed {
 /// Ports and control-message kind from the transport header at `off`. A later fragment
 /// has none (the caller fills them from the first fragment). False: cut short.
 #[inline(always)]
-fn l4(ctx: &TcContext, p: &mut Packet, off: usize) -> bool {
+fn l4(ctx: &SkBuff, p: &mut Packet, off: usize) -> bool {
     if let Frag::Later(_) = p.frag {
         return true;
     }
@@ -366,7 +381,7 @@ fn l4(ctx: &TcContext, p: &mut Packet, off: usize) -> bool {
 
 /// Echo: the identifier stands for both ports. Error: the quoted packet's tuple.
 #[inline(always)]
-fn icmp_tuple(ctx: &TcContext, p: &mut Packet, off: usize, h: &[u8; 8]) -> bool {
+fn icmp_tuple(ctx: &SkBuff, p: &mut Packet, off: usize, h: &[u8; 8]) -> bool {
     match p.icmp {
         Icmp::EchoRequest | Icmp::EchoReply => {
             let id = u16::from_be_bytes([h[4], h[5]]);
@@ -382,7 +397,7 @@ fn icmp_tuple(ctx: &TcContext, p: &mut Packet, off: usize, h: &[u8; 8]) -> bool 
 /// The packet an ICMP error quotes, at `off`: its tuple reversed becomes `p`'s. A quote
 /// too short to hold the ports is malformed.
 #[inline(always)]
-fn quoted(ctx: &TcContext, p: &mut Packet, off: usize) -> bool {
+fn quoted(ctx: &SkBuff, p: &mut Packet, off: usize) -> bool {
     // The quoted source becomes t_dst, the quoted destination t_src.
     let (q_proto, l4_off) = if p.src.is_v4() {
         let Some(q) = load::<[u8; 20]>(ctx, off) else {

@@ -1124,7 +1124,9 @@ pub fn cleanup(cfg: &Config) -> Result<()> {
     println!("  after cleanup: client->server allowed, no pins, no filters of netpol's");
     for i in 0..sb.node_count() {
         let again = sb.cleanup_node(i)?;
-        if !again.starts_with("removed 0 pinned TCX links, 0 netlink filters, 0 pin directories") {
+        if !again.starts_with(
+            "removed 0 pinned TCX links, 0 node cgroup links, 0 netlink filters, 0 pin directories",
+        ) {
             bail!(
                 "node-{}: a second cleanup still found something: {again}",
                 i + 1

@@ -331,16 +331,16 @@ fn root_cnp_attack_finding_seeded_node_connection_cut_by_networkpolicy_isolation
 // Services
 // ---------------------------------------------------------------------------------------
 
-/// FOUND. An Admin rule denies the client egress to every node (its own included). The
-/// client connects to a Service whose backend is on its own node's host network (the
-/// `kubernetes` Service on a control-plane node, any hostNetwork backend): the packet is
-/// DNATed to the node's address and delivered locally, so no hook sees it after
-/// translation. `from_pod` passes the SYN towards the ClusterIP (decided after
-/// translation), and the Service's answer passes `to_pod` because a record that never
-/// learnt a backend is taken as "the node, which the node rule allows"; under an ordered
-/// set there is no such rule, the Admin Deny decides. The connection is made.
+/// FOUND, fixed by `to_node`. An Admin rule denies the client egress to every node (its
+/// own included). The client connects to a Service whose backend is on its own node's host
+/// network (the `kubernetes` Service on a control-plane node, any hostNetwork backend): the
+/// packet is DNATed to the node's address and delivered locally, so no TC hook sees it
+/// after translation. `from_pod` passes the SYN towards the ClusterIP (decided after
+/// translation); `to_node`, on the node's cgroup, sees the translated SYN reach the node's
+/// socket and decides it under the client's egress: denied. Should the node answer anyway
+/// (a SYN-ACK un-DNATed to the ClusterIP), the Service's record has learnt the refused
+/// backend, and `to_pod` drops it.
 #[test]
-#[ignore = "open: a Service backend on this node's host network is reached by local delivery after translation, which no hook sees; the reply is taken for the node's and passes (needs a socket-level hook)"]
 fn root_cnp_attack_finding_service_with_a_backend_on_the_own_node_escapes_admin_deny() {
     let mut st = cnp_state();
     add_cnp(
@@ -367,7 +367,14 @@ fn root_cnp_attack_finding_service_with_a_backend_on_the_own_node_escapes_admin_
         &v4(CLIENT4, k8s, TCP, &tcp(40011, 443, SYN)),
         PASS,
     );
-    // kube-proxy DNATs it to 10.1.0.1:6443 (this node): local delivery, no hook.
+    // kube-proxy DNATs it to 10.1.0.1:6443 (this node): local delivery.
+    lab.verdict(
+        "the translated SYN reaching the node's socket",
+        Hook::ToNode,
+        ifs.c,
+        &v4(CLIENT4, NODE4, TCP, &tcp(40011, 6443, SYN)),
+        DROP,
+    );
     lab.verdict(
         "the SYN-ACK of the node-local backend, un-DNATed, must not reach the client",
         Hook::ToPod,

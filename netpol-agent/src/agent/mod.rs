@@ -91,6 +91,14 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
 
+    /// The node's cgroup v2 hierarchy. `to_node` is attached to it, so that a local pod's
+    /// packets reaching the node's own sockets through a Service (a backend on the host
+    /// network, like the `kubernetes` Service on a control-plane node) meet the pod's
+    /// ClusterNetworkPolicy rules about the node. `off`: not attached, and such a Service
+    /// escapes those rules (/status says so).
+    #[arg(long, default_value = datapath::node_cgroup::DEFAULT_CGROUP)]
+    pub node_cgroup: PathBuf,
+
     /// Address of the HTTP endpoint serving /metrics, /healthz, /readyz and /status.
     #[arg(long, default_value = "127.0.0.1:9964")]
     pub metrics_addr: SocketAddr,
@@ -252,6 +260,24 @@ struct Agent {
     adopted_veths_read: bool,
 }
 
+/// Attaches `to_node` to `cgroup` (`off`: not), and says what became of it (for /status).
+/// A failure leaves the agent running, loudly: every other decision still holds.
+fn attach_node_hook(datapath: &mut Datapath, cgroup: &std::path::Path) -> String {
+    if cgroup.as_os_str() == "off" {
+        warn!(
+            "--node-cgroup off: a Service whose backend is this node's host network escapes ClusterNetworkPolicy rules about the node"
+        );
+        return "off".to_string();
+    }
+    match datapath.attach_node(cgroup) {
+        Ok(()) => format!("attached to {}", cgroup.display()),
+        Err(e) => {
+            error!(cgroup = %cgroup.display(), error = format!("{e:#}"), "the node hook is not attached: a Service whose backend is this node's host network escapes ClusterNetworkPolicy rules about the node");
+            format!("not attached: {e:#}")
+        }
+    }
+}
+
 pub async fn run(args: Args) -> Result<()> {
     let node = args.node_name.clone().context("--node-name is required")?;
     let pin_dir = (!args.no_pin).then_some(args.pin_dir.as_path());
@@ -298,7 +324,8 @@ pub async fn run(args: Args) -> Result<()> {
             .set_uplinks(&uplink_indexes)
             .context("programming the uplinks")?;
     }
-    info!(node = %node, mode = ?datapath.mode(), configured_uplinks = ?uplinks, "datapath loaded");
+    let node_hook = attach_node_hook(&mut datapath, &args.node_cgroup);
+    info!(node = %node, mode = ?datapath.mode(), configured_uplinks = ?uplinks, node_hook, "datapath loaded");
 
     let status: Shared = Arc::new(Mutex::new(Status {
         map_capacity: args
@@ -310,6 +337,7 @@ pub async fn run(args: Args) -> Result<()> {
         node: node.clone(),
         attach_mode: format!("{:?}", datapath.mode()).to_lowercase(),
         uplinks: uplinks.clone(),
+        node_hook,
         ..Default::default()
     }));
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)

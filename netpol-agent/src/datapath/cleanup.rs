@@ -1,5 +1,6 @@
 //! `netpol-agent cleanup`: removes everything netpol made on a node, so that traffic
-//! flows as it did before netpol: the pinned TCX links (which detaches their programs),
+//! flows as it did before netpol: the pinned TCX links and the node's cgroup link (which
+//! detaches their programs),
 //! the netlink filters (recorded ones, and any filter of this network namespace that
 //! carries one of netpol's program names, in case a record was lost or the agent ran
 //! without pins), then the pinned maps and the pin directory itself. The clsact qdiscs
@@ -20,6 +21,8 @@ use super::{Hook, Pins, remove_filter};
 #[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Removed {
     pub tcx_links: usize,
+    /// `to_node`'s link on the node's cgroup.
+    pub node_hooks: usize,
     pub netlink_filters: usize,
     pub pin_dirs: usize,
     /// TCX attachments running a program with one of netpol's names that are still there
@@ -48,6 +51,10 @@ pub fn cleanup(pin_dir: &Path) -> Result<Removed> {
                 },
                 Err(e) => warn!(pin = %pin.display(), error = %e, "unusable link pin; removing it"),
             }
+        }
+        if super::node_cgroup::detach_pinned(&pins.node_link()) {
+            removed.node_hooks += 1;
+            info!("detached the node's cgroup link");
         }
         for (iface, filter) in pins.netlink_filters() {
             if remove_filter(&iface, filter) {

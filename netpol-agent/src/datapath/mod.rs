@@ -6,6 +6,7 @@ pub mod kernel_conntrack;
 pub mod link_events;
 pub mod nexthops;
 pub mod node_addrs;
+pub mod node_cgroup;
 pub mod pod_links;
 pub mod routes;
 mod rtnl;
@@ -102,6 +103,9 @@ pub enum Hook {
     /// Only the established path's conntrack lookup (never attached, and loaded only when
     /// a test run asks for it): its floor.
     ConntrackFloor,
+    /// The node's cgroup, cgroup_skb ingress (see `node_cgroup`). A test run gives it an
+    /// Ethernet frame like the others; the kernel strips the header, as the stack has.
+    ToNode,
 }
 
 impl Hook {
@@ -114,12 +118,15 @@ impl Hook {
             Hook::Uplink => names::PROG_UPLINK,
             Hook::Empty => names::PROG_EMPTY,
             Hook::ConntrackFloor => names::PROG_CONNTRACK_FLOOR,
+            Hook::ToNode => names::PROG_TO_NODE,
         }
     }
     fn attach_type(self) -> TcAttachType {
         match self {
             Hook::FromPod => TcAttachType::Ingress,
-            Hook::ToPod | Hook::Uplink | Hook::Empty | Hook::ConntrackFloor => TcAttachType::Egress,
+            Hook::ToPod | Hook::Uplink | Hook::Empty | Hook::ConntrackFloor | Hook::ToNode => {
+                TcAttachType::Egress
+            }
         }
     }
 }
@@ -157,6 +164,12 @@ impl Pins {
         self.dir
             .join("links")
             .join(format!("{}@{}", iface.replace('.', ":"), hook.program()))
+    }
+    /// `to_node`'s cgroup link (`node` is no interface: its hook is no TC hook).
+    fn node_link(&self) -> PathBuf {
+        self.dir
+            .join("links")
+            .join(format!("node@{}", names::PROG_TO_NODE))
     }
     /// Netlink filters are recorded as empty directories (bpffs holds no regular files),
     /// `<iface>@<program>@<priority>@<handle>`, so the records live exactly as long as the
@@ -265,12 +278,17 @@ pub struct Datapath {
     /// TCX links made without a pin directory: held here, so detaching drops them (a
     /// pinned link is destroyed by unpinning it).
     unpinned_links: BTreeMap<(String, Hook), aya::programs::links::FdLink>,
+    /// `to_node` on the node's cgroup, once attached.
+    node_hook: Option<node_cgroup::NodeHook>,
     /// This kernel's BPF_PROG_TEST_RUN refuses a context that sets `ingress_ifindex`
     /// (5.10 does); learnt at the first test run that needs it.
     test_run_no_ingress: bool,
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+const TC_ACT_UNSPEC: i32 = -1;
+const TC_ACT_SHOT: i32 = 2;
 
 /// The netlink filter preference netpol's filters take: the first.
 const NETLINK_PRIORITY: u16 = 1;
@@ -400,6 +418,7 @@ impl Datapath {
             links: BTreeMap::new(),
             filters: BTreeMap::new(),
             unpinned_links: BTreeMap::new(),
+            node_hook: None,
             test_run_no_ingress: false,
         };
         dp.adopt_attachments();
@@ -560,6 +579,18 @@ impl Datapath {
         maps.sync_iface_slots()
             .context("giving adopted veths their IFACE_SLOTS slots")?;
         Ok(maps)
+    }
+
+    /// Attaches `to_node` to the node's cgroup v2 `cgroup` (see `node_cgroup`).
+    pub fn attach_node(&mut self, cgroup: &Path) -> Result<()> {
+        let pin = self.pins.as_ref().map(Pins::node_link);
+        self.node_hook = Some(node_cgroup::attach(&mut self.ebpf, cgroup, pin.as_deref())?);
+        Ok(())
+    }
+
+    /// The cgroup `to_node` is attached to.
+    pub fn node_cgroup(&self) -> Option<&Path> {
+        self.node_hook.as_ref().map(|h| h.cgroup.as_path())
     }
 
     pub fn attach_pod(&mut self, iface: &str) -> Result<()> {
@@ -816,8 +847,9 @@ fn remove_filter(iface: &str, f: NlFilter) -> bool {
 
 impl Datapath {
     /// Runs one hook's program on `packet` (an Ethernet frame) with BPF_PROG_TEST_RUN,
-    /// `repeat` times, and returns the verdict (`TC_ACT_*` as i32) and the mean time per
-    /// run. The kernel runs it on the loopback device (ifindex 1); nothing is sent.
+    /// `repeat` times, and returns the verdict (`TC_ACT_*` as i32; `to_node`'s pass is
+    /// `TC_ACT_UNSPEC`, its drop `TC_ACT_SHOT`) and the mean time per run. The kernel
+    /// runs it on the loopback device (ifindex 1); nothing is sent.
     pub fn test_run(
         &mut self,
         hook: Hook,
@@ -869,11 +901,6 @@ impl Datapath {
         ifindex: u32,
         ingress_ifindex: u32,
     ) -> Result<(i32, std::time::Duration)> {
-        let prog = classifier(&mut self.ebpf, hook.program())?;
-        // The benchmark's floor is loaded the first time it runs: never in the agent.
-        if hook == Hook::ConntrackFloor && prog.fd().is_err() {
-            load_program(prog, hook.program())?;
-        }
         // struct __sk_buff up to `ifindex` (offset 40), with `ingress_ifindex` (offset 36).
         // Every other field zero.
         let mut ctx = [0u8; 44];
@@ -883,10 +910,24 @@ impl Datapath {
         opts.data_in = Some(packet);
         opts.ctx_in = Some(&ctx);
         opts.repeat = repeat.max(1);
-        let r = prog
-            .test_run(opts)
-            .with_context(|| format!("BPF_PROG_TEST_RUN of {}", hook.program()))?;
-        Ok((r.return_value as i32, r.duration))
+        let r = if hook == Hook::ToNode {
+            node_cgroup::program(&mut self.ebpf)?.test_run(opts)
+        } else {
+            let prog = classifier(&mut self.ebpf, hook.program())?;
+            // The benchmark's floor is loaded the first time it runs: never in the agent.
+            if hook == Hook::ConntrackFloor && prog.fd().is_err() {
+                load_program(prog, hook.program())?;
+            }
+            prog.test_run(opts)
+        }
+        .with_context(|| format!("BPF_PROG_TEST_RUN of {}", hook.program()))?;
+        let verdict = match (hook, r.return_value) {
+            // cgroup_skb says 1 (pass) or 0 (drop): told in TC's words like the others.
+            (Hook::ToNode, 1) => TC_ACT_UNSPEC,
+            (Hook::ToNode, 0) => TC_ACT_SHOT,
+            (_, v) => v as i32,
+        };
+        Ok((verdict, r.duration))
     }
 }
 

@@ -204,6 +204,7 @@ impl History {
             events::AT_FROM_POD => "from_pod",
             events::AT_TO_POD => "to_pod",
             events::AT_UPLINK => "uplink",
+            events::AT_TO_NODE => "to_node",
             _ => "unknown",
         };
         // A drop names the side that refused; anything else the hook's side of the pod.

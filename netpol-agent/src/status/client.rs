@@ -91,6 +91,13 @@ pub fn render(s: &Status) -> String {
             s.uplinks.join(", ")
         }
     );
+    if !s.node_hook.starts_with("attached") {
+        let _ = writeln!(
+            out,
+            "node hook {}: Services whose backend is this node's host network escape ClusterNetworkPolicy rules about the node",
+            s.node_hook
+        );
+    }
     if !s.unserved_kinds.is_empty() {
         let _ = writeln!(
             out,

@@ -179,6 +179,12 @@ impl Collector for StatusMetrics {
         let e = &mut encoder;
         gauge(
             e,
+            "netpol_node_hook_attached",
+            "1 when to_node is attached to the node's cgroup; 0: a Service whose backend is this node's host network escapes ClusterNetworkPolicy rules about the node",
+            i64::from(s.node_hook.starts_with("attached")),
+        )?;
+        gauge(
+            e,
             "netpol_policy_errors",
             "Policy rules that could not be compiled (they allow nothing)",
             count(s.policy_errors.len()),

@@ -82,6 +82,11 @@ pub struct Status {
     pub overflow_events: u64,
     pub rule_sets: usize,
     pub uplinks: Vec<String>,
+    /// `to_node` on the node's cgroup: `attached to <cgroup>`, `off`, or `not attached:
+    /// <why>` (then a Service whose backend is this node's host network escapes
+    /// ClusterNetworkPolicy rules about the node).
+    #[serde(default)]
+    pub node_hook: String,
     /// Veths that claim a local pod's address but cannot be matched to it (interface ->
     /// the pods they claim): netpol drops everything they carry.
     pub quarantined_interfaces: BTreeMap<String, Vec<String>>,
