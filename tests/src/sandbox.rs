@@ -113,6 +113,8 @@ struct Cleanup {
     netns: Vec<String>,
     /// bpffs mounted for the agents' pins.
     mounts: Vec<PathBuf>,
+    /// cgroup v2 directories made for the nodes, deepest last.
+    cgroups: Vec<PathBuf>,
     dir: Option<PathBuf>,
 }
 
@@ -139,6 +141,15 @@ impl Cleanup {
         }
         for m in self.mounts.drain(..) {
             let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+        // A cgroup goes once its killed processes have exited.
+        for cg in self.cgroups.drain(..).rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(&cg).is_ok() || !cg.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(dir);
@@ -226,6 +237,20 @@ pub struct Sandbox {
     nodes: usize,
     /// Next free pod index (names its namespace and veth).
     next_index: usize,
+    /// Each node's cgroup v2, holding the processes of its host network (its agent's
+    /// `--node-cgroup`); `None` on a machine without cgroup v2.
+    node_cgroups: Vec<Option<PathBuf>>,
+}
+
+/// Where the machine's cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid machine).
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, at, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(at))
+    })
 }
 
 fn run(args: &[&str]) -> Result<()> {
@@ -311,7 +336,9 @@ impl Sandbox {
             restarts: 0,
             nodes: model.node_count(),
             next_index: 0,
+            node_cgroups: Vec::new(),
         };
+        sb.make_node_cgroups()?;
         sb.build_network()?;
         sb.start_servers()?;
         sb.start_api()?;
@@ -485,9 +512,61 @@ impl Sandbox {
         Ok(out)
     }
 
+    /// A cgroup v2 per node (under the machine's cgroup v2 mount, in a directory of this
+    /// sandbox's): each node's agent attaches `to_node` to its node's, so only the
+    /// processes of that node's host network are under it. The agents see the hierarchy
+    /// through a mount in the sandbox's folder: `ip netns exec` mounts a /sys of its own.
+    fn make_node_cgroups(&mut self) -> Result<()> {
+        self.node_cgroups = vec![None; self.nodes];
+        let Some(mnt) = cgroup2_mount() else {
+            return Ok(());
+        };
+        let top = mnt.join(&self.tag);
+        std::fs::create_dir(&top).with_context(|| format!("creating {}", top.display()))?;
+        let mut made = vec![top.clone()];
+        for i in 0..self.nodes {
+            let cg = top.join(format!("n{}", i + 1));
+            std::fs::create_dir(&cg).with_context(|| format!("creating {}", cg.display()))?;
+            made.push(cg);
+        }
+        let seen = self.dir.join("cgroup2");
+        std::fs::create_dir_all(&seen)?;
+        let mut c = self
+            .cleanup
+            .lock()
+            .map_err(|_| anyhow!("cleanup poisoned"))?;
+        c.cgroups.extend(made);
+        run(&["mount", "-t", "cgroup2", "none", &seen.to_string_lossy()])?;
+        c.mounts.push(seen.clone());
+        drop(c);
+        self.node_cgroups = (0..self.nodes)
+            .map(|i| Some(seen.join(&self.tag).join(format!("n{}", i + 1))))
+            .collect();
+        Ok(())
+    }
+
+    /// The cgroup of the node whose network namespace is `netns`, if it is a node's.
+    fn cgroup_of_netns(&self, netns: &str) -> Option<&Path> {
+        (0..self.nodes)
+            .find(|i| self.node_ns(*i) == netns)
+            .and_then(|i| self.node_cgroups.get(i)?.as_deref())
+    }
+
     fn spawn_in(&self, netns: &str, args: &[String], log: &Path) -> Result<Child> {
         let logf = std::fs::File::create(log)?;
-        let child = Command::new("ip")
+        let mut cmd = match self.cgroup_of_netns(netns) {
+            // The process joins its node's cgroup before it makes a socket: a socket
+            // belongs to the cgroup its maker was in then.
+            Some(cg) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(cg.join("cgroup.procs"))
+                    .arg("ip");
+                c
+            }
+            None => Command::new("ip"),
+        };
+        let child = cmd
             .args(["netns", "exec", netns])
             .args(args)
             .stdin(Stdio::null())
@@ -609,6 +688,11 @@ impl Sandbox {
                 .join(&node)
                 .to_string_lossy()
                 .to_string(),
+            "--node-cgroup".into(),
+            match self.node_cgroups.get(i).cloned().flatten() {
+                Some(cg) => cg.to_string_lossy().to_string(),
+                None => "off".into(),
+            },
             "--cni-socket".into(),
             // For showing what the plugin is for: agents that never hear from it.
             if std::env::var_os("NETPOL_SANDBOX_NO_CNI_SOCKET").is_some() {

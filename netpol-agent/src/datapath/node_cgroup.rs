@@ -78,14 +78,11 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pin: Option<&Path>) -> Result<Node
     let dir = std::fs::File::open(cgroup)
         .with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
     let prog = program(ebpf)?;
-    // Multi: other tools' programs on the root cgroup stay, and a restarted agent's joins
-    // its predecessor's before that one goes.
+    // A BPF link (5.7+) on a cgroup always runs beside the others (other tools', and a
+    // restarted agent's beside its predecessor's until that one goes); the kernel takes
+    // no mode flags with it, which aya's `Single` (no flag) says.
     let id = prog
-        .attach(
-            &dir,
-            CgroupSkbAttachType::Ingress,
-            CgroupAttachMode::AllowMultiple,
-        )
+        .attach(&dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
         .with_context(|| format!("attaching {} to {}", names::PROG_TO_NODE, cgroup.display()))?;
     let link: FdLink = prog
         .take_link(id)?
