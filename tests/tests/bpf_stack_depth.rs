@@ -182,6 +182,7 @@ fn the_scan_finds_the_full_paths_and_their_global_functions() {
         "from_pod",
         "to_pod",
         "uplink_egress",
+        "to_node",
         "netpol_ordered_identity",
         "netpol_first_by_identity",
         "netpol_first_by_address",

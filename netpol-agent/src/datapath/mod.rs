@@ -426,19 +426,25 @@ impl Datapath {
     }
 
     /// How many instructions the verifier processed for each program (`None` where the
-    /// kernel does not say, before 5.16): the budget is 1M per program.
+    /// kernel does not say, before 5.16, and for `to_node` until its first attach or test
+    /// run loads it): the budget is 1M per program.
     pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
-        [names::PROG_FROM_POD, names::PROG_TO_POD, names::PROG_UPLINK]
-            .into_iter()
-            .map(|name| {
-                let count = self
-                    .ebpf
-                    .program(name)
-                    .and_then(|p| p.info().ok())
-                    .and_then(|i| i.verified_instruction_count());
-                (name, count)
-            })
-            .collect()
+        [
+            names::PROG_FROM_POD,
+            names::PROG_TO_POD,
+            names::PROG_UPLINK,
+            names::PROG_TO_NODE,
+        ]
+        .into_iter()
+        .map(|name| {
+            let count = self
+                .ebpf
+                .program(name)
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.verified_instruction_count());
+            (name, count)
+        })
+        .collect()
     }
 
     /// Records what an earlier run attached (pinned links, netlink filters), so the next

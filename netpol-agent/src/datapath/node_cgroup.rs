@@ -53,6 +53,15 @@ pub fn program(ebpf: &mut Ebpf) -> Result<&mut CgroupSkb> {
     if prog.fd().is_err() {
         prog.load()
             .with_context(|| format!("verifier rejected {}", names::PROG_TO_NODE))?;
+        let verified = prog
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count());
+        tracing::info!(
+            program = names::PROG_TO_NODE,
+            verified_instructions = verified,
+            "program loaded"
+        );
     }
     Ok(prog)
 }

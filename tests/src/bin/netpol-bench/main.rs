@@ -256,15 +256,6 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
         portset_entries: 1024,
     };
     let mut dp = Datapath::load(AttachMode::Auto, &sizes, None).context("loading the datapath")?;
-    for (program, count) in dp.verified_instructions() {
-        if let Some(count) = count {
-            results.push((
-                format!("verifier.{program}_insns"),
-                f64::from(count),
-                "insns".into(),
-            ));
-        }
-    }
     let mut maps = dp.take_maps()?;
     const PASS: i32 = -1;
     const DROP: i32 = 2;
@@ -362,6 +353,49 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
         )?,
         "ns".into(),
     ));
+    // `to_node` runs on every packet the node's sockets take in (pods' sockets too, under
+    // the root cgroup): most are not a local pod's to this node, and pass after the
+    // parse and one NODE_ADDRS lookup.
+    results.push((
+        "dp.to_node_other_ns".into(),
+        measure(
+            &mut dp,
+            Hook::ToNode,
+            &frame(CLIENT, PEER, 40002, 443, 0x10),
+            args,
+            PASS,
+        )?,
+        "ns".into(),
+    ));
+    // A local pod's packet to this node (the peer stands in for the node's address) on a
+    // connection `to_node` decided: its conntrack entry is found and the sender re-judged
+    // only if its rules changed.
+    maps.set_node_addr(Addr::from_v4(PEER))?;
+    let (v, _) = dp.test_run(Hook::ToNode, &frame(CLIENT, PEER, 40003, 443, 0x02), 1)?;
+    if v != PASS {
+        bail!("the SYN to the node was dropped at to_node ({v})");
+    }
+    results.push((
+        "dp.to_node_tracked_ns".into(),
+        measure(
+            &mut dp,
+            Hook::ToNode,
+            &frame(CLIENT, PEER, 40003, 443, 0x10),
+            args,
+            PASS,
+        )?,
+        "ns".into(),
+    ));
+    // Last: `to_node` is loaded at its first run.
+    for (program, count) in dp.verified_instructions() {
+        if let Some(count) = count {
+            results.push((
+                format!("verifier.{program}_insns"),
+                f64::from(count),
+                "insns".into(),
+            ));
+        }
+    }
     let get = |name: &str| {
         results
             .iter()
