@@ -286,3 +286,152 @@ fn root_node_hook_passes_what_is_not_a_local_pods_packet_to_the_node() {
         PASS,
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The cgroup link's lifecycle: attached, pinned, replaced by a restarted agent, removed
+// by cleanup. On a cgroup v2 and a bpffs this test mounts in a folder of its own (the
+// cgroup is a new, empty one: no process is under it, no packet meets the program).
+// ---------------------------------------------------------------------------------------
+
+/// Program ids attached to `cgroup` itself at cgroup_skb ingress (BPF_PROG_QUERY).
+fn attached_ids(cgroup: &std::path::Path) -> Vec<u32> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(cgroup).expect("open the cgroup");
+    let mut ids = [0u32; 16];
+    // union bpf_attr for BPF_PROG_QUERY: target_fd, attach_type, query_flags,
+    // attach_flags, prog_ids (u64 pointer), prog_cnt.
+    #[repr(C)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: [u8; 100],
+    }
+    let mut q = Query {
+        target_fd: dir.as_raw_fd() as u32,
+        attach_type: 0, // BPF_CGROUP_INET_INGRESS
+        query_flags: 0,
+        attach_flags: 0,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        _pad: [0; 100],
+    };
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    // SAFETY: a valid attr of the size passed, whose id buffer outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            &mut q as *mut Query,
+            std::mem::size_of::<Query>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
+    ids[..q.prog_cnt as usize].to_vec()
+}
+
+/// A cgroup v2 and a bpffs mounted under a fresh folder; unmounted and removed on drop.
+struct Mounts {
+    dir: std::path::PathBuf,
+    name: String,
+}
+
+impl Mounts {
+    fn new() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("netpol-node-hook-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&name);
+        let m = Mounts { dir, name };
+        for (what, fstype) in [("cg", "cgroup2"), ("bpf", "bpf")] {
+            let at = m.dir.join(what);
+            std::fs::create_dir_all(&at).expect("mount point");
+            let ok = std::process::Command::new("mount")
+                .args(["-t", fstype, "none"])
+                .arg(&at)
+                .status()
+                .expect("mount");
+            assert!(ok.success(), "mount -t {fstype} {}", at.display());
+        }
+        std::fs::create_dir(m.cgroup()).expect("a cgroup of the test's own");
+        m
+    }
+    fn cgroup(&self) -> std::path::PathBuf {
+        self.dir.join("cg").join(&self.name)
+    }
+    fn pins(&self) -> std::path::PathBuf {
+        self.dir.join("bpf").join("netpol")
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.cgroup());
+        for what in ["cg", "bpf"] {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.join(what))
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn root_node_hook_is_pinned_replaced_on_restart_and_removed_by_cleanup() {
+    let m = Mounts::new();
+    let cg = m.cgroup();
+    assert!(
+        attached_ids(&cg).is_empty(),
+        "a new cgroup holds no program"
+    );
+    let first = {
+        let mut dp =
+            Datapath::load(AttachMode::Auto, &small_maps(), Some(&m.pins())).expect("load BPF");
+        dp.attach_node(&cg).expect("attach to_node");
+        assert_eq!(dp.node_cgroup(), Some(cg.as_path()));
+        let ids = attached_ids(&cg);
+        assert_eq!(ids.len(), 1, "one program on the cgroup: {ids:?}");
+        ids[0]
+    };
+    assert_eq!(
+        attached_ids(&cg),
+        vec![first],
+        "the pin keeps the link after the agent is gone"
+    );
+    {
+        let mut dp = Datapath::load(AttachMode::Auto, &small_maps(), Some(&m.pins()))
+            .expect("load BPF again");
+        dp.attach_node(&cg).expect("attach to_node again");
+        let ids = attached_ids(&cg);
+        assert_eq!(ids.len(), 1, "the earlier run's link went: {ids:?}");
+        assert_ne!(ids[0], first, "the restarted agent's program runs");
+    }
+    let removed = netpol_agent::datapath::cleanup::cleanup(&m.pins()).expect("cleanup");
+    assert_eq!(removed.node_hooks, 1, "{removed:?}");
+    assert!(attached_ids(&cg).is_empty(), "cleanup detached it");
+}
+
+#[test]
+fn root_node_hook_without_pins_goes_with_the_datapath() {
+    let m = Mounts::new();
+    let cg = m.cgroup();
+    {
+        let mut dp = Datapath::load(AttachMode::Auto, &small_maps(), None).expect("load BPF");
+        dp.attach_node(&cg).expect("attach to_node");
+        assert_eq!(attached_ids(&cg).len(), 1);
+    }
+    assert!(attached_ids(&cg).is_empty(), "dropped with its datapath");
+}
+
+#[test]
+fn root_node_hook_refuses_a_directory_that_is_no_cgroup_v2() {
+    let dir = std::env::temp_dir();
+    let mut dp = Datapath::load(AttachMode::Auto, &small_maps(), None).expect("load BPF");
+    let e = dp.attach_node(&dir).expect_err("a tmp folder is no cgroup");
+    assert!(format!("{e:#}").contains("not a cgroup v2"), "{e:#}");
+    assert_eq!(dp.node_cgroup(), None);
+}

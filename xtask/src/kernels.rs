@@ -34,6 +34,7 @@ const TESTS: &[&str] = &[
     "root_cnp_attack_datapath",
     "root_cnp_attack2_datapath",
     "root_cnp_attack3_datapath",
+    "root_node_hook",
 ];
 
 /// Modules the tests need (veth pairs, netlink clsact filters, the kernel's connection
