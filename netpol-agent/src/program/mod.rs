@@ -647,9 +647,7 @@ impl<M: MapOps> Programmer<M> {
             let deny = match self.quarantine_set {
                 Some(id) => id,
                 None => {
-                    let id = self.set_ids.take()?;
-                    // A later run never hands this id to a real set.
-                    self.maps.set_next_ruleset_id(id.saturating_add(1))?;
+                    let id = self.take_set_id()?;
                     *self.quarantine_set.insert(id)
                 }
             };
@@ -1037,21 +1035,11 @@ impl<M: MapOps> Programmer<M> {
 
     /// Identities no address has and no rule set names (their ids are not reused).
     fn forget_unused_identities(&mut self) {
-        let named: BTreeSet<IdentityId> = self
-            .addresses
-            .values()
-            .copied()
-            .chain(
-                self.sets
-                    .values()
-                    .flat_map(|l| l.table.peers.keys().copied()),
-            )
-            .chain(
-                self.superseded
-                    .iter()
-                    .flat_map(|l| l.table.peers.keys().copied()),
-            )
-            .chain((self.admin_tables.values()).flat_map(|a| a.table.peers.keys().copied()))
+        let tables = (self.sets.values().map(|l| &l.table.peers))
+            .chain(self.superseded.iter().map(|l| &l.table.peers))
+            .chain(self.admin_tables.values().map(|a| &a.table.peers));
+        let named: BTreeSet<IdentityId> = (self.addresses.values().copied())
+            .chain(tables.flat_map(|peers| peers.keys().copied()))
             .collect();
         self.identity_ids.retain(|_, id| named.contains(id));
     }
