@@ -532,7 +532,9 @@ pub fn to_node(ctx: SkBuffContext) -> i32 {
 /// Everything but parsing (see `from_pod_full`).
 #[inline(never)]
 fn to_node_full(ctx: &SkBuffContext, p: &mut Packet) -> i32 {
-    let Some((id, why)) = delivered_to_node(p) else {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let came_in = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let Some((id, why)) = delivered_to_node(p, came_in) else {
         return SK_PASS;
     };
     let at = At {
@@ -555,10 +557,9 @@ fn to_node_full(ctx: &SkBuffContext, p: &mut Packet) -> i32 {
 /// packet without one was translated on its way (a Service whose backend is this node):
 /// its egress is decided now, on the backend, as `to_pod` and the uplinks do for other
 /// backends, and the Service record learns the backend, so its replies meet the same
-/// verdict. The sender's address is not checked against where the packet came in: a
-/// forged one is judged by the forged pod's rules, which at worst drops it.
+/// verdict.
 #[inline(always)]
-fn delivered_to_node(p: &mut Packet) -> Option<(u32, usize)> {
+fn delivered_to_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
     if p.icmp != Icmp::None || !is_node(&p.dst) {
         return None;
     }
@@ -566,6 +567,10 @@ fn delivered_to_node(p: &mut Packet) -> Option<(u32, usize)> {
     let sets = sets_of(&sender);
     if node_exempt(sets.egress, &p.dst) {
         return None;
+    }
+    // A forged source would open an entry in the pod's name.
+    if !came_from(&sender, came_in) {
+        return Some((sender.id, reason::DROP_SPOOFED));
     }
     if let Some(hit) = verdict::lookup(p)
         && verdict::usable(&hit, p)
