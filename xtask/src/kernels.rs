@@ -71,7 +71,10 @@ const KERNELS: &[Kernel] = &[
     },
 ];
 
-pub fn kernels(only: &[String]) -> Result<()> {
+pub fn kernels(only: &[String], tests: &[String]) -> Result<()> {
+    if let Some(unknown) = tests.iter().find(|t| !TESTS.contains(&t.as_str())) {
+        bail!("{unknown} is not one of the kernels' tests: {TESTS:?}");
+    }
     let work = root().join("target/kernels");
     std::fs::create_dir_all(&work)?;
     step("kernels: qemu, busybox and cpio");
@@ -81,7 +84,7 @@ pub fn kernels(only: &[String]) -> Result<()> {
          || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 busybox-static cpio)",
     ]))?;
     step("kernels: the test binaries");
-    let binaries = test_binaries()?;
+    let binaries = test_binaries(tests)?;
     let mut failed = Vec::new();
     for k in KERNELS
         .iter()
@@ -110,8 +113,8 @@ pub fn kernels(only: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Builds the test targets and returns their executables.
-fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
+/// Builds the test targets (`wanted`, or all) and returns their executables.
+fn test_binaries(wanted: &[String]) -> Result<Vec<(String, PathBuf)>> {
     let mut c = cargo();
     c.args([
         "test",
@@ -120,7 +123,10 @@ fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
         "--no-run",
         "--message-format=json",
     ]);
-    for t in TESTS {
+    let tests: Vec<&str> = (TESTS.iter().copied())
+        .filter(|t| wanted.is_empty() || wanted.iter().any(|w| w == t))
+        .collect();
+    for t in &tests {
         c.args(["--test", t]);
     }
     let out = c
@@ -137,14 +143,14 @@ fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
             continue;
         };
         let name = msg["target"]["name"].as_str().unwrap_or("");
-        if let (true, Some(exe)) = (TESTS.contains(&name), msg["executable"].as_str()) {
+        if let (true, Some(exe)) = (tests.contains(&name), msg["executable"].as_str()) {
             found.push((name.to_string(), PathBuf::from(exe)));
         }
     }
-    if found.len() != TESTS.len() {
+    if found.len() != tests.len() {
         bail!(
             "expected {} test binaries, cargo built {found:?}",
-            TESTS.len()
+            tests.len()
         );
     }
     Ok(found)

@@ -116,6 +116,10 @@ enum Task {
         /// Only these (5.10, 6.1).
         #[arg(long = "kernel")]
         only: Vec<String>,
+        /// Only these test files (of the crafted-packet ones), e.g. to check one change
+        /// on a kernel quickly.
+        #[arg(long = "test")]
+        tests: Vec<String>,
     },
     /// Remove sandbox namespaces left behind by killed runs.
     Clean,
@@ -416,10 +420,10 @@ fn main() -> Result<()> {
             "ipv4",
         ),
         Task::Clean => sandbox(&["clean"], "auto", "ipv4"),
-        Task::Kernels { only } => {
+        Task::Kernels { only, tests } => {
             require_root()?;
             prereqs()?;
-            kernels::kernels(&only)
+            kernels::kernels(&only, &tests)
         }
         Task::Scenario {
             name,
