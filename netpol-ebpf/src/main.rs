@@ -355,7 +355,10 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
         };
     }
     let me = Judged { sets, sends: false };
-    if let Some(hit) = verdict::lookup(p)
+    let found = verdict::lookup(p);
+    // A tuple a hook tracked is no fresh translation (see `service::learn_backend`).
+    let translated = found.is_none();
+    if let Some(hit) = found
         && verdict::usable(&hit, p)
     {
         // (The pod itself sending to itself was judged as the sender at its own veth.)
@@ -393,7 +396,7 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
         let r = verdict::egress_opening(ss, p);
         if r >= reason::FIRST_DROP {
             // Its replies, from the Service address, must meet the same refusal.
-            service::learn_backend(p, CT_UNDECIDED, true);
+            service::learn_backend(p, CT_UNDECIDED, translated);
             return (s.id, r);
         }
         opener = Decided::by(ss.egress, p.position);
@@ -412,11 +415,11 @@ fn received_by_pod(p: &mut Packet, id: u32, sets: Sets, came_in: u32) -> (u32, u
     }
     if sender.is_some() {
         if why < reason::FIRST_DROP {
-            service::learn_backend(p, opener.set, true);
+            service::learn_backend(p, opener.set, translated);
         } else {
             // Refused here: whatever this backend sends back through the Service is
             // not a reply of an allowed connection.
-            service::refuse(p);
+            service::refuse(p, translated);
         }
     }
     (id, why)
@@ -474,8 +477,13 @@ fn uplink_full(ctx: &TcContext, p: &mut Packet) -> i32 {
 #[inline(always)]
 fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
     let fragment_known = fragment_ports(p, AT_UPLINK);
-    if fragment_known
-        && let Some(hit) = verdict::lookup(p)
+    let found = if fragment_known {
+        verdict::lookup(p)
+    } else {
+        None
+    };
+    let translated = found.is_none();
+    if let Some(hit) = found
         && verdict::usable(&hit, p)
     {
         let sender = endpoint(&p.src)?;
@@ -495,15 +503,7 @@ fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
             .isolated()
             .then_some((sender.id, reason::DROP_FRAGMENT));
     }
-    let why = verdict::egress_opening(sets, p);
-    if why < reason::FIRST_DROP && sets.tracked() {
-        let egress = Decided::by(sets.egress, p.position);
-        verdict::track(p, egress, UNDECIDED, ct_flag::DEFERRED_EGRESS);
-        service::learn_backend(p, sets.egress, true);
-    } else if why >= reason::FIRST_DROP {
-        // Its replies, from the Service address, must meet the same refusal.
-        service::learn_backend(p, CT_UNDECIDED, true);
-    }
+    let why = deferred_egress(p, sets, translated);
     if why == reason::ALLOW_UNISOLATED {
         return None;
     }
@@ -572,20 +572,32 @@ fn delivered_to_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
     if !came_from(&sender, came_in) {
         return Some((sender.id, reason::DROP_SPOOFED));
     }
-    if let Some(hit) = verdict::lookup(p)
+    let found = verdict::lookup(p);
+    let translated = found.is_none();
+    if let Some(hit) = found
         && verdict::usable(&hit, p)
     {
         return local_sender_on_entry(&hit, p, &sender).map(|r| (sender.id, r));
     }
+    Some((sender.id, deferred_egress(p, sets, translated)))
+}
+
+/// A local pod's egress decided after translation, on where its packet goes (at an uplink
+/// or the node's socket): a deferred opener's entry when allowed and tracked, and the
+/// Service record of its port learns the backend. `translated`: no hook tracked the
+/// tuple (see `service::learn_backend`).
+#[inline(always)]
+fn deferred_egress(p: &mut Packet, sets: Sets, translated: bool) -> usize {
     let why = verdict::egress_opening(sets, p);
-    if why < reason::FIRST_DROP {
+    if why >= reason::FIRST_DROP {
+        // Its replies, from the Service address, must meet the same refusal.
+        service::learn_backend(p, CT_UNDECIDED, translated);
+    } else if sets.tracked() {
         let egress = Decided::by(sets.egress, p.position);
         verdict::track(p, egress, UNDECIDED, ct_flag::DEFERRED_EGRESS);
-        service::learn_backend(p, sets.egress, true);
-    } else {
-        service::learn_backend(p, CT_UNDECIDED, true);
+        service::learn_backend(p, sets.egress, translated);
     }
-    Some((sender.id, why))
+    why
 }
 
 /// A local pod's packet on a tracked entry, seen after translation (at the veth of the

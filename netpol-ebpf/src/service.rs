@@ -9,13 +9,15 @@
 //! in `SERVICE_FLOWS`: a pod flooding new connections churns only unreplied ones.
 
 use netpol_common::{
-    Addr, CT_UNDECIDED, CtKey, SERVICE_FLOW_SLOTS, ServiceFlow, ServiceFlowKey, ServiceTarget,
-    ct_lifetime_ns,
+    Addr, CT_UNDECIDED, CtKey, RULESET_ORDERED, SERVICE_FLOW_SLOTS, ServiceFlow, ServiceFlowKey,
+    ServiceTarget, ct_lifetime_ns,
 };
 
 use crate::clock::now;
 
-use crate::maps::{CONNTRACK, CONNTRACK_NEW, FLOW_SCRATCH, SERVICE_FLOWS, SERVICE_FLOWS_NEW};
+use crate::maps::{
+    CONNTRACK, CONNTRACK_NEW, FLOW_SCRATCH, SERVICE_FLOWS, SERVICE_FLOWS_NEW, is_node,
+};
 use crate::parse::Packet;
 use crate::verdict::{Sets, allowed};
 
@@ -123,6 +125,15 @@ pub fn remember(p: &Packet) -> bool {
         return SERVICE_FLOWS_NEW.insert(k, &*blank, 0).is_ok();
     };
     if !others_open(f, &p.t_src, p.sport, p.proto, &service) {
+        if holds(&f.services, f.services_len, &service) {
+            // Every connection to another Service from this port is over, but this
+            // Service's may not be: our entry can be gone (a drop forgets it) while the
+            // kernel still translates the port's packets to a backend learnt before. Its
+            // backends stay until a translation replaces them.
+            f.services[0] = service;
+            f.services_len = 1;
+            return true;
+        }
         // Every earlier connection from this port is over: their backends no longer
         // answer here.
         start(f, service);
@@ -143,11 +154,12 @@ pub fn remember(p: &Packet) -> bool {
 
 /// After translation, `p` goes from a local client to the backend the translation chose,
 /// allowed by the client's egress rule set `egress_set` (`CT_UNDECIDED`: denied).
-/// `translated`: the packet was decided after translation here (a new connection, or one
-/// whose entry says so), so for a port that talks to one Service it is that Service's
-/// current backend and replaces the earlier ones (one kernel translation per tuple at a
-/// time). Otherwise, or when the port talks to several Services, backends add up: the
-/// packet may be a direct one, and no direct packet may push a Service's backend out.
+/// `translated`: the packet was decided after translation here (a new connection whose
+/// tuple no hook tracked: a direct packet's tuple has the entry its veth made), so for a
+/// port that talks to one Service it is that Service's current backend and replaces the
+/// earlier ones (one kernel translation per tuple at a time). Otherwise, or when the port
+/// talks to several Services, backends add up: the packet may be a direct one, and no
+/// direct packet may push a Service's backend out.
 #[inline(always)]
 pub fn learn_backend(p: &Packet, egress_set: u32, translated: bool) {
     let Some(f) = record(&key(&p.t_src, p.sport, p.proto)) else {
@@ -184,17 +196,20 @@ pub fn learn_backend(p: &Packet, egress_set: u32, translated: bool) {
 /// A backend refused the client's new connection (its ingress): nothing it sends back
 /// through the Service is a reply of an allowed connection, so the record drops replies
 /// until a later translation of a one-Service port goes to another backend.
+/// `translated` as for `learn_backend`.
 #[inline(always)]
-pub fn refuse(p: &Packet) {
-    learn_backend(p, CT_UNDECIDED, true);
+pub fn refuse(p: &Packet, translated: bool) {
+    learn_backend(p, CT_UNDECIDED, translated);
     if let Some(f) = record(&key(&p.t_src, p.sport, p.proto)) {
         f.refused = 1;
     }
 }
 
 /// Does the client's egress still allow every backend behind its port's Services? A
-/// record that never learnt a backend went to one on this node itself (its translation
-/// passed no hook here), which the node rule allows.
+/// record that never learnt a backend went to this node itself without a socket taking
+/// the packet in (`to_node` learns the others): the node's own answer, a reset or an
+/// unreachable. NetworkPolicy alone lets a pod reach its own node: under an unordered set
+/// a backend at a node address passes (the exemption `to_node` applies to its packets).
 #[inline(always)]
 pub fn still_allowed(
     client: &Addr,
@@ -220,7 +235,8 @@ pub fn still_allowed(
         if i >= f.backends_len as usize {
             break;
         }
-        if allowed(client_sets.egress, &b.addr, proto, b.port).is_none() {
+        let exempt = client_sets.egress & RULESET_ORDERED == 0 && is_node(&b.addr);
+        if !exempt && allowed(client_sets.egress, &b.addr, proto, b.port).is_none() {
             return false;
         }
     }

@@ -435,3 +435,23 @@ fn root_node_hook_refuses_a_directory_that_is_no_cgroup_v2() {
     assert!(format!("{e:#}").contains("not a cgroup v2"), "{e:#}");
     assert_eq!(dp.node_cgroup(), None);
 }
+
+/// `--node-cgroup off` after a run that attached it: the earlier run's pinned link goes,
+/// so /status saying "off" is true.
+#[test]
+fn root_node_hook_turned_off_detaches_the_earlier_runs_link() {
+    let m = Mounts::new();
+    let cg = m.cgroup();
+    {
+        let mut dp =
+            Datapath::load(AttachMode::Auto, &small_maps(), Some(&m.pins())).expect("load BPF");
+        dp.attach_node(&cg).expect("attach to_node");
+    }
+    assert_eq!(attached_ids(&cg).len(), 1, "pinned");
+    let mut dp =
+        Datapath::load(AttachMode::Auto, &small_maps(), Some(&m.pins())).expect("load BPF again");
+    dp.detach_node();
+    assert!(attached_ids(&cg).is_empty(), "the earlier run's link went");
+    drop(dp);
+    let _ = netpol_agent::datapath::cleanup::cleanup(&m.pins());
+}

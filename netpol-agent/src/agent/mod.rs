@@ -264,6 +264,8 @@ struct Agent {
 /// A failure leaves the agent running, loudly: every other decision still holds.
 fn attach_node_hook(datapath: &mut Datapath, cgroup: &std::path::Path) -> String {
     if cgroup.as_os_str() == "off" {
+        // An earlier run's hook would go on deciding while /status says off.
+        datapath.detach_node();
         warn!(
             "--node-cgroup off: a Service whose backend is this node's host network escapes ClusterNetworkPolicy rules about the node"
         );

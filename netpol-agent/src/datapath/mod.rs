@@ -594,6 +594,16 @@ impl Datapath {
         Ok(())
     }
 
+    /// Detaches `to_node`: ours, and the one an earlier run pinned.
+    pub fn detach_node(&mut self) {
+        self.node_hook = None;
+        if let Some(pin) = self.pins.as_ref().map(Pins::node_link)
+            && node_cgroup::detach_pinned(&pin)
+        {
+            tracing::info!("detached the node hook an earlier run attached");
+        }
+    }
+
     /// The cgroup `to_node` is attached to.
     pub fn node_cgroup(&self) -> Option<&Path> {
         self.node_hook.as_ref().map(|h| h.cgroup.as_path())
