@@ -333,6 +333,19 @@ fn attached_ids(cgroup: &std::path::Path) -> Vec<u32> {
     ids[..q.prog_cnt as usize].to_vec()
 }
 
+/// `attached_ids` once it holds `n` programs, waiting up to 5 s: an unpinned link goes
+/// with its pin's inode, which Linux 5.10 frees after an RCU grace period.
+fn attached_settled(cgroup: &std::path::Path, n: usize) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let ids = attached_ids(cgroup);
+        if ids.len() == n || std::time::Instant::now() > deadline {
+            return ids;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A cgroup v2 and a bpffs mounted under a fresh folder; unmounted and removed on drop.
 struct Mounts {
     dir: std::path::PathBuf,
@@ -406,13 +419,13 @@ fn root_node_hook_is_pinned_replaced_on_restart_and_removed_by_cleanup() {
         let mut dp = Datapath::load(AttachMode::Auto, &small_maps(), Some(&m.pins()))
             .expect("load BPF again");
         dp.attach_node(&cg).expect("attach to_node again");
-        let ids = attached_ids(&cg);
+        let ids = attached_settled(&cg, 1);
         assert_eq!(ids.len(), 1, "the earlier run's link went: {ids:?}");
         assert_ne!(ids[0], first, "the restarted agent's program runs");
     }
     let removed = netpol_agent::datapath::cleanup::cleanup(&m.pins()).expect("cleanup");
     assert_eq!(removed.node_hooks, 1, "{removed:?}");
-    assert!(attached_ids(&cg).is_empty(), "cleanup detached it");
+    assert!(attached_settled(&cg, 0).is_empty(), "cleanup detached it");
 }
 
 #[test]
@@ -424,7 +437,10 @@ fn root_node_hook_without_pins_goes_with_the_datapath() {
         dp.attach_node(&cg).expect("attach to_node");
         assert_eq!(attached_ids(&cg).len(), 1);
     }
-    assert!(attached_ids(&cg).is_empty(), "dropped with its datapath");
+    assert!(
+        attached_settled(&cg, 0).is_empty(),
+        "dropped with its datapath"
+    );
 }
 
 #[test]
@@ -451,7 +467,10 @@ fn root_node_hook_turned_off_detaches_the_earlier_runs_link() {
     let mut dp =
         Datapath::load(AttachMode::Auto, &small_maps(), Some(&m.pins())).expect("load BPF again");
     dp.detach_node();
-    assert!(attached_ids(&cg).is_empty(), "the earlier run's link went");
+    assert!(
+        attached_settled(&cg, 0).is_empty(),
+        "the earlier run's link went"
+    );
     drop(dp);
     let _ = netpol_agent::datapath::cleanup::cleanup(&m.pins());
 }

@@ -5,7 +5,9 @@
 //!
 //! The link is pinned next to the TC links, so it outlives the agent like they do. A
 //! restarted agent attaches its program first and lets the pinned link go after: the
-//! cgroup runs both for a moment (they decide alike), never neither.
+//! cgroup runs both for a moment (they decide alike), never neither. (An unpinned link
+//! goes with its pin's inode, which Linux 5.10 frees after an RCU grace period: "a
+//! moment" is that long there.)
 
 use std::path::{Path, PathBuf};
 
