@@ -95,3 +95,21 @@ pub fn remote(addr: [u8; 4], app: &str) -> PodInfo {
     p.node = Some("n2".into());
     p
 }
+
+/// `cnp_state` with Admin policy `node-port` over pods `app: client`: rule `api` accepts
+/// every node's TCP 6443, rule `no-nodes` denies the nodes otherwise.
+pub fn client_node_port_only() -> ClusterState {
+    let mut st = cnp_state();
+    add_cnp(
+        &mut st,
+        "node-port",
+        "Admin",
+        10,
+        json!({"subject": pods_with_app("client"),
+               "egress": [
+                   {"name": "api", "action": "Accept", "to": [{"nodes": {}}],
+                    "protocols": [{"tcp": {"destinationPort": {"number": 6443}}}]},
+                   {"name": "no-nodes", "action": "Deny", "to": [{"nodes": {}}]}]}),
+    );
+    st
+}

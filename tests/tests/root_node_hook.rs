@@ -7,7 +7,7 @@
 //! to the node's address that the pod's veth decided already. Every test runs in a network
 //! namespace of its own thread; nothing is sent.
 
-use netpol_tests::cnp_fixtures::{add_cnp, cnp_state, pods_with_app};
+use netpol_tests::cnp_fixtures::{add_cnp, client_node_port_only, cnp_state, pods_with_app};
 use netpol_tests::lab::*;
 use serde_json::json;
 
@@ -29,23 +29,6 @@ fn lab_with(st: ClusterState) -> (Lab, Ifs) {
     (lab, Ifs { c: i[0] })
 }
 
-/// An Admin policy over the client: accept the node's TCP 6443, deny the node otherwise.
-fn node_port_only() -> ClusterState {
-    let mut st = cnp_state();
-    add_cnp(
-        &mut st,
-        "node-port",
-        "Admin",
-        10,
-        json!({"subject": pods_with_app("client"),
-               "egress": [
-                   {"name": "api", "action": "Accept", "to": [{"nodes": {}}],
-                    "protocols": [{"tcp": {"destinationPort": {"number": 6443}}}]},
-                   {"name": "no-nodes", "action": "Deny", "to": [{"nodes": {}}]}]}),
-    );
-    st
-}
-
 /// The client opens 10.96.0.1:443 from `sport`; it passes its veth towards the Service.
 fn syn_to_service(lab: &mut Lab, c: u32, sport: u16) {
     lab.verdict(
@@ -59,7 +42,7 @@ fn syn_to_service(lab: &mut Lab, c: u32, sport: u16) {
 
 #[test]
 fn root_node_hook_an_accepted_backend_on_the_node_connects_and_is_counted_as_the_rule() {
-    let (mut lab, ifs) = lab_with(node_port_only());
+    let (mut lab, ifs) = lab_with(client_node_port_only());
     syn_to_service(&mut lab, ifs.c, 41000);
     lab.expect(
         "the translated SYN at the node's socket: the Accept rule",
@@ -90,7 +73,7 @@ fn root_node_hook_an_accepted_backend_on_the_node_connects_and_is_counted_as_the
 
 #[test]
 fn root_node_hook_another_port_of_the_node_is_denied_and_its_answer_dropped() {
-    let (mut lab, ifs) = lab_with(node_port_only());
+    let (mut lab, ifs) = lab_with(client_node_port_only());
     syn_to_service(&mut lab, ifs.c, 41001);
     lab.expect(
         "the SYN translated to the node's port 10250: the Deny rule",
@@ -112,7 +95,7 @@ fn root_node_hook_another_port_of_the_node_is_denied_and_its_answer_dropped() {
 
 #[test]
 fn root_node_hook_a_policy_change_cuts_an_established_connection_to_the_node() {
-    let (mut lab, ifs) = lab_with(node_port_only());
+    let (mut lab, ifs) = lab_with(client_node_port_only());
     syn_to_service(&mut lab, ifs.c, 41002);
     let to_node = |flags| v4(CLIENT4, NODE4, TCP, &tcp(41002, 6443, flags));
     lab.verdict("SYN at the node", Hook::ToNode, ifs.c, &to_node(SYN), PASS);
@@ -151,7 +134,7 @@ fn root_node_hook_a_policy_change_cuts_an_established_connection_to_the_node() {
 
 #[test]
 fn root_node_hook_udp_to_a_denied_backend_on_the_node_is_dropped() {
-    let (mut lab, ifs) = lab_with(node_port_only());
+    let (mut lab, ifs) = lab_with(client_node_port_only());
     lab.verdict(
         "a datagram to a Service",
         Hook::FromPod,
@@ -170,7 +153,7 @@ fn root_node_hook_udp_to_a_denied_backend_on_the_node_is_dropped() {
 
 #[test]
 fn root_node_hook_ipv6_a_denied_backend_on_the_node_is_dropped() {
-    let (mut lab, ifs) = lab_with(node_port_only());
+    let (mut lab, ifs) = lab_with(client_node_port_only());
     let node6 = ip6("fd00:1::1");
     lab.verdict(
         "a direct SYN to the node's IPv6 address, port 10250: the Deny rule at the veth",
@@ -268,7 +251,7 @@ fn root_node_hook_the_reply_to_a_kubelet_probe_reaches_the_kubelet() {
 /// another pod's socket, and another node's.
 #[test]
 fn root_node_hook_passes_what_is_not_a_local_pods_packet_to_the_node() {
-    let (mut lab, ifs) = lab_with(node_port_only());
+    let (mut lab, ifs) = lab_with(client_node_port_only());
     lab.expect(
         "the client's packet to the server's socket",
         Hook::ToNode,

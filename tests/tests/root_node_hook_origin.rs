@@ -6,24 +6,12 @@
 //! sent.
 
 use netpol_common::reason;
-use netpol_tests::cnp_fixtures::{add_cnp, cnp_state, pods_with_app};
+use netpol_tests::cnp_fixtures::client_node_port_only;
 use netpol_tests::lab::*;
-use serde_json::json;
 
 /// The client may reach the node's TCP 6443 (an Admin Accept, so its set is ordered).
 fn lab() -> (Lab, [u32; 3]) {
-    let mut st = cnp_state();
-    add_cnp(
-        &mut st,
-        "node-port",
-        "Admin",
-        10,
-        json!({"subject": pods_with_app("client"),
-               "egress": [
-                   {"action": "Accept", "to": [{"nodes": {}}],
-                    "protocols": [{"tcp": {"destinationPort": {"number": 6443}}}]},
-                   {"action": "Deny", "to": [{"nodes": {}}]}]}),
-    );
+    let st = client_node_port_only();
     let i = netns(&["vc", "vs", "upl"]);
     let mut lab = Lab::new(
         st,
