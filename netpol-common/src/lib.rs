@@ -104,6 +104,22 @@ impl Addr {
         Addr((0xffff_0000_0000u128 | u32::from_be_bytes(octets) as u128).to_be_bytes())
     }
 
+    /// A destination no single host owns: IPv4's limited broadcast or multicast, IPv6
+    /// multicast. Every socket bound to the port may take such a packet, the node's too.
+    pub const fn is_group(&self) -> bool {
+        let b = &self.0;
+        if self.is_v4() {
+            (b[12] & 0xf0) == 0xe0 || (b[12] == 255 && b[13] == 255 && b[14] == 255 && b[15] == 255)
+        } else {
+            b[0] == 0xff
+        }
+    }
+
+    /// IPv6 link-local unicast (fe80::/10): an address each link gives out on its own.
+    pub const fn is_link_local_v6(&self) -> bool {
+        self.0[0] == 0xfe && (self.0[1] & 0xc0) == 0x80
+    }
+
     pub const fn is_v4(&self) -> bool {
         let b = &self.0;
         b[0] == 0
@@ -225,12 +241,69 @@ pub fn denying_position(admin: u32, rest: impl FnOnce() -> u32) -> u32 {
     }
 }
 
+/// What a `NODE_ADDRS` entry is.
+pub mod node_addr {
+    /// An address of this node: NetworkPolicy's own-node exemption applies to it.
+    pub const OWN: u32 = 1;
+    /// A broadcast address of one of its interfaces: what reaches it reaches the node's
+    /// sockets (and, on a bridge, the link's pods), but it is not the node.
+    pub const BROADCAST: u32 = 2;
+}
+
 /// Slots of the `META` array map.
 pub mod meta {
     /// The next rule-set id to hand out: ids are never reused, also across restarts, so a
     /// conntrack entry can never validate against a rule set it was not decided under.
     pub const NEXT_RULESET_ID: u32 = 0;
+    /// This node's own address per family (`node_self_words`): what a pod's packet that
+    /// reaches the node's sockets at any other address is judged as going to.
+    pub const NODE_SELF_V4: u32 = 1;
+    pub const NODE_SELF_V6_HI: u32 = 2;
+    pub const NODE_SELF_V6_LO: u32 = 3;
     pub const COUNT: u32 = 4;
+
+    /// `NODE_SELF_V4`'s flag: an address is set (0.0.0.0 is never a node's).
+    pub const NODE_SELF_SET: u64 = 1 << 32;
+
+    /// The `NODE_SELF_*` slots' values for the node's own IPv4 and IPv6 addresses.
+    pub fn node_self_words(v4: Option<[u8; 4]>, v6: Option<[u8; 16]>) -> [u64; 3] {
+        let w4 = match v4 {
+            Some(o) => NODE_SELF_SET | u64::from(u32::from_be_bytes(o)),
+            None => 0,
+        };
+        let (hi, lo) = match v6 {
+            Some(a) => {
+                let mut hi = [0u8; 8];
+                let mut lo = [0u8; 8];
+                hi.copy_from_slice(&a[..8]);
+                lo.copy_from_slice(&a[8..]);
+                (u64::from_be_bytes(hi), u64::from_be_bytes(lo))
+            }
+            None => (0, 0),
+        };
+        [w4, hi, lo]
+    }
+
+    /// The node's own IPv4 address back from its slot's value.
+    #[inline(always)]
+    pub fn node_self_v4(word: u64) -> Option<super::Addr> {
+        if word & NODE_SELF_SET == 0 {
+            return None;
+        }
+        Some(super::Addr::from_v4((word as u32).to_be_bytes()))
+    }
+
+    /// The node's own IPv6 address back from its two slots' values (`::` is none).
+    #[inline(always)]
+    pub fn node_self_v6(hi: u64, lo: u64) -> Option<super::Addr> {
+        if hi == 0 && lo == 0 {
+            return None;
+        }
+        let mut a = super::Addr([0; 16]);
+        a.0[..8].copy_from_slice(&hi.to_be_bytes());
+        a.0[8..].copy_from_slice(&lo.to_be_bytes());
+        Some(a)
+    }
 }
 
 /// What the agent knows about a pod veth: the addresses the pod may send from.
@@ -915,6 +988,50 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_self_words_round_trip_and_none_is_none() {
+        let v6 = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let [w4, hi, lo] = meta::node_self_words(Some([10, 1, 0, 1]), Some(v6));
+        assert_eq!(meta::node_self_v4(w4), Some(Addr::from_v4([10, 1, 0, 1])));
+        assert_eq!(meta::node_self_v6(hi, lo), Some(Addr(v6)));
+        let [w4, hi, lo] = meta::node_self_words(None, None);
+        assert_eq!(
+            (meta::node_self_v4(w4), meta::node_self_v6(hi, lo)),
+            (None, None)
+        );
+        // 0.0.0.0 is stored as set, not confused with none.
+        let [w4, _, _] = meta::node_self_words(Some([0; 4]), None);
+        assert_eq!(meta::node_self_v4(w4), Some(Addr::from_v4([0; 4])));
+    }
+
+    #[test]
+    fn group_addresses_are_broadcast_and_multicast_only() {
+        let v6 = |s: &str| Addr(s.parse::<core::net::Ipv6Addr>().unwrap().octets());
+        for group in [
+            Addr::from_v4([255, 255, 255, 255]),
+            Addr::from_v4([224, 0, 0, 251]),
+            Addr::from_v4([239, 255, 255, 250]),
+            v6("ff02::1"),
+            v6("ff05::1:3"),
+        ] {
+            assert!(group.is_group(), "{group:?}");
+        }
+        for one in [
+            Addr::from_v4([10, 1, 0, 255]),
+            Addr::from_v4([223, 255, 255, 255]),
+            Addr::from_v4([240, 0, 0, 1]),
+            Addr::from_v4([255, 255, 255, 254]),
+            v6("fe80::1"),
+            v6("fd00::ff"),
+        ] {
+            assert!(!one.is_group(), "{one:?}");
+        }
+        assert!(v6("fe80::1").is_link_local_v6());
+        assert!(v6("febf::1").is_link_local_v6());
+        assert!(!v6("fec0::1").is_link_local_v6());
+        assert!(!Addr::from_v4([169, 254, 0, 1]).is_link_local_v6());
+    }
 
     #[test]
     fn portset_matches_protocol_and_inclusive_range() {

@@ -41,8 +41,8 @@ use fragments::{AT_FROM_POD, AT_TO_POD, AT_UPLINK, fragment_ports, record_first_
 use maps::{count, endpoint, iface_of, iface_sets, is_node, is_service, scratch, sets_of};
 use neighbour::{link_message, not_for, own_address, own_neighbour_message, own_target};
 use netpol_common::{
-    Addr, CT_UNDECIDED, IFACE_HAS_V4, IfaceInfo, RULE_UNNAMED, RULESET_ORDERED, ct_flag,
-    events as ev, reason,
+    Addr, CT_UNDECIDED, IFACE_HAS_V4, IfaceInfo, NO_IDENTITY, RULE_UNNAMED, RULESET_ORDERED,
+    ct_flag, events as ev, node_addr, reason,
 };
 use parse::{Icmp, Packet, Parsed};
 use verdict::{Decided, Judged, Sets, UNDECIDED};
@@ -514,8 +514,9 @@ fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
 const SK_DROP: i32 = 0;
 const SK_PASS: i32 = 1;
 
-/// What this node's own sockets take in. The packet is past translation and reassembly;
-/// ICMP never reaches here (the stack answers it), so only ports are decided.
+/// What this node's own sockets take in. The packet is past translation and reassembly.
+/// ICMP is left to the pod's veth, which decided it on its address (the stack answers
+/// echoes itself; only raw and ping sockets take ICMP in), so only ports are decided.
 #[cgroup_skb(ingress)]
 pub fn to_node(ctx: SkBuffContext) -> i32 {
     let Some(p) = scratch() else {
@@ -558,16 +559,23 @@ fn to_node_full(ctx: &SkBuffContext, p: &mut Packet) -> i32 {
 /// its egress is decided now, on the backend, as `to_pod` and the uplinks do for other
 /// backends, and the Service record learns the backend, so its replies meet the same
 /// verdict.
+///
+/// A packet that reaches the node at another address (see `towards_node`) is judged as
+/// going to the node's own address, packet by packet: its veth judged it by an address
+/// that rules about nodes do not name.
 #[inline(always)]
 fn delivered_to_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
-    if p.icmp != Icmp::None || !is_node(&p.dst) {
+    if p.icmp != Icmp::None {
         return None;
     }
     let sender = endpoint(&p.src)?;
     let sets = sets_of(&sender);
-    if node_exempt(sets.egress, &p.dst) {
+    // NetworkPolicy's own-node exemption; the rest is a pod's socket (unordered sets
+    // reach no further than their veth's verdict).
+    if sets.egress & RULESET_ORDERED == 0 {
         return None;
     }
+    let towards = towards_node(p)?;
     // A forged source would open an entry in the pod's name.
     if !came_from(&sender, came_in) {
         return Some((sender.id, reason::DROP_SPOOFED));
@@ -576,10 +584,50 @@ fn delivered_to_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
     let translated = found.is_none();
     if let Some(hit) = found
         && verdict::usable(&hit, p)
+        && (towards == Towards::Itself || !hit.from_opener)
     {
         return local_sender_on_entry(&hit, p, &sender).map(|r| (sender.id, r));
     }
-    Some((sender.id, deferred_egress(p, sets, translated)))
+    match towards {
+        Towards::Itself => Some((sender.id, deferred_egress(p, sets, translated))),
+        Towards::Node(node) => Some((sender.id, verdict::egress_towards(sets, p, &node))),
+    }
+}
+
+/// Where a packet a socket of this node takes in goes, as policy sees it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Towards {
+    /// To its destination address: the node's own (or, with no own address known for the
+    /// family, another of the node's).
+    Itself,
+    /// To the node, at another address: another of its interfaces' (a gateway, a
+    /// broadcast address), a broadcast or multicast group, or one that is no pod's (a
+    /// Service address of kube-proxy's IPVS dummy on a port no Service has). Judged as
+    /// going to this, the node's own address.
+    Node(Addr),
+}
+
+/// `None`: the socket is a pod's (a unicast packet to a pod's address, or to an IPv6
+/// link-local one, which only a link's own hosts answer).
+#[inline(always)]
+fn towards_node(p: &Packet) -> Option<Towards> {
+    let own = maps::node_self(&p.dst);
+    match maps::node_addr_kind(&p.dst) {
+        node_addr::OWN => {
+            return Some(match own {
+                Some(a) if a != p.dst => Towards::Node(a),
+                _ => Towards::Itself,
+            });
+        }
+        node_addr::BROADCAST => return own.map(Towards::Node),
+        _ => {}
+    }
+    if !p.dst.is_group()
+        && (p.dst.is_link_local_v6() || verdict::ordered_identity(&p.dst) != NO_IDENTITY)
+    {
+        return None;
+    }
+    own.map(Towards::Node)
 }
 
 /// A local pod's egress decided after translation, on where its packet goes (at an uplink

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use netpol_common::{
     Addr, Counters, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts, IdentityId, IdentityKey,
     IfaceInfo, IfaceSlot, PeerKey, PeerValue, PortSet, ServiceFlow, ServiceFlowKey, ServiceKey,
-    meta, reason, sizes,
+    meta, node_addr, reason, sizes,
 };
 
 use crate::parse::Packet;
@@ -145,8 +145,25 @@ pub fn iface_sets(iface: &IfaceInfo) -> Sets {
 
 #[inline(always)]
 pub fn is_node(addr: &Addr) -> bool {
+    node_addr_kind(addr) == node_addr::OWN
+}
+
+/// What `addr` is to this node (`node_addr`), 0 when nothing.
+#[inline(always)]
+pub fn node_addr_kind(addr: &Addr) -> u32 {
     // SAFETY: plain-data lookup.
-    unsafe { NODE_ADDRS.get(addr) }.is_some()
+    unsafe { NODE_ADDRS.get(addr) }.copied().unwrap_or(0)
+}
+
+/// This node's own address in the family of `like` (see `meta::NODE_SELF_V4`).
+#[inline(always)]
+pub fn node_self(like: &Addr) -> Option<Addr> {
+    let word = |slot: u32| META.get(slot).copied().unwrap_or(0);
+    if like.is_v4() {
+        meta::node_self_v4(word(meta::NODE_SELF_V4))
+    } else {
+        meta::node_self_v6(word(meta::NODE_SELF_V6_HI), word(meta::NODE_SELF_V6_LO))
+    }
 }
 
 #[inline(always)]

@@ -181,7 +181,7 @@ const _: () = {
 /// The identity ordered tables look the peer up by (`NO_IDENTITY`: none), found once
 /// for both tables.
 #[inline(always)]
-fn ordered_identity(peer: &Addr) -> u32 {
+pub fn ordered_identity(peer: &Addr) -> u32 {
     let (hi, lo) = halves(peer);
     netpol_ordered_identity(hi, lo)
 }
@@ -646,12 +646,20 @@ pub fn forget(hit: &Hit) {
 /// would not.
 #[inline(always)]
 pub fn egress_opening(sets: Sets, p: &mut Packet) -> usize {
-    match decide(sets.egress, &p.t_dst, p.proto, p.dport) {
+    let peer = p.t_dst;
+    egress_towards(sets, p, &peer)
+}
+
+/// `egress_opening`, judged as going to `peer` (the packet's destination, or the node
+/// when it reaches the node at an address that is not the node's own).
+#[inline(always)]
+pub fn egress_towards(sets: Sets, p: &mut Packet, peer: &Addr) -> usize {
+    match decide(sets.egress, peer, p.proto, p.dport) {
         Ok(rule) => {
             p.position = rule;
             p.rule = rule_index(sets.egress_rules, rule);
-            let (peer, port) = (p.t_dst, p.dport);
-            audit_egress(sets, &peer, p, port);
+            let port = p.dport;
+            audit_egress(sets, peer, p, port);
             allow_reason(sets.egress)
         }
         Err(position) => {

@@ -212,6 +212,7 @@ fn copy(m: &MemoryMaps) -> MemoryMaps {
         node_addrs: m.node_addrs.clone(),
         admin_tables: m.admin_tables.clone(),
         next_ruleset_id: m.next_ruleset_id,
+        node_self: m.node_self,
         writes: 0,
         peer_capacity: None,
     }

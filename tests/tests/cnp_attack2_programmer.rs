@@ -220,8 +220,8 @@ impl netpol_agent::program::MapOps for RefusingIdentities {
     fn del_service(&mut self, key: netpol_common::ServiceKey) -> Result<(), MapError> {
         self.inner.del_service(key)
     }
-    fn set_node_addr(&mut self, addr: netpol_common::Addr) -> Result<(), MapError> {
-        self.inner.set_node_addr(addr)
+    fn set_node_addr(&mut self, addr: netpol_common::Addr, kind: u32) -> Result<(), MapError> {
+        self.inner.set_node_addr(addr, kind)
     }
     fn del_node_addr(&mut self, addr: netpol_common::Addr) -> Result<(), MapError> {
         self.inner.del_node_addr(addr)
@@ -234,6 +234,9 @@ impl netpol_agent::program::MapOps for RefusingIdentities {
     }
     fn set_next_ruleset_id(&mut self, next: u32) -> Result<(), MapError> {
         self.inner.set_next_ruleset_id(next)
+    }
+    fn set_node_self(&mut self, words: [u64; 3]) -> Result<(), MapError> {
+        self.inner.set_node_self(words)
     }
     fn forget_connections(
         &mut self,

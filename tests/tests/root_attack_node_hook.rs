@@ -440,7 +440,6 @@ fn root_attack_node_hook_finding_record_restarted_without_backend_lets_a_revoked
 /// node address as the peer when the destination is not a node's: a broadcast, a
 /// multicast group, a Service address on a port no Service defines).
 #[test]
-#[ignore = "open: to_node decides only packets to a node address; a broadcast, or an IPVS ClusterIP on a port no Service defines, reaches node sockets judged on its destination alone (README, Limits)"]
 fn root_attack_node_hook_finding_node_sockets_reached_at_other_addresses_escape_deny_nodes() {
     let mut st = cnp_state();
     add_cnp(

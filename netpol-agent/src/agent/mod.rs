@@ -515,19 +515,24 @@ impl Agent {
 
     /// The node's own addresses, which always reach its pods (and are reached by them).
     fn program_node_addresses(&mut self) {
-        let addrs = match datapath::node_addrs::node_addresses() {
-            Ok(_) if self.args.strict_node_traffic => Default::default(),
+        let mut addrs = match datapath::node_addrs::node_addresses() {
             Ok(a) => a,
             Err(e) => {
                 error!(error = %e, "reading this node's addresses; keeping the last ones");
                 return;
             }
         };
-        match self.programmer.set_node_addrs(&addrs) {
+        if self.args.strict_node_traffic {
+            // No exemption; what reaches the node at a broadcast address is still judged
+            // as going to the node.
+            addrs.own.clear();
+        }
+        match (self.programmer).set_node_addresses(&addrs.own, &addrs.broadcast) {
             Ok(0) => {}
             Ok(n) => info!(
                 changed = n,
-                addresses = addrs.len(),
+                addresses = addrs.own.len(),
+                broadcast = addrs.broadcast.len(),
                 "node addresses programmed"
             ),
             Err(e) => error!(error = %e, "programming this node's addresses"),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Identity, Plan, compile, pod_ranges, service_ports};
+use super::{Identity, Plan, compile, node_self, pod_ranges, service_ports};
 use crate::sources::cnp::ClusterNetworkPolicy;
 use crate::state::{ClusterState, Labels, NodeInfo, ObjectRef, PodInfo};
 
@@ -206,6 +206,7 @@ impl Memo {
         }
         self.plan.service_ports = service_ports(state);
         self.plan.pod_ranges = pod_ranges(state);
+        self.plan.node_self = node_self(state, node);
         true
     }
 

@@ -338,7 +338,37 @@ pub struct Plan {
     /// address in them without an identity is a pod the agent cannot name (see
     /// `netpol_common::RULESET_POD_RANGES`).
     pub pod_ranges: BTreeMap<Prefix, bool>,
+    /// This node's own address per family: a pod's packet that reaches the node's sockets
+    /// at any other address is judged as going to it (see `node_self`).
+    pub node_self: NodeSelf,
     pub errors: Vec<PolicyError>,
+}
+
+/// A node's own address in each family: the first of its Node's addresses, which rules
+/// about nodes name it by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeSelf {
+    pub v4: Option<std::net::Ipv4Addr>,
+    pub v6: Option<std::net::Ipv6Addr>,
+}
+
+/// `node`'s own addresses (none for a Node the agent has not seen).
+pub fn node_self(state: &ClusterState, node: &str) -> NodeSelf {
+    let ips = state
+        .nodes
+        .get(node)
+        .map(|n| n.ips.as_slice())
+        .unwrap_or(&[]);
+    NodeSelf {
+        v4: ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        }),
+        v6: ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        }),
+    }
 }
 
 impl Plan {
@@ -707,6 +737,7 @@ pub fn compile_network_policies(state: &ClusterState, node: &str) -> Plan {
         service_ports: service_ports(state),
         identities: index.addresses,
         pod_ranges: pod_ranges(state),
+        node_self: node_self(state, node),
         errors,
     }
 }

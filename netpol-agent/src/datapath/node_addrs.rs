@@ -10,14 +10,23 @@ use std::net::IpAddr;
 /// pod, and kube-proxy's IPVS dummy holds Service addresses, which are judged by policy.
 const NOT_NODE: [&str; 2] = ["lo", "kube-ipvs0"];
 
-/// Every address configured on this network namespace's interfaces.
-pub fn node_addresses() -> io::Result<BTreeSet<IpAddr>> {
+/// This node's addresses, from its interfaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeAddresses {
+    /// Every address configured on this network namespace's interfaces.
+    pub own: BTreeSet<IpAddr>,
+    /// Their IPv4 broadcast addresses: a packet to one reaches the node's sockets.
+    pub broadcast: BTreeSet<IpAddr>,
+}
+
+/// What `getifaddrs` says of this network namespace's interfaces.
+pub fn node_addresses() -> io::Result<NodeAddresses> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut out = BTreeSet::new();
+    let mut out = NodeAddresses::default();
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: a node of the list getifaddrs returned; valid until freeifaddrs.
@@ -31,24 +40,16 @@ pub fn node_addresses() -> io::Result<BTreeSet<IpAddr>> {
         if NOT_NODE.contains(&name.as_ref()) {
             continue;
         }
-        // SAFETY: ifa_addr points at a sockaddr whose family says its real type.
-        let ip = unsafe {
-            match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    Some(IpAddr::from(
-                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                    ))
-                }
-                libc::AF_INET6 => {
-                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    Some(IpAddr::from(sin6.sin6_addr.s6_addr))
-                }
-                _ => None,
+        // SAFETY: a sockaddr of the list, valid until freeifaddrs.
+        if let Some(ip) = unsafe { ip_of(ifa.ifa_addr) } {
+            out.own.insert(ip);
+        }
+        // With IFF_BROADCAST, `ifa_ifu` is the broadcast address (else a peer's).
+        if ifa.ifa_flags & libc::IFF_BROADCAST as u32 != 0 && !ifa.ifa_ifu.is_null() {
+            // SAFETY: as above.
+            if let Some(ip @ IpAddr::V4(_)) = unsafe { ip_of(ifa.ifa_ifu) } {
+                out.broadcast.insert(ip);
             }
-        };
-        if let Some(ip) = ip {
-            out.insert(ip);
         }
     }
     // SAFETY: the list from getifaddrs, freed once.
@@ -56,11 +57,34 @@ pub fn node_addresses() -> io::Result<BTreeSet<IpAddr>> {
     Ok(out)
 }
 
+/// The IP address of a `sockaddr` of an IP family.
+///
+/// # Safety
+/// `sa` points at a valid sockaddr whose family says its real type.
+unsafe fn ip_of(sa: *const libc::sockaddr) -> Option<IpAddr> {
+    // SAFETY: the caller's promise.
+    unsafe {
+        match i32::from((*sa).sa_family) {
+            libc::AF_INET => {
+                let sin = &*(sa as *const libc::sockaddr_in);
+                Some(IpAddr::from(
+                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                ))
+            }
+            libc::AF_INET6 => {
+                let sin6 = &*(sa as *const libc::sockaddr_in6);
+                Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+            }
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn finds_no_loopback_address() {
         let addrs = super::node_addresses().expect("getifaddrs");
-        assert!(addrs.iter().all(|a| !a.is_loopback()), "{addrs:?}");
+        assert!(addrs.own.iter().all(|a| !a.is_loopback()), "{addrs:?}");
     }
 }

@@ -199,9 +199,9 @@ impl MapOps for KernelMaps {
     fn del_service(&mut self, key: ServiceKey) -> Result<(), MapError> {
         gone_ok(self.services.remove(&key)).map_err(op(names::SERVICES, "remove"))
     }
-    fn set_node_addr(&mut self, addr: Addr) -> Result<(), MapError> {
+    fn set_node_addr(&mut self, addr: Addr, kind: u32) -> Result<(), MapError> {
         self.node_addrs
-            .insert(addr, 1, 0)
+            .insert(addr, kind, 0)
             .map_err(op(names::NODE_ADDRS, "insert"))
     }
     fn del_node_addr(&mut self, addr: Addr) -> Result<(), MapError> {
@@ -251,6 +251,17 @@ impl MapOps for KernelMaps {
             .set(meta::NEXT_RULESET_ID, u64::from(next), 0)
             .map_err(op(names::META, "set"))
     }
+    fn set_node_self(&mut self, words: [u64; 3]) -> Result<(), MapError> {
+        let slots = [
+            meta::NODE_SELF_V4,
+            meta::NODE_SELF_V6_HI,
+            meta::NODE_SELF_V6_LO,
+        ];
+        for (slot, word) in slots.into_iter().zip(words) {
+            (self.meta.set(slot, word, 0)).map_err(op(names::META, "set"))?;
+        }
+        Ok(())
+    }
     fn existing(&self) -> Result<super::Existing, MapError> {
         let mut e = super::Existing::default();
         for kv in self.endpoints.iter() {
@@ -262,8 +273,9 @@ impl MapOps for KernelMaps {
         for k in self.services.keys() {
             e.services.push(k.map_err(op(names::SERVICES, "read"))?);
         }
-        for k in self.node_addrs.keys() {
-            e.node_addrs.push(k.map_err(op(names::NODE_ADDRS, "read"))?);
+        for kv in self.node_addrs.iter() {
+            e.node_addrs
+                .push(kv.map_err(op(names::NODE_ADDRS, "read"))?);
         }
         for kv in self.admin_tables.iter() {
             e.admin_tables

@@ -25,10 +25,13 @@ pub struct MemoryMaps {
     pub endpoints: BTreeMap<Addr, EndpointInfo>,
     pub ifaces: BTreeMap<u32, IfaceInfo>,
     pub services: BTreeMap<ServiceKey, ()>,
-    pub node_addrs: BTreeMap<Addr, ()>,
+    /// Address -> its kind (`node_addr`).
+    pub node_addrs: BTreeMap<Addr, u32>,
     /// Ordered set (id without flags) -> its Admin table.
     pub admin_tables: BTreeMap<u32, u32>,
     pub next_ruleset_id: u32,
+    /// `META`'s node-self slots.
+    pub node_self: [u64; 3],
     pub writes: usize,
     /// Capacity of the two peer maps together, like a full BPF map (None = unbounded).
     pub peer_capacity: Option<usize>,
@@ -104,9 +107,9 @@ impl MapOps for MemoryMaps {
         self.services.remove(&key);
         Ok(())
     }
-    fn set_node_addr(&mut self, addr: Addr) -> Result<(), MapError> {
+    fn set_node_addr(&mut self, addr: Addr, kind: u32) -> Result<(), MapError> {
         self.writes += 1;
-        self.node_addrs.insert(addr, ());
+        self.node_addrs.insert(addr, kind);
         Ok(())
     }
     fn del_node_addr(&mut self, addr: Addr) -> Result<(), MapError> {
@@ -124,6 +127,11 @@ impl MapOps for MemoryMaps {
     }
     fn set_next_ruleset_id(&mut self, next: u32) -> Result<(), MapError> {
         self.next_ruleset_id = next;
+        Ok(())
+    }
+    fn set_node_self(&mut self, words: [u64; 3]) -> Result<(), MapError> {
+        self.writes += 1;
+        self.node_self = words;
         Ok(())
     }
     fn forget_connections(
@@ -148,7 +156,7 @@ impl MapOps for MemoryMaps {
             endpoints: self.endpoints.iter().map(|(a, i)| (*a, *i)).collect(),
             ifaces: self.ifaces.iter().map(|(k, v)| (*k, *v)).collect(),
             services: self.services.keys().copied().collect(),
-            node_addrs: self.node_addrs.keys().copied().collect(),
+            node_addrs: self.node_addrs.iter().map(|(a, k)| (*a, *k)).collect(),
             admin_tables: self.admin_tables.iter().map(|(s, t)| (*s, *t)).collect(),
             next_ruleset_id: self.next_ruleset_id,
             peers: self
@@ -242,7 +250,7 @@ impl MemoryMaps {
         let identity = match self.identities.get(addr) {
             Some(i) => *i,
             None if unknown_pods
-                && !self.node_addrs.contains_key(addr)
+                && self.node_addrs.get(addr) != Some(&netpol_common::node_addr::OWN)
                 && (self.block_value(RULESET_POD_RANGES, addr))
                     .is_some_and(|v| v.rest_rule != REST_DENIED) =>
             {

@@ -21,7 +21,7 @@ use netpol_common::{
     IfaceInfo, MAX_ORDERED_PORT_RANGES, MAX_PORT_RANGES, NO_AUDIT, NO_PORTSET, PORTSET_NEXT_SHIFT,
     PeerKey, PeerValue, PortRange, PortSet, REST_DENIED, RULE_UNNAMED, RULESET_ADMIN_TABLE,
     RULESET_ALLOW_ALL, RULESET_HAS_ADMIN, RULESET_NP_ISOLATED, RULESET_ORDERED, RULESET_POD_RANGES,
-    ServiceKey, names, ruleset_base, tag,
+    ServiceKey, names, node_addr, ruleset_base, tag,
 };
 
 use crate::compile::Position;
@@ -65,13 +65,16 @@ pub trait MapOps {
     fn del_iface(&mut self, ifindex: u32) -> Result<(), MapError>;
     fn set_service(&mut self, key: ServiceKey) -> Result<(), MapError>;
     fn del_service(&mut self, key: ServiceKey) -> Result<(), MapError>;
-    fn set_node_addr(&mut self, addr: Addr) -> Result<(), MapError>;
+    /// `kind`: `node_addr::OWN` or `node_addr::BROADCAST`.
+    fn set_node_addr(&mut self, addr: Addr, kind: u32) -> Result<(), MapError>;
     /// Names the Admin table of ordered set `set` (its id without flags).
     fn set_admin_table(&mut self, set: u32, table: u32) -> Result<(), MapError>;
     fn del_admin_table(&mut self, set: u32) -> Result<(), MapError>;
     fn del_node_addr(&mut self, addr: Addr) -> Result<(), MapError>;
     /// Persists the next rule-set id (ids are never reused, also across restarts).
     fn set_next_ruleset_id(&mut self, next: u32) -> Result<(), MapError>;
+    /// The `META` slots of this node's own addresses (`meta::node_self_words`).
+    fn set_node_self(&mut self, words: [u64; 3]) -> Result<(), MapError>;
     /// Forgets every tracked connection of these addresses (their pods are gone: a new
     /// pod given the same address must not inherit them). Returns how many.
     fn forget_connections(&mut self, addrs: &BTreeSet<Addr>) -> Result<usize, MapError>;
@@ -90,7 +93,8 @@ pub struct Existing {
     pub endpoints: Vec<(Addr, EndpointInfo)>,
     pub ifaces: Vec<(u32, IfaceInfo)>,
     pub services: Vec<ServiceKey>,
-    pub node_addrs: Vec<Addr>,
+    /// (address, its kind)
+    pub node_addrs: Vec<(Addr, u32)>,
     /// (ordered set, its Admin table)
     pub admin_tables: Vec<(u32, u32)>,
     /// The next rule-set id an earlier run would have handed out (0: none recorded).
@@ -259,7 +263,10 @@ pub struct Programmer<M: MapOps> {
     endpoints: BTreeMap<Addr, EndpointInfo>,
     ifaces: BTreeMap<u32, IfaceInfo>,
     services: BTreeSet<ServiceKey>,
-    node_addrs: BTreeSet<Addr>,
+    /// What `NODE_ADDRS` holds: address -> kind (`node_addr`).
+    node_addrs: BTreeMap<Addr, u32>,
+    /// This node's own addresses as written (`None`: not yet by this run).
+    node_self: Option<[u64; 3]>,
     /// The pod ranges written (`RULESET_POD_RANGES`), by address and prefix length: true
     /// for a range, false for a hole.
     pod_ranges: BTreeMap<(Addr, u8), bool>,
@@ -377,7 +384,8 @@ impl<M: MapOps> Programmer<M> {
             endpoints: BTreeMap::new(),
             ifaces: BTreeMap::new(),
             services: BTreeSet::new(),
-            node_addrs: BTreeSet::new(),
+            node_addrs: BTreeMap::new(),
+            node_self: None,
             pod_ranges: BTreeMap::new(),
             stale_pod_ranges: false,
             leftover_peers: Vec::new(),
@@ -491,8 +499,10 @@ impl<M: MapOps> Programmer<M> {
     ) -> Result<ApplyStats, MapError> {
         let mut stats = ApplyStats::default();
 
-        // 0. The pod ranges, before any table names the unknown pod.
+        // 0. The pod ranges, before any table names the unknown pod; the node's own
+        // addresses.
         self.write_pod_ranges(&plan.pod_ranges)?;
+        self.write_node_self(plan.node_self)?;
 
         // 1. Identities get ids; new rule sets are written in full before anything points
         // at them. A set that does not fit is left out; the pods that need it are handled
@@ -1418,22 +1428,48 @@ impl<M: MapOps> Programmer<M> {
         Ok(())
     }
 
+    fn write_node_self(&mut self, own: crate::compile::NodeSelf) -> Result<(), MapError> {
+        let words = netpol_common::meta::node_self_words(
+            own.v4.map(|a| a.octets()),
+            own.v6.map(|a| a.octets()),
+        );
+        if self.node_self != Some(words) {
+            self.maps.set_node_self(words)?;
+            self.node_self = Some(words);
+        }
+        Ok(())
+    }
+
     /// Makes the node-address map hold exactly `addrs` (every address of this node: traffic
     /// between a pod and its own node always passes). Returns how many entries changed.
     pub fn set_node_addrs(&mut self, addrs: &BTreeSet<IpAddr>) -> Result<usize, MapError> {
-        let want: BTreeSet<Addr> = addrs.iter().map(|ip| addr_of(*ip)).collect();
+        self.set_node_addresses(addrs, &BTreeSet::new())
+    }
+
+    /// `set_node_addrs`, and the broadcast addresses of the node's interfaces (an address
+    /// that is both is the node's).
+    pub fn set_node_addresses(
+        &mut self,
+        own: &BTreeSet<IpAddr>,
+        broadcast: &BTreeSet<IpAddr>,
+    ) -> Result<usize, MapError> {
+        let kinds = [(broadcast, node_addr::BROADCAST), (own, node_addr::OWN)];
+        let want: BTreeMap<Addr, u32> = (kinds.iter())
+            .flat_map(|(ips, kind)| ips.iter().map(|ip| (addr_of(*ip), *kind)))
+            .collect();
         let mut changed = 0;
-        for a in want.difference(&self.node_addrs.clone()) {
-            self.maps.set_node_addr(*a)?;
-            self.node_addrs.insert(*a);
-            changed += 1;
+        for (a, kind) in &want {
+            if self.node_addrs.get(a) != Some(kind) {
+                self.maps.set_node_addr(*a, *kind)?;
+                self.node_addrs.insert(*a, *kind);
+                changed += 1;
+            }
         }
-        for a in self
-            .node_addrs
-            .difference(&want)
+        let gone: Vec<Addr> = (self.node_addrs.keys())
+            .filter(|a| !want.contains_key(a))
             .copied()
-            .collect::<Vec<_>>()
-        {
+            .collect();
+        for a in gone {
             self.maps.del_node_addr(a)?;
             self.node_addrs.remove(&a);
             changed += 1;

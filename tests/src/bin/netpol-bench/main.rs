@@ -370,7 +370,7 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
     // A local pod's packet to this node (the peer stands in for the node's address) on a
     // connection `to_node` decided: its conntrack entry is found and the sender re-judged
     // only if its rules changed.
-    maps.set_node_addr(Addr::from_v4(PEER))?;
+    maps.set_node_addr(Addr::from_v4(PEER), netpol_common::node_addr::OWN)?;
     let (v, _) = dp.test_run(Hook::ToNode, &frame(CLIENT, PEER, 40003, 443, 0x02), 1)?;
     if v != PASS {
         bail!("the SYN to the node was dropped at to_node ({v})");
