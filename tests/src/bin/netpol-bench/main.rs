@@ -354,14 +354,29 @@ fn datapath(args: &Args, results: &mut Vec<Entry>) -> Result<()> {
         "ns".into(),
     ));
     // `to_node` runs on every packet the node's sockets take in (pods' sockets too, under
-    // the root cgroup): most are not a local pod's to this node, and pass after the
-    // parse and one NODE_ADDRS lookup.
+    // the root cgroup). A local pod's packet (the client has ClusterNetworkPolicy) to an
+    // address that is not the node's: the parse, NODE_ADDRS, ENDPOINTS, then IDENTITIES
+    // and the pod ranges, which tell a pod's socket from the node reached at another
+    // address (a pod's address stops at IDENTITIES; this outside one takes both).
     results.push((
         "dp.to_node_other_ns".into(),
         measure(
             &mut dp,
             Hook::ToNode,
             &frame(CLIENT, PEER, 40002, 443, 0x10),
+            args,
+            PASS,
+        )?,
+        "ns".into(),
+    ));
+    // Not a local pod's packet (a remote peer's, or the node's own traffic): the parse and
+    // two lookups.
+    results.push((
+        "dp.to_node_not_local_ns".into(),
+        measure(
+            &mut dp,
+            Hook::ToNode,
+            &frame(PEER, CLIENT, 443, 40002, 0x10),
             args,
             PASS,
         )?,
