@@ -241,13 +241,19 @@ pub fn denying_position(admin: u32, rest: impl FnOnce() -> u32) -> u32 {
     }
 }
 
-/// What a `NODE_ADDRS` entry is.
+/// What a `NODE_ADDRS` entry is: flags.
 pub mod node_addr {
-    /// An address of this node: NetworkPolicy's own-node exemption applies to it.
+    /// An address of this node's interfaces, with NetworkPolicy's own-node exemption.
     pub const OWN: u32 = 1;
     /// A broadcast address of one of its interfaces: what reaches it reaches the node's
-    /// sockets (and, on a bridge, the link's pods), but it is not the node.
+    /// sockets (and, on a bridge, the link's pods); no exemption.
     pub const BROADCAST: u32 = 2;
+    /// An address of this node's interfaces without the exemption (`--strict-node-traffic`).
+    pub const LOCAL: u32 = 4;
+    /// One of this node's Node addresses: rules about nodes name the node by it.
+    pub const NAMED: u32 = 8;
+    /// What reaches one of these reaches the node's sockets.
+    pub const REACHES_NODE: u32 = OWN | BROADCAST | LOCAL;
 }
 
 /// Slots of the `META` array map.

@@ -220,7 +220,8 @@ fn sent_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
         return if node_exempt(sets.egress, &p.dst) {
             (id, reason::ALLOW_NODE)
         } else {
-            (id, verdict::egress_opening(sets, p))
+            let node = verdict::node_alias(sets.egress, &p.dst);
+            (id, verdict::egress_opening_as(sets, p, node.as_ref()))
         };
     }
     let me = Judged { sets, sends: true };
@@ -261,7 +262,8 @@ fn sent_by_pod(p: &mut Packet, id: u32, sets: Sets) -> (u32, usize) {
         }
         return (id, reason::PASS_SERVICE);
     }
-    let why = verdict::egress_opening(sets, p);
+    let node = verdict::node_alias(sets.egress, &p.dst);
+    let why = verdict::egress_opening_as(sets, p, node.as_ref());
     if why < reason::FIRST_DROP && sets.tracked() {
         let egress = Decided::by(sets.egress, p.position);
         verdict::track(p, egress, UNDECIDED, 0);
@@ -503,7 +505,7 @@ fn leaving_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
             .isolated()
             .then_some((sender.id, reason::DROP_FRAGMENT));
     }
-    let why = deferred_egress(p, sets, translated);
+    let why = deferred_egress(p, sets, translated, None);
     if why == reason::ALLOW_UNISOLATED {
         return None;
     }
@@ -560,9 +562,9 @@ fn to_node_full(ctx: &SkBuffContext, p: &mut Packet) -> i32 {
 /// backends, and the Service record learns the backend, so its replies meet the same
 /// verdict.
 ///
-/// A packet that reaches the node at another address (see `towards_node`) is judged as
-/// going to the node's own address, packet by packet: its veth judged it by an address
-/// that rules about nodes do not name.
+/// A packet that reaches the node at an address rules about nodes do not name (see
+/// `towards_node`) is also judged, packet by packet, as going to the node: a rule naming
+/// its address or the node matches, and the first decides.
 #[inline(always)]
 fn delivered_to_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
     if p.icmp != Icmp::None {
@@ -584,47 +586,78 @@ fn delivered_to_node(p: &mut Packet, came_in: u32) -> Option<(u32, usize)> {
     let translated = found.is_none();
     if let Some(hit) = found
         && verdict::usable(&hit, p)
-        && (towards == Towards::Itself || !hit.from_opener)
     {
+        // (The node's own connections to the pod are its ingress, decided at `to_pod`.)
+        if hit.from_opener
+            && let Some(why) = refused_as_node(p, sets, towards, false)
+        {
+            return Some((sender.id, why));
+        }
         return local_sender_on_entry(&hit, p, &sender).map(|r| (sender.id, r));
     }
-    match towards {
-        Towards::Itself => Some((sender.id, deferred_egress(p, sets, translated))),
-        Towards::Node(node) => Some((sender.id, verdict::egress_towards(sets, p, &node))),
+    let node = match towards {
+        Towards::Node(node) => Some(node),
+        Towards::Itself => None,
+    };
+    Some((
+        sender.id,
+        deferred_egress(p, sets, translated, node.as_ref()),
+    ))
+}
+
+/// A pod's packet on a tracked connection that reaches the node at an address rules about
+/// nodes do not name, judged as going to the node again (its veth may have judged it by
+/// its address alone: a group, an IPVS Service address): the drop reason when that
+/// denies it (the Service record of its port, if any, learns the refusal, as in
+/// `deferred_egress`).
+#[inline(always)]
+fn refused_as_node(
+    p: &mut Packet,
+    sets: Sets,
+    towards: Towards,
+    translated: bool,
+) -> Option<usize> {
+    let Towards::Node(node) = towards else {
+        return None;
+    };
+    let why = verdict::egress_opening_as(sets, p, Some(&node));
+    if why < reason::FIRST_DROP {
+        return None;
     }
+    service::learn_backend(p, CT_UNDECIDED, translated);
+    Some(why)
 }
 
 /// Where a packet a socket of this node takes in goes, as policy sees it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Towards {
-    /// To its destination address: the node's own (or, with no own address known for the
-    /// family, another of the node's).
+    /// To its destination: one of the node's own addresses that rules about nodes name it
+    /// by (or, with no Node known, any of its addresses).
     Itself,
-    /// To the node, at another address: another of its interfaces' (a gateway, a
-    /// broadcast address), a broadcast or multicast group, or one that is no pod's (a
-    /// Service address of kube-proxy's IPVS dummy on a port no Service has). Judged as
-    /// going to this, the node's own address.
+    /// To the node, at an address rules about nodes do not name: another interface's (a
+    /// gateway), an interface's broadcast address, a broadcast or multicast group, or one
+    /// that is no pod's (a Service address of kube-proxy's IPVS dummy on a port no
+    /// Service has). The node's own address, which such rules name it by.
     Node(Addr),
 }
 
-/// `None`: the socket is a pod's (a unicast packet to a pod's address, or to an IPv6
-/// link-local one, which only a link's own hosts answer).
+/// `None`: the socket is a pod's (a unicast packet to a pod's address, one in the pod
+/// ranges, or an IPv6 link-local one, which only a link's own hosts answer).
 #[inline(always)]
 fn towards_node(p: &Packet) -> Option<Towards> {
-    let own = maps::node_self(&p.dst);
-    match maps::node_addr_kind(&p.dst) {
-        node_addr::OWN => {
-            return Some(match own {
-                Some(a) if a != p.dst => Towards::Node(a),
-                _ => Towards::Itself,
-            });
-        }
-        node_addr::BROADCAST => return own.map(Towards::Node),
-        _ => {}
+    let kind = maps::node_addr_kind(&p.dst);
+    if kind & node_addr::NAMED != 0 {
+        return Some(Towards::Itself);
     }
-    if !p.dst.is_group()
-        && (p.dst.is_link_local_v6() || verdict::ordered_identity(&p.dst) != NO_IDENTITY)
-    {
+    let own = maps::node_self(&p.dst);
+    if kind & node_addr::REACHES_NODE != 0 {
+        return Some(own.map_or(Towards::Itself, Towards::Node));
+    }
+    let pods = !p.dst.is_group()
+        && (p.dst.is_link_local_v6()
+            || endpoint(&p.dst).is_some()
+            || verdict::ordered_identity(&p.dst) != NO_IDENTITY);
+    if pods {
         return None;
     }
     own.map(Towards::Node)
@@ -633,10 +666,11 @@ fn towards_node(p: &Packet) -> Option<Towards> {
 /// A local pod's egress decided after translation, on where its packet goes (at an uplink
 /// or the node's socket): a deferred opener's entry when allowed and tracked, and the
 /// Service record of its port learns the backend. `translated`: no hook tracked the
-/// tuple (see `service::learn_backend`).
+/// tuple (see `service::learn_backend`). `node`: the packet reaches the node at an address
+/// rules about nodes do not name (see `verdict::decide`).
 #[inline(always)]
-fn deferred_egress(p: &mut Packet, sets: Sets, translated: bool) -> usize {
-    let why = verdict::egress_opening(sets, p);
+fn deferred_egress(p: &mut Packet, sets: Sets, translated: bool, node: Option<&Addr>) -> usize {
+    let why = verdict::egress_opening_as(sets, p, node);
     if why >= reason::FIRST_DROP {
         // Its replies, from the Service address, must meet the same refusal.
         service::learn_backend(p, CT_UNDECIDED, translated);

@@ -145,24 +145,28 @@ pub fn iface_sets(iface: &IfaceInfo) -> Sets {
 
 #[inline(always)]
 pub fn is_node(addr: &Addr) -> bool {
-    node_addr_kind(addr) == node_addr::OWN
+    node_addr_kind(addr) & node_addr::OWN != 0
 }
 
-/// What `addr` is to this node (`node_addr`), 0 when nothing.
+/// What `addr` is to this node (`node_addr` flags), 0 when nothing.
 #[inline(always)]
 pub fn node_addr_kind(addr: &Addr) -> u32 {
     // SAFETY: plain-data lookup.
     unsafe { NODE_ADDRS.get(addr) }.copied().unwrap_or(0)
 }
 
-/// This node's own address in the family of `like` (see `meta::NODE_SELF_V4`).
+/// This node's own address in the family of `like`, else in the other (a Node may list
+/// one family only; rules about nodes then name it by that one). See
+/// `meta::NODE_SELF_V4`.
 #[inline(always)]
 pub fn node_self(like: &Addr) -> Option<Addr> {
     let word = |slot: u32| META.get(slot).copied().unwrap_or(0);
+    let v4 = || meta::node_self_v4(word(meta::NODE_SELF_V4));
+    let v6 = || meta::node_self_v6(word(meta::NODE_SELF_V6_HI), word(meta::NODE_SELF_V6_LO));
     if like.is_v4() {
-        meta::node_self_v4(word(meta::NODE_SELF_V4))
+        v4().or_else(v6)
     } else {
-        meta::node_self_v6(word(meta::NODE_SELF_V6_HI), word(meta::NODE_SELF_V6_LO))
+        v6().or_else(v4)
     }
 }
 

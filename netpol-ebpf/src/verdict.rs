@@ -12,13 +12,13 @@ use netpol_common::{
     NO_AUDIT, NO_IDENTITY, NO_PORTSET, PROTO_TCP, PeerKey, PeerValue, REST_DENIED, RULE_UNNAMED,
     RULESET_ADMIN_TABLE, RULESET_ALLOW_ALL, RULESET_HAS_ADMIN, RULESET_ID_BITS,
     RULESET_NP_ISOLATED, RULESET_ORDERED, RULESET_POD_RANGES, ct_flag, ct_lifetime_ns,
-    denying_position, reason, rule_index, ruleset_base, tag, tiered_verdict,
+    denying_position, node_addr, reason, rule_index, ruleset_base, tag, tiered_verdict,
 };
 
 use crate::clock::now;
 use crate::maps::{
     ADMIN_TABLES, CONNTRACK, CONNTRACK_NEW, IDENTITIES, PEERS_BY_IDENTITY, PEERS_CIDR, PORTSETS,
-    is_node,
+    is_node, node_addr_kind,
 };
 use crate::parse::{Icmp, Packet, TCP_FIN, TCP_RST};
 
@@ -60,14 +60,19 @@ impl Sets {
 /// lookup.
 #[inline(always)]
 pub fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> Option<u32> {
-    decide(set, peer, proto, port).ok()
+    decide(set, peer, None, proto, port).ok()
 }
 
 /// `allowed`, and when denied, for the drop event, the position of the rule of an
 /// ordered set that denies (`RULE_UNNAMED` for unordered sets: NetworkPolicy denies by
 /// having no rule). Each table is read once: the denial is named from the same answers.
+///
+/// `node`: the packet reaches this node at `peer`, an address that rules about nodes do
+/// not name (see `main::towards_node`); `node` is the node's own address. In an ordered
+/// set a rule naming either matches, and the first decides. (Unordered sets exempt the
+/// node before they get here, or judge the address.)
 #[inline(always)]
-fn decide(set: u32, peer: &Addr, proto: u8, port: u16) -> Result<u32, u32> {
+fn decide(set: u32, peer: &Addr, node: Option<&Addr>, proto: u8, port: u16) -> Result<u32, u32> {
     if set == RULESET_ALLOW_ALL {
         return Ok(RULE_UNNAMED);
     }
@@ -75,32 +80,61 @@ fn decide(set: u32, peer: &Addr, proto: u8, port: u16) -> Result<u32, u32> {
         return union_allowed(set, peer, proto, port).ok_or(RULE_UNNAMED);
     }
     let identity = ordered_identity(peer);
-    let admin = admin_rule(set, identity, peer, proto, port);
+    let admin = admin_rule(set, identity, peer, node, proto, port);
     // Read by `tiered_verdict` whenever the Admin table does not deny, which is every
     // denial `denying_position` needs it for.
     let mut rest = tag::NONE;
     let verdict = tiered_verdict(
         admin,
-        || set & RULESET_NP_ISOLATED != 0 && is_node(peer),
+        || set & RULESET_NP_ISOLATED != 0 && (is_node(peer) || node.is_some_and(is_node)),
         || {
-            rest = first_rule(set, identity, peer, proto, port);
+            rest = first_rule(set, identity, peer, node, proto, port);
             rest
         },
     );
     verdict.ok_or_else(|| denying_position(admin, || rest))
 }
 
+/// For an egress under ordered set `set` towards `dst`: the node's own address when `dst`
+/// is another of the node's addresses (see `main::towards_node`), so that a rule about
+/// nodes matches it too (ICMP, which no socket takes in, is decided only at the veth).
+#[inline(always)]
+pub fn node_alias(set: u32, dst: &Addr) -> Option<Addr> {
+    if set & RULESET_ORDERED == 0 {
+        return None;
+    }
+    let kind = node_addr_kind(dst);
+    if kind & node_addr::NAMED != 0 || kind & node_addr::REACHES_NODE == 0 {
+        return None;
+    }
+    crate::maps::node_self(dst)
+}
+
 /// The first rule of the Admin table of ordered set `set` matching the peer (`tag::NONE`:
 /// none, or the set has no Admin table). A set whose table is not named (never: the agent
 /// names it before any endpoint points at the set) answers with a Deny: fail closed.
 #[inline(always)]
-fn admin_rule(set: u32, identity: u32, peer: &Addr, proto: u8, port: u16) -> u32 {
+fn admin_rule(
+    set: u32,
+    identity: u32,
+    peer: &Addr,
+    node: Option<&Addr>,
+    proto: u8,
+    port: u16,
+) -> u32 {
     if set & RULESET_HAS_ADMIN == 0 {
         return tag::NONE;
     }
     // SAFETY: plain-data value, copied out.
     match unsafe { ADMIN_TABLES.get(ruleset_base(set)) } {
-        Some(table) => first_rule(*table | RULESET_ADMIN_TABLE, identity, peer, proto, port),
+        Some(table) => first_rule(
+            *table | RULESET_ADMIN_TABLE,
+            identity,
+            peer,
+            node,
+            proto,
+            port,
+        ),
         None => tag::new(RULE_UNNAMED, tag::DENY),
     }
 }
@@ -201,15 +235,25 @@ pub extern "C" fn netpol_ordered_identity(hi: u64, lo: u64) -> u32 {
         return *identity;
     }
     match PEERS_CIDR.get(range.lpm()) {
-        Some(r) if r.rest_rule != REST_DENIED && !is_node(&range.addr) => IDENTITY_UNKNOWN_POD,
+        Some(r) if r.rest_rule != REST_DENIED && node_addr_kind(&range.addr) == 0 => {
+            IDENTITY_UNKNOWN_POD
+        }
         _ => NO_IDENTITY,
     }
 }
 
 /// The first rule (smallest tag) of table `key_set` matching the peer by `identity` (its
-/// `ordered_identity`) or by address; `tag::NONE` when none does.
+/// `ordered_identity`) or by address, or as the node at `node`; `tag::NONE` when none
+/// does.
 #[inline(always)]
-fn first_rule(key_set: u32, identity: u32, peer: &Addr, proto: u8, port: u16) -> u32 {
+fn first_rule(
+    key_set: u32,
+    identity: u32,
+    peer: &Addr,
+    node: Option<&Addr>,
+    proto: u8,
+    port: u16,
+) -> u32 {
     let proto_port = u32::from(proto) << 16 | u32::from(port);
     let by_identity = if identity != NO_IDENTITY {
         netpol_first_by_identity(key_set, identity, proto_port)
@@ -217,7 +261,14 @@ fn first_rule(key_set: u32, identity: u32, peer: &Addr, proto: u8, port: u16) ->
         tag::NONE
     };
     let (hi, lo) = halves(peer);
-    by_identity.min(netpol_first_by_address(key_set, hi, lo, proto_port))
+    let first = by_identity.min(netpol_first_by_address(key_set, hi, lo, proto_port));
+    match node {
+        Some(n) => {
+            let (hi, lo) = halves(n);
+            first.min(netpol_first_by_address(key_set, hi, lo, proto_port))
+        }
+        None => first,
+    }
 }
 
 // The two lookups of `first_rule`, as global BPF functions: the verifier checks each
@@ -481,7 +532,12 @@ fn revalidate(
     let peer = if i_am_opener { &acceptor } else { &opener };
     // Unordered sets leave the pod's own node to the hooks' exemption, which a tracked
     // connection (seeded, or opened under an ordered set) never reaches: applied here.
-    let by_rule = allowed(current, peer, p.proto, acceptor_port);
+    let node = if i_am_opener {
+        node_alias(current, peer)
+    } else {
+        None
+    };
+    let by_rule = decide(current, peer, node.as_ref(), p.proto, acceptor_port).ok();
     let node_exempt = by_rule.is_none() && current & RULESET_ORDERED == 0 && is_node(peer);
     let decided = if node_exempt {
         Some(RULE_UNNAMED)
@@ -646,20 +702,20 @@ pub fn forget(hit: &Hit) {
 /// would not.
 #[inline(always)]
 pub fn egress_opening(sets: Sets, p: &mut Packet) -> usize {
-    let peer = p.t_dst;
-    egress_towards(sets, p, &peer)
+    egress_opening_as(sets, p, None)
 }
 
-/// `egress_opening`, judged as going to `peer` (the packet's destination, or the node
-/// when it reaches the node at an address that is not the node's own).
+/// `egress_opening`; `node`: the packet reaches this node at an address rules about nodes
+/// do not name, and `node` is the node's own address (see `decide`).
 #[inline(always)]
-pub fn egress_towards(sets: Sets, p: &mut Packet, peer: &Addr) -> usize {
-    match decide(sets.egress, peer, p.proto, p.dport) {
+pub fn egress_opening_as(sets: Sets, p: &mut Packet, node: Option<&Addr>) -> usize {
+    let peer = p.t_dst;
+    match decide(sets.egress, &peer, node, p.proto, p.dport) {
         Ok(rule) => {
             p.position = rule;
             p.rule = rule_index(sets.egress_rules, rule);
             let port = p.dport;
-            audit_egress(sets, peer, p, port);
+            audit_egress(sets, &peer, p, port);
             allow_reason(sets.egress)
         }
         Err(position) => {
@@ -691,7 +747,7 @@ fn audit_ingress(sets: Sets, peer: &Addr, p: &mut Packet, port: u16) {
 /// audit-mode policies would not.
 #[inline(always)]
 pub fn ingress_opening(sets: Sets, p: &mut Packet) -> usize {
-    match decide(sets.ingress, &p.t_src, p.proto, p.dport) {
+    match decide(sets.ingress, &p.t_src, None, p.proto, p.dport) {
         Ok(rule) => {
             p.position = rule;
             p.rule = rule_index(sets.ingress_rules, rule);

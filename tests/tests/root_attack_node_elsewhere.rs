@@ -40,10 +40,12 @@ fn lab_with(st: ClusterState) -> (Lab, u32) {
 }
 
 /// What the agent programs with `--strict-node-traffic` (`Agent::program_node_addresses`):
-/// the interface addresses cleared, the broadcast addresses kept.
+/// the interface addresses (the gateway `GW4` among them) without the exemption, the
+/// broadcast addresses.
 fn strict(lab: &mut Lab, broadcast: &[IpAddr]) {
+    let own = [v4a(NODE4), IpAddr::V6(node6()), v4a(UPLINK4), v4a(GW4)].into();
     lab.pr
-        .set_node_addresses(&BTreeSet::new(), &broadcast.iter().copied().collect())
+        .set_node_addresses(&own, &broadcast.iter().copied().collect(), false)
         .expect("node addresses");
 }
 
@@ -150,11 +152,12 @@ fn root_attack_node_elsewhere_finding_a_second_node_address_is_judged_as_the_fir
     );
 }
 
-/// `--strict-node-traffic` clears the interface addresses from `NODE_ADDRS` (only the
-/// broadcast addresses stay). A bridge's gateway inside the pod range (cni0; Calico's
-/// tunl0, Cilium's cilium_host alike) is then taken for an unknown pod's socket by
-/// `towards_node` and never judged as the node: the kubelet is reached past an Admin
+/// `--strict-node-traffic` cleared the interface addresses from `NODE_ADDRS` (only the
+/// broadcast addresses stayed). A bridge's gateway inside the pod range (cni0; Calico's
+/// tunl0, Cilium's cilium_host alike) was then taken for an unknown pod's socket by
+/// `towards_node` and never judged as the node: the kubelet was reached past an Admin
 /// Deny of nodes. (Without the flag the same packet is dropped; see the guard below.)
+/// Now the flag writes them without the exemption (`node_addr::LOCAL`).
 #[test]
 fn root_attack_node_elsewhere_finding_strict_node_traffic_gateway_in_the_pod_range_reaches_the_kubelet()
  {
@@ -162,11 +165,11 @@ fn root_attack_node_elsewhere_finding_strict_node_traffic_gateway_in_the_pod_ran
     strict(&mut lab, &[v4a([10, 1, 0, 255])]);
     let syn = v4(CLIENT4, GW4, TCP, &tcp(43200, 10250, SYN));
     lab.verdict(
-        "the veth: an unknown pod, no rule about nodes",
+        "the veth: another address of the node, rule no-nodes",
         Hook::FromPod,
         c,
         &syn,
-        PASS,
+        DROP,
     );
     lab.expect(
         "the kubelet's socket at the gateway address: rule no-nodes",
@@ -376,7 +379,7 @@ fn root_attack_node_elsewhere_a_gateway_in_the_pod_range_is_the_node() {
     let mut addrs = own();
     addrs.insert(v4a(GW4));
     lab.pr
-        .set_node_addresses(&addrs, &[v4a([10, 1, 0, 255])].into())
+        .set_node_addresses(&addrs, &[v4a([10, 1, 0, 255])].into(), true)
         .expect("node addresses");
     lab.expect(
         "the kubelet at the gateway: rule no-nodes",
@@ -534,8 +537,9 @@ fn root_attack_node_elsewhere_the_acceptor_exception_opens_nothing_else() {
         "client",
         Some(reason::DROP_EGRESS),
     );
-    // The client opened towards the node's other address on the accepted port: its veth
-    // entry does not carry a later segment to another port.
+    // The client opened towards the node's other address on the accepted port: a later
+    // segment rides the veth's entry, judged as going to the node again (uncounted: the
+    // opening was counted at the veth).
     lab.expect(
         "the client's SYN to 6443 at the veth: rule api",
         Hook::FromPod,
@@ -552,7 +556,7 @@ fn root_attack_node_elsewhere_the_acceptor_exception_opens_nothing_else() {
         &v4(CLIENT4, UPLINK4, TCP, &tcp(44500, 6443, ACK)),
         PASS,
         "client",
-        Some(reason::ALLOW_POLICY),
+        None,
     );
 }
 
@@ -566,7 +570,7 @@ fn root_attack_node_elsewhere_the_nodes_link_local_addresses_are_the_node() {
     addrs.insert(IpAddr::V6(ip6("fe80::1")));
     addrs.insert(v4a([169, 254, 20, 10]));
     lab.pr
-        .set_node_addresses(&addrs, &BTreeSet::new())
+        .set_node_addresses(&addrs, &BTreeSet::new(), true)
         .expect("node addresses");
     lab.expect(
         "fe80::1, the kubelet's port",
@@ -622,29 +626,32 @@ fn root_attack_node_elsewhere_programmer_adopts_node_address_kinds() {
     let own: BTreeSet<IpAddr> = [v4a(NODE4)].into();
     let bc: BTreeSet<IpAddr> = [v4a([10, 1, 0, 255])].into();
     let mut pr = mem();
-    assert_eq!(pr.set_node_addresses(&own, &bc).expect("set"), 2);
+    assert_eq!(pr.set_node_addresses(&own, &bc, true).expect("set"), 2);
     let maps = std::mem::take(pr.maps_mut());
     let mut next = Programmer::new(maps, sizes::COUNTERS);
     next.adopt().expect("adopt");
-    assert_eq!(next.set_node_addresses(&own, &bc).expect("again"), 0);
+    assert_eq!(next.set_node_addresses(&own, &bc, true).expect("again"), 0);
     // Both: the node's.
     let both: BTreeSet<IpAddr> = [v4a(NODE4), v4a([10, 1, 0, 255])].into();
-    assert_eq!(next.set_node_addresses(&both, &bc).expect("both"), 1);
+    assert_eq!(next.set_node_addresses(&both, &bc, true).expect("both"), 1);
     let kinds = &next.maps().node_addrs;
     let a = |o: [u8; 4]| netpol_common::Addr::from_v4(o);
     assert_eq!(kinds.get(&a([10, 1, 0, 255])), Some(&node_addr::OWN));
-    assert_eq!(next.set_node_addresses(&own, &bc).expect("back"), 1);
+    assert_eq!(next.set_node_addresses(&own, &bc, true).expect("back"), 1);
     assert_eq!(
         next.maps().node_addrs.get(&a([10, 1, 0, 255])),
         Some(&node_addr::BROADCAST)
     );
-    // Strict: only the broadcast address stays.
+    // Strict: the interface address loses its exemption, and stays the node's.
     assert_eq!(
-        next.set_node_addresses(&BTreeSet::new(), &bc)
-            .expect("strict"),
+        next.set_node_addresses(&own, &bc, false).expect("strict"),
         1
     );
-    assert_eq!(next.maps().node_addrs.len(), 1);
+    assert_eq!(
+        next.maps().node_addrs.get(&a(NODE4)),
+        Some(&node_addr::LOCAL)
+    );
+    assert_eq!(next.maps().node_addrs.len(), 2);
 }
 
 /// `node_self` follows the Node: written on the first apply of a run (also after an

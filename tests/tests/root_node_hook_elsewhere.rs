@@ -206,7 +206,7 @@ fn root_node_hook_elsewhere_an_interface_broadcast_address_is_the_node_but_not_e
     let own = [v4a(NODE4), IpAddr::V6(ip6("fd00:1::1")), v4a(UPLINK4)].into();
     let (mut lab, c) = lab_with(client_node_port_only());
     lab.pr
-        .set_node_addresses(&own, &[v4a(BCAST4)].into())
+        .set_node_addresses(&own, &[v4a(BCAST4)].into(), true)
         .expect("node addresses");
     lab.expect(
         "UDP to the subnet's broadcast address at the node's socket: rule no-nodes",
@@ -222,7 +222,7 @@ fn root_node_hook_elsewhere_an_interface_broadcast_address_is_the_node_but_not_e
     set_policy(&mut st, "client-egress-none", CLIENT_EGRESS_NONE);
     let (mut lab, c) = lab_with(st);
     lab.pr
-        .set_node_addresses(&own, &[v4a(BCAST4)].into())
+        .set_node_addresses(&own, &[v4a(BCAST4)].into(), true)
         .expect("node addresses");
     lab.expect(
         "NetworkPolicy isolates the client's egress: its broadcast is no node traffic",
@@ -241,5 +241,69 @@ fn root_node_hook_elsewhere_an_interface_broadcast_address_is_the_node_but_not_e
         PASS,
         "client",
         Some(reason::ALLOW_NODE),
+    );
+}
+
+/// NodeLocal DNSCache's address on the node's dummy interface: a rule that accepts the
+/// address, before the Deny of nodes, decides (the first rule that names the address or
+/// the node decides), at the veth and at the node's socket alike; another port of that
+/// address is the node's, denied.
+#[test]
+fn root_node_hook_elsewhere_the_first_rule_naming_the_address_or_the_node_decides() {
+    const DNS_CACHE4: [u8; 4] = [169, 254, 20, 10];
+    let mut st = cnp_state();
+    add_cnp(
+        &mut st,
+        "dns-then-no-nodes",
+        "Admin",
+        10,
+        json!({"subject": pods_with_app("client"),
+               "egress": [
+                   {"name": "dns", "action": "Accept",
+                    "to": [{"networks": ["169.254.20.10/32"]}],
+                    "protocols": [{"udp": {"destinationPort": {"number": 53}}}]},
+                   {"name": "no-nodes", "action": "Deny", "to": [{"nodes": {}}]}]}),
+    );
+    let (mut lab, c) = lab_with(st);
+    let own = [v4a(NODE4), IpAddr::V6(ip6("fd00:1::1")), v4a(DNS_CACHE4)].into();
+    lab.pr
+        .set_node_addresses(&own, &[].into(), true)
+        .expect("node addresses");
+    let dns = |sport: u16| v4(CLIENT4, DNS_CACHE4, UDP, &udp(sport, 53));
+    lab.expect(
+        "DNS to the cache at the veth: rule dns",
+        Hook::FromPod,
+        c,
+        &dns(42500),
+        PASS,
+        "client",
+        Some(reason::ALLOW_POLICY),
+    );
+    lab.expect(
+        "at the cache's socket: on the veth's entry, judged again",
+        Hook::ToNode,
+        c,
+        &dns(42500),
+        PASS,
+        "client",
+        None,
+    );
+    lab.expect(
+        "a datagram no hook saw (as if translated): rule dns at the socket",
+        Hook::ToNode,
+        c,
+        &dns(42502),
+        PASS,
+        "client",
+        Some(reason::ALLOW_POLICY),
+    );
+    lab.expect(
+        "the kubelet's port at the cache's address: rule no-nodes, at the veth",
+        Hook::FromPod,
+        c,
+        &v4(CLIENT4, DNS_CACHE4, TCP, &tcp(42501, 10250, SYN)),
+        DROP,
+        "client",
+        Some(reason::DROP_EGRESS),
     );
 }

@@ -35,6 +35,7 @@ const TESTS: &[&str] = &[
     "root_cnp_attack2_datapath",
     "root_cnp_attack3_datapath",
     "root_node_hook",
+    "root_node_hook_elsewhere",
 ];
 
 /// Modules the tests need (veth pairs, netlink clsact filters, the kernel's connection

@@ -515,19 +515,17 @@ impl Agent {
 
     /// The node's own addresses, which always reach its pods (and are reached by them).
     fn program_node_addresses(&mut self) {
-        let mut addrs = match datapath::node_addrs::node_addresses() {
+        let addrs = match datapath::node_addrs::node_addresses() {
             Ok(a) => a,
             Err(e) => {
                 error!(error = %e, "reading this node's addresses; keeping the last ones");
                 return;
             }
         };
-        if self.args.strict_node_traffic {
-            // No exemption; what reaches the node at a broadcast address is still judged
-            // as going to the node.
-            addrs.own.clear();
-        }
-        match (self.programmer).set_node_addresses(&addrs.own, &addrs.broadcast) {
+        // Under --strict-node-traffic the addresses get no exemption; what reaches them is
+        // still what reaches the node.
+        let exempt = !self.args.strict_node_traffic;
+        match (self.programmer).set_node_addresses(&addrs.own, &addrs.broadcast, exempt) {
             Ok(0) => {}
             Ok(n) => info!(
                 changed = n,

@@ -344,12 +344,13 @@ pub struct Plan {
     pub errors: Vec<PolicyError>,
 }
 
-/// A node's own address in each family: the first of its Node's addresses, which rules
-/// about nodes name it by.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The addresses rules about nodes name this node by (its Node's), and its own address in
+/// each family: the first of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeSelf {
     pub v4: Option<std::net::Ipv4Addr>,
     pub v6: Option<std::net::Ipv6Addr>,
+    pub addresses: Vec<IpAddr>,
 }
 
 /// `node`'s own addresses (none for a Node the agent has not seen).
@@ -368,6 +369,7 @@ pub fn node_self(state: &ClusterState, node: &str) -> NodeSelf {
             IpAddr::V6(a) => Some(*a),
             IpAddr::V4(_) => None,
         }),
+        addresses: ips.to_vec(),
     }
 }
 

@@ -250,7 +250,7 @@ impl MemoryMaps {
         let identity = match self.identities.get(addr) {
             Some(i) => *i,
             None if unknown_pods
-                && self.node_addrs.get(addr) != Some(&netpol_common::node_addr::OWN)
+                && !self.node_addrs.contains_key(addr)
                 && (self.block_value(RULESET_POD_RANGES, addr))
                     .is_some_and(|v| v.rest_rule != REST_DENIED) =>
             {

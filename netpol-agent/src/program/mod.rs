@@ -263,8 +263,12 @@ pub struct Programmer<M: MapOps> {
     endpoints: BTreeMap<Addr, EndpointInfo>,
     ifaces: BTreeMap<u32, IfaceInfo>,
     services: BTreeSet<ServiceKey>,
-    /// What `NODE_ADDRS` holds: address -> kind (`node_addr`).
+    /// What `NODE_ADDRS` holds: address -> kind (`node_addr` flags), from the two below.
     node_addrs: BTreeMap<Addr, u32>,
+    /// The node's interfaces' addresses (`set_node_addresses`).
+    iface_addrs: BTreeMap<Addr, u32>,
+    /// Its Node's addresses (the plan's `node_self`).
+    named_addrs: BTreeSet<Addr>,
     /// This node's own addresses as written (`None`: not yet by this run).
     node_self: Option<[u64; 3]>,
     /// The pod ranges written (`RULESET_POD_RANGES`), by address and prefix length: true
@@ -385,6 +389,8 @@ impl<M: MapOps> Programmer<M> {
             ifaces: BTreeMap::new(),
             services: BTreeSet::new(),
             node_addrs: BTreeMap::new(),
+            iface_addrs: BTreeMap::new(),
+            named_addrs: BTreeSet::new(),
             node_self: None,
             pod_ranges: BTreeMap::new(),
             stale_pod_ranges: false,
@@ -502,7 +508,7 @@ impl<M: MapOps> Programmer<M> {
         // 0. The pod ranges, before any table names the unknown pod; the node's own
         // addresses.
         self.write_pod_ranges(&plan.pod_ranges)?;
-        self.write_node_self(plan.node_self)?;
+        self.write_node_self(&plan.node_self)?;
 
         // 1. Identities get ids; new rule sets are written in full before anything points
         // at them. A set that does not fit is left out; the pods that need it are handled
@@ -1428,35 +1434,52 @@ impl<M: MapOps> Programmer<M> {
         Ok(())
     }
 
-    fn write_node_self(&mut self, own: crate::compile::NodeSelf) -> Result<(), MapError> {
-        let words = netpol_common::meta::node_self_words(
-            own.v4.map(|a| a.octets()),
-            own.v6.map(|a| a.octets()),
-        );
+    /// The node's own addresses (`META`), and the addresses its Node has (`NODE_ADDRS`).
+    fn write_node_self(&mut self, own: &crate::compile::NodeSelf) -> Result<(), MapError> {
+        let v4 = own.v4.map(|a| a.octets());
+        let words = netpol_common::meta::node_self_words(v4, own.v6.map(|a| a.octets()));
         if self.node_self != Some(words) {
             self.maps.set_node_self(words)?;
             self.node_self = Some(words);
         }
+        self.named_addrs = own.addresses.iter().map(|ip| addr_of(*ip)).collect();
+        self.sync_node_addrs()?;
         Ok(())
     }
 
     /// Makes the node-address map hold exactly `addrs` (every address of this node: traffic
     /// between a pod and its own node always passes). Returns how many entries changed.
     pub fn set_node_addrs(&mut self, addrs: &BTreeSet<IpAddr>) -> Result<usize, MapError> {
-        self.set_node_addresses(addrs, &BTreeSet::new())
+        self.set_node_addresses(addrs, &BTreeSet::new(), true)
     }
 
-    /// `set_node_addrs`, and the broadcast addresses of the node's interfaces (an address
-    /// that is both is the node's).
+    /// The addresses of the node's interfaces: `own` (with NetworkPolicy's own-node
+    /// exemption when `exempt`) and `broadcast` (without; an address that is both is the
+    /// node's). Returns how many `NODE_ADDRS` entries changed.
     pub fn set_node_addresses(
         &mut self,
         own: &BTreeSet<IpAddr>,
         broadcast: &BTreeSet<IpAddr>,
+        exempt: bool,
     ) -> Result<usize, MapError> {
-        let kinds = [(broadcast, node_addr::BROADCAST), (own, node_addr::OWN)];
-        let want: BTreeMap<Addr, u32> = (kinds.iter())
+        let own_kind = if exempt {
+            node_addr::OWN
+        } else {
+            node_addr::LOCAL
+        };
+        let kinds = [(broadcast, node_addr::BROADCAST), (own, own_kind)];
+        self.iface_addrs = (kinds.iter())
             .flat_map(|(ips, kind)| ips.iter().map(|ip| (addr_of(*ip), *kind)))
             .collect();
+        self.sync_node_addrs()
+    }
+
+    /// Makes `NODE_ADDRS` hold the interfaces' addresses and the Node's, with their kinds.
+    fn sync_node_addrs(&mut self) -> Result<usize, MapError> {
+        let mut want = self.iface_addrs.clone();
+        for a in &self.named_addrs {
+            *want.entry(*a).or_default() |= node_addr::NAMED;
+        }
         let mut changed = 0;
         for (a, kind) in &want {
             if self.node_addrs.get(a) != Some(kind) {
