@@ -248,7 +248,8 @@ pub mod node_addr {
     /// A broadcast address of one of its interfaces: what reaches it reaches the node's
     /// sockets (and, on a bridge, the link's pods); no exemption.
     pub const BROADCAST: u32 = 2;
-    /// An address of this node's interfaces without the exemption (`--strict-node-traffic`).
+    /// An address this node's stack takes in as its own, without the exemption: kube-proxy's
+    /// IPVS Service addresses; every interface address under `--strict-node-traffic`.
     pub const LOCAL: u32 = 4;
     /// One of this node's Node addresses: rules about nodes name the node by it.
     pub const NAMED: u32 = 8;

@@ -19,7 +19,7 @@ use crate::maps::{
     CONNTRACK, CONNTRACK_NEW, FLOW_SCRATCH, SERVICE_FLOWS, SERVICE_FLOWS_NEW, is_node,
 };
 use crate::parse::Packet;
-use crate::verdict::{Sets, allowed};
+use crate::verdict::{Sets, allowed_as, node_alias};
 
 #[inline(always)]
 fn key(client: &Addr, client_port: u16, proto: u8) -> ServiceFlowKey {
@@ -236,7 +236,10 @@ pub fn still_allowed(
             break;
         }
         let exempt = client_sets.egress & RULESET_ORDERED == 0 && is_node(&b.addr);
-        if !exempt && allowed(client_sets.egress, &b.addr, proto, b.port).is_none() {
+        // A backend at another address of the node is judged as `to_node` judged it.
+        let node = node_alias(client_sets.egress, &b.addr);
+        let by_rule = allowed_as(client_sets.egress, &b.addr, node.as_ref(), proto, b.port);
+        if !exempt && by_rule.is_none() {
             return false;
         }
     }

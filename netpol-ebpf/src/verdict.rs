@@ -63,14 +63,22 @@ pub fn allowed(set: u32, peer: &Addr, proto: u8, port: u16) -> Option<u32> {
     decide(set, peer, None, proto, port).ok()
 }
 
+/// `allowed`, for a peer that is the node at another address (`node`: see `decide`).
+#[inline(always)]
+pub fn allowed_as(set: u32, peer: &Addr, node: Option<&Addr>, proto: u8, port: u16) -> Option<u32> {
+    decide(set, peer, node, proto, port).ok()
+}
+
 /// `allowed`, and when denied, for the drop event, the position of the rule of an
 /// ordered set that denies (`RULE_UNNAMED` for unordered sets: NetworkPolicy denies by
 /// having no rule). Each table is read once: the denial is named from the same answers.
 ///
 /// `node`: the packet reaches this node at `peer`, an address that rules about nodes do
 /// not name (see `main::towards_node`); `node` is the node's own address. In an ordered
-/// set a rule naming either matches, and the first decides. (Unordered sets exempt the
-/// node before they get here, or judge the address.)
+/// set a rule naming either matches, and the first decides. NetworkPolicy's own-node
+/// exemption stays with `peer`: a broadcast or a Service address also reaches pods, or
+/// is what NetworkPolicy names. (Unordered sets exempt the node before they get here, or
+/// judge the address.)
 #[inline(always)]
 fn decide(set: u32, peer: &Addr, node: Option<&Addr>, proto: u8, port: u16) -> Result<u32, u32> {
     if set == RULESET_ALLOW_ALL {
@@ -86,7 +94,7 @@ fn decide(set: u32, peer: &Addr, node: Option<&Addr>, proto: u8, port: u16) -> R
     let mut rest = tag::NONE;
     let verdict = tiered_verdict(
         admin,
-        || set & RULESET_NP_ISOLATED != 0 && (is_node(peer) || node.is_some_and(is_node)),
+        || set & RULESET_NP_ISOLATED != 0 && is_node(peer),
         || {
             rest = first_rule(set, identity, peer, node, proto, port);
             rest

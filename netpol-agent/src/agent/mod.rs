@@ -525,7 +525,10 @@ impl Agent {
         // Under --strict-node-traffic the addresses get no exemption; what reaches them is
         // still what reaches the node.
         let exempt = !self.args.strict_node_traffic;
-        match (self.programmer).set_node_addresses(&addrs.own, &addrs.broadcast, exempt) {
+        let written = (self.programmer)
+            .set_node_addresses(&addrs.own, &addrs.broadcast, exempt)
+            .and_then(|n| Ok(n + self.programmer.set_service_addresses(&addrs.services)?));
+        match written {
             Ok(0) => {}
             Ok(n) => info!(
                 changed = n,

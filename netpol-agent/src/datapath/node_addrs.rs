@@ -6,9 +6,11 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::IpAddr;
 
-/// Interfaces whose addresses are not the node's own: loopback is never reached from a
-/// pod, and kube-proxy's IPVS dummy holds Service addresses, which are judged by policy.
-const NOT_NODE: [&str; 2] = ["lo", "kube-ipvs0"];
+/// Loopback is never reached from a pod.
+const LOOPBACK: &str = "lo";
+/// kube-proxy's IPVS dummy: it holds Service addresses, which policy names as such; what
+/// reaches one on a port no Service has reaches the node's sockets.
+const IPVS: &str = "kube-ipvs0";
 
 /// This node's addresses, from its interfaces.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -17,6 +19,8 @@ pub struct NodeAddresses {
     pub own: BTreeSet<IpAddr>,
     /// Their IPv4 broadcast addresses: a packet to one reaches the node's sockets.
     pub broadcast: BTreeSet<IpAddr>,
+    /// kube-proxy's IPVS Service addresses (not in `own`).
+    pub services: BTreeSet<IpAddr>,
 }
 
 /// What `getifaddrs` says of this network namespace's interfaces.
@@ -37,11 +41,15 @@ pub fn node_addresses() -> io::Result<NodeAddresses> {
         }
         // SAFETY: a NUL-terminated name owned by the list.
         let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
-        if NOT_NODE.contains(&name.as_ref()) {
+        if name == LOOPBACK {
             continue;
         }
         // SAFETY: a sockaddr of the list, valid until freeifaddrs.
         if let Some(ip) = unsafe { ip_of(ifa.ifa_addr) } {
+            if name == IPVS {
+                out.services.insert(ip);
+                continue;
+            }
             out.own.insert(ip);
         }
         // With IFF_BROADCAST, `ifa_ifu` is the broadcast address (else a peer's).

@@ -267,6 +267,8 @@ pub struct Programmer<M: MapOps> {
     node_addrs: BTreeMap<Addr, u32>,
     /// The node's interfaces' addresses (`set_node_addresses`).
     iface_addrs: BTreeMap<Addr, u32>,
+    /// kube-proxy's IPVS Service addresses (`set_service_addresses`).
+    service_addrs: BTreeSet<Addr>,
     /// Its Node's addresses (the plan's `node_self`).
     named_addrs: BTreeSet<Addr>,
     /// This node's own addresses as written (`None`: not yet by this run).
@@ -390,6 +392,7 @@ impl<M: MapOps> Programmer<M> {
             services: BTreeSet::new(),
             node_addrs: BTreeMap::new(),
             iface_addrs: BTreeMap::new(),
+            service_addrs: BTreeSet::new(),
             named_addrs: BTreeSet::new(),
             node_self: None,
             pod_ranges: BTreeMap::new(),
@@ -1474,9 +1477,20 @@ impl<M: MapOps> Programmer<M> {
         self.sync_node_addrs()
     }
 
+    /// The Service addresses kube-proxy's IPVS mode puts on the node (`kube-ipvs0`): what
+    /// reaches one on a port no Service has reaches the node's sockets. Returns how many
+    /// `NODE_ADDRS` entries changed.
+    pub fn set_service_addresses(&mut self, addrs: &BTreeSet<IpAddr>) -> Result<usize, MapError> {
+        self.service_addrs = addrs.iter().map(|ip| addr_of(*ip)).collect();
+        self.sync_node_addrs()
+    }
+
     /// Makes `NODE_ADDRS` hold the interfaces' addresses and the Node's, with their kinds.
     fn sync_node_addrs(&mut self) -> Result<usize, MapError> {
         let mut want = self.iface_addrs.clone();
+        for a in &self.service_addrs {
+            want.entry(*a).or_insert(node_addr::LOCAL);
+        }
         for a in &self.named_addrs {
             *want.entry(*a).or_default() |= node_addr::NAMED;
         }
