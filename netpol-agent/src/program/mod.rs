@@ -352,6 +352,15 @@ impl<M: MapOps> Programmer<M> {
         self.ifaces = e.ifaces.into_iter().collect();
         self.services = e.services.into_iter().collect();
         self.node_addrs = e.node_addrs.into_iter().collect();
+        // Kept as they are until this run reads the interfaces and the Node again.
+        for (a, kind) in &self.node_addrs {
+            if kind & node_addr::NAMED != 0 {
+                self.named_addrs.insert(*a);
+            }
+            if kind & !node_addr::NAMED != 0 {
+                self.iface_addrs.insert(*a, kind & !node_addr::NAMED);
+            }
+        }
         let max_identity = e
             .identities
             .iter()

@@ -503,3 +503,38 @@ fn pod_ranges_follow_the_nodes_and_survive_a_restart() {
     second.apply(&plan, &ifindexes(&plan)).unwrap();
     assert_eq!(ranges(second.maps()), vec![], "gone with the node");
 }
+
+/// A restarted agent reads the interfaces before it applies its first plan: the Node's
+/// addresses keep their `NAMED` flag (and the interfaces theirs) in between, so no packet
+/// to the node is judged as if the node were reached at another address.
+#[test]
+fn adopted_node_address_kinds_survive_until_the_plan_comes() {
+    let node: IpAddr = "10.1.0.1".parse().unwrap();
+    let gateway: IpAddr = "10.244.1.1".parse().unwrap();
+    let mut s = state(80);
+    s.nodes.insert(
+        "n1".into(),
+        crate::state::NodeInfo {
+            ips: vec![node],
+            ..Default::default()
+        },
+    );
+    let plan = compile::compile(&s, "n1");
+    let mut first = Programmer::new(MemoryMaps::default(), 100);
+    first
+        .set_node_addresses(&[node, gateway].into(), &BTreeSet::new(), true)
+        .unwrap();
+    first.apply(&plan, &ifindexes(&plan)).unwrap();
+    let kinds = first.maps().node_addrs.clone();
+    assert_eq!(kinds[&addr_of(node)], node_addr::OWN | node_addr::NAMED);
+    assert_eq!(kinds[&addr_of(gateway)], node_addr::OWN);
+
+    let mut second = Programmer::new(std::mem::take(first.maps_mut()), 100);
+    second.adopt().unwrap();
+    let changed = second
+        .set_node_addresses(&[node, gateway].into(), &BTreeSet::new(), true)
+        .unwrap();
+    assert_eq!(changed, 0, "{:?}", second.maps().node_addrs);
+    second.apply(&plan, &ifindexes(&plan)).unwrap();
+    assert_eq!(second.maps().node_addrs, kinds);
+}
